@@ -86,7 +86,10 @@ impl Digest {
         if hex.len() != algorithm.hex_len() {
             return Err(DigestError::BadLength(truncate(s)));
         }
-        if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(DigestError::BadHex(truncate(s)));
         }
         Ok(Digest {
@@ -250,15 +253,32 @@ mod tests {
 
     #[test]
     fn rejects_bad_digests() {
-        assert!(matches!(Digest::parse("sha256"), Err(DigestError::MissingSeparator(_))));
-        assert!(matches!(Digest::parse("SHA256:00"), Err(DigestError::BadAlgorithm(_))));
-        assert!(matches!(Digest::parse("md5:00"), Err(DigestError::Unsupported(_))));
-        assert!(matches!(Digest::parse("sha256:00"), Err(DigestError::BadLength(_))));
+        assert!(matches!(
+            Digest::parse("sha256"),
+            Err(DigestError::MissingSeparator(_))
+        ));
+        assert!(matches!(
+            Digest::parse("SHA256:00"),
+            Err(DigestError::BadAlgorithm(_))
+        ));
+        assert!(matches!(
+            Digest::parse("md5:00"),
+            Err(DigestError::Unsupported(_))
+        ));
+        assert!(matches!(
+            Digest::parse("sha256:00"),
+            Err(DigestError::BadLength(_))
+        ));
         let upper = EMPTY.to_uppercase().replace("SHA256", "sha256");
         assert!(matches!(Digest::parse(&upper), Err(DigestError::BadHex(_))));
-        assert!(matches!(Digest::parse("sha256+:00"), Err(DigestError::BadAlgorithm(_))));
+        assert!(matches!(
+            Digest::parse("sha256+:00"),
+            Err(DigestError::BadAlgorithm(_))
+        ));
         let long = "x".repeat(10_000);
-        let msg = Digest::parse(&format!("sha256:{long}")).unwrap_err().to_string();
+        let msg = Digest::parse(&format!("sha256:{long}"))
+            .unwrap_err()
+            .to_string();
         assert!(msg.len() < 300, "{msg}");
     }
 }

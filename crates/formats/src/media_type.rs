@@ -40,10 +40,8 @@ pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub const OCI_LAYER_ND_TAR: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
-pub const OCI_LAYER_ND_GZIP: &str =
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
-pub const OCI_LAYER_ND_ZSTD: &str =
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
+pub const OCI_LAYER_ND_GZIP: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+pub const OCI_LAYER_ND_ZSTD: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
 
 /// The registry error envelope's content type.
 pub const ERROR_JSON: &str = "application/json; charset=utf-8";
@@ -103,12 +101,22 @@ impl std::fmt::Display for MediaType {
     }
 }
 
-/// Is this a layer media type that Schema 1 can carry (gzip tar, Docker or OCI)?
-/// Schema 1 has no per-layer media type, and every client of it assumes gzip tar.
+/// Is this a layer media type that Schema 1 can carry?
+///
+/// Schema 1 has no per-layer media type: an old engine sniffs the layer bytes and
+/// understands gzip (and plain tar), never zstd. So gzip and plain tar layers
+/// (Docker, OCI, foreign and non-distributable alike) fit; zstd, encrypted and
+/// unknown artifact types do not.
 pub fn layer_fits_schema1(media_type: &str) -> bool {
     matches!(
         media_type,
-        DOCKER_LAYER_GZIP | DOCKER_LAYER_FOREIGN_GZIP | OCI_LAYER_GZIP | OCI_LAYER_ND_GZIP
+        DOCKER_LAYER_GZIP
+            | DOCKER_LAYER_FOREIGN_GZIP
+            | DOCKER_LAYER_TAR
+            | OCI_LAYER_GZIP
+            | OCI_LAYER_TAR
+            | OCI_LAYER_ND_GZIP
+            | OCI_LAYER_ND_TAR
     )
 }
 
@@ -121,7 +129,10 @@ mod tests {
         for t in ALL_MANIFEST_TYPES {
             assert_eq!(MediaType::from_manifest_type(t).unwrap().as_str(), t);
         }
-        assert_eq!(MediaType::from_manifest_type("APPLICATION/vnd.oci.image.index.v1+json"), None);
+        assert_eq!(
+            MediaType::from_manifest_type("APPLICATION/vnd.oci.image.index.v1+json"),
+            None
+        );
         assert_eq!(MediaType::from_manifest_type(APPLICATION_JSON), None);
         assert!(layer_fits_schema1(OCI_LAYER_GZIP));
         assert!(!layer_fits_schema1(OCI_LAYER_ZSTD));
