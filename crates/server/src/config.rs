@@ -1,0 +1,635 @@
+//! Configuration: embedded defaults, then an optional TOML file, then environment
+//! variables, then command-line flags; validated once, reporting every problem.
+//!
+//! `Config::default()` *is* the run-anywhere setup (listen on `0.0.0.0:5000`,
+//! data in `./regcache-data`, Docker Hub upstream), so `regcache serve` needs no file.
+//! Unknown keys are rejected (`deny_unknown_fields`): we own the whole file, a
+//! typo should fail loudly rather than be ignored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Exit status for a bad configuration (sysexits `EX_USAGE`).
+pub const EX_USAGE: i32 = 64;
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where registry clients connect.
+    pub listen: String,
+    /// Metrics, health and admin endpoints; kept off the client port so a mirror
+    /// exposed to a fleet does not expose its internals.
+    pub admin_listen: String,
+    /// Root of the disk cache, the tag index and the signing key.
+    pub data_dir: PathBuf,
+    pub log: LogConfig,
+    pub cache: CacheConfig,
+    pub upstream: UpstreamSection,
+    pub schema1: Schema1Config,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `regcache_server=debug,info`.
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Memory tier budget (manifests, configs, small blobs), e.g. `"256MiB"`.
+    pub memory_size: ByteSize,
+    /// Largest object kept in the memory tier.
+    pub memory_max_object: ByteSize,
+    /// Disk tier budget; least recently used entries are evicted beyond it.
+    pub disk_size: ByteSize,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// Name used in logs, metrics and the tag index.
+    pub name: String,
+    pub url: String,
+    pub username: Option<String>,
+    /// Inline password; prefer `password_file` or `password_env`.
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Name of an environment variable holding the password.
+    pub password_env: Option<String>,
+    /// How long a tag → digest answer is trusted before a HEAD revalidates it.
+    pub tag_ttl_secs: u64,
+    /// How long past its TTL a tag may still be served when the upstream fails.
+    pub stale_if_error_secs: u64,
+    pub connect_timeout_secs: u64,
+    pub first_byte_timeout_secs: u64,
+    pub retry_attempts: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Schema1Config {
+    /// PEM (SEC1 or PKCS#8) or JWK (`.json`/`.jwk`) P-256 key used to sign
+    /// converted manifests; generated and saved here on first start if absent.
+    /// Relative paths are under `data_dir`.
+    pub signing_key: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:5000".into(),
+            admin_listen: "127.0.0.1:5001".into(),
+            data_dir: PathBuf::from("./regcache-data"),
+            log: LogConfig::default(),
+            cache: CacheConfig::default(),
+            upstream: UpstreamSection::default(),
+            schema1: Schema1Config::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            memory_size: ByteSize(256 << 20),
+            memory_max_object: ByteSize(4 << 20),
+            disk_size: ByteSize(50 << 30),
+        }
+    }
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        UpstreamSection {
+            name: "docker.io".into(),
+            url: "https://registry-1.docker.io".into(),
+            username: None,
+            password: None,
+            password_file: None,
+            password_env: None,
+            tag_ttl_secs: 60,
+            stale_if_error_secs: 24 * 3600,
+            connect_timeout_secs: 10,
+            first_byte_timeout_secs: 30,
+            retry_attempts: 3,
+        }
+    }
+}
+
+impl Default for Schema1Config {
+    fn default() -> Self {
+        Schema1Config {
+            signing_key: PathBuf::from("schema1-signing-key.pem"),
+        }
+    }
+}
+
+/// A byte count written as an integer or a string such as `"512MiB"`, `"10GB"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<ByteSize, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| {
+            format!("{s:?} is not a size (examples: 1048576, \"512MiB\", \"10GB\")")
+        })?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" | "K" | "k" => 1 << 10,
+            "MiB" | "M" => 1 << 20,
+            "GiB" | "G" => 1 << 30,
+            "TiB" | "T" => 1 << 40,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            other => return Err(format!("{s:?} has an unknown unit {other:?}")),
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Overrides from the command line (`None` = not given).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub upstream: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Where environment variables come from; tests pass a map instead of mutating
+/// the process environment.
+pub trait EnvSource {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl EnvSource for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// Every problem found, reported together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration ({} problem(s)):",
+            self.problems.len()
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The validated, ready-to-use configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_json: bool,
+    pub log_level: String,
+    pub memory_size: u64,
+    pub memory_max_object: u64,
+    pub disk_size: u64,
+    pub upstream: UpstreamSettings,
+    pub signing_key_path: PathBuf,
+}
+
+#[derive(Clone)]
+pub struct UpstreamSettings {
+    pub name: String,
+    pub url: url::Url,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tag_ttl: Duration,
+    pub stale_if_error: Duration,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub retry_attempts: u32,
+}
+
+impl fmt::Debug for UpstreamSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamSettings")
+            .field("name", &self.name)
+            .field("url", &self.url.as_str())
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tag_ttl", &self.tag_ttl)
+            .field("stale_if_error", &self.stale_if_error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Parse a TOML document (unknown keys are errors).
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError {
+            problems: vec![format!("{origin}: {}", e.to_string().trim_end())],
+        })
+    }
+
+    /// Defaults, then `file` (if any), then the environment, then flags; validated.
+    pub fn load(
+        file: Option<&Path>,
+        env: &dyn EnvSource,
+        overrides: &Overrides,
+    ) -> Result<Settings, ConfigError> {
+        let mut cfg = match file {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    problems: vec![format!("cannot read config file {}: {e}", path.display())],
+                })?;
+                Config::from_toml(&text, &path.display().to_string())?
+            }
+        };
+        let mut problems = Vec::new();
+        cfg.apply_env(env, &mut problems);
+        cfg.apply_overrides(overrides);
+        cfg.validate(env, problems)
+    }
+
+    fn apply_env(&mut self, env: &dyn EnvSource, problems: &mut Vec<String>) {
+        let set = |name: &str, slot: &mut String| {
+            if let Some(v) = env.var(name) {
+                *slot = v;
+            }
+        };
+        set("REGCACHE_LISTEN", &mut self.listen);
+        set("REGCACHE_ADMIN_LISTEN", &mut self.admin_listen);
+        set("REGCACHE_UPSTREAM", &mut self.upstream.url);
+        set("REGCACHE_LOG_FORMAT", &mut self.log.format);
+        set("REGCACHE_LOG", &mut self.log.level);
+        if let Some(v) = env.var("REGCACHE_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = env.var("REGCACHE_UPSTREAM_USERNAME") {
+            self.upstream.username = Some(v);
+        }
+        if let Some(v) = env.var("REGCACHE_UPSTREAM_PASSWORD") {
+            self.upstream.password = Some(v);
+        }
+        let mut size = |name: &str, slot: &mut ByteSize| {
+            if let Some(v) = env.var(name) {
+                match ByteSize::parse(&v) {
+                    Ok(b) => *slot = b,
+                    Err(e) => problems.push(format!("{name}: {e}")),
+                }
+            }
+        };
+        size("REGCACHE_MEMORY_SIZE", &mut self.cache.memory_size);
+        size("REGCACHE_DISK_SIZE", &mut self.cache.disk_size);
+    }
+
+    fn apply_overrides(&mut self, o: &Overrides) {
+        if let Some(v) = &o.listen {
+            self.listen = v.clone();
+        }
+        if let Some(v) = &o.admin_listen {
+            self.admin_listen = v.clone();
+        }
+        if let Some(v) = &o.upstream {
+            self.upstream.url = v.clone();
+        }
+        if let Some(v) = &o.data_dir {
+            self.data_dir = v.clone();
+        }
+    }
+
+    fn validate(
+        self,
+        env: &dyn EnvSource,
+        mut problems: Vec<String>,
+    ) -> Result<Settings, ConfigError> {
+        let addr = |what: &str, v: &str, problems: &mut Vec<String>| -> Option<SocketAddr> {
+            match v.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    problems.push(format!(
+                        "{what} = {v:?} is not an address such as 0.0.0.0:5000 or [::1]:5000"
+                    ));
+                    None
+                }
+            }
+        };
+        let listen = addr("listen", &self.listen, &mut problems);
+        let admin_listen = addr("admin_listen", &self.admin_listen, &mut problems);
+        if listen.is_some() && listen == admin_listen {
+            problems.push("listen and admin_listen must differ".into());
+        }
+        let log_json = match self.log.format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                problems.push(format!(
+                    "log.format = {other:?}: expected \"text\" or \"json\""
+                ));
+                false
+            }
+        };
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            problems.push(format!(
+                "log.level = {:?} is not a valid filter",
+                self.log.level
+            ));
+        }
+        let up = &self.upstream;
+        let url = match url::Url::parse(&up.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                if u.query().is_some() || u.fragment().is_some() || !u.username().is_empty() {
+                    problems.push(format!(
+                        "upstream.url = {:?} must not carry a query, fragment or credentials (use upstream.username/password)",
+                        redact_url(&up.url)
+                    ));
+                }
+                Some(u)
+            }
+            _ => {
+                problems.push(format!(
+                    "upstream.url = {:?} is not an http(s) URL such as https://registry-1.docker.io",
+                    redact_url(&up.url)
+                ));
+                None
+            }
+        };
+        if up.name.is_empty() {
+            problems.push("upstream.name must not be empty".into());
+        }
+        let sources = [
+            up.password.is_some(),
+            up.password_file.is_some(),
+            up.password_env.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if sources > 1 {
+            problems
+                .push("upstream: give at most one of password, password_file, password_env".into());
+        }
+        let mut password = up.password.clone();
+        if let Some(path) = &up.password_file {
+            match std::fs::read_to_string(path) {
+                Ok(s) => password = Some(s.trim_end_matches(['\r', '\n']).to_owned()),
+                Err(e) => problems.push(format!(
+                    "upstream.password_file {}: cannot read: {e}",
+                    path.display()
+                )),
+            }
+        }
+        if let Some(var) = &up.password_env {
+            match env.var(var) {
+                Some(s) => password = Some(s),
+                None => problems.push(format!(
+                    "upstream.password_env names {var:?}, which is not set"
+                )),
+            }
+        }
+        if password.is_some() && up.username.is_none() {
+            problems.push("upstream: a password needs upstream.username".into());
+        }
+        if up.connect_timeout_secs == 0 || up.first_byte_timeout_secs == 0 {
+            problems.push("upstream timeouts must be at least 1 second".into());
+        }
+        if self.cache.memory_max_object.0 > self.cache.memory_size.0 {
+            problems.push("cache.memory_max_object must not exceed cache.memory_size".into());
+        }
+        if self.cache.disk_size.0 < (1 << 20) {
+            problems.push("cache.disk_size must be at least 1MiB".into());
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            problems.push("data_dir must not be empty".into());
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        let (Some(listen), Some(admin_listen), Some(url)) = (listen, admin_listen, url) else {
+            return Err(ConfigError {
+                problems: vec!["internal: validation incomplete".into()],
+            });
+        };
+        let signing_key_path = if self.schema1.signing_key.is_absolute() {
+            self.schema1.signing_key.clone()
+        } else {
+            self.data_dir.join(&self.schema1.signing_key)
+        };
+        Ok(Settings {
+            listen,
+            admin_listen,
+            data_dir: self.data_dir,
+            log_json,
+            log_level: self.log.level,
+            memory_size: self.cache.memory_size.0,
+            memory_max_object: self.cache.memory_max_object.0,
+            disk_size: self.cache.disk_size.0,
+            upstream: UpstreamSettings {
+                name: up.name.clone(),
+                url,
+                username: up.username.clone(),
+                password,
+                tag_ttl: Duration::from_secs(up.tag_ttl_secs),
+                stale_if_error: Duration::from_secs(up.stale_if_error_secs),
+                connect_timeout: Duration::from_secs(up.connect_timeout_secs),
+                first_byte_timeout: Duration::from_secs(up.first_byte_timeout_secs),
+                retry_attempts: up.retry_attempts,
+            },
+            signing_key_path,
+        })
+    }
+}
+
+/// Never echo credentials embedded in a URL back in an error message.
+fn redact_url(s: &str) -> String {
+    match url::Url::parse(s) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("<redacted>");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_run_anywhere() {
+        let s = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(s.listen.to_string(), "0.0.0.0:5000");
+        assert_eq!(s.data_dir, PathBuf::from("./regcache-data"));
+        assert_eq!(s.upstream.url.as_str(), "https://registry-1.docker.io/");
+        assert_eq!(
+            s.signing_key_path,
+            PathBuf::from("./regcache-data/schema1-signing-key.pem")
+        );
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("regcache.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:7000\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n[cache]\ndisk_size = \"2GiB\"\n",
+        )
+        .unwrap();
+        let e = env(&[
+            ("REGCACHE_LISTEN", "127.0.0.1:7001"),
+            ("REGCACHE_UPSTREAM", "http://127.0.0.1:10"),
+        ]);
+        let s = Config::load(Some(&file), &e, &Overrides::default()).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:7001");
+        assert_eq!(s.upstream.url.as_str(), "http://127.0.0.1:10/");
+        assert_eq!(s.disk_size, 2 << 30);
+        let o = Overrides {
+            listen: Some("127.0.0.1:7002".into()),
+            upstream: Some("http://127.0.0.1:11".into()),
+            ..Overrides::default()
+        };
+        let s = Config::load(Some(&file), &e, &o).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:7002");
+        assert_eq!(s.upstream.url.as_str(), "http://127.0.0.1:11/");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::from_toml("listne = \"x\"\n", "f.toml").unwrap_err();
+        assert!(err.problems[0].contains("listne"), "{err}");
+        let err = Config::from_toml("[upstream]\nurll = \"x\"\n", "f.toml").unwrap_err();
+        assert!(err.problems[0].contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_reported_at_once() {
+        let o = Overrides {
+            listen: Some("nonsense".into()),
+            admin_listen: Some("also nonsense".into()),
+            upstream: Some("ftp://user:secret@x".into()),
+            ..Overrides::default()
+        };
+        let e = env(&[
+            ("REGCACHE_LOG_FORMAT", "xml"),
+            ("REGCACHE_DISK_SIZE", "12 parsecs"),
+        ]);
+        let err = Config::load(None, &e, &o).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 5, "{text}");
+        assert!(text.contains("listen = \"nonsense\""));
+        assert!(text.contains("admin_listen"));
+        assert!(text.contains("log.format"));
+        assert!(text.contains("REGCACHE_DISK_SIZE"));
+        assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn password_sources_and_redaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "hunter2\n").unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[upstream]\nusername = \"bob\"\npassword_file = {:?}\n",
+                pw.display().to_string()
+            ),
+        )
+        .unwrap();
+        let s = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(s.upstream.password.as_deref(), Some("hunter2"));
+        assert!(!format!("{:?}", s.upstream).contains("hunter2"));
+        std::fs::write(
+            &file,
+            "[upstream]\nusername = \"bob\"\npassword_env = \"RC_PW\"\n",
+        )
+        .unwrap();
+        let s = Config::load(
+            Some(&file),
+            &env(&[("RC_PW", "s3cret")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.upstream.password.as_deref(), Some("s3cret"));
+        let err = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("RC_PW"));
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(ByteSize::parse("512MiB").unwrap().0, 512 << 20);
+        assert_eq!(ByteSize::parse("10GB").unwrap().0, 10_000_000_000);
+        assert_eq!(ByteSize::parse("42").unwrap().0, 42);
+        assert!(ByteSize::parse("x").is_err());
+        assert!(ByteSize::parse("99999999999999TiB").is_err());
+    }
+}

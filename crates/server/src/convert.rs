@@ -1,0 +1,141 @@
+//! `regcache convert`: Schema 2 / OCI manifest + config blob → signed Schema 1,
+//! exactly as the server converts (and as docker/distribution 2.8 did).
+//!
+//! Every failure is one line on stderr and exit status 1; the caller (main) prints it.
+
+use std::path::{Path, PathBuf};
+
+use regcache_formats::jws::{self, SigningKey};
+use regcache_formats::manifest::{Manifest, ManifestKind};
+use regcache_formats::reference::{RepositoryName, Tag};
+use regcache_formats::schema1;
+use regcache_formats::{Digest, MediaType};
+
+/// Arguments of `regcache convert` (see main.rs for the CLI definition).
+#[derive(Debug, Clone)]
+pub struct ConvertArgs {
+    pub name: String,
+    pub tag: String,
+    pub config: PathBuf,
+    pub key: Option<PathBuf>,
+    pub payload: bool,
+    pub child: Option<PathBuf>,
+    pub manifest: PathBuf,
+}
+
+/// Run the conversion; `Ok(bytes)` is what goes to stdout.
+pub fn run(args: &ConvertArgs, now_unix: i64) -> Result<Vec<u8>, String> {
+    let name =
+        RepositoryName::parse(&args.name).map_err(|e| format!("--name {:?}: {e}", args.name))?;
+    let tag = Tag::parse(&args.tag).map_err(|e| format!("--tag {:?}: {e}", args.tag))?;
+    let raw = read(&args.manifest, "manifest")?;
+    let top = Manifest::parse(raw, None).map_err(|e| {
+        format!(
+            "{}: not a manifest regcache can read: {e}",
+            args.manifest.display()
+        )
+    })?;
+    let image = select_image(&top, args.child.as_deref())?;
+    let config = read(&args.config, "config")?;
+    let payload = image_payload(&image, &config, name.as_str(), tag.as_str())?;
+    if args.payload {
+        return Ok(payload);
+    }
+    let key = match &args.key {
+        Some(path) => load_key(path)?,
+        None => SigningKey::generate(),
+    };
+    jws::sign(&payload, &key, now_unix).map_err(|e| format!("signing failed: {e}"))
+}
+
+/// A list picks its linux/amd64 entry (the server's rule); an image is itself.
+fn select_image(top: &Manifest, child: Option<&Path>) -> Result<Manifest, String> {
+    match &top.kind {
+        ManifestKind::Image(_) => {
+            if child.is_some() {
+                return Err("--child is only for manifest lists".into());
+            }
+            Ok(top.clone())
+        }
+        ManifestKind::Index(index) => {
+            if top.media_type == MediaType::OciIndex {
+                return Err(
+                    "an OCI index is never converted to Schema 1 (a registry answers 404 MANIFEST_UNKNOWN to a client without OCI index support)"
+                        .into(),
+                );
+            }
+            let Some(entry) = index.linux_amd64() else {
+                return Err(
+                    "the manifest list has no linux/amd64 entry, so there is nothing to convert (a registry answers 404 MANIFEST_UNKNOWN)"
+                        .into(),
+                );
+            };
+            let Some(child) = child else {
+                return Err(format!(
+                    "the manifest list's linux/amd64 entry is {} ({}); pass that manifest with --child FILE",
+                    entry.digest, entry.media_type
+                ));
+            };
+            let raw = read(child, "child manifest")?;
+            if !entry.digest.verifies(&raw) {
+                return Err(format!(
+                    "--child {} has digest {}, but the list's linux/amd64 entry is {}",
+                    child.display(),
+                    Digest::sha256_of(&raw),
+                    entry.digest
+                ));
+            }
+            let m = Manifest::parse(raw, Some(&entry.media_type))
+                .map_err(|e| format!("{}: {e}", child.display()))?;
+            match m.kind {
+                ManifestKind::Image(_) => Ok(m),
+                _ => Err(format!(
+                    "the linux/amd64 entry is a {}, which a registry serves as it is, unconverted",
+                    m.media_type
+                )),
+            }
+        }
+        ManifestKind::Schema1(_) => Err("the manifest is already Schema 1".into()),
+    }
+}
+
+/// Check the config blob against the manifest, check the layers fit Schema 1, and
+/// build the canonical payload.
+pub fn image_payload(
+    image: &Manifest,
+    config: &[u8],
+    name: &str,
+    tag: &str,
+) -> Result<Vec<u8>, String> {
+    let ManifestKind::Image(img) = &image.kind else {
+        return Err("not an image manifest".into());
+    };
+    if !img.config.digest.verifies(config) {
+        return Err(format!(
+            "config file has digest {}, but the manifest names {}",
+            Digest::sha256_of(config),
+            img.config.digest
+        ));
+    }
+    schema1::convert_image(img, config, name, tag).map_err(|e| e.to_string())
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {what} file {}: {e}", path.display()))
+}
+
+/// A PEM (SEC1 or PKCS#8) or JWK (`.json`/`.jwk`) P-256 private key.
+pub fn load_key(path: &Path) -> Result<SigningKey, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
+    let is_jwk = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("json" | "jwk")
+    ) || text.trim_start().starts_with('{');
+    let key = if is_jwk {
+        SigningKey::from_jwk(&text)
+    } else {
+        SigningKey::from_pem(&text)
+    };
+    key.map_err(|e| format!("key file {}: {e}", path.display()))
+}
