@@ -1,0 +1,854 @@
+//! Disk tier: content-addressed files with an in-memory LRU index.
+//!
+//! # Layout (version 1)
+//!
+//! ```text
+//! <root>/v1/lock                        advisory lock: one process per root
+//! <root>/v1/blobs/<alg>/<hex[..2]>/<hex>   committed content, named by digest
+//! <root>/v1/tmp/<seq>.part              writes in progress (same file system)
+//! <root>/v1/tags.jsonl, schema1-map.jsonl   see `tags.rs`, `mapping.rs`
+//! ```
+//!
+//! The `v1` segment is the format version (mountpoint-s3's `CACHE_VERSION`):
+//! a future layout goes to `v2/` and can't misread old files.
+//!
+//! # Write protocol
+//!
+//! Content is written to a fresh file under `tmp/`, hashed while written,
+//! checked against its digest, `fsync`ed, given its access time, and renamed
+//! to its final name; then the parent directory is `fsync`ed. A crash at any
+//! point leaves either a complete, verified entry or a stray temp file, and
+//! every temp file is deleted at start-up. Dropping an uncommitted
+//! [`TempFile`] unlinks it.
+//!
+//! # Index and eviction
+//!
+//! The index (digest → size, last access) lives in memory and is rebuilt at
+//! start by listing the blob directories (no file is opened or re-hashed).
+//! When a commit would take usage over the budget, the least recently
+//! *accessed* unpinned entries are unlinked first. A reader that opened an
+//! entry keeps it: Linux keeps an unlinked inode alive while a descriptor is
+//! open.
+//!
+//! # Last access across restarts
+//!
+//! The in-memory order is exact. It is persisted approximately as each file's
+//! mtime: a commit stamps it, and an access rewrites it only when the stamped
+//! value is older than `access_persist_interval`, so restart order is precise
+//! to that interval. Stamps come from a strictly increasing clock (never two
+//! equal), which with an interval of zero makes the restart order exact.
+//!
+//! # Locking
+//!
+//! One `parking_lot` mutex guards the index. It is held across the few
+//! syscalls that must be atomic with the index: the rename that publishes an
+//! entry and the unlinks of its victims (otherwise an eviction could unlink a
+//! file that a concurrent commit of the same digest just renamed into place).
+//! It is never held across an `.await`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt};
+use parking_lot::Mutex;
+use regcache_formats::{Algorithm, Digest};
+
+use crate::config::StoreConfig;
+use crate::error::StoreError;
+use crate::hasher::verify_bytes;
+use crate::source::Source;
+use crate::stats::{Counter, DiskStats};
+use crate::tier::Tier;
+
+/// Path segment naming the on-disk format version.
+pub const LAYOUT_VERSION: &str = "v1";
+
+const ALGORITHMS: [Algorithm; 3] = [Algorithm::Sha256, Algorithm::Sha384, Algorithm::Sha512];
+
+/// What a commit did with its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Installed {
+    /// A new entry now exists.
+    Added,
+    /// The digest was already cached (identical content); the new copy was
+    /// discarded and the entry's access time refreshed.
+    AlreadyPresent,
+    /// The content was valid but not kept: larger than the whole budget, or
+    /// only pinned entries were left to evict.
+    NotCached,
+}
+
+/// The disk tier. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct DiskTier {
+    inner: Arc<DiskInner>,
+}
+
+struct DiskInner {
+    /// `<root>/v1`.
+    base: PathBuf,
+    blobs: PathBuf,
+    tmp: PathBuf,
+    max_bytes: u64,
+    /// Throttle for persisting access times, in clock nanoseconds.
+    persist_interval_ns: u64,
+    index: Mutex<Index>,
+    clock: AccessClock,
+    /// Names temp files; unique within the process, and the root lock rules
+    /// out other processes.
+    temp_seq: AtomicU64,
+    counters: Counters,
+    /// Held (never read) for its advisory lock, released when the tier drops.
+    _lock: File,
+}
+
+#[derive(Default)]
+struct Counters {
+    bytes_used: Counter,
+    entries: Counter,
+    bytes_committed: Counter,
+    evictions: Counter,
+    evicted_bytes: Counter,
+    not_cached: Counter,
+}
+
+#[derive(Default)]
+struct Index {
+    entries: HashMap<Digest, Entry>,
+    /// Access tick → digest, oldest first. Ticks are unique (see [`AccessClock`]).
+    lru: BTreeMap<u64, Digest>,
+    used: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    size: u64,
+    /// Last access, in clock nanoseconds; key in `Index::lru`.
+    tick: u64,
+    /// The access time last written to the file's mtime.
+    persisted: u64,
+    /// Live [`PinGuard`]s; eviction skips pinned entries.
+    pins: u32,
+}
+
+impl Index {
+    fn insert(&mut self, digest: Digest, size: u64, tick: u64, persisted: u64) {
+        self.lru.insert(tick, digest.clone());
+        self.entries.insert(
+            digest,
+            Entry {
+                size,
+                tick,
+                persisted,
+                pins: 0,
+            },
+        );
+        self.used += size;
+    }
+
+    fn remove(&mut self, digest: &Digest) -> Option<Entry> {
+        let entry = self.entries.remove(digest)?;
+        self.lru.remove(&entry.tick);
+        self.used -= entry.size;
+        Some(entry)
+    }
+
+    /// Moves the entry to the most recent end. Returns the entry after the bump.
+    fn bump(&mut self, digest: &Digest, tick: u64) -> Option<&mut Entry> {
+        let entry = self.entries.get_mut(digest)?;
+        self.lru.remove(&entry.tick);
+        entry.tick = tick;
+        self.lru.insert(tick, digest.clone());
+        Some(entry)
+    }
+
+    /// Picks the least recently accessed unpinned entries to free room for
+    /// `incoming` bytes under `max`. Returns `None` (and changes nothing) if
+    /// even evicting every unpinned entry wouldn't make room.
+    fn pick_victims(&self, incoming: u64, max: u64) -> Option<Vec<Digest>> {
+        let mut victims = Vec::new();
+        let mut used = self.used;
+        for digest in self.lru.values() {
+            if used + incoming <= max {
+                break;
+            }
+            let entry = &self.entries[digest];
+            if entry.pins > 0 {
+                continue;
+            }
+            used -= entry.size;
+            victims.push(digest.clone());
+        }
+        (used + incoming <= max).then_some(victims)
+    }
+}
+
+/// Strictly increasing wall-clock nanoseconds: `max(now, previous + 1)`.
+///
+/// Unique ticks make the LRU map key unique and make mtime stamps totally
+/// ordered, so the restart order matches the in-memory order.
+struct AccessClock(AtomicU64);
+
+impl AccessClock {
+    fn next(&self) -> u64 {
+        let now = unix_nanos(SystemTime::now());
+        let mut prev = self.0.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(prev + 1);
+            match self
+                .0
+                .compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(actual) => prev = actual,
+            }
+        }
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn system_time(nanos: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+/// A temp file under `<root>/v1/tmp/`, unlinked on drop unless installed.
+///
+/// Dropping does one blocking `unlink`; that is acceptable from async code
+/// (a single metadata syscall) and keeps "dropped means gone" unconditional.
+pub(crate) struct TempFile {
+    path: PathBuf,
+    /// Shared so fill followers can `pread` while the writer `pwrite`s; the
+    /// descriptor stays valid across the rename into place.
+    pub(crate) file: Arc<File>,
+    installed: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.installed
+            && let Err(error) = fs::remove_file(&self.path)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.path.display(), %error, "removing cache temp file failed");
+        }
+    }
+}
+
+impl fmt::Debug for TempFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TempFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keeps an entry from being evicted while alive. Explicit removal
+/// ([`DiskTier::remove_blocking`]) still removes it.
+pub struct PinGuard {
+    inner: Arc<DiskInner>,
+    digest: Digest,
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let mut index = self.inner.index.lock();
+        if let Some(entry) = index.entries.get_mut(&self.digest) {
+            entry.pins = entry.pins.saturating_sub(1);
+        }
+    }
+}
+
+impl fmt::Debug for PinGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("PinGuard").field(&self.digest).finish()
+    }
+}
+
+impl DiskTier {
+    /// Opens (creating if needed) `<config.root>/v1`, takes the root lock,
+    /// deletes stale temp files and rebuilds the index from the blob
+    /// directories. If the entries exceed `disk_max_bytes` (the budget was
+    /// lowered), the least recently accessed are evicted.
+    ///
+    /// Blocking: call it from the blocking pool ([`crate::Store::open`] does).
+    /// Listing uses up to 4 threads; 100,000 entries open in well under a
+    /// second (see `examples/open_100k.rs`).
+    pub fn open(config: &StoreConfig) -> Result<DiskTier, StoreError> {
+        let base = config.root.join(LAYOUT_VERSION);
+        let blobs = base.join("blobs");
+        let tmp = base.join("tmp");
+        for dir in [&base, &blobs, &tmp] {
+            fs::create_dir_all(dir).map_err(StoreError::io("create directory", dir))?;
+        }
+        let lock_path = base.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(StoreError::io("open lock file", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    path: config.root.clone(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(StoreError::io("lock", &lock_path)(e)),
+        }
+
+        let stale = clean_tmp(&tmp)?;
+        if stale > 0 {
+            tracing::info!(files = stale, "removed temp files left by an earlier run");
+        }
+
+        let mut found = scan_blobs(&blobs)?;
+        // Oldest access first; ties (same mtime) broken by digest so the order is deterministic.
+        found.sort_unstable_by(|a, b| a.mtime.cmp(&b.mtime).then_with(|| a.digest.cmp(&b.digest)));
+        let mut index = Index {
+            entries: HashMap::with_capacity(found.len()),
+            lru: BTreeMap::new(),
+            used: 0,
+        };
+        let mut last_tick = 0u64;
+        for f in found {
+            let tick = f.mtime.max(last_tick + 1);
+            last_tick = tick;
+            index.insert(f.digest, f.size, tick, f.mtime);
+        }
+
+        let inner = DiskInner {
+            base,
+            blobs,
+            tmp,
+            max_bytes: config.disk_max_bytes,
+            persist_interval_ns: u64::try_from(config.access_persist_interval.as_nanos())
+                .unwrap_or(u64::MAX),
+            index: Mutex::new(index),
+            clock: AccessClock(AtomicU64::new(last_tick)),
+            temp_seq: AtomicU64::new(0),
+            counters: Counters::default(),
+            _lock: lock,
+        };
+        let tier = DiskTier {
+            inner: Arc::new(inner),
+        };
+        {
+            let mut index = tier.inner.index.lock();
+            if index.used > tier.inner.max_bytes {
+                let victims = index
+                    .pick_victims(0, tier.inner.max_bytes)
+                    .unwrap_or_default();
+                tier.inner.evict(&mut index, &victims);
+            }
+            tier.inner.publish_usage(&index);
+            tracing::info!(
+                entries = index.entries.len(),
+                bytes = index.used,
+                "disk cache index loaded"
+            );
+        }
+        Ok(tier)
+    }
+
+    /// `<root>/v1`.
+    pub fn base_dir(&self) -> &Path {
+        &self.inner.base
+    }
+
+    /// Where a committed entry lives (whether or not it exists).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.inner.blob_path(digest)
+    }
+
+    /// Is the digest committed? In-memory check, not an access.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.inner.index.lock().entries.contains_key(digest)
+    }
+
+    /// Size of a committed entry without opening it. Not an access.
+    pub fn len_of(&self, digest: &Digest) -> Option<u64> {
+        self.inner.index.lock().entries.get(digest).map(|e| e.size)
+    }
+
+    /// Opens a committed entry and records the access. `Ok(None)` if absent
+    /// (including when it was evicted or deleted behind our back between the
+    /// index lookup and the open). Blocking.
+    pub fn open_blocking(&self, digest: &Digest) -> Result<Option<(File, u64)>, StoreError> {
+        let inner = &self.inner;
+        let Some((size, stamp)) = inner.bump(digest) else {
+            return Ok(None);
+        };
+        let path = inner.blob_path(digest);
+        match File::open(&path) {
+            Ok(file) => {
+                if let Some(stamp) = stamp {
+                    persist_access(&file, digest, stamp);
+                }
+                Ok(Some((file, size)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                inner.forget_missing(digest, &path);
+                Ok(None)
+            }
+            Err(e) => Err(StoreError::io("open", path)(e)),
+        }
+    }
+
+    /// Records an access that a faster tier served: exact in memory; the
+    /// mtime is rewritten on the blocking pool only when the throttle allows
+    /// (and a tokio runtime is running).
+    pub fn touch(&self, digest: &Digest) {
+        let inner = &self.inner;
+        let stamp = {
+            let mut index = inner.index.lock();
+            let tick = inner.clock.next();
+            let Some(entry) = index.bump(digest, tick) else {
+                return;
+            };
+            if tick.saturating_sub(entry.persisted) < inner.persist_interval_ns {
+                return;
+            }
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            entry.persisted = tick;
+            (runtime, tick)
+        };
+        let (runtime, tick) = stamp;
+        let path = inner.blob_path(digest);
+        drop(runtime.spawn_blocking(move || {
+            if let Err(error) = File::open(&path).and_then(|f| f.set_modified(system_time(tick))) {
+                tracing::debug!(path = %path.display(), %error, "persisting cache access time failed");
+            }
+        }));
+    }
+
+    /// Stops the entry from being evicted while the guard lives. `None` if
+    /// the digest isn't cached.
+    pub fn pin(&self, digest: &Digest) -> Option<PinGuard> {
+        let mut index = self.inner.index.lock();
+        let entry = index.entries.get_mut(digest)?;
+        entry.pins += 1;
+        Some(PinGuard {
+            inner: self.inner.clone(),
+            digest: digest.clone(),
+        })
+    }
+
+    /// Verifies `bytes` against `digest` and commits them (temp file, fsync,
+    /// rename). Already-cached content is not rewritten. Blocking.
+    pub fn put_blocking(&self, digest: &Digest, bytes: &[u8]) -> Result<Installed, StoreError> {
+        verify_bytes(digest, bytes).map_err(|actual| StoreError::DigestMismatch {
+            expected: digest.clone(),
+            actual,
+        })?;
+        if self.inner.access_blocking(digest) {
+            return Ok(Installed::AlreadyPresent);
+        }
+        let temp = self.create_temp()?;
+        let path = temp.path.clone();
+        (&*temp.file)
+            .write_all(bytes)
+            .map_err(StoreError::io("write", &path))?;
+        temp.file
+            .sync_all()
+            .map_err(StoreError::io("fsync", &path))?;
+        self.install(temp, digest, bytes.len() as u64)
+    }
+
+    /// Deletes an entry (pinned or not). Readers with the file open keep it.
+    /// Blocking.
+    pub fn remove_blocking(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let mut index = self.inner.index.lock();
+        if index.remove(digest).is_none() {
+            return Ok(false);
+        }
+        let path = self.inner.blob_path(digest);
+        let result = fs::remove_file(&path);
+        self.inner.publish_usage(&index);
+        match result {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(StoreError::io("remove", path)(e)),
+        }
+    }
+
+    /// Cached digests with their sizes, least recently accessed first: the
+    /// order eviction will take them in.
+    pub fn lru_order(&self) -> Vec<(Digest, u64)> {
+        let index = self.inner.index.lock();
+        index
+            .lru
+            .values()
+            .map(|d| (d.clone(), index.entries[d].size))
+            .collect()
+    }
+
+    pub fn stats(&self) -> DiskStats {
+        let c = &self.inner.counters;
+        DiskStats {
+            bytes_used: c.bytes_used.get(),
+            entries: c.entries.get(),
+            max_bytes: self.inner.max_bytes,
+            bytes_committed: c.bytes_committed.get(),
+            evictions: c.evictions.get(),
+            evicted_bytes: c.evicted_bytes.get(),
+            not_cached: c.not_cached.get(),
+        }
+    }
+
+    /// A new, empty temp file opened read+write. Blocking.
+    pub(crate) fn create_temp(&self) -> Result<TempFile, StoreError> {
+        let seq = self.inner.temp_seq.fetch_add(1, Ordering::Relaxed);
+        let path = self.inner.tmp.join(format!("{seq}.part"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(StoreError::io("create temp file", &path))?;
+        Ok(TempFile {
+            path,
+            file: Arc::new(file),
+            installed: false,
+        })
+    }
+
+    /// Publishes a verified and fsynced temp file as the entry for `digest`.
+    /// The caller has checked the content; this only does placement, access
+    /// stamping and eviction. Blocking.
+    pub(crate) fn install(
+        &self,
+        mut temp: TempFile,
+        digest: &Digest,
+        len: u64,
+    ) -> Result<Installed, StoreError> {
+        let inner = &self.inner;
+        let tick = inner.clock.next();
+        // Stamp before publishing so the persisted access time is right from the start.
+        temp.file
+            .set_modified(system_time(tick))
+            .map_err(StoreError::io("set mtime", &temp.path))?;
+        let target = inner.blob_path(digest);
+        {
+            let mut index = inner.index.lock();
+            if index.entries.contains_key(digest) {
+                drop(index);
+                inner.access_blocking(digest);
+                return Ok(Installed::AlreadyPresent);
+            }
+            let Some(victims) = (len <= inner.max_bytes)
+                .then(|| index.pick_victims(len, inner.max_bytes))
+                .flatten()
+            else {
+                inner.counters.not_cached.inc();
+                tracing::warn!(%digest, bytes = len, max_bytes = inner.max_bytes, "content not cached: it does not fit the disk budget");
+                return Ok(Installed::NotCached);
+            };
+            inner.evict(&mut index, &victims);
+            rename_creating_parent(&temp.path, &target)
+                .map_err(StoreError::io("rename", &target))?;
+            temp.installed = true;
+            index.insert(digest.clone(), len, tick, tick);
+            inner.counters.bytes_committed.add(len);
+            inner.publish_usage(&index);
+        }
+        if let Some(parent) = target.parent()
+            && let Err(error) = sync_dir(parent)
+        {
+            tracing::warn!(%digest, %error, "fsync of cache directory failed; entry may not survive a power loss");
+        }
+        Ok(Installed::Added)
+    }
+}
+
+impl DiskInner {
+    /// Moves the entry to the recent end. Returns its size and, when the
+    /// throttle says the persisted access time is stale, the stamp to write
+    /// (already recorded as persisted).
+    fn bump(&self, digest: &Digest) -> Option<(u64, Option<u64>)> {
+        let mut index = self.index.lock();
+        let tick = self.clock.next();
+        let entry = index.bump(digest, tick)?;
+        let stamp = (tick.saturating_sub(entry.persisted) >= self.persist_interval_ns).then(|| {
+            entry.persisted = tick;
+            tick
+        });
+        Some((entry.size, stamp))
+    }
+
+    /// Records an access without handing out the file (a re-put of cached
+    /// content). Returns whether the entry exists. Blocking.
+    fn access_blocking(&self, digest: &Digest) -> bool {
+        let Some((_, stamp)) = self.bump(digest) else {
+            return false;
+        };
+        if let Some(stamp) = stamp {
+            match File::open(self.blob_path(digest)) {
+                Ok(file) => persist_access(&file, digest, stamp),
+                Err(error) => {
+                    tracing::debug!(%digest, %error, "persisting cache access time failed")
+                }
+            }
+        }
+        true
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        let mut path = self.blobs.join(digest.algorithm().name());
+        path.push(&hex[..2]);
+        path.push(hex);
+        path
+    }
+
+    /// Removes `victims` from the index and unlinks them. Called with the
+    /// index lock held (see the module docs for why).
+    fn evict(&self, index: &mut Index, victims: &[Digest]) {
+        for digest in victims {
+            let Some(entry) = index.remove(digest) else {
+                continue;
+            };
+            self.counters.evictions.inc();
+            self.counters.evicted_bytes.add(entry.size);
+            let path = self.blob_path(digest);
+            match fs::remove_file(&path) {
+                Ok(()) => tracing::debug!(%digest, bytes = entry.size, "evicted cache entry"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    tracing::warn!(%digest, %error, "unlinking evicted cache entry failed")
+                }
+            }
+        }
+    }
+
+    /// The file of an indexed entry vanished (deleted outside the store).
+    /// Drop it from the index unless a concurrent commit put it back.
+    fn forget_missing(&self, digest: &Digest, path: &Path) {
+        let mut index = self.index.lock();
+        if index.entries.contains_key(digest) && !path.exists() {
+            tracing::warn!(%digest, "cache file missing; dropping it from the index");
+            index.remove(digest);
+            self.publish_usage(&index);
+        }
+    }
+
+    fn publish_usage(&self, index: &Index) {
+        self.counters.bytes_used.set(index.used);
+        self.counters.entries.set(index.entries.len() as u64);
+    }
+}
+
+/// Writes an access stamp into the file's mtime (best effort: a failure
+/// only makes the restart order less precise).
+fn persist_access(file: &File, digest: &Digest, stamp: u64) {
+    if let Err(error) = file.set_modified(system_time(stamp)) {
+        tracing::debug!(%digest, %error, "persisting cache access time failed");
+    }
+}
+
+fn rename_creating_parent(from: &Path, to: &Path) -> io::Result<()> {
+    match fs::rename(from, to) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = to.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::rename(from, to)
+        }
+        other => other,
+    }
+}
+
+/// Makes a rename in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Deletes everything in `tmp`: only writes that never committed live there.
+fn clean_tmp(tmp: &Path) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    for entry in fs::read_dir(tmp).map_err(StoreError::io("list", tmp))? {
+        let entry = entry.map_err(StoreError::io("list", tmp))?;
+        let path = entry.path();
+        let result = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        result.map_err(StoreError::io("remove stale temp file", &path))?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+struct Found {
+    digest: Digest,
+    size: u64,
+    mtime: u64,
+}
+
+/// Lists every committed entry. Prefix directories are split across a few
+/// threads: the work is one `getdents` per directory and one `statx` per
+/// file, which parallelises well on a warm dentry cache.
+fn scan_blobs(blobs: &Path) -> Result<Vec<Found>, StoreError> {
+    let mut prefix_dirs = Vec::new();
+    for algorithm in ALGORITHMS {
+        let dir = blobs.join(algorithm.name());
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StoreError::io("list", dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io("list", &dir))?;
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                prefix_dirs.push((algorithm, entry.path()));
+            } else {
+                tracing::warn!(path = %entry.path().display(), "ignoring unexpected file in cache directory");
+            }
+        }
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    let per_thread = prefix_dirs.len().div_ceil(threads).max(1);
+    let results: Vec<Result<Vec<Found>, StoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = prefix_dirs
+            .chunks(per_thread)
+            .map(|chunk| scope.spawn(move || scan_prefix_dirs(chunk)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(StoreError::Task("cache index scan panicked".into())))
+            })
+            .collect()
+    });
+    let mut found = Vec::new();
+    for r in results {
+        found.extend(r?);
+    }
+    Ok(found)
+}
+
+fn scan_prefix_dirs(dirs: &[(Algorithm, PathBuf)]) -> Result<Vec<Found>, StoreError> {
+    let mut found = Vec::new();
+    let mut text = String::with_capacity(140);
+    for (algorithm, dir) in dirs {
+        let prefix = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        for entry in fs::read_dir(dir).map_err(StoreError::io("list", dir))? {
+            let entry = entry.map_err(StoreError::io("list", dir))?;
+            let name = entry.file_name();
+            let digest = name.to_str().and_then(|hex| {
+                text.clear();
+                text.push_str(algorithm.name());
+                text.push(':');
+                text.push_str(hex);
+                Digest::parse(&text)
+                    .ok()
+                    .filter(|_| hex.starts_with(prefix))
+            });
+            let Some(digest) = digest else {
+                tracing::warn!(path = %entry.path().display(), "ignoring file with a non-digest name in cache directory");
+                continue;
+            };
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                // Deleted while listing (should not happen under the root lock).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io("stat", entry.path())(e)),
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let mtime = meta.modified().map(unix_nanos).unwrap_or(0);
+            found.push(Found {
+                digest,
+                size: meta.len(),
+                mtime,
+            });
+        }
+    }
+    Ok(found)
+}
+
+impl fmt::Debug for DiskTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DiskTier")
+            .field("base", &self.inner.base)
+            .field("max_bytes", &self.inner.max_bytes)
+            .field("bytes_used", &self.inner.counters.bytes_used.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tier for DiskTier {
+    fn name(&self) -> &'static str {
+        "disk"
+    }
+
+    fn get<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Option<Source>, StoreError>> {
+        if !self.contains(digest) {
+            return std::future::ready(Ok(None)).boxed();
+        }
+        let this = self.clone();
+        let digest = digest.clone();
+        async move {
+            let opened = tokio::task::spawn_blocking(move || this.open_blocking(&digest))
+                .await
+                .map_err(StoreError::task)??;
+            Ok(opened.map(|(file, len)| Source::File { file, len }))
+        }
+        .boxed()
+    }
+
+    fn stat<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        std::future::ready(Ok(self.len_of(digest))).boxed()
+    }
+
+    fn put<'a>(
+        &'a self,
+        digest: &'a Digest,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let this = self.clone();
+        let digest = digest.clone();
+        async move {
+            tokio::task::spawn_blocking(move || this.put_blocking(&digest, &bytes))
+                .await
+                .map_err(StoreError::task)??;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn remove<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let this = self.clone();
+        let digest = digest.clone();
+        async move {
+            tokio::task::spawn_blocking(move || this.remove_blocking(&digest))
+                .await
+                .map_err(StoreError::task)?
+        }
+        .boxed()
+    }
+
+    fn record_access(&self, digest: &Digest) {
+        self.touch(digest);
+    }
+}

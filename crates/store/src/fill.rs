@@ -1,0 +1,803 @@
+//! One fill per digest, streamed to any number of readers.
+//!
+//! After pingora's cache lock and its `memory.rs` `watch` pattern (STYLE
+//! habit 7). [`Fills::begin`] makes the first caller for a digest the
+//! *leader*: it gets a [`FillWriter`], which writes a temp file in the disk
+//! tier while hashing. Everyone else, and the leader's own client through
+//! [`FillWriter::subscribe`], gets a [`FillReader`] that `pread`s the same
+//! file up to the length the writer has published on a `tokio::sync::watch`
+//! channel. Readers never buffer more than one chunk
+//! ([`crate::StoreConfig::read_chunk_bytes`]), so memory stays flat however
+//! many clients follow and however large the blob.
+//!
+//! # Outcomes
+//!
+//! * [`FillWriter::commit`] checks length and digest, `fsync`s, renames into
+//!   the disk tier, then publishes `Done`: readers drain to the end and finish
+//!   cleanly. The descriptor they read from survives the rename.
+//! * Digest mismatch, truncation, [`FillWriter::abort`] or dropping the
+//!   writer publishes a [`FillError`]: every reader's stream yields that error
+//!   (never a clean end), nothing is cached, and the digest is released first
+//!   so the next `begin` becomes a fresh leader.
+//! * A reader never ends cleanly before the content is verified, even when it
+//!   only wanted a range that is already written: a range served from a
+//!   partial file must still be able to fail if the whole turns out bad.
+//!
+//! # Who drives the fill
+//!
+//! The server spawns the upstream download as its own task holding the
+//! writer; request handlers only hold readers. A client that disconnects
+//! drops its reader, which has no effect on the fill (STYLE habit 7: never run
+//! a blob download inside a request future).
+//!
+//! # Waiting forever
+//!
+//! Readers wait for the writer's progress without a timeout; a stalled
+//! upstream stalls its readers. The server should bound the download (and so
+//! the writer) with its own timeout, after which dropping or aborting the
+//! writer fails every reader.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use futures_util::future::{BoxFuture, FutureExt};
+use parking_lot::Mutex;
+use regcache_formats::Digest;
+use tokio::sync::watch;
+
+use crate::disk::{DiskTier, Installed, TempFile};
+use crate::error::{FillError, StoreError};
+use crate::hasher::ContentHasher;
+use crate::memory::MemoryTier;
+use crate::stats::{Counter, FillStats};
+use crate::tier::Tier;
+
+/// What the writer has published so far.
+#[derive(Debug, Clone)]
+enum Progress {
+    /// This many bytes from offset 0 are in the file and may be read.
+    Writing {
+        written: u64,
+    },
+    /// Verified and committed; the length is final.
+    Done {
+        len: u64,
+    },
+    Failed(FillError),
+}
+
+/// State shared by the writer, the registry and (through the channel and the
+/// file) the readers of one fill.
+struct FillShared {
+    digest: Digest,
+    expected_len: Option<u64>,
+    file: Arc<File>,
+    progress: watch::Sender<Progress>,
+}
+
+/// The registry of fills in progress. Cheap to clone.
+///
+/// Concurrency: `begin` on the same digest from many tasks yields exactly one
+/// leader while that leader's fill is open; the others follow it. Once the
+/// fill commits, `begin` answers from the committed entry; once it fails, the
+/// next `begin` leads a new fill.
+#[derive(Clone)]
+pub struct Fills {
+    inner: Arc<FillsInner>,
+}
+
+struct FillsInner {
+    disk: DiskTier,
+    /// Small committed fills are copied here, and `begin` checks it first.
+    memory: Option<MemoryTier>,
+    active: Mutex<HashMap<Digest, Arc<FillShared>>>,
+    read_chunk_bytes: usize,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    started: Counter,
+    joined: Counter,
+    already_cached: Counter,
+    committed: Counter,
+    failed: Counter,
+    bytes_written: Counter,
+}
+
+/// The answer to [`Fills::begin`].
+#[derive(Debug)]
+pub enum Begin {
+    /// This caller must drive the fill: write every chunk, then `commit` (or
+    /// `abort`). Call [`FillWriter::subscribe`] for the caller's own client.
+    Leader(FillWriter),
+    /// Someone else is filling, or the content is already cached (then the
+    /// reader streams the committed entry). The server should still try
+    /// [`crate::Store::get`] first for cached content: a `Source::File` can be
+    /// sent with `sendfile`.
+    Follower(FillReader),
+}
+
+/// How a successful commit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Committed {
+    pub len: u64,
+    /// Whether the disk tier kept it (see [`Installed::NotCached`]); readers
+    /// get the full content either way.
+    pub installed: Installed,
+}
+
+impl Fills {
+    /// A registry writing into `disk`, promoting small results into `memory`.
+    /// `read_chunk_bytes` bounds each reader's buffer.
+    pub fn new(disk: DiskTier, memory: Option<MemoryTier>, read_chunk_bytes: usize) -> Self {
+        Fills {
+            inner: Arc::new(FillsInner {
+                disk,
+                memory,
+                active: Mutex::new(HashMap::new()),
+                read_chunk_bytes: read_chunk_bytes.max(1),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// Claims the fill for `digest` or joins the existing one.
+    ///
+    /// `expected_len` (from the upstream's `Content-Length`) makes `commit`
+    /// reject a short body and `write` reject a long one, and is what
+    /// followers report from [`FillReader::len`].
+    ///
+    /// Cancel safety: safe. If the future is dropped before it returns, no
+    /// fill is registered and its temp file is removed.
+    ///
+    /// Errors only when the temp file can't be created or a cached entry
+    /// can't be opened.
+    pub async fn begin(
+        &self,
+        digest: &Digest,
+        expected_len: Option<u64>,
+    ) -> Result<Begin, StoreError> {
+        let inner = &self.inner;
+        loop {
+            if let Some(reader) = self.follow_active(digest) {
+                return Ok(Begin::Follower(reader));
+            }
+            if let Some(reader) = self.follow_committed(digest).await? {
+                inner.counters.already_cached.inc();
+                return Ok(Begin::Follower(reader));
+            }
+            // Create the temp file outside the registry lock, then claim.
+            let disk = inner.disk.clone();
+            let temp = tokio::task::spawn_blocking(move || disk.create_temp())
+                .await
+                .map_err(StoreError::task)??;
+            let mut active = inner.active.lock();
+            if let Some(shared) = active.get(digest) {
+                inner.counters.joined.inc();
+                let reader = FillReader::following(shared, inner.read_chunk_bytes);
+                drop(active);
+                return Ok(Begin::Follower(reader));
+            }
+            if inner.disk.contains(digest)
+                || inner.memory.as_ref().is_some_and(|m| m.contains(digest))
+            {
+                // Committed while we created the temp file; go read it.
+                continue;
+            }
+            let (progress, _) = watch::channel(Progress::Writing { written: 0 });
+            let shared = Arc::new(FillShared {
+                digest: digest.clone(),
+                expected_len,
+                file: temp.file.clone(),
+                progress,
+            });
+            active.insert(digest.clone(), shared.clone());
+            drop(active);
+            inner.counters.started.inc();
+            tracing::debug!(%digest, ?expected_len, "fill started");
+            return Ok(Begin::Leader(FillWriter {
+                digest: digest.clone(),
+                state: Some(Box::new(WriterState {
+                    fills: inner.clone(),
+                    shared,
+                    temp,
+                    hasher: Some(ContentHasher::new(digest.algorithm())),
+                    written: 0,
+                })),
+                failed: None,
+            }));
+        }
+    }
+
+    /// Is a fill for `digest` in progress right now?
+    pub fn is_filling(&self, digest: &Digest) -> bool {
+        self.inner.active.lock().contains_key(digest)
+    }
+
+    pub fn stats(&self) -> FillStats {
+        let c = &self.inner.counters;
+        FillStats {
+            started: c.started.get(),
+            joined: c.joined.get(),
+            already_cached: c.already_cached.get(),
+            committed: c.committed.get(),
+            failed: c.failed.get(),
+            bytes_written: c.bytes_written.get(),
+        }
+    }
+
+    fn follow_active(&self, digest: &Digest) -> Option<FillReader> {
+        let active = self.inner.active.lock();
+        let shared = active.get(digest)?;
+        self.inner.counters.joined.inc();
+        Some(FillReader::following(shared, self.inner.read_chunk_bytes))
+    }
+
+    async fn follow_committed(&self, digest: &Digest) -> Result<Option<FillReader>, StoreError> {
+        let chunk = self.inner.read_chunk_bytes;
+        if let Some(bytes) = self.inner.memory.as_ref().and_then(|m| m.get_bytes(digest)) {
+            self.inner.disk.touch(digest);
+            return Ok(Some(FillReader::complete_bytes(digest, bytes, chunk)));
+        }
+        if !self.inner.disk.contains(digest) {
+            return Ok(None);
+        }
+        let disk = self.inner.disk.clone();
+        let d = digest.clone();
+        let opened = tokio::task::spawn_blocking(move || disk.open_blocking(&d))
+            .await
+            .map_err(StoreError::task)??;
+        Ok(opened.map(|(file, len)| FillReader::complete_file(digest, Arc::new(file), len, chunk)))
+    }
+}
+
+impl fmt::Debug for Fills {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fills")
+            .field("active", &self.inner.active.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FillsInner {
+    /// Releases the digest, then tells readers. In that order, so a reader
+    /// that sees the error and calls `begin` again becomes the new leader.
+    fn fail(&self, shared: &Arc<FillShared>, error: FillError) {
+        self.release(shared);
+        self.counters.failed.inc();
+        // Debug only: the writer's caller gets the error and logs it once at
+        // the level it deserves (STYLE habit 4).
+        tracing::debug!(digest = %shared.digest, %error, "fill failed");
+        shared.progress.send_replace(Progress::Failed(error));
+    }
+
+    fn release(&self, shared: &Arc<FillShared>) {
+        let mut active = self.active.lock();
+        if active
+            .get(&shared.digest)
+            .is_some_and(|s| Arc::ptr_eq(s, shared))
+        {
+            active.remove(&shared.digest);
+        }
+    }
+}
+
+struct WriterState {
+    fills: Arc<FillsInner>,
+    shared: Arc<FillShared>,
+    /// Unlinked when dropped uncommitted.
+    temp: TempFile,
+    /// `None` while a write runs on the blocking pool. Still `None` on the
+    /// next call means that write's future was dropped mid-way and the file
+    /// contents are unknown.
+    hasher: Option<ContentHasher>,
+    written: u64,
+}
+
+/// The leader's handle on a fill.
+///
+/// # Drop
+///
+/// Dropping it without [`commit`](Self::commit) (or after an error) fails
+/// the fill: every reader gets [`FillError::Abandoned`], the temp file is
+/// removed, and the digest is free for a new leader.
+///
+/// # Cancel safety
+///
+/// [`write`](Self::write) is *not* cancel-safe: if its future is dropped the
+/// chunk may or may not be in the file, so the next call on the writer fails
+/// the fill. [`commit`](Self::commit) is: once called, the commit runs to
+/// completion on the blocking pool and publishes its outcome to readers even
+/// if the returned future is dropped.
+pub struct FillWriter {
+    digest: Digest,
+    /// `None` once committed, aborted or failed. Boxed to keep [`Begin`] small.
+    state: Option<Box<WriterState>>,
+    /// Why the fill failed, returned by later calls.
+    failed: Option<FillError>,
+}
+
+impl FillWriter {
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.state.as_ref().map_or(0, |s| s.written)
+    }
+
+    /// A reader of this fill from offset 0, for the client whose request
+    /// started it. If the fill has already failed, the reader yields the error.
+    pub fn subscribe(&self) -> FillReader {
+        match &self.state {
+            Some(state) => FillReader::following(&state.shared, state.fills.read_chunk_bytes),
+            None => FillReader::failed(&self.digest, self.failure()),
+        }
+    }
+
+    /// Appends a chunk: `pwrite` at the current end and hash, on the
+    /// blocking pool, then publish the new length to readers.
+    ///
+    /// On any error the fill is failed for everyone and this and every later
+    /// call return that error.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), FillError> {
+        let Some(state) = self.state.as_mut() else {
+            return Err(self.failure());
+        };
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let len = chunk.len() as u64;
+        let Some(mut hasher) = state.hasher.take() else {
+            return self.fail(FillError::Abandoned {
+                digest: self.digest.clone(),
+                why: "a write was cancelled mid-way",
+            });
+        };
+        if let Some(expected) = state.shared.expected_len
+            && state.written + len > expected
+        {
+            return self.fail(FillError::TooLong {
+                digest: self.digest.clone(),
+                expected,
+            });
+        }
+        let file = state.shared.file.clone();
+        let offset = state.written;
+        let result = tokio::task::spawn_blocking(move || {
+            file.write_all_at(&chunk, offset)?;
+            hasher.update(&chunk);
+            Ok::<_, io::Error>(hasher)
+        })
+        .await;
+        let error = match result {
+            Ok(Ok(hasher)) => {
+                state.hasher = Some(hasher);
+                state.written += len;
+                state.fills.counters.bytes_written.add(len);
+                state.shared.progress.send_replace(Progress::Writing {
+                    written: state.written,
+                });
+                return Ok(());
+            }
+            Ok(Err(e)) => e,
+            Err(join) => io::Error::other(join),
+        };
+        self.fail(FillError::io(&self.digest, "write", error))
+    }
+
+    /// Verifies length and digest, makes the file durable, and moves it into
+    /// the disk tier (small content is also copied into the memory tier).
+    /// Readers then see the end of the content.
+    ///
+    /// Cancel-safe: see the type docs.
+    pub async fn commit(mut self) -> Result<Committed, FillError> {
+        let Some(state) = self.state.take() else {
+            return Err(self.failure());
+        };
+        let digest = self.digest.clone();
+        let job = move || {
+            // Fails the fill if the job panics, so readers never hang.
+            let mut guard = FailGuard {
+                fills: state.fills.clone(),
+                shared: state.shared.clone(),
+                armed: true,
+            };
+            let result = commit_blocking(*state);
+            guard.armed = false;
+            result
+        };
+        match tokio::task::spawn_blocking(job).await {
+            Ok(result) => result,
+            Err(join) => Err(FillError::io(&digest, "commit", io::Error::other(join))),
+        }
+    }
+
+    /// Fails the fill with `reason` (for example "upstream body: connection
+    /// reset"). Readers get [`FillError::Aborted`]; nothing is cached.
+    pub fn abort(mut self, reason: impl Into<String>) {
+        let digest = self.digest.clone();
+        let _ = self.fail::<()>(FillError::Aborted {
+            digest,
+            reason: reason.into(),
+        });
+    }
+
+    fn fail<T>(&mut self, error: FillError) -> Result<T, FillError> {
+        if let Some(state) = self.state.take() {
+            state.fills.fail(&state.shared, error.clone());
+            // `state.temp` drops here: the temp file is unlinked.
+        }
+        self.failed = Some(error.clone());
+        Err(error)
+    }
+
+    fn failure(&self) -> FillError {
+        self.failed.clone().unwrap_or_else(|| FillError::Abandoned {
+            digest: self.digest.clone(),
+            why: "the writer was already committed",
+        })
+    }
+}
+
+impl Drop for FillWriter {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.take() {
+            state.fills.fail(
+                &state.shared,
+                FillError::Abandoned {
+                    digest: self.digest.clone(),
+                    why: "the writer was dropped without commit",
+                },
+            );
+        }
+    }
+}
+
+impl fmt::Debug for FillWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FillWriter")
+            .field("digest", &self.digest)
+            .field("written", &self.written())
+            .field("open", &self.state.is_some())
+            .finish()
+    }
+}
+
+struct FailGuard {
+    fills: Arc<FillsInner>,
+    shared: Arc<FillShared>,
+    armed: bool,
+}
+
+impl Drop for FailGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.fills.fail(
+                &self.shared,
+                FillError::Abandoned {
+                    digest: self.shared.digest.clone(),
+                    why: "the commit panicked",
+                },
+            );
+        }
+    }
+}
+
+fn commit_blocking(state: WriterState) -> Result<Committed, FillError> {
+    let WriterState {
+        fills,
+        shared,
+        temp,
+        hasher,
+        written,
+    } = state;
+    let digest = &shared.digest;
+    let fail = |error: FillError| {
+        fills.fail(&shared, error.clone());
+        Err(error)
+    };
+    let Some(hasher) = hasher else {
+        return fail(FillError::Abandoned {
+            digest: digest.clone(),
+            why: "a write was cancelled mid-way",
+        });
+    };
+    if let Some(expected) = shared.expected_len
+        && written != expected
+    {
+        return fail(FillError::Truncated {
+            digest: digest.clone(),
+            expected,
+            written,
+        });
+    }
+    if let Err(actual) = hasher.verify(digest) {
+        return fail(FillError::DigestMismatch {
+            digest: digest.clone(),
+            actual,
+        });
+    }
+    if let Err(e) = temp.file.sync_all() {
+        return fail(FillError::io(digest, "fsync", e));
+    }
+    let file = temp.file.clone();
+    let installed = match fills.disk.install(temp, digest, written) {
+        Ok(installed) => installed,
+        Err(StoreError::Io { source, .. }) => return fail(FillError::io(digest, "commit", source)),
+        Err(other) => {
+            return fail(FillError::io(
+                digest,
+                "commit",
+                io::Error::other(other.to_string()),
+            ));
+        }
+    };
+    if let Some(memory) = &fills.memory
+        && written <= memory.max_object_bytes()
+    {
+        match read_at_exact(&file, 0, written) {
+            Ok(bytes) => memory.insert(digest, bytes),
+            Err(error) => {
+                tracing::debug!(%digest, %error, "copying committed fill to memory failed")
+            }
+        }
+    }
+    fills.release(&shared);
+    fills.counters.committed.inc();
+    tracing::debug!(%digest, bytes = written, ?installed, "fill committed");
+    shared
+        .progress
+        .send_replace(Progress::Done { len: written });
+    Ok(Committed {
+        len: written,
+        installed,
+    })
+}
+
+fn read_at_exact(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
+    let len = usize::try_from(len).map_err(io::Error::other)?;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(Bytes::from(buf))
+}
+
+enum ReadSource {
+    /// The fill's temp file (or a committed entry); read with `pread`, so
+    /// readers share one descriptor without sharing a file position.
+    File(Arc<File>),
+    /// A committed entry found in the memory tier.
+    Bytes(Bytes),
+}
+
+struct ReadState {
+    digest: Digest,
+    progress: watch::Receiver<Progress>,
+    source: ReadSource,
+    pos: u64,
+    /// Exclusive end requested by a range, if any.
+    end: Option<u64>,
+    chunk: usize,
+}
+
+type Step = (ReadState, Option<Result<Bytes, FillError>>);
+
+/// A stream of one fill's content, as it is written.
+///
+/// Yields `Ok` chunks of at most `read_chunk_bytes` and then ends cleanly
+/// only if the fill committed; if the fill fails, the last item is the
+/// `Err` (even when every wanted byte was already delivered), after which it
+/// ends. A reader created after the writer has written some bytes starts
+/// from offset 0 (or its range start) all the same.
+///
+/// # Cancel safety
+///
+/// Polling is cancel-safe: a dropped `next()` future loses nothing, because
+/// the in-progress read lives in the reader, not in the `next()` future.
+/// Dropping the reader stops only this reader; the fill and its other
+/// readers carry on.
+pub struct FillReader {
+    digest: Digest,
+    /// Total length when known (committed, or announced by the leader).
+    total: Option<u64>,
+    /// `None` while a step runs (it owns the state) or after the end.
+    state: Option<ReadState>,
+    pending: Option<BoxFuture<'static, Step>>,
+}
+
+impl FillReader {
+    fn following(shared: &FillShared, chunk: usize) -> Self {
+        FillReader::new(
+            &shared.digest,
+            shared.expected_len,
+            shared.progress.subscribe(),
+            ReadSource::File(shared.file.clone()),
+            chunk,
+        )
+    }
+
+    fn complete_bytes(digest: &Digest, bytes: Bytes, chunk: usize) -> Self {
+        let len = bytes.len() as u64;
+        let (_, rx) = watch::channel(Progress::Done { len });
+        FillReader::new(digest, Some(len), rx, ReadSource::Bytes(bytes), chunk)
+    }
+
+    fn complete_file(digest: &Digest, file: Arc<File>, len: u64, chunk: usize) -> Self {
+        let (_, rx) = watch::channel(Progress::Done { len });
+        FillReader::new(digest, Some(len), rx, ReadSource::File(file), chunk)
+    }
+
+    fn failed(digest: &Digest, error: FillError) -> Self {
+        let (_, rx) = watch::channel(Progress::Failed(error));
+        FillReader::new(digest, None, rx, ReadSource::Bytes(Bytes::new()), 1)
+    }
+
+    fn new(
+        digest: &Digest,
+        total: Option<u64>,
+        progress: watch::Receiver<Progress>,
+        source: ReadSource,
+        chunk: usize,
+    ) -> Self {
+        FillReader {
+            digest: digest.clone(),
+            total,
+            state: Some(ReadState {
+                digest: digest.clone(),
+                progress,
+                source,
+                pos: 0,
+                end: None,
+                chunk,
+            }),
+            pending: None,
+        }
+    }
+
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// The full content length if known: the committed length, or the
+    /// `expected_len` the leader passed to `begin`. For `Content-Length`.
+    pub fn len(&self) -> Option<u64> {
+        self.total
+    }
+
+    /// Whether the known total length is zero.
+    pub fn is_empty(&self) -> bool {
+        self.total == Some(0)
+    }
+
+    /// Restricts the stream to bytes `start..end` (`end` exclusive, `None`
+    /// for "to the end"), for `Range` requests on a blob that is still
+    /// filling. Call before the first poll; a later call has no effect. If
+    /// `start` turns out to be beyond the final length, the stream yields
+    /// [`FillError::RangeNotSatisfiable`].
+    pub fn range(mut self, start: u64, end: Option<u64>) -> Self {
+        if let Some(state) = self.state.as_mut()
+            && state.pos == 0
+        {
+            state.pos = start;
+            state.end = end.map(|e| e.max(start));
+        }
+        self
+    }
+}
+
+impl fmt::Debug for FillReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FillReader")
+            .field("digest", &self.digest)
+            .field("len", &self.total)
+            .field("pos", &self.state.as_ref().map(|s| s.pos))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream for FillReader {
+    type Item = Result<Bytes, FillError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let pending = match &mut this.pending {
+            Some(pending) => pending,
+            None => {
+                let Some(state) = this.state.take() else {
+                    return Poll::Ready(None);
+                };
+                this.pending.insert(step(state).boxed())
+            }
+        };
+        let (state, item) = std::task::ready!(pending.as_mut().poll(cx));
+        this.pending = None;
+        // Keep going only after a chunk; an error or the end is final.
+        if matches!(item, Some(Ok(_))) {
+            this.state = Some(state);
+        }
+        Poll::Ready(item)
+    }
+}
+
+/// Produces the next item: waits until bytes past `pos` are published (or
+/// the fill ends), then reads at most one chunk.
+async fn step(mut st: ReadState) -> Step {
+    let mut sender_gone = false;
+    loop {
+        let progress = st.progress.borrow_and_update().clone();
+        let (available, final_len) = match progress {
+            Progress::Writing { written } => (written, None),
+            Progress::Done { len } => (len, Some(len)),
+            Progress::Failed(error) => return (st, Some(Err(error))),
+        };
+        if let Some(len) = final_len
+            && st.pos > len
+        {
+            let error = FillError::RangeNotSatisfiable {
+                digest: st.digest.clone(),
+                start: st.pos,
+                len,
+            };
+            return (st, Some(Err(error)));
+        }
+        let limit = st.end.map_or(available, |end| end.min(available));
+        if st.pos < limit {
+            let want = (limit - st.pos).min(st.chunk as u64);
+            let item = read_chunk(&st, want).await;
+            if let Ok(bytes) = &item {
+                st.pos += bytes.len() as u64;
+            }
+            return (st, Some(item));
+        }
+        if final_len.is_some() {
+            return (st, None);
+        }
+        if sender_gone {
+            // Unreachable in practice: the writer and the commit guard always
+            // publish a final state before the sender can drop.
+            let error = FillError::Abandoned {
+                digest: st.digest.clone(),
+                why: "the fill ended without an outcome",
+            };
+            return (st, Some(Err(error)));
+        }
+        if st.progress.changed().await.is_err() {
+            // Look once more: the final value may have been sent just before the drop.
+            sender_gone = true;
+        }
+    }
+}
+
+async fn read_chunk(st: &ReadState, want: u64) -> Result<Bytes, FillError> {
+    match &st.source {
+        ReadSource::Bytes(bytes) => {
+            let start = usize::try_from(st.pos)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            let end = usize::try_from(st.pos + want)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            Ok(bytes.slice(start..end))
+        }
+        ReadSource::File(file) => {
+            let file = file.clone();
+            let pos = st.pos;
+            tokio::task::spawn_blocking(move || read_at_exact(&file, pos, want))
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r)
+                .map_err(|e| FillError::io(&st.digest, "read", e))
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Schema 1 ↔ Schema 2 digest mappings, persisted as an append-only log.
+//!
+//! When the server converts a Schema 2 (or OCI) manifest to Schema 1 for an
+//! old client, the Schema 1 digest it hands out must stay resolvable: a later
+//! pull *by that digest* has to find the source manifest again. Each mapping
+//! is one JSON line in `<root>/v1/schema1-map.jsonl`, deduplicated on
+//! (upstream, repository, tag, schema1_digest) — the first sighting is kept.
+//!
+//! Durability: each new record is appended and `fdatasync`ed before `append`
+//! returns (they are rare, and losing one breaks a digest a client already
+//! holds). A torn last line is ignored at load and the file is rewritten
+//! before the next append.
+//!
+//! Concurrency: one mutex; `append` does a blocking write + fdatasync while
+//! holding it (short, rare). Lookups are in memory.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs::File;
+use std::path::PathBuf;
+
+use parking_lot::Mutex;
+use regcache_formats::Digest;
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::jsonl;
+
+/// A Schema 1 manifest digest and the manifest it was converted from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappingRecord {
+    pub upstream: String,
+    pub repository: String,
+    /// The tag the conversion was served for (Schema 1 manifests embed it,
+    /// so the same source yields a different Schema 1 digest per tag).
+    pub tag: String,
+    pub schema1_digest: Digest,
+    /// Digest of the Schema 2 / OCI manifest that was converted.
+    pub source_digest: Digest,
+    pub source_media_type: String,
+    pub first_seen_unix: u64,
+}
+
+type Key = (String, String, String, Digest);
+
+fn key(r: &MappingRecord) -> Key {
+    (
+        r.upstream.clone(),
+        r.repository.clone(),
+        r.tag.clone(),
+        r.schema1_digest.clone(),
+    )
+}
+
+struct State {
+    records: Vec<MappingRecord>,
+    keys: HashSet<Key>,
+    /// schema1 digest → positions in `records`.
+    by_schema1: HashMap<Digest, Vec<usize>>,
+    log: File,
+    needs_rewrite: bool,
+}
+
+/// The persisted mapping log. See the module docs.
+pub struct MappingLog {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+impl MappingLog {
+    /// Loads the log, dropping duplicates and a torn tail. Blocking.
+    pub fn open(path: impl Into<PathBuf>) -> Result<MappingLog, StoreError> {
+        let path = path.into();
+        let loaded = jsonl::load::<MappingRecord>(&path)?;
+        let total = loaded.records.len();
+        let mut state_records = Vec::with_capacity(total);
+        let mut keys = HashSet::with_capacity(total);
+        let mut by_schema1: HashMap<Digest, Vec<usize>> = HashMap::new();
+        for record in loaded.records {
+            if keys.insert(key(&record)) {
+                by_schema1
+                    .entry(record.schema1_digest.clone())
+                    .or_default()
+                    .push(state_records.len());
+                state_records.push(record);
+            }
+        }
+        if loaded.damaged || state_records.len() != total {
+            jsonl::rewrite(&path, &state_records)?;
+        }
+        let log = jsonl::open_append(&path)?;
+        Ok(MappingLog {
+            path,
+            state: Mutex::new(State {
+                records: state_records,
+                keys,
+                by_schema1,
+                log,
+                needs_rewrite: false,
+            }),
+        })
+    }
+
+    /// Records a mapping unless one with the same (upstream, repository,
+    /// tag, schema1_digest) exists. Returns whether it was new. Durable when
+    /// it returns `Ok(true)`.
+    pub fn append(&self, record: MappingRecord) -> Result<bool, StoreError> {
+        let mut state = self.state.lock();
+        let k = key(&record);
+        if state.keys.contains(&k) {
+            return Ok(false);
+        }
+        if state.needs_rewrite {
+            jsonl::rewrite(&self.path, &state.records)?;
+            state.log = jsonl::open_append(&self.path)?;
+            state.needs_rewrite = false;
+        }
+        if let Err(e) = jsonl::append(&mut state.log, &self.path, &record, true) {
+            state.needs_rewrite = true;
+            return Err(e);
+        }
+        let position = state.records.len();
+        state
+            .by_schema1
+            .entry(record.schema1_digest.clone())
+            .or_default()
+            .push(position);
+        state.keys.insert(k);
+        state.records.push(record);
+        Ok(true)
+    }
+
+    /// Every mapping, in first-seen order.
+    pub fn list(&self) -> Vec<MappingRecord> {
+        self.state.lock().records.clone()
+    }
+
+    /// The mapping that produced `schema1_digest` in a repository (first
+    /// seen, if several tags produced the same bytes).
+    pub fn find_schema1(
+        &self,
+        upstream: &str,
+        repository: &str,
+        schema1_digest: &Digest,
+    ) -> Option<MappingRecord> {
+        let state = self.state.lock();
+        state
+            .by_schema1
+            .get(schema1_digest)?
+            .iter()
+            .map(|&i| &state.records[i])
+            .find(|r| r.upstream == upstream && r.repository == repository)
+            .cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.state.lock().records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Debug for MappingLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MappingLog")
+            .field("path", &self.path)
+            .field("records", &self.len())
+            .finish()
+    }
+}

@@ -1,0 +1,174 @@
+//! [`Store`]: the one handle the server holds.
+//!
+//! It owns the tiers (memory, disk, then any extra), the fill registry, the
+//! tag index and the Schema 1 mapping log, all under one root directory.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use regcache_formats::Digest;
+
+use crate::config::StoreConfig;
+use crate::disk::{DiskTier, LAYOUT_VERSION, PinGuard};
+use crate::error::StoreError;
+use crate::fill::{Begin, Fills};
+use crate::hasher::verify_bytes;
+use crate::mapping::MappingLog;
+use crate::memory::MemoryTier;
+use crate::source::Source;
+use crate::stats::StatsSnapshot;
+use crate::tags::TagIndex;
+use crate::tier::{Tier, Tiered};
+
+/// The cache. Cheap to clone (all state is shared).
+///
+/// Concurrency: every method may be called from many tasks at once. Content
+/// is immutable per digest, so racing writers of the same digest store the
+/// same bytes once; [`Store::begin_fill`] makes sure only one of them
+/// downloads.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: StoreConfig,
+    tiers: Tiered,
+    memory: Option<MemoryTier>,
+    disk: DiskTier,
+    fills: Fills,
+    tags: TagIndex,
+    mappings: MappingLog,
+}
+
+impl Store {
+    /// Opens everything under `config.root` (see [`DiskTier::open`] for the
+    /// start-up work). Runs on the blocking pool.
+    pub async fn open(config: StoreConfig) -> Result<Store, StoreError> {
+        tokio::task::spawn_blocking(move || Store::open_blocking(config))
+            .await
+            .map_err(StoreError::task)?
+    }
+
+    /// [`Store::open`] for callers outside a runtime. Blocking.
+    pub fn open_blocking(config: StoreConfig) -> Result<Store, StoreError> {
+        let disk = DiskTier::open(&config)?;
+        let base = config.root.join(LAYOUT_VERSION);
+        let tags = TagIndex::open(base.join("tags.jsonl"))?;
+        let mappings = MappingLog::open(base.join("schema1-map.jsonl"))?;
+        let memory = (config.memory_max_bytes > 0)
+            .then(|| MemoryTier::new(config.memory_max_bytes, config.memory_max_object_bytes));
+        let mut tiers: Vec<Arc<dyn Tier>> = Vec::new();
+        if let Some(memory) = &memory {
+            tiers.push(Arc::new(memory.clone()));
+        }
+        tiers.push(Arc::new(disk.clone()));
+        tiers.extend(config.extra_tiers.iter().cloned());
+        let fills = Fills::new(disk.clone(), memory.clone(), config.read_chunk_bytes);
+        Ok(Store {
+            inner: Arc::new(Inner {
+                tiers: Tiered::new(tiers, config.memory_max_object_bytes),
+                memory,
+                disk,
+                fills,
+                tags,
+                mappings,
+                config,
+            }),
+        })
+    }
+
+    /// Looks the digest up in each tier, fastest first. `Ok(None)` on a miss.
+    /// A small disk hit is promoted to memory and returned as bytes; a large
+    /// one comes back as an open file. See [`Tiered::get`].
+    pub async fn get(&self, digest: &Digest) -> Result<Option<Source>, StoreError> {
+        self.inner.tiers.get(digest).await
+    }
+
+    /// The content length, if cached, without opening anything (for `HEAD`).
+    /// Not counted as an access.
+    pub async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        self.inner.tiers.stat(digest).await
+    }
+
+    /// Stores small content held in memory (a manifest fetched by digest).
+    /// Verifies the digest first and refuses a mismatch; then writes every
+    /// tier that accepts the size (the disk write is fsynced and atomic).
+    /// Blobs should go through [`Store::begin_fill`] instead.
+    ///
+    /// Cancel safety: dropping the future leaves either the entry or
+    /// nothing in each tier.
+    pub async fn put_bytes(&self, digest: &Digest, bytes: Bytes) -> Result<(), StoreError> {
+        verify_bytes(digest, &bytes).map_err(|actual| StoreError::DigestMismatch {
+            expected: digest.clone(),
+            actual,
+        })?;
+        self.inner.tiers.put(digest, bytes).await
+    }
+
+    /// Removes the digest from every tier. Readers that already hold it keep it.
+    pub async fn remove(&self, digest: &Digest) -> Result<bool, StoreError> {
+        self.inner.tiers.remove(digest).await
+    }
+
+    /// Starts or joins the one fill for `digest`. See [`Fills::begin`].
+    pub async fn begin_fill(
+        &self,
+        digest: &Digest,
+        expected_len: Option<u64>,
+    ) -> Result<Begin, StoreError> {
+        self.inner.fills.begin(digest, expected_len).await
+    }
+
+    /// The fill registry (for `is_filling` and its stats).
+    pub fn fills(&self) -> &Fills {
+        &self.inner.fills
+    }
+
+    /// Protects a disk entry from eviction while the guard lives (e.g. the
+    /// empty-layer blob). `None` if the digest isn't on disk.
+    pub fn pin(&self, digest: &Digest) -> Option<PinGuard> {
+        self.inner.disk.pin(digest)
+    }
+
+    pub fn tags(&self) -> &TagIndex {
+        &self.inner.tags
+    }
+
+    pub fn mappings(&self) -> &MappingLog {
+        &self.inner.mappings
+    }
+
+    pub fn disk(&self) -> &DiskTier {
+        &self.inner.disk
+    }
+
+    pub fn memory(&self) -> Option<&MemoryTier> {
+        self.inner.memory.as_ref()
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// Counters for metrics; see [`StatsSnapshot`].
+    pub fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            tiers: self.inner.tiers.tier_stats(),
+            disk: self.inner.disk.stats(),
+            memory: self.inner.memory.as_ref().map(MemoryTier::stats),
+            fills: self.inner.fills.stats(),
+        }
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("root", &self.inner.config.root)
+            .field("disk", &self.inner.disk)
+            .field("memory", &self.inner.memory)
+            .finish_non_exhaustive()
+    }
+}

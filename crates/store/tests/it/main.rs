@@ -1,0 +1,9 @@
+//! Integration tests for regcache-store, in one binary to keep link time down.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod disk;
+mod fill;
+mod model;
+mod records;
+mod startup;
