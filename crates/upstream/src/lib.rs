@@ -1,1 +1,57 @@
-//! regcache-upstream.
+//! regcache-upstream: the client regcache uses to talk to upstream
+//! registries (Docker Hub, a distribution instance, …).
+//!
+//! * **Auth** (spec §5.9): a `401` is answered by parsing
+//!   `WWW-Authenticate`; `Bearer` challenges get a token from the realm
+//!   (Basic auth with the configured credentials, anonymous otherwise),
+//!   cached per (upstream, [`Scope`]) until shortly before expiry and reused
+//!   proactively; `Basic` challenges (htpasswd) get the credentials.
+//! * **Redirects** are followed by hand; `Authorization` goes only to the
+//!   upstream's own origin, never to a CDN or signed storage URL (§5.4).
+//! * **Retries** for connection failures, timeouts, `5xx` and `429` on
+//!   idempotent requests, with capped exponential backoff, jitter and
+//!   `Retry-After`; never once a body has reached the caller
+//!   ([`RetryConfig`]).
+//! * **Errors** keep registry answers ([`UpstreamError::Registry`], with the
+//!   parsed envelope) apart from transport failures, and say whether
+//!   stale-if-error applies ([`UpstreamError::is_unavailable`]).
+//! * **Secrets** live in [`Secret`], whose `Debug` is `<redacted>`; no
+//!   password or token reaches a log or an error message.
+//!
+//! The server programs against [`UpstreamApi`]; [`Upstream`] is the real
+//! implementation and, with feature `mock`, `FailureUpstream` wraps any
+//! implementation to inject faults.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), regcache_upstream::UpstreamError> {
+//! use regcache_formats::media_type::ALL_MANIFEST_TYPES;
+//! use regcache_upstream::{Upstream, UpstreamConfig};
+//!
+//! let hub = Upstream::new(UpstreamConfig::default())?;
+//! let head = hub.head_manifest("library/alpine", "latest", &ALL_MANIFEST_TYPES).await?;
+//! println!("{:?}", head.digest);
+//! # Ok(()) }
+//! ```
+
+mod api;
+mod auth;
+mod client;
+mod config;
+mod error;
+#[cfg(feature = "mock")]
+mod failure;
+mod retry;
+mod scope;
+mod stats;
+
+pub use api::{
+    BlobBody, BlobHead, ByteStream, ManifestBody, ManifestHead, RawRequest, RawResponse,
+    RequestBody, UpstreamApi,
+};
+pub use client::{MAX_MANIFEST_SIZE, Upstream};
+pub use config::{Credentials, RetryConfig, Secret, UpstreamConfig};
+pub use error::{BoxError, TimeoutPhase, UpstreamError};
+#[cfg(feature = "mock")]
+pub use failure::{FailureUpstream, Fault, Op};
+pub use scope::Scope;
+pub use stats::UpstreamStats;

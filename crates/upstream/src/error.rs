@@ -1,0 +1,271 @@
+//! [`UpstreamError`]: what went wrong talking to an upstream, who caused it
+//! and whether the server may fall back to stale content.
+//!
+//! Registry-reported errors (a status, maybe the parsed JSON envelope) are
+//! kept apart from transport failures, because the server relays the first
+//! and turns the second into `502`/`504` (STYLE habit 3). No message ever
+//! contains a credential, a token or a URL query (signed CDN URLs carry
+//! signatures in their query); upstreams are named by their configured name
+//! and host.
+
+use std::fmt;
+use std::sync::Arc;
+
+use regcache_formats::ErrorEnvelope;
+
+/// A boxed, shareable error source (`Arc` so [`UpstreamError`] is `Clone`
+/// and one failure can be handed to every waiter of a coalesced request).
+pub type BoxError = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Which phase of a request ran out of time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// TCP/TLS connection setup (`connect_timeout`).
+    Connect,
+    /// Waiting for response headers (`first_byte_timeout`).
+    FirstByte,
+    /// A pause between body chunks (`read_timeout`).
+    Body,
+}
+
+impl fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TimeoutPhase::Connect => "connecting",
+            TimeoutPhase::FirstByte => "waiting for response headers",
+            TimeoutPhase::Body => "reading the response body",
+        })
+    }
+}
+
+/// An error from an upstream registry or from the way to it.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// The registry answered with an error status. `envelope` is its
+    /// `{"errors":[…]}` body when it sent one (never for `HEAD`);
+    /// `retry_after` is its `Retry-After` header, to relay with a `429`.
+    /// A `401` here means the registry refused us even after the token
+    /// dance (for Docker Hub: private or missing repository).
+    #[error("upstream {upstream} answered HTTP {status}{}", describe(.envelope))]
+    Registry {
+        upstream: String,
+        status: u16,
+        envelope: Option<ErrorEnvelope>,
+        retry_after: Option<String>,
+    },
+    /// The token service refused to issue a token (`401`/`403` from the
+    /// realm): wrong configured credentials, usually.
+    #[error("upstream {upstream}: token service refused the request ({detail})")]
+    Unauthorized { upstream: String, detail: String },
+    /// No HTTP response: connection refused or reset, DNS, TLS, or the
+    /// connection broke while reading a body.
+    #[error("upstream {upstream}: transport failure")]
+    Transport {
+        upstream: String,
+        #[source]
+        source: BoxError,
+    },
+    /// A timeout; see [`TimeoutPhase`].
+    #[error("upstream {upstream}: timed out {phase}")]
+    Timeout {
+        upstream: String,
+        phase: TimeoutPhase,
+    },
+    /// Too many redirects, a redirect without a usable `Location`, or one
+    /// that would need a streamed request body sent twice.
+    #[error("upstream {upstream}: redirect failed ({detail})")]
+    Redirect { upstream: String, detail: String },
+    /// The upstream broke the protocol: missing or malformed header, bad
+    /// digest, unparsable token response, body over the size limit…
+    #[error("upstream {upstream}: protocol error ({detail})")]
+    Protocol { upstream: String, detail: String },
+    /// The caller asked for something we refuse to send (invalid repository
+    /// name or reference, a path outside `/v2/`, an invalid config).
+    #[error("upstream {upstream}: invalid request ({detail})")]
+    InvalidRequest { upstream: String, detail: String },
+}
+
+fn describe(envelope: &Option<ErrorEnvelope>) -> String {
+    match envelope.as_ref().and_then(|e| e.errors.first()) {
+        Some(first) if first.message.is_empty() => format!(": {}", first.code),
+        Some(first) => format!(": {} ({})", first.code, truncate(&first.message, 200)),
+        None => String::new(),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl UpstreamError {
+    /// True when the upstream is (temporarily) not serving: no connection,
+    /// a timeout, a `5xx` or a `429`. This is what stale-if-error keys on:
+    /// a cached answer may be served instead. A `404` or `401` is an
+    /// answer, not an outage, and is `false`.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            UpstreamError::Transport { .. } | UpstreamError::Timeout { .. } => true,
+            UpstreamError::Registry { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+
+    /// The status the server should answer with when it relays this error:
+    /// the upstream's own status for registry errors, `502` for transport,
+    /// redirect and protocol failures, `504` for timeouts, `401` when the
+    /// token service refused us, `400` for an invalid request.
+    pub fn status_hint(&self) -> u16 {
+        match self {
+            UpstreamError::Registry { status, .. } => *status,
+            UpstreamError::Unauthorized { .. } => 401,
+            UpstreamError::Timeout { .. } => 504,
+            UpstreamError::InvalidRequest { .. } => 400,
+            UpstreamError::Transport { .. }
+            | UpstreamError::Redirect { .. }
+            | UpstreamError::Protocol { .. } => 502,
+        }
+    }
+
+    /// The HTTP status when the registry answered, else `None`.
+    pub fn registry_status(&self) -> Option<u16> {
+        match self {
+            UpstreamError::Registry { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// True for a registry `404` (unknown manifest, blob or repository).
+    pub fn is_not_found(&self) -> bool {
+        self.registry_status() == Some(404)
+    }
+
+    /// The registry's error envelope, if it sent one.
+    pub fn envelope(&self) -> Option<&ErrorEnvelope> {
+        match self {
+            UpstreamError::Registry { envelope, .. } => envelope.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The `Retry-After` header of a registry error, verbatim.
+    pub fn retry_after(&self) -> Option<&str> {
+        match self {
+            UpstreamError::Registry { retry_after, .. } => retry_after.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The upstream this error is about, as it appears in the message.
+    pub fn upstream(&self) -> &str {
+        match self {
+            UpstreamError::Registry { upstream, .. }
+            | UpstreamError::Unauthorized { upstream, .. }
+            | UpstreamError::Transport { upstream, .. }
+            | UpstreamError::Timeout { upstream, .. }
+            | UpstreamError::Redirect { upstream, .. }
+            | UpstreamError::Protocol { upstream, .. }
+            | UpstreamError::InvalidRequest { upstream, .. } => upstream,
+        }
+    }
+
+    /// A transport error from a connection that was never established, so
+    /// the request cannot have reached the server.
+    pub(crate) fn is_connect_failure(&self) -> bool {
+        match self {
+            UpstreamError::Transport { source, .. } => source
+                .downcast_ref::<reqwest::Error>()
+                .is_some_and(reqwest::Error::is_connect),
+            _ => false,
+        }
+    }
+
+    /// Map a reqwest error, dropping its URL (it may carry a signed query).
+    pub(crate) fn from_reqwest(upstream: &str, e: reqwest::Error, in_body: bool) -> Self {
+        let e = e.without_url();
+        if e.is_timeout() {
+            let phase = if e.is_connect() {
+                TimeoutPhase::Connect
+            } else if in_body || e.is_body() || e.is_decode() {
+                TimeoutPhase::Body
+            } else {
+                TimeoutPhase::FirstByte
+            };
+            return UpstreamError::Timeout {
+                upstream: upstream.to_owned(),
+                phase,
+            };
+        }
+        UpstreamError::Transport {
+            upstream: upstream.to_owned(),
+            source: Arc::new(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use regcache_formats::{ErrorCode, RegistryError};
+
+    fn registry(status: u16) -> UpstreamError {
+        UpstreamError::Registry {
+            upstream: "hub".into(),
+            status,
+            envelope: None,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn unavailable_and_status_hints() {
+        assert!(registry(503).is_unavailable());
+        assert!(registry(500).is_unavailable());
+        assert!(registry(429).is_unavailable());
+        assert!(!registry(404).is_unavailable());
+        assert!(!registry(401).is_unavailable());
+        assert_eq!(registry(429).status_hint(), 429);
+        let t = UpstreamError::Timeout {
+            upstream: "hub".into(),
+            phase: TimeoutPhase::FirstByte,
+        };
+        assert!(t.is_unavailable());
+        assert_eq!(t.status_hint(), 504);
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let tr = UpstreamError::Transport {
+            upstream: "hub".into(),
+            source: Arc::new(io),
+        };
+        assert!(tr.is_unavailable());
+        assert_eq!(tr.status_hint(), 502);
+        assert!(
+            !tr.is_connect_failure(),
+            "only reqwest connect errors count"
+        );
+    }
+
+    #[test]
+    fn message_names_upstream_and_code() {
+        let e = UpstreamError::Registry {
+            upstream: "docker.io".into(),
+            status: 404,
+            envelope: Some(ErrorEnvelope::single(RegistryError::new(
+                ErrorCode::ManifestUnknown,
+            ))),
+            retry_after: None,
+        };
+        assert_eq!(
+            e.to_string(),
+            "upstream docker.io answered HTTP 404: MANIFEST_UNKNOWN (manifest unknown)"
+        );
+        assert!(e.is_not_found());
+        assert_eq!(registry(502).to_string(), "upstream hub answered HTTP 502");
+    }
+}

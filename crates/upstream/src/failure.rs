@@ -1,0 +1,397 @@
+//! [`FailureUpstream`] (feature `mock`): a wrapper around any
+//! [`UpstreamApi`] — normally the real [`crate::Upstream`] pointed at a real
+//! registry — that injects faults into chosen calls, after mountpoint-s3's
+//! `failure_client.rs`. Real protocol behaviour is kept for every call that
+//! has no fault.
+//!
+//! ```no_run
+//! # use regcache_upstream::*;
+//! # fn demo(real: Upstream) {
+//! let up = FailureUpstream::new(real);
+//! // The next two manifest HEADs fail as if the upstream were down…
+//! up.inject_times(Op::HeadManifest, Fault::unavailable(), 2);
+//! // …and every blob download breaks after 1 KiB.
+//! up.inject(Op::GetBlob, Fault::TruncateBody { after: 1024 });
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use regcache_formats::{Digest, ErrorCode, ErrorEnvelope, RegistryError};
+
+use crate::api::{
+    BlobBody, BlobHead, ByteStream, ManifestBody, ManifestHead, RawRequest, RawResponse,
+    UpstreamApi,
+};
+use crate::error::{TimeoutPhase, UpstreamError};
+use crate::stats::UpstreamStats;
+
+/// The operations of [`UpstreamApi`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Ping,
+    HeadManifest,
+    GetManifest,
+    HeadBlob,
+    GetBlob,
+    Send,
+}
+
+/// What to do to a call.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Fail with this error; the inner client is not called. An empty
+    /// `upstream` name in the error is filled with the inner client's name.
+    Error(UpstreamError),
+    /// Wait, then call the inner client.
+    Delay(Duration),
+    /// Call the inner client, then end the body (blob or raw response)
+    /// with a transport error after `after` bytes. Other ops: no effect.
+    TruncateBody { after: u64 },
+    /// Call the inner client, then flip the bits of the body byte at
+    /// `offset` (blob, manifest or raw body).
+    CorruptBody { offset: u64 },
+}
+
+impl Fault {
+    /// `503 UNAVAILABLE` from the registry.
+    pub fn unavailable() -> Self {
+        Fault::status(503, ErrorCode::Unavailable)
+    }
+
+    /// A registry error with this status and an envelope with `code`.
+    pub fn status(status: u16, code: ErrorCode) -> Self {
+        Fault::Error(UpstreamError::Registry {
+            upstream: String::new(),
+            status,
+            envelope: Some(ErrorEnvelope::single(RegistryError::new(code))),
+            retry_after: None,
+        })
+    }
+
+    /// Connection refused.
+    pub fn connect_refused() -> Self {
+        Fault::Error(UpstreamError::Transport {
+            upstream: String::new(),
+            source: Arc::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "injected: connection refused",
+            )),
+        })
+    }
+
+    /// First-byte timeout.
+    pub fn timeout() -> Self {
+        Fault::Error(UpstreamError::Timeout {
+            upstream: String::new(),
+            phase: TimeoutPhase::FirstByte,
+        })
+    }
+}
+
+struct Rule {
+    op: Op,
+    repo: Option<String>,
+    fault: Fault,
+    /// `None`: forever.
+    remaining: Option<u32>,
+}
+
+/// A fault-injecting wrapper; see the module docs.
+pub struct FailureUpstream<U> {
+    inner: U,
+    rules: Mutex<Vec<Rule>>,
+    calls: Mutex<HashMap<Op, u64>>,
+}
+
+impl<U: UpstreamApi> fmt::Debug for FailureUpstream<U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailureUpstream")
+            .field("upstream", &self.inner.name())
+            .field("rules", &self.rules.lock().len())
+            .field("calls", &*self.calls.lock())
+            .finish()
+    }
+}
+
+impl<U: UpstreamApi> FailureUpstream<U> {
+    pub fn new(inner: U) -> Self {
+        FailureUpstream {
+            inner,
+            rules: Mutex::new(Vec::new()),
+            calls: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn inner(&self) -> &U {
+        &self.inner
+    }
+
+    /// Apply `fault` to every call of `op`.
+    pub fn inject(&self, op: Op, fault: Fault) {
+        self.add(op, None, fault, None);
+    }
+
+    /// Apply `fault` to the next `times` calls of `op`.
+    pub fn inject_times(&self, op: Op, fault: Fault, times: u32) {
+        self.add(op, None, fault, Some(times));
+    }
+
+    /// Apply `fault` to calls of `op` for repository `repo` (`None` times:
+    /// forever). For [`Op::Send`] the repository is matched in the path.
+    pub fn inject_for_repo(&self, op: Op, repo: &str, fault: Fault, times: Option<u32>) {
+        self.add(op, Some(repo.to_owned()), fault, times);
+    }
+
+    /// Remove every fault.
+    pub fn clear(&self) {
+        self.rules.lock().clear();
+    }
+
+    /// Calls of `op` so far, faulted or not.
+    pub fn calls(&self, op: Op) -> u64 {
+        self.calls.lock().get(&op).copied().unwrap_or(0)
+    }
+
+    fn add(&self, op: Op, repo: Option<String>, fault: Fault, remaining: Option<u32>) {
+        if remaining == Some(0) {
+            return;
+        }
+        self.rules.lock().push(Rule {
+            op,
+            repo,
+            fault,
+            remaining,
+        });
+    }
+
+    /// Count the call and take the first matching fault.
+    fn pick(&self, op: Op, repo: Option<&str>, path: Option<&str>) -> Option<Fault> {
+        *self.calls.lock().entry(op).or_insert(0) += 1;
+        let mut rules = self.rules.lock();
+        let idx = rules.iter().position(|r| {
+            r.op == op
+                && match (&r.repo, repo, path) {
+                    (None, _, _) => true,
+                    (Some(want), Some(repo), _) => want == repo,
+                    (Some(want), None, Some(path)) => path.starts_with(&format!("/v2/{want}/")),
+                    (Some(_), None, None) => false,
+                }
+        })?;
+        let rule = &mut rules[idx];
+        let fault = rule.fault.clone();
+        if let Some(n) = rule.remaining.as_mut() {
+            *n -= 1;
+            if *n == 0 {
+                rules.remove(idx);
+            }
+        }
+        Some(fault)
+    }
+
+    fn named(&self, mut e: UpstreamError) -> UpstreamError {
+        match &mut e {
+            UpstreamError::Registry { upstream, .. }
+            | UpstreamError::Unauthorized { upstream, .. }
+            | UpstreamError::Transport { upstream, .. }
+            | UpstreamError::Timeout { upstream, .. }
+            | UpstreamError::Redirect { upstream, .. }
+            | UpstreamError::Protocol { upstream, .. }
+            | UpstreamError::InvalidRequest { upstream, .. }
+                if upstream.is_empty() =>
+            {
+                *upstream = self.inner.name().to_owned();
+            }
+            _ => {}
+        }
+        e
+    }
+
+    /// Apply the "before" part of a fault: error out or wait. Returns the
+    /// fault again when it acts on the result.
+    async fn before(&self, fault: Option<Fault>) -> Result<Option<Fault>, UpstreamError> {
+        match fault {
+            None => Ok(None),
+            Some(Fault::Error(e)) => Err(self.named(e)),
+            Some(Fault::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                Ok(None)
+            }
+            Some(f) => Ok(Some(f)),
+        }
+    }
+
+    fn wrap_stream(&self, stream: ByteStream, fault: Option<Fault>) -> ByteStream {
+        match fault {
+            Some(Fault::TruncateBody { after }) => truncate(stream, after, self.inner.name()),
+            Some(Fault::CorruptBody { offset }) => corrupt(stream, offset),
+            _ => stream,
+        }
+    }
+}
+
+fn truncate(stream: ByteStream, after: u64, upstream: &str) -> ByteStream {
+    enum State {
+        Running(ByteStream, u64),
+        FailNext,
+        Done,
+    }
+    let upstream = upstream.to_owned();
+    Box::pin(futures_util::stream::unfold(
+        State::Running(stream, 0),
+        move |state| {
+            let upstream = upstream.clone();
+            async move {
+                let injected = || UpstreamError::Transport {
+                    upstream,
+                    source: Arc::new(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "injected: body truncated",
+                    )),
+                };
+                match state {
+                    State::Done => None,
+                    State::FailNext => Some((Err(injected()), State::Done)),
+                    State::Running(mut s, seen) => match s.next().await {
+                        None => None,
+                        Some(Err(e)) => Some((Err(e), State::Done)),
+                        Some(Ok(chunk)) => {
+                            let len = chunk.len() as u64;
+                            if seen + len < after {
+                                Some((Ok(chunk), State::Running(s, seen + len)))
+                            } else {
+                                let keep = (after - seen) as usize;
+                                if keep == 0 {
+                                    Some((Err(injected()), State::Done))
+                                } else {
+                                    Some((Ok(chunk.slice(..keep)), State::FailNext))
+                                }
+                            }
+                        }
+                    },
+                }
+            }
+        },
+    ))
+}
+
+fn corrupt(stream: ByteStream, offset: u64) -> ByteStream {
+    let mut seen = 0u64;
+    Box::pin(stream.map(move |chunk| {
+        let chunk = chunk?;
+        let start = seen;
+        seen += chunk.len() as u64;
+        if offset >= start && offset < seen {
+            Ok(flip(&chunk, (offset - start) as usize))
+        } else {
+            Ok(chunk)
+        }
+    }))
+}
+
+fn flip(bytes: &Bytes, at: usize) -> Bytes {
+    let mut b = BytesMut::from(&bytes[..]);
+    if let Some(x) = b.get_mut(at) {
+        *x ^= 0xff;
+    }
+    b.freeze()
+}
+
+impl<U: UpstreamApi> UpstreamApi for FailureUpstream<U> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            self.before(self.pick(Op::Ping, None, None)).await?;
+            self.inner.ping().await
+        })
+    }
+
+    fn head_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a str,
+        accept: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<ManifestHead, UpstreamError>> {
+        Box::pin(async move {
+            self.before(self.pick(Op::HeadManifest, Some(repo), None))
+                .await?;
+            self.inner.head_manifest(repo, reference, accept).await
+        })
+    }
+
+    fn get_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a str,
+        accept: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<ManifestBody, UpstreamError>> {
+        Box::pin(async move {
+            let after = self
+                .before(self.pick(Op::GetManifest, Some(repo), None))
+                .await?;
+            let mut body = self.inner.get_manifest(repo, reference, accept).await?;
+            match after {
+                Some(Fault::CorruptBody { offset }) if (offset as usize) < body.bytes.len() => {
+                    body.bytes = flip(&body.bytes, offset as usize);
+                }
+                Some(Fault::TruncateBody { after }) if (after as usize) < body.bytes.len() => {
+                    body.bytes = body.bytes.slice(..after as usize);
+                }
+                _ => {}
+            }
+            Ok(body)
+        })
+    }
+
+    fn head_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<BlobHead, UpstreamError>> {
+        Box::pin(async move {
+            self.before(self.pick(Op::HeadBlob, Some(repo), None))
+                .await?;
+            self.inner.head_blob(repo, digest).await
+        })
+    }
+
+    fn get_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        range: Option<(u64, Option<u64>)>,
+    ) -> BoxFuture<'a, Result<BlobBody, UpstreamError>> {
+        Box::pin(async move {
+            let after = self
+                .before(self.pick(Op::GetBlob, Some(repo), None))
+                .await?;
+            let mut body = self.inner.get_blob(repo, digest, range).await?;
+            body.stream = self.wrap_stream(body.stream, after);
+            Ok(body)
+        })
+    }
+
+    fn send(&self, req: RawRequest) -> BoxFuture<'_, Result<RawResponse, UpstreamError>> {
+        Box::pin(async move {
+            let fault = self.pick(Op::Send, None, Some(&req.path_and_query));
+            let after = self.before(fault).await?;
+            let mut resp = self.inner.send(req).await?;
+            resp.body = self.wrap_stream(resp.body, after);
+            Ok(resp)
+        })
+    }
+
+    fn stats(&self) -> UpstreamStats {
+        self.inner.stats()
+    }
+}

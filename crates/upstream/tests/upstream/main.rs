@@ -1,0 +1,13 @@
+//! Integration tests of the upstream client against loopback servers, in
+//! one test binary (one link step on a 2-core machine).
+
+// Helpers outside #[test] fns unwrap too: a panic is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod auth;
+mod errors;
+mod mock;
+mod redirect;
+mod registry_smoke;
+mod retry;
+mod support;
