@@ -66,6 +66,9 @@ enum Progress {
     /// This many bytes from offset 0 are in the file and may be read.
     Writing {
         written: u64,
+        /// The total length once known: passed to `begin`, or announced later by
+        /// [`FillWriter::set_len`] when the upstream's headers arrive.
+        len: Option<u64>,
     },
     /// Verified and committed; the length is final.
     Done {
@@ -78,7 +81,8 @@ enum Progress {
 /// file) the readers of one fill.
 struct FillShared {
     digest: Digest,
-    expected_len: Option<u64>,
+    /// Set at most once: at `begin`, or by [`FillWriter::set_len`].
+    expected_len: std::sync::OnceLock<u64>,
     file: Arc<File>,
     progress: watch::Sender<Progress>,
 }
@@ -194,10 +198,17 @@ impl Fills {
                 // Committed while we created the temp file; go read it.
                 continue;
             }
-            let (progress, _) = watch::channel(Progress::Writing { written: 0 });
+            let (progress, _) = watch::channel(Progress::Writing {
+                written: 0,
+                len: expected_len,
+            });
+            let cell = std::sync::OnceLock::new();
+            if let Some(len) = expected_len {
+                let _ = cell.set(len);
+            }
             let shared = Arc::new(FillShared {
                 digest: digest.clone(),
-                expected_len,
+                expected_len: cell,
                 file: temp.file.clone(),
                 progress,
             });
@@ -365,7 +376,7 @@ impl FillWriter {
                 why: "a write was cancelled mid-way",
             });
         };
-        if let Some(expected) = state.shared.expected_len
+        if let Some(&expected) = state.shared.expected_len.get()
             && state.written + len > expected
         {
             return self.fail(FillError::TooLong {
@@ -388,6 +399,7 @@ impl FillWriter {
                 state.fills.counters.bytes_written.add(len);
                 state.shared.progress.send_replace(Progress::Writing {
                     written: state.written,
+                    len: state.shared.expected_len.get().copied(),
                 });
                 return Ok(());
             }
@@ -395,6 +407,29 @@ impl FillWriter {
             Err(join) => io::Error::other(join),
         };
         self.fail(FillError::io(&self.digest, "write", error))
+    }
+
+    /// Announces the total length after `begin` (the leader learns it only when
+    /// the upstream's headers arrive). Readers waiting in
+    /// [`FillReader::wait_len`] wake up; `commit` then rejects a short body and
+    /// `write` a long one. Announcing a different length than before, or one
+    /// shorter than what was already written, fails the fill.
+    pub fn set_len(&mut self, len: u64) -> Result<(), FillError> {
+        let Some(state) = self.state.as_mut() else {
+            return Err(self.failure());
+        };
+        let current = *state.shared.expected_len.get_or_init(|| len);
+        if current != len || state.written > len {
+            return self.fail(FillError::TooLong {
+                digest: self.digest.clone(),
+                expected: current.min(len),
+            });
+        }
+        state.shared.progress.send_replace(Progress::Writing {
+            written: state.written,
+            len: Some(len),
+        });
+        Ok(())
     }
 
     /// Verifies length and digest, makes the file durable, and moves it into
@@ -514,7 +549,7 @@ fn commit_blocking(state: WriterState) -> Result<Committed, FillError> {
             why: "a write was cancelled mid-way",
         });
     };
-    if let Some(expected) = shared.expected_len
+    if let Some(&expected) = shared.expected_len.get()
         && written != expected
     {
         return fail(FillError::Truncated {
@@ -620,7 +655,7 @@ impl FillReader {
     fn following(shared: &FillShared, chunk: usize) -> Self {
         FillReader::new(
             &shared.digest,
-            shared.expected_len,
+            shared.expected_len.get().copied(),
             shared.progress.subscribe(),
             ReadSource::File(shared.file.clone()),
             chunk,
@@ -673,6 +708,44 @@ impl FillReader {
     /// `expected_len` the leader passed to `begin`. For `Content-Length`.
     pub fn len(&self) -> Option<u64> {
         self.total
+    }
+
+    /// Waits until the total length is known (announced by the leader, or the
+    /// fill committed) and returns it, or returns the fill's error if it fails
+    /// first. For sending `Content-Length` before the first byte.
+    ///
+    /// Cancel-safe: it only watches the fill's progress. Call it before the
+    /// first poll of the stream.
+    pub async fn wait_len(&mut self) -> Result<u64, FillError> {
+        if let Some(total) = self.total {
+            return Ok(total);
+        }
+        let Some(state) = self.state.as_ref() else {
+            return Err(FillError::Abandoned {
+                digest: self.digest.clone(),
+                why: "wait_len called after the stream was polled",
+            });
+        };
+        let mut rx = state.progress.clone();
+        loop {
+            let known = match &*rx.borrow_and_update() {
+                Progress::Writing { len, .. } => len.map(Ok),
+                Progress::Done { len } => Some(Ok(*len)),
+                Progress::Failed(e) => Some(Err(e.clone())),
+            };
+            if let Some(result) = known {
+                if let Ok(len) = result {
+                    self.total = Some(len);
+                }
+                return result;
+            }
+            if rx.changed().await.is_err() {
+                return Err(FillError::Abandoned {
+                    digest: self.digest.clone(),
+                    why: "the writer went away before announcing a length",
+                });
+            }
+        }
     }
 
     /// Whether the known total length is zero.
@@ -737,7 +810,7 @@ async fn step(mut st: ReadState) -> Step {
     loop {
         let progress = st.progress.borrow_and_update().clone();
         let (available, final_len) = match progress {
-            Progress::Writing { written } => (written, None),
+            Progress::Writing { written, .. } => (written, None),
             Progress::Done { len } => (len, Some(len)),
             Progress::Failed(error) => return (st, Some(Err(error))),
         };

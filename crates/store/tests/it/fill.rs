@@ -382,3 +382,60 @@ async fn empty_content_fills_and_reads() {
     assert_eq!(collect(reader).await.unwrap(), Vec::<u8>::new());
     assert_eq!(get_bytes(&store, &d).await.unwrap(), Vec::<u8>::new());
 }
+
+#[tokio::test]
+async fn a_length_announced_after_begin_reaches_waiting_readers_and_is_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(disk_only(dir.path(), 1 << 30)).await;
+    let content = blob(7, 300_000);
+    let d = digest(&content);
+    let mut w = leader(&store, &d, None).await;
+    let mut mine = w.subscribe();
+    let mut other = follower(&store, &d, None).await;
+    assert_eq!(other.len(), None);
+    let waiting = tokio::spawn(async move {
+        let len = other.wait_len().await.unwrap();
+        (len, collect(other).await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!waiting.is_finished(), "wait_len returned before a length was known");
+    w.set_len(content.len() as u64).unwrap();
+    assert_eq!(mine.wait_len().await.unwrap(), content.len() as u64);
+    // A reader that joins after the announcement knows the length at once.
+    let late = follower(&store, &d, None).await;
+    assert_eq!(late.len(), Some(content.len() as u64));
+    for chunk in content.chunks(65_536) {
+        w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    w.commit().await.unwrap();
+    let (len, bytes) = waiting.await.unwrap();
+    assert_eq!(len, content.len() as u64);
+    assert_eq!(bytes, content.to_vec());
+    assert_eq!(collect(mine).await.unwrap(), content.to_vec());
+
+    // Announced length enforced: a short fill fails every reader.
+    let other_content = blob(8, 1000);
+    let d2 = digest(&other_content);
+    let mut w = leader(&store, &d2, None).await;
+    w.set_len(2000).unwrap();
+    let r = w.subscribe();
+    w.write(other_content.clone()).await.unwrap();
+    assert!(matches!(w.commit().await, Err(FillError::Truncated { .. })));
+    assert!(collect(r).await.is_err());
+}
+
+#[tokio::test]
+async fn a_fill_aborted_before_its_length_is_known_fails_wait_len() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(disk_only(dir.path(), 1 << 30)).await;
+    let d = digest(b"never arrives");
+    let w = leader(&store, &d, None).await;
+    let mut r = follower(&store, &d, None).await;
+    let waiting = tokio::spawn(async move { r.wait_len().await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    w.abort("upstream answered 404");
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("upstream answered 404"), "{err}");
+    // The digest is free again: the next begin leads.
+    assert!(matches!(store.begin_fill(&d, None).await.unwrap(), Begin::Leader(_)));
+}
