@@ -1,0 +1,41 @@
+//! Ephemeral loopback ports.
+//!
+//! For servers we spawn as separate processes (the registry) we cannot hand
+//! over a bound listener, so we bind `127.0.0.1:0`, read the port the kernel
+//! chose and release it. Another process could take it in between; the
+//! kernel hands out ephemeral ports round-robin, so this is rare, and the
+//! registry launcher reports a bind failure clearly if it happens.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+
+/// A loopback port that was free a moment ago.
+///
+/// # Panics
+/// When nothing can be bound on 127.0.0.1 at all.
+pub fn free_port() -> u16 {
+    free_addr().port()
+}
+
+/// `127.0.0.1:<free port>`.
+///
+/// # Panics
+/// When nothing can be bound on 127.0.0.1 at all.
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0: {e}"));
+    listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("no local address for a bound listener: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_port_is_bindable() {
+        let port = free_port();
+        assert_ne!(port, 0);
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    }
+}

@@ -1,0 +1,55 @@
+//! Finding the external programs the end-to-end tests drive.
+//!
+//! A missing tool is never a reason to skip a test: the tests exist to run
+//! against the real thing, and a skipped test reads as a passed one in CI.
+//! So lookups panic with the command that installs the tool.
+
+use std::path::{Path, PathBuf};
+
+/// Looks `program` up in `PATH` (and in `/usr/bin`, `/usr/sbin`, where Debian
+/// installs the packages the tests use, in case `PATH` is minimal).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+}
+
+/// Like [`find_program`], but panics with an install hint when it is missing.
+///
+/// # Panics
+/// When `program` is not installed.
+pub fn require_program(program: &str, debian_package: &str) -> PathBuf {
+    find_program(program).unwrap_or_else(|| {
+        panic!(
+            "`{program}` is not installed; the end-to-end tests need the real one. \
+             Install it with `sudo apt-get install -y {debian_package}` \
+             (or run `scripts/test`, which installs everything the tests need)"
+        )
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_sh_and_not_nonsense() {
+        assert!(find_program("sh").is_some());
+        assert!(find_program("no-such-program-regcache-xyz").is_none());
+    }
+
+    #[test]
+    #[should_panic(expected = "apt-get install -y some-package")]
+    fn missing_program_panics_with_install_hint() {
+        require_program("no-such-program-regcache-xyz", "some-package");
+    }
+}

@@ -1,0 +1,11 @@
+//! All end-to-end tests, in one test binary (one link on a 2-core machine).
+//!
+//! They drive the real `docker-registry`, `skopeo` and the `regcache` binary;
+//! see the `regcache_tests` harness crate. The project's test script builds
+//! the binaries (`cargo build --workspace --bins`) before `cargo test`.
+
+#![allow(clippy::unwrap_used)]
+
+mod harness;
+mod schema1_differential;
+mod schema1_signature;
