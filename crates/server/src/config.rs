@@ -56,8 +56,9 @@ pub struct CacheConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamSection {
-    /// Name used in logs, metrics and the tag index.
-    pub name: String,
+    /// Name used in logs, metrics and the tag index; defaults to the URL's
+    /// host (`docker.io` for Docker Hub).
+    pub name: Option<String>,
     pub url: String,
     pub username: Option<String>,
     /// Inline password; prefer `password_file` or `password_env`.
@@ -119,7 +120,7 @@ impl Default for CacheConfig {
 impl Default for UpstreamSection {
     fn default() -> Self {
         UpstreamSection {
-            name: "docker.io".into(),
+            name: None,
             url: "https://registry-1.docker.io".into(),
             username: None,
             password: None,
@@ -413,7 +414,7 @@ impl Config {
                 None
             }
         };
-        if up.name.is_empty() {
+        if up.name.as_deref() == Some("") {
             problems.push("upstream.name must not be empty".into());
         }
         let sources = [
@@ -484,7 +485,10 @@ impl Config {
             memory_max_object: self.cache.memory_max_object.0,
             disk_size: self.cache.disk_size.0,
             upstream: UpstreamSettings {
-                name: up.name.clone(),
+                name: up
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| default_upstream_name(&url)),
                 url,
                 username: up.username.clone(),
                 password,
@@ -496,6 +500,21 @@ impl Config {
             },
             signing_key_path,
         })
+    }
+}
+
+/// `docker.io` for Docker Hub, else `host[:port]` of the URL.
+fn default_upstream_name(url: &url::Url) -> String {
+    let host = url.host_str().unwrap_or("upstream");
+    if matches!(
+        host,
+        "registry-1.docker.io" | "index.docker.io" | "docker.io"
+    ) {
+        return "docker.io".into();
+    }
+    match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
     }
 }
 
@@ -528,6 +547,7 @@ mod tests {
         assert_eq!(s.listen.to_string(), "0.0.0.0:5000");
         assert_eq!(s.data_dir, PathBuf::from("./regcache-data"));
         assert_eq!(s.upstream.url.as_str(), "https://registry-1.docker.io/");
+        assert_eq!(s.upstream.name, "docker.io");
         assert_eq!(
             s.signing_key_path,
             PathBuf::from("./regcache-data/schema1-signing-key.pem")
@@ -559,6 +579,7 @@ mod tests {
         let s = Config::load(Some(&file), &e, &o).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:7002");
         assert_eq!(s.upstream.url.as_str(), "http://127.0.0.1:11/");
+        assert_eq!(s.upstream.name, "127.0.0.1:11");
     }
 
     #[test]

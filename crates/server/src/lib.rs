@@ -3,6 +3,14 @@
 //! `main.rs` only parses flags, loads configuration, initialises tracing, binds,
 //! and calls into this library, so tests can run the same code on ephemeral ports.
 
+pub mod app;
+pub mod body;
+pub mod coalesce;
 pub mod config;
 pub mod convert;
+pub mod listener;
+pub mod metrics;
+pub mod rescue;
 pub mod routes;
+pub mod server;
+pub mod telemetry;

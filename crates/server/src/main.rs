@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use regcache_server::convert;
+use regcache_server::config::{Config, EX_USAGE, Overrides, ProcessEnv};
+use regcache_server::{convert, server, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -20,6 +21,25 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the caching proxy (no config file needed: the defaults serve Docker Hub
+    /// on 0.0.0.0:5000 with the cache in ./regcache-data).
+    Serve {
+        /// TOML configuration file (optional; see deploy/regcache.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Address for registry clients, e.g. 0.0.0.0:5000.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Address for /metrics, /healthz and /readyz, e.g. 127.0.0.1:5001.
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<String>,
+        /// Upstream registry URL, e.g. https://registry-1.docker.io.
+        #[arg(long, value_name = "URL")]
+        upstream: Option<String>,
+        /// Folder for the disk cache, tag index and signing key.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Convert a Schema 2 (or OCI) manifest and its config blob into a signed
     /// Schema 1 manifest, as docker/distribution 2.8 served it to old clients.
     Convert {
@@ -50,6 +70,65 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+            upstream,
+            data_dir,
+        } => {
+            let overrides = Overrides {
+                listen,
+                admin_listen,
+                upstream,
+                data_dir,
+            };
+            // Configuration is loaded and validated before anything is bound.
+            let settings = match Config::load(config.as_deref(), &ProcessEnv, &overrides) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprint!("regcache: {e}");
+                    return ExitCode::from(EX_USAGE as u8);
+                }
+            };
+            telemetry::init(settings.log_json, &settings.log_level);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("regcache: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            rt.block_on(async move {
+                let running = match server::build(&settings).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "start-up failed");
+                        return ExitCode::from(1);
+                    }
+                };
+                let (api, admin) = match server::bind(&settings).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "start-up failed");
+                        return ExitCode::from(1);
+                    }
+                };
+                tracing::info!(
+                    version = env!("CARGO_PKG_VERSION"),
+                    listen = %api.local_addr().map_or_else(|_| settings.listen.to_string(), |a| a.to_string()),
+                    admin = %admin.local_addr().map_or_else(|_| settings.admin_listen.to_string(), |a| a.to_string()),
+                    upstream = %settings.upstream.url,
+                    data_dir = %settings.data_dir.display(),
+                    "regcache serving"
+                );
+                server::serve(running, api, admin, server::shutdown_signal()).await;
+                ExitCode::SUCCESS
+            })
+        }
         Command::Convert {
             name,
             tag,

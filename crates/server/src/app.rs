@@ -1,0 +1,1465 @@
+//! The request handlers: what regcache does for each API route.
+//!
+//! Manifests: tags resolve through a persisted tag index trusted for
+//! `tag_ttl`, then revalidated with an upstream `HEAD` (which Docker Hub does not
+//! count as a pull); the manifest itself is fetched **by digest**, verified and
+//! cached for good. Negotiation (spec 02) runs locally on the native object,
+//! so one cached manifest serves every client, and Schema 1 renderings are
+//! derived and cached per (repository, tag, source digest).
+//!
+//! Blobs: a hit is served from memory or from an open file; a miss starts one
+//! upstream download per digest (a spawned task holding the store's fill
+//! writer) that every client streams from as bytes arrive.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use regcache_formats::accept::{
+    self, Accepts, ChildDecision, Decision, RequestKind, if_none_match_hits,
+};
+use regcache_formats::jws::{self, SigningKey};
+use regcache_formats::manifest::Manifest;
+use regcache_formats::media_type::{self, ALL_MANIFEST_TYPES};
+use regcache_formats::reference::{Reference, RepositoryName, Tag};
+use regcache_formats::schema1::{self, EMPTY_LAYER_BYTES, EMPTY_LAYER_DIGEST};
+use regcache_formats::{Digest, ErrorCode, MediaType, RegistryError};
+use regcache_store::{Begin, FillError, FillReader, MappingRecord, Source, Store, TagRecord};
+use regcache_upstream::{RawRequest, RequestBody, UpstreamApi, UpstreamError};
+
+use crate::body::Body;
+use crate::coalesce::Coalesce;
+use crate::metrics::{Metrics, UpstreamCall};
+use crate::rescue::{ServeError, error_response, rescue};
+use crate::routes::Route;
+
+/// Largest config blob read into memory for a Schema 1 conversion.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// Largest upstream listing (tags, catalog, referrers) relayed.
+const MAX_LISTING_BYTES: usize = 32 << 20;
+/// Chunk size for streaming files that are not sent with sendfile.
+const FILE_CHUNK: usize = 256 << 10;
+
+/// Tunables the handlers need (a subset of the validated settings).
+#[derive(Clone, Debug)]
+pub struct AppConfig {
+    pub upstream_name: String,
+    pub tag_ttl: Duration,
+    pub stale_if_error: Duration,
+}
+
+/// A Schema 1 rendering ready to serve.
+#[derive(Clone, Debug)]
+struct Rendered {
+    digest: Digest,
+    signed: Bytes,
+}
+
+/// Everything a request handler needs; shared by all connections.
+pub struct App {
+    cfg: AppConfig,
+    store: Store,
+    upstream: Arc<dyn UpstreamApi>,
+    key: SigningKey,
+    pub metrics: Metrics,
+    /// Parsed manifests by digest (the store keeps the bytes; parsing on every hit
+    /// would cost more than the hit itself).
+    parsed: moka::sync::Cache<Digest, Arc<Manifest>>,
+    /// Schema 1 renderings by (repository, tag, source digest).
+    converted: moka::sync::Cache<(String, String, Digest), Rendered>,
+    /// Signed bodies of Schema 1 payloads served by digest (stable bytes per key).
+    signed: moka::sync::Cache<Digest, Bytes>,
+    /// The upstream error that ended a fill, for its followers to relay.
+    fill_errors: moka::sync::Cache<Digest, UpstreamError>,
+    tag_flights: Coalesce<(String, String), (Digest, Option<String>)>,
+    manifest_flights: Coalesce<Digest, Arc<Manifest>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("upstream", &self.cfg.upstream_name)
+            .field("kid", &self.key.kid())
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl App {
+    pub fn new(
+        cfg: AppConfig,
+        store: Store,
+        upstream: Arc<dyn UpstreamApi>,
+        key: SigningKey,
+    ) -> Arc<App> {
+        Arc::new(App {
+            cfg,
+            store,
+            upstream,
+            key,
+            metrics: Metrics::new(),
+            parsed: moka::sync::Cache::builder()
+                .max_capacity(64 << 20)
+                .weigher(|_, m: &Arc<Manifest>| u32::try_from(m.raw.len()).unwrap_or(u32::MAX))
+                .build(),
+            converted: moka::sync::Cache::builder()
+                .max_capacity(32 << 20)
+                .weigher(|_, r: &Rendered| u32::try_from(r.signed.len()).unwrap_or(u32::MAX))
+                .build(),
+            signed: moka::sync::Cache::builder()
+                .max_capacity(16 << 20)
+                .weigher(|_, b: &Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))
+                .build(),
+            fill_errors: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(30))
+                .build(),
+            tag_flights: Coalesce::new(),
+            manifest_flights: Coalesce::new(),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// Refresh gauges from the store and counters from the upstream client.
+    pub fn refresh_metrics(&self) {
+        let s = self.store.stats();
+        self.metrics
+            .disk_bytes
+            .set(i64::try_from(s.disk.bytes_used).unwrap_or(i64::MAX));
+        if let Some(m) = &s.memory {
+            self.metrics
+                .memory_bytes
+                .set(i64::try_from(m.bytes_used).unwrap_or(i64::MAX));
+        }
+        let evicted = s.disk.evictions;
+        let counted = self.metrics.evictions.get();
+        if evicted > counted {
+            self.metrics.evictions.inc_by(evicted - counted);
+        }
+        let up = self.upstream.stats();
+        for ((method, status), n) in &up.requests {
+            let c = self.metrics.upstream_requests.get_or_create(&UpstreamCall {
+                upstream: up.upstream.clone(),
+                method: method.clone(),
+                status: status.to_string(),
+            });
+            let have = c.get();
+            if *n > have {
+                c.inc_by(n - have);
+            }
+        }
+    }
+
+    /// Entry point for every client request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let head = req.method() == Method::HEAD;
+        let mut resp = match self.dispatch(req).await {
+            Ok(r) => r,
+            Err(e) => rescue(e, head),
+        };
+        resp.headers_mut().insert(
+            "docker-distribution-api-version",
+            HeaderValue::from_static("registry/2.0"),
+        );
+        resp
+    }
+
+    async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<Body>, ServeError> {
+        let route = match Route::parse(req.uri().path()) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return Err(ServeError::Relay {
+                    status: 404,
+                    envelope: regcache_formats::ErrorEnvelope::single(RegistryError::with_message(
+                        ErrorCode::Unsupported,
+                        "no such registry API endpoint",
+                    )),
+                    retry_after: None,
+                });
+            }
+            Err(e) => return Err(ServeError::Client(e.0)),
+        };
+        let method = req.method().clone();
+        let head = method == Method::HEAD;
+        let read = method == Method::GET || head;
+        match route {
+            Route::Ping if read => Ok(ping(head)),
+            Route::Manifest { name, reference } if read => {
+                self.get_manifest(&name, &reference, req.headers(), head)
+                    .await
+            }
+            Route::Blob { name, digest } if read => {
+                self.get_blob(&name, &digest, req.headers(), head).await
+            }
+            Route::Tags { name } if method == Method::GET => {
+                self.listing(req, ListingKind::Tags(name)).await
+            }
+            Route::Catalog if method == Method::GET => {
+                self.listing(req, ListingKind::Catalog).await
+            }
+            Route::Referrers { .. } if method == Method::GET => {
+                self.listing(req, ListingKind::Referrers).await
+            }
+            Route::Manifest { name, reference } if method == Method::PUT => {
+                self.push_manifest(req, &name, &reference).await
+            }
+            Route::Manifest { .. } | Route::Blob { .. } if method == Method::DELETE => {
+                self.pass_through(req).await
+            }
+            Route::UploadStart { .. } if method == Method::POST => self.pass_through(req).await,
+            Route::Upload { .. }
+                if matches!(
+                    method,
+                    Method::GET | Method::PATCH | Method::PUT | Method::DELETE
+                ) =>
+            {
+                self.pass_through(req).await
+            }
+            _ => Err(ServeError::Relay {
+                status: 405,
+                envelope: regcache_formats::ErrorEnvelope::single(RegistryError::with_message(
+                    ErrorCode::Unsupported,
+                    format!("method {method} is not supported on this endpoint"),
+                )),
+                retry_after: None,
+            }),
+        }
+    }
+
+    // ----- manifests -------------------------------------------------------
+
+    async fn get_manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+        headers: &HeaderMap,
+        head: bool,
+    ) -> Result<Response<Body>, ServeError> {
+        let accepts = Accepts::from_headers(headers.get_all(header::ACCEPT).iter());
+        let (stored, tag) = match reference {
+            Reference::Tag(t) => (self.resolve_tag(name, t).await?, Some(t)),
+            Reference::Digest(d) => (self.manifest_by_digest(name, d, None).await?, None),
+        };
+        // distribution 2.8 compares If-None-Match with the stored object's digest,
+        // before any conversion (spec 02 §2.3 quirk 7); we keep its behaviour.
+        if if_none_match_hits(
+            headers.get_all(header::IF_NONE_MATCH).iter(),
+            &stored.digest,
+        ) {
+            return Ok(not_modified(&stored.digest));
+        }
+        let kind = match tag {
+            Some(_) => RequestKind::Tag,
+            None => RequestKind::Digest,
+        };
+        match accept::decide(kind, accepts, &stored) {
+            Decision::ServeAsIs => self.serve_manifest(&stored, head),
+            d @ (Decision::RefuseOci(_) | Decision::NoAmd64Entry) => {
+                Err(ServeError::Client(d.error().unwrap_or_else(|| {
+                    RegistryError::new(ErrorCode::ManifestUnknown)
+                })))
+            }
+            Decision::ConvertToSchema1 => {
+                let tag = tag.ok_or_else(|| ServeError::internal("conversion without a tag"))?;
+                self.serve_converted(name, tag, &stored, head).await
+            }
+            Decision::SelectChild(child) => {
+                let tag =
+                    tag.ok_or_else(|| ServeError::internal("list selection without a tag"))?;
+                let c = self
+                    .manifest_by_digest(name, &child.digest, Some(&child.media_type))
+                    .await?;
+                match accept::decide_child(c.handler_kind(), accepts) {
+                    ChildDecision::ServeChildAsIs => self.serve_manifest(&c, head),
+                    ChildDecision::ConvertChild => self.serve_converted(name, tag, &c, head).await,
+                }
+            }
+        }
+    }
+
+    /// Serve a stored manifest unchanged; a stored Schema 1 payload is served
+    /// signed with regcache's key (distribution also re-signs stored Schema 1).
+    fn serve_manifest(&self, m: &Manifest, head: bool) -> Result<Response<Body>, ServeError> {
+        if m.media_type.is_schema1() {
+            let signed = match self.signed.get(&m.digest) {
+                Some(s) => s,
+                None => {
+                    let s = Bytes::from(
+                        jws::sign(&m.raw, &self.key, unix_now() as i64)
+                            .map_err(ServeError::internal)?,
+                    );
+                    self.signed.insert(m.digest.clone(), s.clone());
+                    s
+                }
+            };
+            return Ok(manifest_response(
+                media_type::SCHEMA1_SIGNED,
+                &m.digest,
+                signed,
+                head,
+            ));
+        }
+        let body = Bytes::copy_from_slice(&m.raw);
+        Ok(manifest_response(
+            m.media_type.as_str(),
+            &m.digest,
+            body,
+            head,
+        ))
+    }
+
+    async fn serve_converted(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        source: &Arc<Manifest>,
+        head: bool,
+    ) -> Result<Response<Body>, ServeError> {
+        let r = self.convert(name, tag, source).await?;
+        Ok(manifest_response(
+            media_type::SCHEMA1_SIGNED,
+            &r.digest,
+            r.signed,
+            head,
+        ))
+    }
+
+    /// The Schema 1 rendering of `source` under (name, tag): converted once,
+    /// signed once, remembered by digest (so a later pull by that digest works)
+    /// and in the mapping log.
+    async fn convert(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        source: &Arc<Manifest>,
+    ) -> Result<Rendered, ServeError> {
+        let key = (
+            name.as_str().to_owned(),
+            tag.as_str().to_owned(),
+            source.digest.clone(),
+        );
+        if let Some(r) = self.converted.get(&key) {
+            self.metrics.hit("schema1");
+            return Ok(r);
+        }
+        self.metrics.miss("schema1");
+        let image = source
+            .as_image()
+            .ok_or_else(|| ServeError::internal("conversion of a non-image manifest"))?;
+        let config = self.blob_bytes(name, &image.config.digest).await?;
+        let payload =
+            schema1::convert_image(image, &config, name.as_str(), tag.as_str()).map_err(|e| {
+                ServeError::Client(RegistryError::with_message(e.error_code(), e.to_string()))
+            })?;
+        let digest = schema1::canonical_digest(&payload);
+        let signed = Bytes::from(
+            jws::sign(&payload, &self.key, unix_now() as i64).map_err(ServeError::internal)?,
+        );
+        if let Err(e) = self.store.put_bytes(&digest, Bytes::from(payload)).await {
+            tracing::warn!(%digest, error = %e, "could not keep the Schema 1 payload");
+        }
+        let record = MappingRecord {
+            upstream: self.cfg.upstream_name.clone(),
+            repository: name.as_str().to_owned(),
+            tag: tag.as_str().to_owned(),
+            schema1_digest: digest.clone(),
+            source_digest: source.digest.clone(),
+            source_media_type: source.media_type.as_str().to_owned(),
+            first_seen_unix: unix_now(),
+        };
+        if let Err(e) = self.store.mappings().append(record) {
+            tracing::warn!(%digest, error = %e, "could not record the Schema 1 mapping");
+        }
+        self.signed.insert(digest.clone(), signed.clone());
+        let r = Rendered { digest, signed };
+        self.converted.insert(key, r.clone());
+        tracing::info!(repo = %name, %tag, source = %source.digest, schema1 = %r.digest, "converted to schema 1");
+        Ok(r)
+    }
+
+    /// Tag → manifest, trusting the tag index for `tag_ttl`, then asking the
+    /// upstream with a HEAD; coalesced per (repository, tag).
+    async fn resolve_tag(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+    ) -> Result<Arc<Manifest>, ServeError> {
+        let up = &self.cfg.upstream_name;
+        let now = unix_now();
+        let known = self.store.tags().get(up, name.as_str(), tag.as_str());
+        if let Some(rec) = &known
+            && now.saturating_sub(rec.fetched_at_unix) < self.cfg.tag_ttl.as_secs()
+        {
+            self.metrics.hit("tag");
+            return self
+                .manifest_by_digest(name, &rec.digest, Some(&rec.media_type))
+                .await;
+        }
+        self.metrics.miss("tag");
+        let (digest, hint) = self.revalidate(name, tag, known).await?;
+        self.manifest_by_digest(name, &digest, hint.as_deref())
+            .await
+    }
+
+    async fn revalidate(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        known: Option<TagRecord>,
+    ) -> Result<(Digest, Option<String>), ServeError> {
+        let key = (name.as_str().to_owned(), tag.as_str().to_owned());
+        let (repo, tag_s) = key.clone();
+        let upstream = self.upstream.clone();
+        let store = self.store.clone();
+        let parsed = self.parsed.clone();
+        let up_name = self.cfg.upstream_name.clone();
+        let stale_limit = self.cfg.tag_ttl + self.cfg.stale_if_error;
+        let res = self
+            .tag_flights
+            .run(key, move || {
+                revalidate_tag(
+                    upstream,
+                    store,
+                    parsed,
+                    up_name,
+                    repo,
+                    tag_s,
+                    known,
+                    stale_limit,
+                )
+            })
+            .await;
+        match res {
+            Ok((d, Some(h))) if h == STALE_MARK => {
+                self.metrics.stale("tag");
+                Ok((d, None))
+            }
+            other => other,
+        }
+    }
+
+    /// A manifest by digest: parsed cache, then store, then one verified
+    /// upstream GET by digest (coalesced).
+    async fn manifest_by_digest(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        hint: Option<&str>,
+    ) -> Result<Arc<Manifest>, ServeError> {
+        if let Some(m) = self.parsed.get(digest) {
+            self.metrics.hit("manifest");
+            return Ok(m);
+        }
+        if let Some(src) = self.store.get(digest).await.map_err(ServeError::internal)? {
+            let bytes = src.into_bytes().await.map_err(ServeError::internal)?;
+            let m = Arc::new(parse_manifest(bytes, hint, digest)?);
+            self.metrics.hit("manifest");
+            self.parsed.insert(digest.clone(), m.clone());
+            return Ok(m);
+        }
+        self.metrics.miss("manifest");
+        let upstream = self.upstream.clone();
+        let store = self.store.clone();
+        let parsed = self.parsed.clone();
+        let repo = name.as_str().to_owned();
+        let d = digest.clone();
+        let hint = hint.map(str::to_owned);
+        self.manifest_flights
+            .run(digest.clone(), move || async move {
+                fetch_manifest(&*upstream, &store, &parsed, &repo, &d, hint.as_deref()).await
+            })
+            .await
+    }
+
+    // ----- blobs -------------------------------------------------------------
+
+    async fn get_blob(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        headers: &HeaderMap,
+        head: bool,
+    ) -> Result<Response<Body>, ServeError> {
+        if if_none_match_hits(headers.get_all(header::IF_NONE_MATCH).iter(), digest) {
+            return Ok(not_modified(digest));
+        }
+        let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+        if digest.as_str() == EMPTY_LAYER_DIGEST {
+            let src = Source::Bytes(Bytes::from_static(&EMPTY_LAYER_BYTES));
+            return serve_source(src, digest, range, head);
+        }
+        if head {
+            return self.head_blob(name, digest, range).await;
+        }
+        if let Some(src) = self.store.get(digest).await.map_err(ServeError::internal)? {
+            self.metrics.hit("blob");
+            self.metrics.served("cache", src.len());
+            return serve_source(src, digest, range, head);
+        }
+        self.metrics.miss("blob");
+        let mut reader = self.fill(name, digest).await?;
+        let len = match reader.wait_len().await {
+            Ok(len) => len,
+            Err(e) => return Err(self.fill_failure(digest, &e)),
+        };
+        if head {
+            return Ok(blob_headers(
+                StatusCode::OK,
+                digest,
+                len,
+                None,
+                Body::empty(),
+            ));
+        }
+        match parse_range(range, len) {
+            RangeSpec::Full => {
+                let stream = reader.map_err(std::io::Error::other).boxed();
+                self.metrics.served("upstream", len);
+                Ok(blob_headers(
+                    StatusCode::OK,
+                    digest,
+                    len,
+                    None,
+                    Body::stream(stream, Some(len)),
+                ))
+            }
+            RangeSpec::Partial(start, end) => {
+                let reader = reader.range(start, Some(end + 1));
+                let n = end + 1 - start;
+                let stream = reader.map_err(std::io::Error::other).boxed();
+                Ok(blob_headers(
+                    StatusCode::PARTIAL_CONTENT,
+                    digest,
+                    n,
+                    Some(format!("bytes {start}-{end}/{len}")),
+                    Body::stream(stream, Some(n)),
+                ))
+            }
+            RangeSpec::Unsatisfiable => Ok(range_not_satisfiable(len)),
+        }
+    }
+
+    /// `HEAD` of a blob asks the upstream (a HEAD, never a download: distribution's
+    /// proxy downloads the blob twice for it). Push clients HEAD a blob in the
+    /// *target* repository to decide whether to upload it, so answering from a
+    /// cache filled through another repository would make them skip uploads the
+    /// upstream then misses. Only when the upstream is unavailable does regcache
+    /// answer from its cache.
+    async fn head_blob(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        range: Option<&str>,
+    ) -> Result<Response<Body>, ServeError> {
+        let size = match self.upstream.head_blob(name.as_str(), digest).await {
+            Ok(h) => h.size,
+            Err(e) => {
+                if e.is_unavailable()
+                    && let Some(src) = self.store.get(digest).await.map_err(ServeError::internal)?
+                {
+                    self.metrics.stale("blob");
+                    return serve_source(src, digest, range, true);
+                }
+                return Err(match upstream_error(e) {
+                    ServeError::Relay { status: 404, .. } => {
+                        ServeError::code(ErrorCode::BlobUnknown)
+                    }
+                    other => other,
+                });
+            }
+        };
+        match parse_range(range, size) {
+            RangeSpec::Full => Ok(blob_headers(
+                StatusCode::OK,
+                digest,
+                size,
+                None,
+                Body::empty(),
+            )),
+            RangeSpec::Partial(s, e) => Ok(blob_headers(
+                StatusCode::PARTIAL_CONTENT,
+                digest,
+                e + 1 - s,
+                Some(format!("bytes {s}-{e}/{size}")),
+                Body::empty(),
+            )),
+            RangeSpec::Unsatisfiable => Ok(range_not_satisfiable(size)),
+        }
+    }
+
+    /// Join or start the one upstream download of `digest`.
+    async fn fill(&self, name: &RepositoryName, digest: &Digest) -> Result<FillReader, ServeError> {
+        let begin = self
+            .store
+            .begin_fill(digest, None)
+            .await
+            .map_err(ServeError::internal)?;
+        match begin {
+            Begin::Follower(r) => Ok(r),
+            Begin::Leader(mut writer) => {
+                let reader = writer.subscribe();
+                let upstream = self.upstream.clone();
+                let repo = name.as_str().to_owned();
+                let d = digest.clone();
+                let errors = self.fill_errors.clone();
+                let failed = self.metrics.fills_failed.clone();
+                let waiters = self.metrics.fill_waiters.clone();
+                let stats = self.store.fills().clone();
+                tokio::spawn(async move {
+                    let joined_before = stats.stats().joined;
+                    let body = match upstream.get_blob(&repo, &d, None).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::info!(digest = %d, error = %e, "blob fill could not start");
+                            errors.insert(d.clone(), e.clone());
+                            failed.inc();
+                            writer.abort(e.to_string());
+                            return;
+                        }
+                    };
+                    if let Some(len) = body.len
+                        && writer.set_len(len).is_err()
+                    {
+                        failed.inc();
+                        return;
+                    }
+                    let mut stream = body.stream;
+                    while let Some(chunk) = stream.next().await {
+                        match chunk {
+                            Ok(bytes) => {
+                                if let Err(e) = writer.write(bytes).await {
+                                    tracing::warn!(digest = %d, error = %e, "blob fill failed");
+                                    failed.inc();
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(digest = %d, error = %e, "upstream blob body failed");
+                                errors.insert(d.clone(), e.clone());
+                                failed.inc();
+                                writer.abort(e.to_string());
+                                return;
+                            }
+                        }
+                    }
+                    match writer.commit().await {
+                        Ok(c) => {
+                            let joined = stats.stats().joined.saturating_sub(joined_before);
+                            waiters.observe((joined + 1) as f64);
+                            tracing::info!(digest = %d, bytes = c.len, "blob cached");
+                        }
+                        Err(e) => {
+                            failed.inc();
+                            tracing::warn!(digest = %d, error = %e, "blob fill rejected");
+                        }
+                    }
+                });
+                Ok(reader)
+            }
+        }
+    }
+
+    fn fill_failure(&self, digest: &Digest, e: &FillError) -> ServeError {
+        if let Some(up) = self.fill_errors.get(digest) {
+            return upstream_error(up);
+        }
+        ServeError::Unavailable {
+            status: 502,
+            message: format!(
+                "fetching {digest} from upstream {} failed: {e}",
+                self.cfg.upstream_name
+            ),
+        }
+    }
+
+    /// A small blob's bytes (a config), from the cache or through a fill.
+    async fn blob_bytes(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Bytes, ServeError> {
+        if let Some(src) = self.store.get(digest).await.map_err(ServeError::internal)? {
+            if src.len() > MAX_CONFIG_BYTES {
+                return Err(ServeError::msg(
+                    ErrorCode::ManifestInvalid,
+                    "config blob too large",
+                ));
+            }
+            return src.into_bytes().await.map_err(ServeError::internal);
+        }
+        let mut reader = self.fill(name, digest).await?;
+        let len = reader
+            .wait_len()
+            .await
+            .map_err(|e| self.fill_failure(digest, &e))?;
+        if len > MAX_CONFIG_BYTES {
+            return Err(ServeError::msg(
+                ErrorCode::ManifestInvalid,
+                "config blob too large",
+            ));
+        }
+        let mut out = Vec::with_capacity(len as usize);
+        while let Some(chunk) = reader.next().await {
+            let chunk = chunk.map_err(|e| self.fill_failure(digest, &e))?;
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    // ----- pass-through ------------------------------------------------------
+
+    async fn listing(
+        &self,
+        req: Request<Incoming>,
+        kind: ListingKind,
+    ) -> Result<Response<Body>, ServeError> {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+        let mut headers = HeaderMap::new();
+        if let Some(a) = req.headers().get(header::ACCEPT) {
+            headers.insert(header::ACCEPT, a.clone());
+        }
+        let resp = self
+            .upstream
+            .send(
+                RawRequest::new(Method::GET, pq)
+                    .headers(headers)
+                    .idempotent(true),
+            )
+            .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) if e.is_unavailable() => return self.local_listing(&kind, e),
+            Err(e) => return Err(upstream_error(e)),
+        };
+        if resp.status.is_server_error() || resp.status == StatusCode::TOO_MANY_REQUESTS {
+            let status = resp.status.as_u16();
+            let e = UpstreamError::Registry {
+                upstream: self.cfg.upstream_name.clone(),
+                status,
+                envelope: None,
+                retry_after: None,
+            };
+            if let Ok(local) = self.local_listing(&kind, e) {
+                return Ok(local);
+            }
+        }
+        let status = resp.status;
+        let mut out_headers = HeaderMap::new();
+        copy_headers(&resp.headers, &mut out_headers, &[header::CONTENT_TYPE]);
+        if let Some(link) = resp.headers.get(header::LINK).and_then(|v| v.to_str().ok())
+            && let Ok(v) = HeaderValue::from_str(&rewrite_link(link))
+        {
+            out_headers.insert(header::LINK, v);
+        }
+        for name in ["oci-filters-applied"] {
+            if let Some(v) = resp.headers.get(name) {
+                out_headers.insert(name, v.clone());
+            }
+        }
+        let body = resp
+            .bytes(MAX_LISTING_BYTES)
+            .await
+            .map_err(upstream_error)?;
+        let mut r = Response::new(Body::full(body.clone()));
+        *r.status_mut() = status;
+        *r.headers_mut() = out_headers;
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        Ok(r)
+    }
+
+    /// What regcache itself knows, when the upstream cannot answer a listing.
+    fn local_listing(
+        &self,
+        kind: &ListingKind,
+        e: UpstreamError,
+    ) -> Result<Response<Body>, ServeError> {
+        let up = &self.cfg.upstream_name;
+        let body = match kind {
+            ListingKind::Tags(name) => {
+                let mut tags: Vec<String> = self
+                    .store
+                    .tags()
+                    .list(up, name.as_str())
+                    .into_iter()
+                    .map(|(t, _)| t)
+                    .collect();
+                if tags.is_empty() {
+                    return Err(upstream_error(e));
+                }
+                tags.sort();
+                serde_json::json!({ "name": name.as_str(), "tags": tags })
+            }
+            ListingKind::Catalog => {
+                let mut repos = self.store.tags().repositories(up);
+                repos.sort();
+                serde_json::json!({ "repositories": repos })
+            }
+            ListingKind::Referrers => return Err(upstream_error(e)),
+        };
+        self.metrics.stale("listing");
+        let mut bytes = serde_json::to_vec(&body).map_err(ServeError::internal)?;
+        bytes.push(b'\n');
+        Ok(json_response(StatusCode::OK, Bytes::from(bytes)))
+    }
+
+    /// Push endpoints: forwarded to the upstream with the body streamed and
+    /// `Location` rewritten to regcache.
+    async fn pass_through(&self, req: Request<Incoming>) -> Result<Response<Body>, ServeError> {
+        let (resp, _) = self.forward(req).await?;
+        Ok(resp)
+    }
+
+    async fn push_manifest(
+        &self,
+        req: Request<Incoming>,
+        name: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<Response<Body>, ServeError> {
+        let (resp, digest) = self.forward(req).await?;
+        if resp.status() == StatusCode::CREATED
+            && let (Reference::Tag(tag), Some(digest)) = (reference, digest)
+        {
+            // The pushed manifest is what the tag means now: update the tag index
+            // at once so the next pull through regcache sees it.
+            let media = resp
+                .headers()
+                .get("x-regcache-pushed-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let rec = TagRecord {
+                digest,
+                media_type: media,
+                size: 0,
+                fetched_at_unix: unix_now(),
+            };
+            if let Err(e) =
+                self.store
+                    .tags()
+                    .put(&self.cfg.upstream_name, name.as_str(), tag.as_str(), rec)
+            {
+                tracing::warn!(error = %e, "could not record the pushed tag");
+            }
+        }
+        let mut resp = resp;
+        resp.headers_mut().remove("x-regcache-pushed-type");
+        Ok(resp)
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<(Response<Body>, Option<Digest>), ServeError> {
+        let (parts, body) = req.into_parts();
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+        let mut headers = HeaderMap::new();
+        copy_headers(
+            &parts.headers,
+            &mut headers,
+            &[
+                header::CONTENT_TYPE,
+                header::CONTENT_LENGTH,
+                header::CONTENT_RANGE,
+                header::ACCEPT,
+            ],
+        );
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let stream = http_body_util::BodyStream::new(body)
+            .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) });
+        let resp = self
+            .upstream
+            .send(
+                RawRequest::new(parts.method.clone(), pq)
+                    .headers(headers)
+                    .body(RequestBody::stream(stream))
+                    .idempotent(false),
+            )
+            .await
+            .map_err(upstream_error)?;
+        let mut out = HeaderMap::new();
+        copy_headers(
+            &resp.headers,
+            &mut out,
+            &[header::CONTENT_TYPE, header::CONTENT_LENGTH, header::RANGE],
+        );
+        for name in [
+            "docker-upload-uuid",
+            "docker-content-digest",
+            "oci-subject",
+            "oci-chunk-min-length",
+        ] {
+            if let Some(v) = resp.headers.get(name) {
+                out.insert(name, v.clone());
+            }
+        }
+        if let Some(loc) = resp
+            .headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            && let Ok(v) = HeaderValue::from_str(&strip_origin(loc))
+        {
+            out.insert(header::LOCATION, v);
+        }
+        let digest = resp
+            .headers
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| Digest::parse(s).ok());
+        if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            out.insert("x-regcache-pushed-type", ct);
+        }
+        let status = resp.status;
+        let len = resp.content_length;
+        let body = resp.body.map_err(std::io::Error::other).boxed();
+        let mut r = Response::new(Body::stream(body, len));
+        *r.status_mut() = status;
+        *r.headers_mut() = out;
+        Ok((r, digest))
+    }
+}
+
+enum ListingKind {
+    Tags(RepositoryName),
+    Catalog,
+    Referrers,
+}
+
+/// Marker in the coalesced tag result meaning "served stale" (counted by the caller).
+const STALE_MARK: &str = "\0stale";
+
+#[allow(clippy::too_many_arguments)]
+async fn revalidate_tag(
+    upstream: Arc<dyn UpstreamApi>,
+    store: Store,
+    parsed: moka::sync::Cache<Digest, Arc<Manifest>>,
+    up_name: String,
+    repo: String,
+    tag: String,
+    known: Option<TagRecord>,
+    stale_limit: Duration,
+) -> Result<(Digest, Option<String>), ServeError> {
+    let now = unix_now();
+    match upstream
+        .head_manifest(&repo, &tag, &ALL_MANIFEST_TYPES)
+        .await
+    {
+        Ok(h) => {
+            let (digest, media) = match h.digest {
+                Some(d) => (d, h.media_type),
+                None => {
+                    // No Docker-Content-Digest on HEAD: fetch by tag and hash it.
+                    let body = upstream
+                        .get_manifest(&repo, &tag, &ALL_MANIFEST_TYPES)
+                        .await
+                        .map_err(upstream_error)?;
+                    let m = verified_manifest(
+                        body.bytes,
+                        body.content_type.as_deref(),
+                        body.digest_header.as_ref(),
+                    )?;
+                    store
+                        .put_bytes(&m.digest, Bytes::copy_from_slice(&m.raw))
+                        .await
+                        .map_err(ServeError::internal)?;
+                    let d = m.digest.clone();
+                    let media = Some(m.media_type.as_str().to_owned());
+                    parsed.insert(d.clone(), Arc::new(m));
+                    (d, media)
+                }
+            };
+            let rec = TagRecord {
+                digest: digest.clone(),
+                media_type: media.clone().unwrap_or_default(),
+                size: h.size.unwrap_or(0),
+                fetched_at_unix: now,
+            };
+            if let Err(e) = store.tags().put(&up_name, &repo, &tag, rec) {
+                tracing::warn!(error = %e, "could not record tag");
+            }
+            Ok((digest, media))
+        }
+        Err(e) if e.is_unavailable() => match known {
+            Some(rec) if now.saturating_sub(rec.fetched_at_unix) < stale_limit.as_secs() => {
+                tracing::info!(repo, tag, error = %e, "upstream unavailable; serving the cached tag");
+                Ok((rec.digest, Some(STALE_MARK.to_owned())))
+            }
+            _ => Err(upstream_error(e)),
+        },
+        Err(e) if e.registry_status() == Some(404) && e.envelope().is_none() => {
+            // A HEAD carries no body: answer as distribution does for an unknown tag.
+            Err(ServeError::Client(
+                RegistryError::new(ErrorCode::ManifestUnknown)
+                    .detail(serde_json::json!({ "Tag": tag })),
+            ))
+        }
+        Err(e) => Err(upstream_error(e)),
+    }
+}
+
+/// Fetch a manifest by digest, verify it, keep it.
+async fn fetch_manifest(
+    upstream: &dyn UpstreamApi,
+    store: &Store,
+    parsed: &moka::sync::Cache<Digest, Arc<Manifest>>,
+    repo: &str,
+    digest: &Digest,
+    hint: Option<&str>,
+) -> Result<Arc<Manifest>, ServeError> {
+    let body = upstream
+        .get_manifest(repo, digest.as_str(), &ALL_MANIFEST_TYPES)
+        .await
+        .map_err(upstream_error)?;
+    let hint = body.content_type.as_deref().or(hint);
+    let m = verified_manifest(body.bytes, hint, Some(digest))?;
+    if m.digest != *digest {
+        return Err(ServeError::Unavailable {
+            status: 502,
+            message: format!(
+                "upstream {} sent a manifest for {digest} that hashes to {}",
+                upstream.name(),
+                m.digest
+            ),
+        });
+    }
+    store
+        .put_bytes(&m.digest, Bytes::copy_from_slice(&m.raw))
+        .await
+        .map_err(ServeError::internal)?;
+    let m = Arc::new(m);
+    parsed.insert(digest.clone(), m.clone());
+    Ok(m)
+}
+
+/// Parse upstream manifest bytes into what regcache stores: the exact bytes,
+/// or for a signed Schema 1 manifest its canonical payload (whose sha256 is the
+/// manifest's digest; regcache re-signs it when serving, as distribution does).
+fn verified_manifest(
+    bytes: Bytes,
+    hint: Option<&str>,
+    expected: Option<&Digest>,
+) -> Result<Manifest, ServeError> {
+    let invalid = |e: String| ServeError::Unavailable {
+        status: 502,
+        message: format!("upstream sent a manifest regcache cannot read: {e}"),
+    };
+    let m = Manifest::parse(bytes.to_vec(), hint).map_err(|e| invalid(e.to_string()))?;
+    if m.media_type == MediaType::Schema1Signed {
+        let (payload, d) = jws::payload_of(&m.raw).map_err(|e| invalid(e.to_string()))?;
+        if let Some(exp) = expected
+            && d != *exp
+        {
+            return Err(invalid(format!("signed payload hashes to {d}, not {exp}")));
+        }
+        return Manifest::parse(payload, Some(media_type::SCHEMA1))
+            .map_err(|e| invalid(e.to_string()));
+    }
+    Ok(m)
+}
+
+fn parse_manifest(
+    bytes: Bytes,
+    hint: Option<&str>,
+    digest: &Digest,
+) -> Result<Manifest, ServeError> {
+    Manifest::parse(bytes.to_vec(), hint)
+        .map_err(|e| ServeError::internal(format!("cached manifest {digest} does not parse: {e}")))
+}
+
+/// Relay an upstream failure: its registry error as is, or 502/504 naming the upstream.
+pub fn upstream_error(e: UpstreamError) -> ServeError {
+    match &e {
+        UpstreamError::Registry {
+            status,
+            envelope,
+            retry_after,
+            ..
+        } => {
+            let envelope = envelope.clone().unwrap_or_else(|| {
+                let code = match status {
+                    404 => ErrorCode::ManifestUnknown,
+                    401 => ErrorCode::Unauthorized,
+                    403 => ErrorCode::Denied,
+                    429 => ErrorCode::TooManyRequests,
+                    _ => ErrorCode::Unknown,
+                };
+                regcache_formats::ErrorEnvelope::single(RegistryError::with_message(
+                    code,
+                    e.to_string(),
+                ))
+            });
+            ServeError::Relay {
+                status: *status,
+                envelope,
+                retry_after: retry_after.clone(),
+            }
+        }
+        UpstreamError::Unauthorized { .. } => ServeError::Relay {
+            status: 401,
+            envelope: regcache_formats::ErrorEnvelope::single(RegistryError::with_message(
+                ErrorCode::Unauthorized,
+                e.to_string(),
+            )),
+            retry_after: None,
+        },
+        _ => ServeError::Unavailable {
+            status: e.status_hint(),
+            message: e.to_string(),
+        },
+    }
+}
+
+// ----- responses ---------------------------------------------------------------
+
+fn ping(head: bool) -> Response<Body> {
+    json_response(StatusCode::OK, Bytes::from_static(b"{}"))
+        .map(|b| if head { Body::empty() } else { b })
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
+    let len = body.len();
+    let mut r = Response::new(Body::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(media_type::ERROR_JSON),
+    );
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    r
+}
+
+fn not_modified(digest: &Digest) -> Response<Body> {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::NOT_MODIFIED;
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
+fn digest_headers(h: &mut HeaderMap, digest: &Digest) {
+    if let Ok(v) = HeaderValue::from_str(digest.as_str()) {
+        h.insert("docker-content-digest", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+        h.insert(header::ETAG, v);
+    }
+}
+
+/// Content-Type, Content-Length, Docker-Content-Digest and Etag, identical for
+/// GET and HEAD (HEAD sends no body but the same length).
+fn manifest_response(
+    content_type: &'static str,
+    digest: &Digest,
+    body: Bytes,
+    head: bool,
+) -> Response<Body> {
+    let len = body.len();
+    let mut r = Response::new(if head {
+        Body::empty()
+    } else {
+        Body::full(body)
+    });
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    digest_headers(h, digest);
+    r
+}
+
+fn blob_headers(
+    status: StatusCode,
+    digest: &Digest,
+    len: u64,
+    content_range: Option<String>,
+    body: Body,
+) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(media_type::OCTET_STREAM),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    digest_headers(h, digest);
+    if let Some(cr) = content_range.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        h.insert(header::CONTENT_RANGE, cr);
+    }
+    r
+}
+
+fn range_not_satisfiable(len: u64) -> Response<Body> {
+    let envelope = regcache_formats::ErrorEnvelope::single(RegistryError::with_message(
+        ErrorCode::Unknown,
+        format!("requested range not satisfiable: the blob has {len} bytes"),
+    ));
+    let mut r = error_response(416, &envelope, None, false);
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+        r.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    r
+}
+
+/// Serve cached content, whole or a single range.
+fn serve_source(
+    src: Source,
+    digest: &Digest,
+    range: Option<&str>,
+    head: bool,
+) -> Result<Response<Body>, ServeError> {
+    let len = src.len();
+    let (status, start, n, content_range) = match parse_range(range, len) {
+        RangeSpec::Full => (StatusCode::OK, 0, len, None),
+        RangeSpec::Partial(s, e) => (
+            StatusCode::PARTIAL_CONTENT,
+            s,
+            e + 1 - s,
+            Some(format!("bytes {s}-{e}/{len}")),
+        ),
+        RangeSpec::Unsatisfiable => return Ok(range_not_satisfiable(len)),
+    };
+    if head {
+        return Ok(blob_headers(
+            status,
+            digest,
+            n,
+            content_range,
+            Body::empty(),
+        ));
+    }
+    let body = match src {
+        Source::Bytes(b) => {
+            let (s, e) = (start as usize, (start + n) as usize);
+            Body::full(b.slice(s..e))
+        }
+        Source::File { file, .. } => Body::stream(file_stream(file, start, n), Some(n)),
+        _ => return Err(ServeError::internal("unknown cache source")),
+    };
+    Ok(blob_headers(status, digest, n, content_range, body))
+}
+
+/// Stream `n` bytes of `file` from `start` with a bounded buffer.
+fn file_stream(file: std::fs::File, start: u64, n: u64) -> crate::body::ChunkStream {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::from_std(file);
+    let stream = async_stream_file(move |tx| async move {
+        if start > 0 {
+            file.seek(std::io::SeekFrom::Start(start)).await?;
+        }
+        let mut left = n;
+        while left > 0 {
+            let want = left.min(FILE_CHUNK as u64) as usize;
+            let mut buf = bytes::BytesMut::with_capacity(want);
+            let got = (&mut file).take(want as u64).read_buf(&mut buf).await?;
+            if got == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "cached file shorter than its index entry",
+                ));
+            }
+            left -= got as u64;
+            if tx.send(Ok(buf.freeze())).await.is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    });
+    stream.boxed()
+}
+
+/// A tiny channel-backed stream generator: `f` sends chunks into a bounded
+/// channel (two chunks of read-ahead), its error (if any) ends the stream.
+fn async_stream_file<F, Fut>(
+    f: F,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), std::io::Error>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let tx2 = tx.clone();
+    tokio::spawn(async move {
+        if let Err(e) = f(tx).await {
+            let _ = tx2.send(Err(e)).await;
+        }
+    });
+    tokio_stream_from(rx)
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeSpec {
+    Full,
+    /// Inclusive first and last byte.
+    Partial(u64, u64),
+    Unsatisfiable,
+}
+
+/// A single `bytes=` range; anything else (several ranges, other units,
+/// garbage) is ignored and the whole blob is served, as RFC 9110 allows.
+fn parse_range(h: Option<&str>, len: u64) -> RangeSpec {
+    let Some(spec) = h.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return RangeSpec::Full;
+    };
+    if spec.contains(',') {
+        return RangeSpec::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeSpec::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    if a.is_empty() {
+        // Suffix: the last `b` bytes.
+        let Ok(n) = b.parse::<u64>() else {
+            return RangeSpec::Full;
+        };
+        if n == 0 || len == 0 {
+            return RangeSpec::Unsatisfiable;
+        }
+        return RangeSpec::Partial(len.saturating_sub(n), len - 1);
+    }
+    let Ok(start) = a.parse::<u64>() else {
+        return RangeSpec::Full;
+    };
+    let end = if b.is_empty() {
+        None
+    } else {
+        match b.parse::<u64>() {
+            Ok(e) if e >= start => Some(e),
+            _ => return RangeSpec::Full,
+        }
+    };
+    if start >= len {
+        return RangeSpec::Unsatisfiable;
+    }
+    let last = end.map_or(len - 1, |e| e.min(len - 1));
+    RangeSpec::Partial(start, last)
+}
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, names: &[header::HeaderName]) {
+    for n in names {
+        if let Some(v) = from.get(n) {
+            to.insert(n.clone(), v.clone());
+        }
+    }
+}
+
+/// `http://upstream:5000/v2/x?_state=…` → `/v2/x?_state=…`: clients resolve a
+/// relative `Location` against regcache, so the upload continues through it.
+fn strip_origin(loc: &str) -> String {
+    match url::Url::parse(loc) {
+        Ok(u) => {
+            let mut s = u.path().to_owned();
+            if let Some(q) = u.query() {
+                s.push('?');
+                s.push_str(q);
+            }
+            s
+        }
+        Err(_) => loc.to_owned(),
+    }
+}
+
+/// Rewrite every `<URL>` in a `Link` header to a path on regcache.
+fn rewrite_link(link: &str) -> String {
+    let mut out = String::with_capacity(link.len());
+    let mut rest = link;
+    while let Some(open) = rest.find('<') {
+        let Some(close) = rest[open..].find('>') else {
+            break;
+        };
+        out.push_str(&rest[..=open]);
+        out.push_str(&strip_origin(&rest[open + 1..open + close]));
+        out.push('>');
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(None, 10), RangeSpec::Full);
+        assert_eq!(parse_range(Some("bytes=6-"), 16), RangeSpec::Partial(6, 15));
+        assert_eq!(parse_range(Some("bytes=0-0"), 16), RangeSpec::Partial(0, 0));
+        assert_eq!(
+            parse_range(Some("bytes=2-100"), 16),
+            RangeSpec::Partial(2, 15)
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-4"), 16),
+            RangeSpec::Partial(12, 15)
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-40"), 16),
+            RangeSpec::Partial(0, 15)
+        );
+        assert_eq!(parse_range(Some("bytes=16-"), 16), RangeSpec::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-0"), 16), RangeSpec::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=0-1,4-5"), 16), RangeSpec::Full);
+        assert_eq!(parse_range(Some("items=0-1"), 16), RangeSpec::Full);
+        assert_eq!(parse_range(Some("bytes=5-2"), 16), RangeSpec::Full);
+        assert_eq!(parse_range(Some("bytes=x-"), 16), RangeSpec::Full);
+    }
+
+    #[test]
+    fn location_and_link_rewrites() {
+        assert_eq!(
+            strip_origin("http://127.0.0.1:5000/v2/a/blobs/uploads/u1?_state=xy%3D&b=1"),
+            "/v2/a/blobs/uploads/u1?_state=xy%3D&b=1"
+        );
+        assert_eq!(
+            strip_origin("/v2/a/blobs/uploads/u1"),
+            "/v2/a/blobs/uploads/u1"
+        );
+        assert_eq!(
+            rewrite_link("<https://r.example/v2/a/tags/list?last=b&n=2>; rel=\"next\""),
+            "</v2/a/tags/list?last=b&n=2>; rel=\"next\""
+        );
+        assert_eq!(
+            rewrite_link("</v2/_catalog?last=x&n=1>; rel=\"next\""),
+            "</v2/_catalog?last=x&n=1>; rel=\"next\""
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! The response body type: a fixed buffer (manifests, errors, memory-tier blobs)
+//! or a stream of chunks (disk files, fills in progress, upstream pass-through).
+//!
+//! An enum rather than a boxed body so the common fixed case costs no allocation
+//! and reports its exact size to hyper. A stream that ends with an error makes
+//! hyper abort the connection instead of finishing the response: a client must
+//! never mistake a truncated blob for a complete one.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use http_body::{Frame, SizeHint};
+
+/// A boxed stream of body chunks; an `Err` aborts the response.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static>>;
+
+pub enum Body {
+    Full(Option<Bytes>),
+    Stream {
+        stream: ChunkStream,
+        len: Option<u64>,
+    },
+}
+
+impl Body {
+    pub fn empty() -> Body {
+        Body::Full(None)
+    }
+
+    pub fn full(b: impl Into<Bytes>) -> Body {
+        let b = b.into();
+        if b.is_empty() {
+            Body::Full(None)
+        } else {
+            Body::Full(Some(b))
+        }
+    }
+
+    pub fn stream(stream: ChunkStream, len: Option<u64>) -> Body {
+        Body::Stream { stream, len }
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Full(b) => write!(f, "Body::Full({} bytes)", b.as_ref().map_or(0, |b| b.len())),
+            Body::Stream { len, .. } => write!(f, "Body::Stream({len:?})"),
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Stream { stream, .. } => match stream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Body::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Stream { len: Some(n), .. } => SizeHint::with_exact(*n),
+            Body::Stream { len: None, .. } => SizeHint::default(),
+        }
+    }
+}

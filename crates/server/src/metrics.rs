@@ -1,0 +1,156 @@
+//! Prometheus metrics, served on the admin listener at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Lookup {
+    /// `manifest`, `blob`, `tag` or `schema1`.
+    pub kind: &'static str,
+    /// `hit`, `miss` or `stale` (served past its TTL because the upstream failed).
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Source {
+    /// `cache` or `upstream`.
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamCall {
+    pub upstream: String,
+    pub method: String,
+    pub status: String,
+}
+
+/// Every metric regcache exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub lookups: Family<Lookup, Counter>,
+    pub bytes_served: Family<Source, Counter>,
+    pub upstream_requests: Family<UpstreamCall, Counter>,
+    pub fill_waiters: Histogram,
+    pub disk_bytes: Gauge,
+    pub memory_bytes: Gauge,
+    pub evictions: Counter,
+    pub fills_failed: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("regcache");
+        let lookups = Family::<Lookup, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Cache lookups by kind and result",
+            lookups.clone(),
+        );
+        let bytes_served = Family::<Source, Counter>::default();
+        registry.register(
+            "bytes_served",
+            "Body bytes sent to clients, by where they came from",
+            bytes_served.clone(),
+        );
+        let upstream_requests = Family::<UpstreamCall, Counter>::default();
+        registry.register(
+            "upstream_requests",
+            "Requests made to upstream registries, by method and status",
+            upstream_requests.clone(),
+        );
+        let fill_waiters = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]);
+        registry.register(
+            "fill_waiters",
+            "Clients served by one upstream blob fill",
+            fill_waiters.clone(),
+        );
+        let disk_bytes = Gauge::default();
+        registry.register(
+            "disk_bytes",
+            "Bytes held by the disk tier",
+            disk_bytes.clone(),
+        );
+        let memory_bytes = Gauge::default();
+        registry.register(
+            "memory_bytes",
+            "Bytes held by the memory tier",
+            memory_bytes.clone(),
+        );
+        let evictions = Counter::default();
+        registry.register(
+            "evictions",
+            "Disk tier entries evicted to stay under the size limit",
+            evictions.clone(),
+        );
+        let fills_failed = Counter::default();
+        registry.register(
+            "fills_failed",
+            "Blob fills that failed (upstream error, digest mismatch, truncation)",
+            fills_failed.clone(),
+        );
+        Metrics {
+            registry,
+            lookups,
+            bytes_served,
+            upstream_requests,
+            fill_waiters,
+            disk_bytes,
+            memory_bytes,
+            evictions,
+            fills_failed,
+        }
+    }
+
+    pub fn hit(&self, kind: &'static str) {
+        self.lookups
+            .get_or_create(&Lookup {
+                kind,
+                result: "hit",
+            })
+            .inc();
+    }
+
+    pub fn miss(&self, kind: &'static str) {
+        self.lookups
+            .get_or_create(&Lookup {
+                kind,
+                result: "miss",
+            })
+            .inc();
+    }
+
+    pub fn stale(&self, kind: &'static str) {
+        self.lookups
+            .get_or_create(&Lookup {
+                kind,
+                result: "stale",
+            })
+            .inc();
+    }
+
+    pub fn served(&self, source: &'static str, bytes: u64) {
+        self.bytes_served
+            .get_or_create(&Source { source })
+            .inc_by(bytes);
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

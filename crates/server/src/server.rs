@@ -1,0 +1,259 @@
+//! Start-up and the two listeners: the registry API and the admin endpoints.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use regcache_formats::jws::SigningKey;
+use regcache_store::{Store, StoreConfig};
+use regcache_upstream::{Credentials, RetryConfig, Upstream, UpstreamApi, UpstreamConfig};
+use tokio::net::TcpListener;
+
+use crate::app::{App, AppConfig};
+use crate::body::Body;
+use crate::config::Settings;
+use crate::listener;
+
+/// Why start-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the cache: {0}")]
+    Store(#[from] regcache_store::StoreError),
+    #[error("signing key {path}: {message}")]
+    Key { path: String, message: String },
+    #[error("upstream: {0}")]
+    Upstream(#[from] regcache_upstream::UpstreamError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Load the Schema 1 signing key, or generate and save one (mode 0600) so the
+/// `kid` and signatures stay stable across restarts.
+pub fn load_or_create_key(path: &Path) -> Result<SigningKey, StartError> {
+    let err = |message: String| StartError::Key {
+        path: path.display().to_string(),
+        message,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            SigningKey::from_key_file(name, &text).map_err(|e| err(e.to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SigningKey::generate();
+            let text = if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("json" | "jwk")
+            ) {
+                key.to_jwk()
+            } else {
+                key.to_pem()
+            };
+            if let Some(dir) = path.parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+            }
+            let tmp = path.with_extension("tmp");
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(|e| err(e.to_string()))?;
+                f.write_all(text.as_bytes())
+                    .map_err(|e| err(e.to_string()))?;
+                f.sync_all().map_err(|e| err(e.to_string()))?;
+            }
+            std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))?;
+            tracing::info!(path = %path.display(), kid = key.kid(), "generated a new schema 1 signing key");
+            Ok(key)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// Everything `regcache serve` runs, given validated settings and bound listeners.
+pub struct Running {
+    pub app: Arc<App>,
+    ready: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").finish_non_exhaustive()
+    }
+}
+
+/// Build the application state: open the store, load the key, build the upstream client.
+pub async fn build(settings: &Settings) -> Result<Running, StartError> {
+    std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartError::DataDir {
+        path: settings.data_dir.display().to_string(),
+        source,
+    })?;
+    let store = Store::open(
+        StoreConfig::new(settings.data_dir.join("cache"))
+            .disk_max_bytes(settings.disk_size)
+            .memory_max_bytes(settings.memory_size)
+            .memory_max_object_bytes(settings.memory_max_object),
+    )
+    .await?;
+    let key = load_or_create_key(&settings.signing_key_path)?;
+    tracing::info!(kid = key.kid(), path = %settings.signing_key_path.display(), "schema 1 signing key");
+    let up = &settings.upstream;
+    let mut ucfg = UpstreamConfig::new(up.name.clone(), up.url.clone());
+    ucfg.connect_timeout = up.connect_timeout;
+    ucfg.first_byte_timeout = up.first_byte_timeout;
+    ucfg.retry = RetryConfig {
+        max_attempts: up.retry_attempts.max(1),
+        ..RetryConfig::default()
+    };
+    if let (Some(user), Some(pass)) = (&up.username, &up.password) {
+        ucfg = ucfg.with_credentials(Credentials::new(user.clone(), pass.clone()));
+    }
+    let upstream: Arc<dyn UpstreamApi> = Arc::new(Upstream::new(ucfg)?);
+    let app = App::new(
+        AppConfig {
+            upstream_name: up.name.clone(),
+            tag_ttl: up.tag_ttl,
+            stale_if_error: up.stale_if_error,
+        },
+        store,
+        upstream,
+        key,
+    );
+    Ok(Running {
+        app,
+        ready: Arc::new(AtomicBool::new(false)),
+    })
+}
+
+/// Serve the registry API on `api` and the admin endpoints on `admin` until
+/// `shutdown` resolves; then stop accepting, let requests finish (bounded).
+pub async fn serve(
+    running: Running,
+    api: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let Running { app, ready } = running;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let grace = Duration::from_secs(10);
+    let api_app = app.clone();
+    let mut rx1 = stop_rx.clone();
+    let api_task = tokio::spawn(listener::serve(
+        api,
+        move |req| api_app.clone().handle(req),
+        async move {
+            let _ = rx1.changed().await;
+        },
+        grace,
+    ));
+    let admin_app = app.clone();
+    let admin_ready = ready.clone();
+    let mut rx2 = stop_rx.clone();
+    let admin_task = tokio::spawn(listener::serve(
+        admin,
+        move |req| {
+            let app = admin_app.clone();
+            let ready = admin_ready.clone();
+            async move { admin_handle(&app, &ready, req) }
+        },
+        async move {
+            let _ = rx2.changed().await;
+        },
+        Duration::from_secs(1),
+    ));
+    ready.store(true, Ordering::SeqCst);
+    shutdown.await;
+    tracing::info!("shutting down: no new connections, finishing requests");
+    ready.store(false, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    let _ = api_task.await;
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+}
+
+fn admin_handle(app: &App, ready: &AtomicBool, req: Request<Incoming>) -> Response<Body> {
+    let text = |status: StatusCode, ct: &'static str, body: Bytes| {
+        let mut r = Response::new(Body::full(body));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+        r
+    };
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+        "/readyz" if ready.load(Ordering::SeqCst) => {
+            text(StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"))
+        }
+        "/readyz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            Bytes::from_static(b"not ready\n"),
+        ),
+        "/metrics" => {
+            app.refresh_metrics();
+            text(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                Bytes::from(app.metrics.encode()),
+            )
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            Bytes::from_static(b"not found\n"),
+        ),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Bind both listeners (after the configuration validated).
+pub async fn bind(settings: &Settings) -> Result<(TcpListener, TcpListener), StartError> {
+    let api = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+    let admin = TcpListener::bind(settings.admin_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: settings.admin_listen,
+            source,
+        })?;
+    Ok((api, admin))
+}
