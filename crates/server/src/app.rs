@@ -22,7 +22,7 @@ use regcache_formats::accept::{
     self, Accepts, ChildDecision, Decision, RequestKind, if_none_match_hits,
 };
 use regcache_formats::jws::{self, SigningKey};
-use regcache_formats::manifest::Manifest;
+use regcache_formats::manifest::{Manifest, ManifestKind};
 use regcache_formats::media_type::{self, ALL_MANIFEST_TYPES};
 use regcache_formats::reference::{Reference, RepositoryName, Tag};
 use regcache_formats::schema1::{self, EMPTY_LAYER_BYTES, EMPTY_LAYER_DIGEST};
@@ -33,6 +33,7 @@ use regcache_upstream::{RawRequest, RequestBody, UpstreamApi, UpstreamError};
 use crate::body::Body;
 use crate::coalesce::Coalesce;
 use crate::metrics::{Metrics, UpstreamCall};
+use crate::policy::{Schema1Digests, Schema1Mode, Schema2Push};
 use crate::rescue::{ServeError, error_response, rescue};
 use crate::routes::Route;
 
@@ -47,6 +48,7 @@ const FILE_CHUNK: usize = 256 << 10;
 #[derive(Clone, Debug)]
 pub struct AppConfig {
     pub upstream_name: String,
+    pub policies: crate::policy::Policies,
     pub tag_ttl: Duration,
     pub stale_if_error: Duration,
 }
@@ -250,11 +252,21 @@ impl App {
         headers: &HeaderMap,
         head: bool,
     ) -> Result<Response<Body>, ServeError> {
+        let policy = self
+            .cfg
+            .policies
+            .resolve(&self.cfg.upstream_name, name.as_str());
         let accepts = Accepts::from_headers(headers.get_all(header::ACCEPT).iter());
         let (stored, tag) = match reference {
             Reference::Tag(t) => (self.resolve_tag(name, t).await?, Some(t)),
             Reference::Digest(d) => (self.manifest_by_digest(name, d, None).await?, None),
         };
+        if tag.is_none()
+            && stored.media_type.is_schema1()
+            && policy.schema1_digests == Schema1Digests::Reject
+        {
+            return Err(self.schema1_digest_refused(name, &stored.digest));
+        }
         // distribution 2.8 compares If-None-Match with the stored object's digest,
         // before any conversion (spec 02 §2.3 quirk 7); we keep its behaviour.
         if if_none_match_hits(
@@ -263,33 +275,192 @@ impl App {
         ) {
             return Ok(not_modified(&stored.digest));
         }
-        let kind = match tag {
-            Some(_) => RequestKind::Tag,
-            None => RequestKind::Digest,
+        let Some(tag) = tag else {
+            // By digest: never rewritten (content addressing), only refused for OCI.
+            return match accept::decide(RequestKind::Digest, accepts, &stored) {
+                Decision::RefuseOci(msg) => Err(ServeError::msg(ErrorCode::ManifestUnknown, msg)),
+                _ => self.serve_manifest(&stored, head),
+            };
         };
-        match accept::decide(kind, accepts, &stored) {
-            Decision::ServeAsIs => self.serve_manifest(&stored, head),
+        if policy.schema1 == Schema1Mode::Force {
+            return self.force_schema1(name, tag, &stored, head).await;
+        }
+        // What distribution 2.8 would serve: the object itself, a refusal, or a
+        // Schema 1 rewrite of it (or of its linux/amd64 entry).
+        let convert_source = match accept::decide(RequestKind::Tag, accepts, &stored) {
+            Decision::ServeAsIs => return self.serve_manifest(&stored, head),
             d @ (Decision::RefuseOci(_) | Decision::NoAmd64Entry) => {
-                Err(ServeError::Client(d.error().unwrap_or_else(|| {
-                    RegistryError::new(ErrorCode::ManifestUnknown)
-                })))
+                return Err(ServeError::Client(
+                    d.error()
+                        .unwrap_or_else(|| RegistryError::new(ErrorCode::ManifestUnknown)),
+                ));
             }
-            Decision::ConvertToSchema1 => {
-                let tag = tag.ok_or_else(|| ServeError::internal("conversion without a tag"))?;
-                self.serve_converted(name, tag, &stored, head).await
-            }
+            Decision::ConvertToSchema1 => stored.clone(),
             Decision::SelectChild(child) => {
-                let tag =
-                    tag.ok_or_else(|| ServeError::internal("list selection without a tag"))?;
                 let c = self
                     .manifest_by_digest(name, &child.digest, Some(&child.media_type))
                     .await?;
                 match accept::decide_child(c.handler_kind(), accepts) {
-                    ChildDecision::ServeChildAsIs => self.serve_manifest(&c, head),
-                    ChildDecision::ConvertChild => self.serve_converted(name, tag, &c, head).await,
+                    ChildDecision::ServeChildAsIs => return self.serve_manifest(&c, head),
+                    ChildDecision::ConvertChild => c,
                 }
             }
+        };
+        match policy.schema1 {
+            Schema1Mode::Convert | Schema1Mode::Force => {
+                self.serve_converted(name, tag, &convert_source, head).await
+            }
+            Schema1Mode::Reject => {
+                Err(self.schema1_refused(name, tag, &stored, &convert_source, policy))
+            }
+            Schema1Mode::Passthrough => self.passthrough_manifest(name, tag, headers, head).await,
         }
+    }
+
+    /// `force`: every by-tag pull gets Schema 1: an image manifest (Docker or
+    /// OCI) is converted; a list or index contributes its linux/amd64 entry;
+    /// a stored Schema 1 manifest is served as it is.
+    async fn force_schema1(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        stored: &Arc<Manifest>,
+        head: bool,
+    ) -> Result<Response<Body>, ServeError> {
+        let image = match &stored.kind {
+            ManifestKind::Image(_) => stored.clone(),
+            ManifestKind::Schema1(_) => return self.serve_manifest(stored, head),
+            ManifestKind::Index(index) => {
+                let Some(child) = index.linux_amd64() else {
+                    return Err(ServeError::msg(
+                        ErrorCode::ManifestUnknown,
+                        format!(
+                            "{name}:{tag} is a list with no linux/amd64 entry, so there is no Schema 1 form of it"
+                        ),
+                    ));
+                };
+                let c = self
+                    .manifest_by_digest(name, &child.digest, Some(&child.media_type))
+                    .await?;
+                match &c.kind {
+                    ManifestKind::Image(_) => c,
+                    _ => return self.serve_manifest(&c, head),
+                }
+            }
+        };
+        self.serve_converted(name, tag, &image, head).await
+    }
+
+    /// `schema1 = "reject"`: 404 UNSUPPORTED naming the Schema 2 digest to use.
+    fn schema1_refused(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        stored: &Manifest,
+        source: &Manifest,
+        policy: crate::policy::Policy,
+    ) -> ServeError {
+        let mut message = format!(
+            "Schema 1 manifests are not served for {name}:{tag} (policy rule #{}): the client did not accept Schema 2. Pull {name}@{} (Schema 2) with a client that accepts it",
+            policy.rule.map_or(0, |r| r + 1),
+            source.digest,
+        );
+        if stored.digest != source.digest {
+            message.push_str(&format!(
+                " (the linux/amd64 entry of the list {})",
+                stored.digest
+            ));
+        }
+        message.push('.');
+        ServeError::Relay {
+            status: 404,
+            envelope: regcache_formats::ErrorEnvelope::single(
+                RegistryError::with_message(ErrorCode::Unsupported, message).detail(
+                    serde_json::json!({
+                        "repository": name.as_str(),
+                        "tag": tag.as_str(),
+                        "schema2_digest": source.digest.as_str(),
+                    }),
+                ),
+            ),
+            retry_after: None,
+        }
+    }
+
+    /// `schema1_digests = "reject"`: Red Hat's 404 UNSUPPORTED for Schema 1 digests.
+    fn schema1_digest_refused(&self, name: &RepositoryName, digest: &Digest) -> ServeError {
+        let mut message = String::from(
+            "V2 schema 1 manifest digests are no longer supported for image pulls. Use the equivalent V2 schema 2 manifest digest instead.",
+        );
+        let mapped =
+            self.store
+                .mappings()
+                .find_schema1(&self.cfg.upstream_name, name.as_str(), digest);
+        let mut detail =
+            serde_json::json!({ "repository": name.as_str(), "schema1_digest": digest.as_str() });
+        if let Some(m) = &mapped {
+            message.push_str(&format!(
+                " The equivalent V2 schema 2 manifest digest is {} ({name}:{}).",
+                m.source_digest, m.tag
+            ));
+            detail["schema2_digest"] = serde_json::Value::String(m.source_digest.to_string());
+        }
+        ServeError::Relay {
+            status: 404,
+            envelope: regcache_formats::ErrorEnvelope::single(
+                RegistryError::with_message(ErrorCode::Unsupported, message).detail(detail),
+            ),
+            retry_after: None,
+        }
+    }
+
+    /// `schema1 = "passthrough"`: the client's own Accept goes upstream and the
+    /// upstream's answer comes back unchanged (not cached: it may be a
+    /// tag-specific signed rewrite).
+    async fn passthrough_manifest(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        headers: &HeaderMap,
+        head: bool,
+    ) -> Result<Response<Body>, ServeError> {
+        let accept: Vec<String> = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .collect();
+        let accept: Vec<&str> = accept.iter().map(String::as_str).collect();
+        let body = self
+            .upstream
+            .get_manifest(name.as_str(), tag.as_str(), &accept)
+            .await
+            .map_err(upstream_error)?;
+        let len = body.bytes.len();
+        let mut r = Response::new(if head {
+            Body::empty()
+        } else {
+            Body::full(body.bytes.clone())
+        });
+        let h = r.headers_mut();
+        if let Some(ct) = body
+            .content_type
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            h.insert(header::CONTENT_TYPE, ct);
+        }
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        let digest = match body.digest_header {
+            Some(d) => Some(d),
+            None => Some(Digest::sha256_of(&body.bytes)),
+        };
+        if let Some(d) = &digest {
+            digest_headers(h, d);
+        }
+        Ok(r)
     }
 
     /// Serve a stored manifest unchanged; a stored Schema 1 payload is served
@@ -473,6 +644,9 @@ impl App {
             return Ok(m);
         }
         self.metrics.miss("manifest");
+        if let Some(m) = self.regenerate_schema1(name, digest).await? {
+            return Ok(m);
+        }
         let upstream = self.upstream.clone();
         let store = self.store.clone();
         let parsed = self.parsed.clone();
@@ -484,6 +658,48 @@ impl App {
                 fetch_manifest(&*upstream, &store, &parsed, &repo, &d, hint.as_deref()).await
             })
             .await
+    }
+
+    /// A Schema 1 payload regcache generated but no longer holds (evicted):
+    /// rebuild it from the mapping log's source manifest, which gives the same
+    /// bytes (the conversion is deterministic).
+    async fn regenerate_schema1(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<Arc<Manifest>>, ServeError> {
+        let Some(rec) =
+            self.store
+                .mappings()
+                .find_schema1(&self.cfg.upstream_name, name.as_str(), digest)
+        else {
+            return Ok(None);
+        };
+        let Ok(tag) = Tag::parse(&rec.tag) else {
+            return Ok(None);
+        };
+        let source = Box::pin(self.manifest_by_digest(
+            name,
+            &rec.source_digest,
+            Some(&rec.source_media_type),
+        ))
+        .await?;
+        self.converted.invalidate(&(
+            name.as_str().to_owned(),
+            rec.tag.clone(),
+            rec.source_digest.clone(),
+        ));
+        let r = Box::pin(self.convert(name, &tag, &source)).await?;
+        if r.digest != *digest {
+            return Ok(None);
+        }
+        let Some(src) = self.store.get(digest).await.map_err(ServeError::internal)? else {
+            return Ok(None);
+        };
+        let bytes = src.into_bytes().await.map_err(ServeError::internal)?;
+        let m = Arc::new(parse_manifest(bytes, Some(media_type::SCHEMA1), digest)?);
+        self.parsed.insert(digest.clone(), m.clone());
+        Ok(Some(m))
     }
 
     // ----- blobs -------------------------------------------------------------
@@ -834,35 +1050,150 @@ impl App {
         name: &RepositoryName,
         reference: &Reference,
     ) -> Result<Response<Body>, ServeError> {
-        let (resp, digest) = self.forward(req).await?;
-        if resp.status() == StatusCode::CREATED
-            && let (Reference::Tag(tag), Some(digest)) = (reference, digest)
-        {
-            // The pushed manifest is what the tag means now: update the tag index
-            // at once so the next pull through regcache sees it.
-            let media = resp
-                .headers()
-                .get("x-regcache-pushed-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            let rec = TagRecord {
-                digest,
-                media_type: media,
-                size: 0,
-                fetched_at_unix: unix_now(),
-            };
-            if let Err(e) =
-                self.store
-                    .tags()
-                    .put(&self.cfg.upstream_name, name.as_str(), tag.as_str(), rec)
-            {
-                tracing::warn!(error = %e, "could not record the pushed tag");
+        let (parts, body) = req.into_parts();
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or_default().trim().to_owned());
+        let bytes = read_limited(body, MAX_MANIFEST_PUT).await?;
+        // What is being pushed: the declared type, else what the bytes say.
+        let kind = content_type
+            .as_deref()
+            .and_then(MediaType::from_manifest_type)
+            .or_else(|| regcache_formats::manifest::classify(&bytes, content_type.as_deref()).ok());
+        let policy = self
+            .cfg
+            .policies
+            .resolve(&self.cfg.upstream_name, name.as_str());
+        let is_schema1 = kind.is_some_and(MediaType::is_schema1)
+            || content_type.as_deref() == Some(media_type::APPLICATION_JSON);
+        if policy.schema2_push == Schema2Push::Reject && !is_schema1 {
+            return Err(ServeError::Relay {
+                status: 400,
+                envelope: regcache_formats::ErrorEnvelope::single(
+                    RegistryError::with_message(
+                        ErrorCode::ManifestInvalid,
+                        format!(
+                            "regcache accepts only Schema 1 manifests for {name} (policy rule #{}, schema2_push = \"reject\"). Docker 1.10-19.03 fall back to Schema 1 by themselves; Docker 20.10 does so only when its daemon runs with DOCKER_ALLOW_SCHEMA1_PUSH_DONOTUSE=1; other clients can push with skopeo copy --format v2s1.",
+                            policy.rule.map_or(0, |r| r + 1)
+                        ),
+                    )
+                    .detail(serde_json::json!({
+                        "repository": name.as_str(),
+                        "media_type": kind.map_or("unknown", MediaType::as_str),
+                    })),
+                ),
+                retry_after: None,
+            });
+        }
+        if is_schema1 && references_empty_layer(&bytes) {
+            self.ensure_empty_layer(name).await?;
+        }
+        let (resp, digest) = self
+            .forward_parts(&parts, RequestBody::bytes(bytes.clone()))
+            .await?;
+        if resp.status() == StatusCode::CREATED {
+            // The pushed manifest is what the tag means now: keep it and update the
+            // tag index at once, so the next pull through regcache sees it
+            // without waiting for the tag TTL.
+            match verified_manifest(bytes, content_type.as_deref(), digest.as_ref()) {
+                Ok(m) => {
+                    if let Err(e) = self
+                        .store
+                        .put_bytes(&m.digest, Bytes::copy_from_slice(&m.raw))
+                        .await
+                    {
+                        tracing::warn!(error = %e, "could not keep the pushed manifest");
+                    }
+                    if let Reference::Tag(tag) = reference {
+                        let rec = TagRecord {
+                            digest: m.digest.clone(),
+                            media_type: m.media_type.as_str().to_owned(),
+                            size: m.raw.len() as u64,
+                            fetched_at_unix: unix_now(),
+                        };
+                        if let Err(e) = self.store.tags().put(
+                            &self.cfg.upstream_name,
+                            name.as_str(),
+                            tag.as_str(),
+                            rec,
+                        ) {
+                            tracing::warn!(error = %e, "could not record the pushed tag");
+                        }
+                    }
+                    self.parsed.insert(m.digest.clone(), Arc::new(m));
+                }
+                Err(e) => tracing::debug!(?e, "pushed manifest not cached"),
             }
         }
-        let mut resp = resp;
-        resp.headers_mut().remove("x-regcache-pushed-type");
         Ok(resp)
+    }
+
+    /// distribution makes sure the empty-layer blob exists before it serves a
+    /// Schema 1 document that names it; regcache serves that blob itself, so a
+    /// client pushing Schema 1 through it is told the blob exists and never
+    /// uploads it. Upload it (32 bytes) upstream when the repository lacks it.
+    async fn ensure_empty_layer(&self, name: &RepositoryName) -> Result<(), ServeError> {
+        let Ok(empty) = Digest::parse(EMPTY_LAYER_DIGEST) else {
+            return Err(ServeError::internal("empty layer digest"));
+        };
+        match self.upstream.head_blob(name.as_str(), &empty).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.registry_status() == Some(404) => {}
+            Err(e) => return Err(upstream_error(e)),
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(media_type::OCTET_STREAM),
+        );
+        let resp = self
+            .upstream
+            .send(
+                RawRequest::new(Method::POST, format!("/v2/{name}/blobs/uploads/"))
+                    .headers(headers.clone()),
+            )
+            .await
+            .map_err(upstream_error)?;
+        let location = resp
+            .headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(strip_origin);
+        let Some(location) = location.filter(|_| resp.status == StatusCode::ACCEPTED) else {
+            return Err(ServeError::Unavailable {
+                status: 502,
+                message: format!(
+                    "upstream {} refused an upload of the empty-layer blob ({})",
+                    self.cfg.upstream_name, resp.status
+                ),
+            });
+        };
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let resp = self
+            .upstream
+            .send(
+                RawRequest::new(
+                    Method::PUT,
+                    format!("{location}{sep}digest={EMPTY_LAYER_DIGEST}"),
+                )
+                .headers(headers)
+                .body(RequestBody::bytes(Bytes::from_static(&EMPTY_LAYER_BYTES))),
+            )
+            .await
+            .map_err(upstream_error)?;
+        if resp.status != StatusCode::CREATED {
+            return Err(ServeError::Unavailable {
+                status: 502,
+                message: format!(
+                    "upstream {} did not accept the empty-layer blob ({})",
+                    self.cfg.upstream_name, resp.status
+                ),
+            });
+        }
+        tracing::info!(repo = %name, "uploaded the empty-layer blob upstream for a schema 1 push");
+        Ok(())
     }
 
     async fn forward(
@@ -870,6 +1201,19 @@ impl App {
         req: Request<Incoming>,
     ) -> Result<(Response<Body>, Option<Digest>), ServeError> {
         let (parts, body) = req.into_parts();
+        let stream = http_body_util::BodyStream::new(body)
+            .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) });
+        self.forward_parts(&parts, RequestBody::stream(stream))
+            .await
+    }
+
+    /// Forward a push request upstream; `Location` comes back relative, so the
+    /// client continues through regcache.
+    async fn forward_parts(
+        &self,
+        parts: &http::request::Parts,
+        body: RequestBody,
+    ) -> Result<(Response<Body>, Option<Digest>), ServeError> {
         let pq = parts
             .uri
             .path_and_query()
@@ -885,19 +1229,12 @@ impl App {
                 header::ACCEPT,
             ],
         );
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let stream = http_body_util::BodyStream::new(body)
-            .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) });
         let resp = self
             .upstream
             .send(
                 RawRequest::new(parts.method.clone(), pq)
                     .headers(headers)
-                    .body(RequestBody::stream(stream))
+                    .body(body)
                     .idempotent(false),
             )
             .await
@@ -931,9 +1268,6 @@ impl App {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|s| Digest::parse(s).ok());
-        if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
-            out.insert("x-regcache-pushed-type", ct);
-        }
         let status = resp.status;
         let len = resp.content_length;
         let body = resp.body.map_err(std::io::Error::other).boxed();
@@ -948,6 +1282,34 @@ enum ListingKind {
     Tags(RepositoryName),
     Catalog,
     Referrers,
+}
+
+/// Largest manifest PUT accepted (distribution reads at most 4 MiB; OCI asks for 413 above).
+const MAX_MANIFEST_PUT: usize = 4 << 20;
+
+async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, ServeError> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ServeError::Relay {
+            status: 413,
+            envelope: regcache_formats::ErrorEnvelope::single(RegistryError::with_message(
+                ErrorCode::ManifestInvalid,
+                format!("manifest larger than {limit} bytes"),
+            )),
+            retry_after: None,
+        }),
+        Err(e) => Err(ServeError::msg(
+            ErrorCode::ManifestInvalid,
+            format!("reading the manifest failed: {e}"),
+        )),
+    }
+}
+
+/// Does a Schema 1 document list the empty-layer blob among its fsLayers?
+fn references_empty_layer(bytes: &[u8]) -> bool {
+    let needle = EMPTY_LAYER_DIGEST.as_bytes();
+    bytes.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Marker in the coalesced tag result meaning "served stale" (counted by the caller).

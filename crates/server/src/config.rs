@@ -31,6 +31,8 @@ pub struct Config {
     pub cache: CacheConfig,
     pub upstream: UpstreamSection,
     pub schema1: Schema1Config,
+    /// Ordered `[[policy]]` rules (see `policy.rs`); first match wins.
+    pub policy: Vec<crate::policy::RuleConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -94,6 +96,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             upstream: UpstreamSection::default(),
             schema1: Schema1Config::default(),
+            policy: Vec::new(),
         }
     }
 }
@@ -254,6 +257,7 @@ pub struct Settings {
     pub disk_size: u64,
     pub upstream: UpstreamSettings,
     pub signing_key_path: PathBuf,
+    pub policies: crate::policy::Policies,
 }
 
 #[derive(Clone)]
@@ -462,6 +466,13 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             problems.push("data_dir must not be empty".into());
         }
+        let policies = match crate::policy::Policies::new(&self.policy) {
+            Ok(p) => p,
+            Err(mut e) => {
+                problems.append(&mut e);
+                crate::policy::Policies::default()
+            }
+        };
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -499,6 +510,7 @@ impl Config {
                 retry_attempts: up.retry_attempts,
             },
             signing_key_path,
+            policies,
         })
     }
 }

@@ -3,6 +3,7 @@
 //! `main.rs` only parses flags, loads configuration, initialises tracing, binds,
 //! and calls into this library, so tests can run the same code on ephemeral ports.
 
+pub mod admin_cli;
 pub mod app;
 pub mod body;
 pub mod coalesce;
@@ -10,6 +11,7 @@ pub mod config;
 pub mod convert;
 pub mod listener;
 pub mod metrics;
+pub mod policy;
 pub mod rescue;
 pub mod routes;
 pub mod server;

@@ -20,7 +20,47 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Print which policy rule applies to a repository, and why.
+    Explain {
+        /// Repository name as clients request it, e.g. legacy/app.
+        repository: String,
+        /// Upstream name (defaults to the configured upstream).
+        #[arg(long)]
+        upstream: Option<String>,
+        /// TOML configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MappingsCommand {
+    /// Write every Schema 1 digest regcache generated with the Schema 2 digest it
+    /// came from (CSV columns as Red Hat's mapping file; --format json for all fields).
+    Export {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// csv (default) or json.
+        #[arg(long, default_value = "csv")]
+        format: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
+    /// Per-repository policy rules.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Schema 1 <-> Schema 2 digest mappings.
+    Mappings {
+        #[command(subcommand)]
+        command: MappingsCommand,
+    },
     /// Run the caching proxy (no config file needed: the defaults serve Docker Hub
     /// on 0.0.0.0:5000 with the cache in ./regcache-data).
     Serve {
@@ -70,6 +110,64 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    repository,
+                    upstream,
+                    config,
+                },
+        } => {
+            let settings = match Config::load(config.as_deref(), &ProcessEnv, &Overrides::default())
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprint!("regcache: {e}");
+                    return ExitCode::from(EX_USAGE as u8);
+                }
+            };
+            print!(
+                "{}",
+                regcache_server::admin_cli::explain(&settings, &repository, upstream.as_deref())
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Mappings {
+            command:
+                MappingsCommand::Export {
+                    config,
+                    data_dir,
+                    format,
+                },
+        } => {
+            let overrides = Overrides {
+                data_dir,
+                ..Overrides::default()
+            };
+            let settings = match Config::load(config.as_deref(), &ProcessEnv, &overrides) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprint!("regcache: {e}");
+                    return ExitCode::from(EX_USAGE as u8);
+                }
+            };
+            let records = match regcache_server::admin_cli::mappings(&settings) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("regcache mappings export: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match format.as_str() {
+                "csv" => print!("{}", regcache_server::admin_cli::to_csv(&records)),
+                "json" => print!("{}", regcache_server::admin_cli::to_json(&records)),
+                other => {
+                    eprintln!("regcache mappings export: --format {other:?}: expected csv or json");
+                    return ExitCode::from(EX_USAGE as u8);
+                }
+            }
+            ExitCode::SUCCESS
+        }
         Command::Serve {
             config,
             listen,

@@ -112,7 +112,7 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
         source,
     })?;
     let store = Store::open(
-        StoreConfig::new(settings.data_dir.join("cache"))
+        StoreConfig::new(crate::admin_cli::store_root(&settings.data_dir))
             .disk_max_bytes(settings.disk_size)
             .memory_max_bytes(settings.memory_size)
             .memory_max_object_bytes(settings.memory_max_object),
@@ -135,6 +135,7 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
     let app = App::new(
         AppConfig {
             upstream_name: up.name.clone(),
+            policies: settings.policies.clone(),
             tag_ttl: up.tag_ttl,
             stale_if_error: up.stale_if_error,
         },
@@ -212,6 +213,14 @@ fn admin_handle(app: &App, ready: &AtomicBool, req: Request<Incoming>) -> Respon
             "text/plain",
             Bytes::from_static(b"not ready\n"),
         ),
+        "/mappings" => {
+            let records = app.store().mappings().list();
+            text(
+                StatusCode::OK,
+                "application/json",
+                Bytes::from(crate::admin_cli::to_json(&records)),
+            )
+        }
         "/metrics" => {
             app.refresh_metrics();
             text(

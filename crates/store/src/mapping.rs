@@ -68,6 +68,26 @@ pub struct MappingLog {
 }
 
 impl MappingLog {
+    /// Reads the records of a log without changing the file (a torn tail is
+    /// skipped, duplicates dropped), so another process (the CLI's export) can
+    /// read it while the server appends. Blocking.
+    pub fn read(path: impl AsRef<std::path::Path>) -> Result<Vec<MappingRecord>, StoreError> {
+        let loaded = jsonl::load::<MappingRecord>(path.as_ref())?;
+        let mut keys = HashSet::with_capacity(loaded.records.len());
+        Ok(loaded
+            .records
+            .into_iter()
+            .filter(|r| keys.insert(key(r)))
+            .collect())
+    }
+
+    /// Where a store rooted at `root` keeps its mapping log.
+    pub fn path_in(root: impl AsRef<std::path::Path>) -> PathBuf {
+        root.as_ref()
+            .join(crate::disk::LAYOUT_VERSION)
+            .join("schema1-map.jsonl")
+    }
+
     /// Loads the log, dropping duplicates and a torn tail. Blocking.
     pub fn open(path: impl Into<PathBuf>) -> Result<MappingLog, StoreError> {
         let path = path.into();

@@ -56,7 +56,7 @@ impl Store {
         let disk = DiskTier::open(&config)?;
         let base = config.root.join(LAYOUT_VERSION);
         let tags = TagIndex::open(base.join("tags.jsonl"))?;
-        let mappings = MappingLog::open(base.join("schema1-map.jsonl"))?;
+        let mappings = MappingLog::open(MappingLog::path_in(&config.root))?;
         let memory = (config.memory_max_bytes > 0)
             .then(|| MemoryTier::new(config.memory_max_bytes, config.memory_max_object_bytes));
         let mut tiers: Vec<Arc<dyn Tier>> = Vec::new();

@@ -398,7 +398,10 @@ async fn a_length_announced_after_begin_reaches_waiting_readers_and_is_enforced(
         (len, collect(other).await.unwrap())
     });
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(!waiting.is_finished(), "wait_len returned before a length was known");
+    assert!(
+        !waiting.is_finished(),
+        "wait_len returned before a length was known"
+    );
     w.set_len(content.len() as u64).unwrap();
     assert_eq!(mine.wait_len().await.unwrap(), content.len() as u64);
     // A reader that joins after the announcement knows the length at once.
@@ -437,5 +440,8 @@ async fn a_fill_aborted_before_its_length_is_known_fails_wait_len() {
     let err = waiting.await.unwrap().unwrap_err();
     assert!(err.to_string().contains("upstream answered 404"), "{err}");
     // The digest is free again: the next begin leads.
-    assert!(matches!(store.begin_fill(&d, None).await.unwrap(), Begin::Leader(_)));
+    assert!(matches!(
+        store.begin_fill(&d, None).await.unwrap(),
+        Begin::Leader(_)
+    ));
 }

@@ -1,0 +1,100 @@
+//! The operator subcommands: `regcache policy explain` and `regcache mappings export`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use regcache_store::{MappingLog, MappingRecord};
+
+use crate::config::Settings;
+
+/// Where the store lives under the data directory.
+pub fn store_root(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("cache")
+}
+
+/// `regcache policy explain REPO [--upstream NAME]`.
+pub fn explain(settings: &Settings, repository: &str, upstream: Option<&str>) -> String {
+    let up = upstream.unwrap_or(&settings.upstream.name);
+    settings.policies.explain(up, repository)
+}
+
+/// The mapping records, read without disturbing a running server.
+pub fn mappings(settings: &Settings) -> Result<Vec<MappingRecord>, String> {
+    MappingLog::read(MappingLog::path_in(store_root(&settings.data_dir))).map_err(|e| e.to_string())
+}
+
+/// CSV with the columns of Red Hat's Schema 1 → Schema 2 mapping file.
+pub fn to_csv(records: &[MappingRecord]) -> String {
+    let mut out = String::from("repository,tag,schema1_digest,schema2_digest\n");
+    let mut seen = std::collections::HashSet::new();
+    for r in records {
+        // The same row reached through two upstream names is one row here.
+        if !seen.insert((&r.repository, &r.tag, &r.schema1_digest, &r.source_digest)) {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "{},{},{},{}",
+            csv_field(&r.repository),
+            csv_field(&r.tag),
+            r.schema1_digest,
+            r.source_digest
+        );
+    }
+    out
+}
+
+/// Names and tags cannot hold commas or quotes (their grammars forbid them),
+/// but quote defensively anyway.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Every field, for the admin endpoint and `--format json`.
+pub fn to_json(records: &[MappingRecord]) -> String {
+    let mut s = serde_json::to_string_pretty(&serde_json::json!({ "mappings": records }))
+        .unwrap_or_else(|_| "{\"mappings\":[]}".into());
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use regcache_formats::Digest;
+
+    #[test]
+    fn csv_has_red_hat_columns() {
+        let r = MappingRecord {
+            upstream: "docker.io".into(),
+            repository: "library/app".into(),
+            tag: "1.0".into(),
+            schema1_digest: Digest::sha256_of(b"1"),
+            source_digest: Digest::sha256_of(b"2"),
+            source_media_type: "application/vnd.docker.distribution.manifest.v2+json".into(),
+            first_seen_unix: 1,
+        };
+        let csv = to_csv(&[
+            r.clone(),
+            MappingRecord {
+                upstream: "other".into(),
+                ..r.clone()
+            },
+        ]);
+        assert_eq!(csv.lines().count(), 2, "{csv}");
+        let mut lines = csv.lines();
+        assert_eq!(
+            lines.next(),
+            Some("repository,tag,schema1_digest,schema2_digest")
+        );
+        assert_eq!(
+            lines.next().unwrap(),
+            format!("library/app,1.0,{},{}", r.schema1_digest, r.source_digest)
+        );
+        assert!(to_json(&[r]).contains("\"first_seen_unix\": 1"));
+    }
+}
