@@ -658,6 +658,32 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_loads() {
+        // deploy/regcache.toml documents every key; loading it keeps it honest.
+        let text = include_str!("../../../deploy/regcache.toml");
+        let cfg = Config::from_toml(text, "deploy/regcache.toml").unwrap();
+        let d = Config::default();
+        assert_eq!(cfg.listen, d.listen);
+        assert_eq!(cfg.admin_listen, d.admin_listen);
+        assert_eq!(cfg.data_dir, d.data_dir);
+        assert_eq!(cfg.log, d.log);
+        assert_eq!(cfg.cache, d.cache);
+        assert_eq!(cfg.upstream, d.upstream);
+        assert_eq!(cfg.schema1, d.schema1);
+        assert_eq!(cfg.policy.len(), 2);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("regcache.toml");
+        std::fs::write(&file, text).unwrap();
+        let s = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap();
+        let p = s.policies.resolve("docker.io", "legacy/a/b");
+        assert_eq!(p.schema2_push, crate::policy::Schema2Push::Reject);
+        let p = s.policies.resolve("registry.redhat.io", "ubi8/ubi");
+        assert_eq!(p.schema1, crate::policy::Schema1Mode::Reject);
+        let p = s.policies.resolve("docker.io", "ubi8/ubi");
+        assert_eq!(p.rule, None);
+    }
+
+    #[test]
     fn byte_sizes() {
         assert_eq!(ByteSize::parse("512MiB").unwrap().0, 512 << 20);
         assert_eq!(ByteSize::parse("10GB").unwrap().0, 10_000_000_000);
