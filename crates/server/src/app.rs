@@ -76,6 +76,8 @@ pub struct App {
     signed: moka::sync::Cache<Digest, Bytes>,
     /// The upstream error that ended a fill, for its followers to relay.
     fill_errors: moka::sync::Cache<Digest, UpstreamError>,
+    /// Clients attached to each fill in progress (for the waiters-per-fill histogram).
+    fill_clients: Arc<parking_lot::Mutex<std::collections::HashMap<Digest, u64>>>,
     tag_flights: Coalesce<(String, String), (Digest, Option<String>)>,
     manifest_flights: Coalesce<Digest, Arc<Manifest>>,
 }
@@ -124,6 +126,7 @@ impl App {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(30))
                 .build(),
+            fill_clients: Arc::default(),
             tag_flights: Coalesce::new(),
             manifest_flights: Coalesce::new(),
         })
@@ -826,18 +829,28 @@ impl App {
             .await
             .map_err(ServeError::internal)?;
         match begin {
-            Begin::Follower(r) => Ok(r),
+            Begin::Follower(r) => {
+                if let Some(n) = self.fill_clients.lock().get_mut(digest) {
+                    *n += 1;
+                }
+                Ok(r)
+            }
             Begin::Leader(mut writer) => {
                 let reader = writer.subscribe();
+                self.fill_clients.lock().insert(digest.clone(), 1);
+                let clients = self.fill_clients.clone();
                 let upstream = self.upstream.clone();
                 let repo = name.as_str().to_owned();
                 let d = digest.clone();
                 let errors = self.fill_errors.clone();
                 let failed = self.metrics.fills_failed.clone();
                 let waiters = self.metrics.fill_waiters.clone();
-                let stats = self.store.fills().clone();
                 tokio::spawn(async move {
-                    let joined_before = stats.stats().joined;
+                    let _observe = FillObserver {
+                        clients,
+                        digest: d.clone(),
+                        waiters,
+                    };
                     let body = match upstream.get_blob(&repo, &d, None).await {
                         Ok(b) => b,
                         Err(e) => {
@@ -875,8 +888,6 @@ impl App {
                     }
                     match writer.commit().await {
                         Ok(c) => {
-                            let joined = stats.stats().joined.saturating_sub(joined_before);
-                            waiters.observe((joined + 1) as f64);
                             tracing::info!(digest = %d, bytes = c.len, "blob cached");
                         }
                         Err(e) => {
@@ -1275,6 +1286,21 @@ impl App {
         *r.status_mut() = status;
         *r.headers_mut() = out;
         Ok((r, digest))
+    }
+}
+
+/// Records how many clients a fill served when its task ends, however it ends.
+struct FillObserver {
+    clients: Arc<parking_lot::Mutex<std::collections::HashMap<Digest, u64>>>,
+    digest: Digest,
+    waiters: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Drop for FillObserver {
+    fn drop(&mut self) {
+        if let Some(n) = self.clients.lock().remove(&self.digest) {
+            self.waiters.observe(n as f64);
+        }
     }
 }
 
