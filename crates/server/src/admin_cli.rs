@@ -14,7 +14,7 @@ pub fn store_root(data_dir: &Path) -> std::path::PathBuf {
 
 /// `regcache policy explain REPO [--upstream NAME]`.
 pub fn explain(settings: &Settings, repository: &str, upstream: Option<&str>) -> String {
-    let up = upstream.unwrap_or(&settings.upstream.name);
+    let up = upstream.unwrap_or(&settings.default_upstream().name);
     settings.policies.explain(up, repository)
 }
 

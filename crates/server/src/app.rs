@@ -47,10 +47,78 @@ const FILE_CHUNK: usize = 256 << 10;
 /// Tunables the handlers need (a subset of the validated settings).
 #[derive(Clone, Debug)]
 pub struct AppConfig {
-    pub upstream_name: String,
     pub policies: crate::policy::Policies,
+}
+
+/// One upstream registry and its client.
+pub struct Up {
+    /// The registry name clients use for it (`docker.io`, `quay.io`): matched
+    /// against `ns=` and path prefixes, and the key of its tags and policies.
+    pub name: String,
+    /// Other names that route here.
+    pub aliases: Vec<String>,
+    /// `host[:port]` of its URL (also routes here).
+    pub host: String,
+    /// One-component names get `library/` (Docker Hub only).
+    pub docker_hub: bool,
+    pub client: Arc<dyn UpstreamApi>,
     pub tag_ttl: Duration,
     pub stale_if_error: Duration,
+}
+
+impl std::fmt::Debug for Up {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Up")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Up {
+    fn answers_to(&self, registry: &str) -> bool {
+        let r = registry.to_ascii_lowercase();
+        self.name.eq_ignore_ascii_case(&r)
+            || self.host.eq_ignore_ascii_case(&r)
+            || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(&r))
+    }
+}
+
+/// Where one request goes: which upstream, and how the client named things.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub up: Arc<Up>,
+    /// The registry path prefix the client used (`/v2/quay.io/team/app/…`).
+    pub prefix: Option<String>,
+    /// `library/` was added to a Docker Hub short name.
+    pub short: bool,
+    /// Path and query to send upstream: prefix and `ns=` removed.
+    pub pq: String,
+}
+
+impl Ctx {
+    /// The repository as the client named it (what Schema 1 documents embed,
+    /// spec 03 §3.8: the path the client used).
+    pub fn client_name(&self, repo: &RepositoryName) -> String {
+        let base = if self.short {
+            repo.as_str()
+                .strip_prefix("library/")
+                .unwrap_or(repo.as_str())
+        } else {
+            repo.as_str()
+        };
+        match &self.prefix {
+            Some(p) => format!("{p}/{base}"),
+            None => base.to_owned(),
+        }
+    }
+
+    /// An upstream `/v2/…` path as the client must see it (prefix put back).
+    fn client_path(&self, path: &str) -> String {
+        match (&self.prefix, path.strip_prefix("/v2/")) {
+            (Some(p), Some(rest)) => format!("/v2/{p}/{rest}"),
+            _ => path.to_owned(),
+        }
+    }
 }
 
 /// A Schema 1 rendering ready to serve.
@@ -64,7 +132,8 @@ struct Rendered {
 pub struct App {
     cfg: AppConfig,
     store: Store,
-    upstream: Arc<dyn UpstreamApi>,
+    upstreams: Vec<Arc<Up>>,
+    default_upstream: usize,
     key: SigningKey,
     pub metrics: Metrics,
     /// Parsed manifests by digest (the store keeps the bytes; parsing on every hit
@@ -85,7 +154,7 @@ pub struct App {
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("App")
-            .field("upstream", &self.cfg.upstream_name)
+            .field("upstreams", &self.upstreams)
             .field("kid", &self.key.kid())
             .finish_non_exhaustive()
     }
@@ -101,13 +170,15 @@ impl App {
     pub fn new(
         cfg: AppConfig,
         store: Store,
-        upstream: Arc<dyn UpstreamApi>,
+        upstreams: Vec<Arc<Up>>,
+        default_upstream: usize,
         key: SigningKey,
     ) -> Arc<App> {
         Arc::new(App {
             cfg,
             store,
-            upstream,
+            upstreams,
+            default_upstream,
             key,
             metrics: Metrics::new(),
             parsed: moka::sync::Cache::builder()
@@ -156,16 +227,18 @@ impl App {
         if evicted > counted {
             self.metrics.evictions.inc_by(evicted - counted);
         }
-        let up = self.upstream.stats();
-        for ((method, status), n) in &up.requests {
-            let c = self.metrics.upstream_requests.get_or_create(&UpstreamCall {
-                upstream: up.upstream.clone(),
-                method: method.clone(),
-                status: status.to_string(),
-            });
-            let have = c.get();
-            if *n > have {
-                c.inc_by(n - have);
+        for u in &self.upstreams {
+            let up = u.client.stats();
+            for ((method, status), n) in &up.requests {
+                let c = self.metrics.upstream_requests.get_or_create(&UpstreamCall {
+                    upstream: u.name.clone(),
+                    method: method.clone(),
+                    status: status.to_string(),
+                });
+                let have = c.get();
+                if *n > have {
+                    c.inc_by(n - have);
+                }
             }
         }
     }
@@ -184,8 +257,96 @@ impl App {
         resp
     }
 
+    /// Which upstream a request is for: containerd's `ns=` parameter, else a
+    /// registry path prefix (`/v2/<host>/<name>/…`, a first component with a
+    /// dot or a colon, or `localhost`), else the default upstream. A registry
+    /// no upstream names is refused, without any outgoing connection:
+    /// regcache is not an open proxy.
+    pub fn route(&self, uri: &http::Uri) -> Result<Ctx, ServeError> {
+        let path = uri.path();
+        let mut ns = None;
+        let mut kept: Vec<&str> = Vec::new();
+        for piece in uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            match piece.split_once('=') {
+                Some(("ns", v)) => {
+                    ns = Some(
+                        percent_encoding::percent_decode_str(&v.replace('+', " "))
+                            .decode_utf8_lossy()
+                            .into_owned(),
+                    )
+                }
+                _ => kept.push(piece),
+            }
+        }
+        let query = if kept.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", kept.join("&"))
+        };
+        if let Some(ns) = ns {
+            let up = self.find_upstream(&ns)?;
+            tracing::debug!(ns, upstream = %up.name, "routed by ns");
+            return Ok(Ctx {
+                up,
+                prefix: None,
+                short: false,
+                pq: format!("{path}{query}"),
+            });
+        }
+        if let Some(rest) = path.strip_prefix("/v2/")
+            && let Some((first, tail)) = rest.split_once('/')
+            && !tail.is_empty()
+            && (first.contains('.') || first.contains(':') || first == "localhost")
+        {
+            let up = self.find_upstream(first)?;
+            tracing::debug!(prefix = first, upstream = %up.name, "routed by path prefix");
+            return Ok(Ctx {
+                up,
+                prefix: Some(first.to_owned()),
+                short: false,
+                pq: format!("/v2/{tail}{query}"),
+            });
+        }
+        let up = self.upstreams[self.default_upstream].clone();
+        Ok(Ctx {
+            up,
+            prefix: None,
+            short: false,
+            pq: format!("{path}{query}"),
+        })
+    }
+
+    fn find_upstream(&self, registry: &str) -> Result<Arc<Up>, ServeError> {
+        if let Some(up) = self.upstreams.iter().find(|u| u.answers_to(registry)) {
+            return Ok(up.clone());
+        }
+        let names: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let shown: String = registry.chars().take(200).collect();
+        Err(ServeError::Relay {
+            status: 403,
+            envelope: regcache_formats::ErrorEnvelope::single(
+                RegistryError::with_message(
+                    ErrorCode::Denied,
+                    format!(
+                        "regcache has no upstream for registry {shown:?} (configured: {}); it only proxies the registries its configuration names",
+                        names.join(", ")
+                    ),
+                )
+                .detail(serde_json::json!({ "registry": shown })),
+            ),
+            retry_after: None,
+        })
+    }
+
     async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<Body>, ServeError> {
-        let route = match Route::parse(req.uri().path()) {
+        let mut ctx = self.route(req.uri())?;
+        let path = ctx.pq.split('?').next().unwrap_or_default().to_owned();
+        let route = match Route::parse(&path) {
             Ok(Some(r)) => r,
             Ok(None) => {
                 return Err(ServeError::Relay {
@@ -199,41 +360,61 @@ impl App {
             }
             Err(e) => return Err(ServeError::Client(e.0)),
         };
+        // Docker Hub's official images live under library/.
+        let route = if ctx.up.docker_hub {
+            route.map_name(|n| {
+                if n.components().count() == 1 {
+                    ctx.short = true;
+                    RepositoryName::parse(&format!("library/{n}")).unwrap_or(n)
+                } else {
+                    n
+                }
+            })
+        } else {
+            route
+        };
+        if ctx.short {
+            ctx.pq = ctx.pq.replacen("/v2/", "/v2/library/", 1);
+        }
+        let ctx = &ctx;
         let method = req.method().clone();
         let head = method == Method::HEAD;
         let read = method == Method::GET || head;
         match route {
             Route::Ping if read => Ok(ping(head)),
             Route::Manifest { name, reference } if read => {
-                self.get_manifest(&name, &reference, req.headers(), head)
+                self.get_manifest(ctx, &name, &reference, req.headers(), head)
                     .await
             }
             Route::Blob { name, digest } if read => {
-                self.get_blob(&name, &digest, req.headers(), head).await
+                self.get_blob(ctx, &name, &digest, req.headers(), head)
+                    .await
             }
             Route::Tags { name } if method == Method::GET => {
-                self.listing(req, ListingKind::Tags(name)).await
+                self.listing(ctx, req, ListingKind::Tags(name)).await
             }
             Route::Catalog if method == Method::GET => {
-                self.listing(req, ListingKind::Catalog).await
+                self.listing(ctx, req, ListingKind::Catalog).await
             }
             Route::Referrers { .. } if method == Method::GET => {
-                self.listing(req, ListingKind::Referrers).await
+                self.listing(ctx, req, ListingKind::Referrers).await
             }
             Route::Manifest { name, reference } if method == Method::PUT => {
-                self.push_manifest(req, &name, &reference).await
+                self.push_manifest(ctx, req, &name, &reference).await
             }
             Route::Manifest { .. } | Route::Blob { .. } if method == Method::DELETE => {
-                self.pass_through(req).await
+                self.pass_through(ctx, req).await
             }
-            Route::UploadStart { .. } if method == Method::POST => self.pass_through(req).await,
+            Route::UploadStart { .. } if method == Method::POST => {
+                self.pass_through(ctx, req).await
+            }
             Route::Upload { .. }
                 if matches!(
                     method,
                     Method::GET | Method::PATCH | Method::PUT | Method::DELETE
                 ) =>
             {
-                self.pass_through(req).await
+                self.pass_through(ctx, req).await
             }
             _ => Err(ServeError::Relay {
                 status: 405,
@@ -250,25 +431,23 @@ impl App {
 
     async fn get_manifest(
         &self,
+        ctx: &Ctx,
         name: &RepositoryName,
         reference: &Reference,
         headers: &HeaderMap,
         head: bool,
     ) -> Result<Response<Body>, ServeError> {
-        let policy = self
-            .cfg
-            .policies
-            .resolve(&self.cfg.upstream_name, name.as_str());
+        let policy = self.cfg.policies.resolve(&ctx.up.name, name.as_str());
         let accepts = Accepts::from_headers(headers.get_all(header::ACCEPT).iter());
         let (stored, tag) = match reference {
-            Reference::Tag(t) => (self.resolve_tag(name, t).await?, Some(t)),
-            Reference::Digest(d) => (self.manifest_by_digest(name, d, None).await?, None),
+            Reference::Tag(t) => (self.resolve_tag(ctx, name, t).await?, Some(t)),
+            Reference::Digest(d) => (self.manifest_by_digest(ctx, name, d, None).await?, None),
         };
         if tag.is_none()
             && stored.media_type.is_schema1()
             && policy.schema1_digests == Schema1Digests::Reject
         {
-            return Err(self.schema1_digest_refused(name, &stored.digest));
+            return Err(self.schema1_digest_refused(ctx, name, &stored.digest));
         }
         // distribution 2.8 compares If-None-Match with the stored object's digest,
         // before any conversion (spec 02 §2.3 quirk 7); we keep its behaviour.
@@ -286,7 +465,7 @@ impl App {
             };
         };
         if policy.schema1 == Schema1Mode::Force {
-            return self.force_schema1(name, tag, &stored, head).await;
+            return self.force_schema1(ctx, name, tag, &stored, head).await;
         }
         // What distribution 2.8 would serve: the object itself, a refusal, or a
         // Schema 1 rewrite of it (or of its linux/amd64 entry).
@@ -301,7 +480,7 @@ impl App {
             Decision::ConvertToSchema1 => stored.clone(),
             Decision::SelectChild(child) => {
                 let c = self
-                    .manifest_by_digest(name, &child.digest, Some(&child.media_type))
+                    .manifest_by_digest(ctx, name, &child.digest, Some(&child.media_type))
                     .await?;
                 match accept::decide_child(c.handler_kind(), accepts) {
                     ChildDecision::ServeChildAsIs => return self.serve_manifest(&c, head),
@@ -311,12 +490,16 @@ impl App {
         };
         match policy.schema1 {
             Schema1Mode::Convert | Schema1Mode::Force => {
-                self.serve_converted(name, tag, &convert_source, head).await
+                self.serve_converted(ctx, name, tag, &convert_source, head)
+                    .await
             }
             Schema1Mode::Reject => {
-                Err(self.schema1_refused(name, tag, &stored, &convert_source, policy))
+                Err(self.schema1_refused(ctx, name, tag, &stored, &convert_source, policy))
             }
-            Schema1Mode::Passthrough => self.passthrough_manifest(name, tag, headers, head).await,
+            Schema1Mode::Passthrough => {
+                self.passthrough_manifest(ctx, name, tag, headers, head)
+                    .await
+            }
         }
     }
 
@@ -325,6 +508,7 @@ impl App {
     /// a stored Schema 1 manifest is served as it is.
     async fn force_schema1(
         &self,
+        ctx: &Ctx,
         name: &RepositoryName,
         tag: &Tag,
         stored: &Arc<Manifest>,
@@ -343,7 +527,7 @@ impl App {
                     ));
                 };
                 let c = self
-                    .manifest_by_digest(name, &child.digest, Some(&child.media_type))
+                    .manifest_by_digest(ctx, name, &child.digest, Some(&child.media_type))
                     .await?;
                 match &c.kind {
                     ManifestKind::Image(_) => c,
@@ -351,18 +535,20 @@ impl App {
                 }
             }
         };
-        self.serve_converted(name, tag, &image, head).await
+        self.serve_converted(ctx, name, tag, &image, head).await
     }
 
     /// `schema1 = "reject"`: 404 UNSUPPORTED naming the Schema 2 digest to use.
     fn schema1_refused(
         &self,
+        ctx: &Ctx,
         name: &RepositoryName,
         tag: &Tag,
         stored: &Manifest,
         source: &Manifest,
         policy: crate::policy::Policy,
     ) -> ServeError {
+        let name = ctx.client_name(name);
         let mut message = format!(
             "Schema 1 manifests are not served for {name}:{tag} (policy rule #{}): the client did not accept Schema 2. Pull {name}@{} (Schema 2) with a client that accepts it",
             policy.rule.map_or(0, |r| r + 1),
@@ -380,7 +566,7 @@ impl App {
             envelope: regcache_formats::ErrorEnvelope::single(
                 RegistryError::with_message(ErrorCode::Unsupported, message).detail(
                     serde_json::json!({
-                        "repository": name.as_str(),
+                        "repository": name,
                         "tag": tag.as_str(),
                         "schema2_digest": source.digest.as_str(),
                     }),
@@ -391,14 +577,19 @@ impl App {
     }
 
     /// `schema1_digests = "reject"`: Red Hat's 404 UNSUPPORTED for Schema 1 digests.
-    fn schema1_digest_refused(&self, name: &RepositoryName, digest: &Digest) -> ServeError {
+    fn schema1_digest_refused(
+        &self,
+        ctx: &Ctx,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> ServeError {
         let mut message = String::from(
             "V2 schema 1 manifest digests are no longer supported for image pulls. Use the equivalent V2 schema 2 manifest digest instead.",
         );
         let mapped =
             self.store
                 .mappings()
-                .find_schema1(&self.cfg.upstream_name, name.as_str(), digest);
+                .find_schema1(&ctx.up.name, &ctx.client_name(name), digest);
         let mut detail =
             serde_json::json!({ "repository": name.as_str(), "schema1_digest": digest.as_str() });
         if let Some(m) = &mapped {
@@ -422,6 +613,7 @@ impl App {
     /// tag-specific signed rewrite).
     async fn passthrough_manifest(
         &self,
+        ctx: &Ctx,
         name: &RepositoryName,
         tag: &Tag,
         headers: &HeaderMap,
@@ -436,8 +628,9 @@ impl App {
             .filter(|v| !v.is_empty())
             .collect();
         let accept: Vec<&str> = accept.iter().map(String::as_str).collect();
-        let body = self
-            .upstream
+        let body = ctx
+            .up
+            .client
             .get_manifest(name.as_str(), tag.as_str(), &accept)
             .await
             .map_err(upstream_error)?;
@@ -499,12 +692,13 @@ impl App {
 
     async fn serve_converted(
         &self,
+        ctx: &Ctx,
         name: &RepositoryName,
         tag: &Tag,
         source: &Arc<Manifest>,
         head: bool,
     ) -> Result<Response<Body>, ServeError> {
-        let r = self.convert(name, tag, source).await?;
+        let r = self.convert(ctx, name, tag, source).await?;
         Ok(manifest_response(
             media_type::SCHEMA1_SIGNED,
             &r.digest,
@@ -518,12 +712,14 @@ impl App {
     /// and in the mapping log.
     async fn convert(
         &self,
+        ctx: &Ctx,
         name: &RepositoryName,
         tag: &Tag,
         source: &Arc<Manifest>,
     ) -> Result<Rendered, ServeError> {
+        let client = ctx.client_name(name);
         let key = (
-            name.as_str().to_owned(),
+            client.clone(),
             tag.as_str().to_owned(),
             source.digest.clone(),
         );
@@ -535,9 +731,9 @@ impl App {
         let image = source
             .as_image()
             .ok_or_else(|| ServeError::internal("conversion of a non-image manifest"))?;
-        let config = self.blob_bytes(name, &image.config.digest).await?;
+        let config = self.blob_bytes(ctx, name, &image.config.digest).await?;
         let payload =
-            schema1::convert_image(image, &config, name.as_str(), tag.as_str()).map_err(|e| {
+            schema1::convert_image(image, &config, &client, tag.as_str()).map_err(|e| {
                 ServeError::Client(RegistryError::with_message(e.error_code(), e.to_string()))
             })?;
         let digest = schema1::canonical_digest(&payload);
@@ -548,8 +744,8 @@ impl App {
             tracing::warn!(%digest, error = %e, "could not keep the Schema 1 payload");
         }
         let record = MappingRecord {
-            upstream: self.cfg.upstream_name.clone(),
-            repository: name.as_str().to_owned(),
+            upstream: ctx.up.name.clone(),
+            repository: client.clone(),
             tag: tag.as_str().to_owned(),
             schema1_digest: digest.clone(),
             source_digest: source.digest.clone(),
@@ -562,7 +758,7 @@ impl App {
         self.signed.insert(digest.clone(), signed.clone());
         let r = Rendered { digest, signed };
         self.converted.insert(key, r.clone());
-        tracing::info!(repo = %name, %tag, source = %source.digest, schema1 = %r.digest, "converted to schema 1");
+        tracing::info!(repo = %client, %tag, source = %source.digest, schema1 = %r.digest, "converted to schema 1");
         Ok(r)
     }
 
@@ -570,39 +766,41 @@ impl App {
     /// upstream with a HEAD; coalesced per (repository, tag).
     async fn resolve_tag(
         &self,
+        ctx: &Ctx,
         name: &RepositoryName,
         tag: &Tag,
     ) -> Result<Arc<Manifest>, ServeError> {
-        let up = &self.cfg.upstream_name;
+        let up = &ctx.up.name;
         let now = unix_now();
         let known = self.store.tags().get(up, name.as_str(), tag.as_str());
         if let Some(rec) = &known
-            && now.saturating_sub(rec.fetched_at_unix) < self.cfg.tag_ttl.as_secs()
+            && now.saturating_sub(rec.fetched_at_unix) < ctx.up.tag_ttl.as_secs()
         {
             self.metrics.hit("tag");
             return self
-                .manifest_by_digest(name, &rec.digest, Some(&rec.media_type))
+                .manifest_by_digest(ctx, name, &rec.digest, Some(&rec.media_type))
                 .await;
         }
         self.metrics.miss("tag");
-        let (digest, hint) = self.revalidate(name, tag, known).await?;
-        self.manifest_by_digest(name, &digest, hint.as_deref())
+        let (digest, hint) = self.revalidate(ctx, name, tag, known).await?;
+        self.manifest_by_digest(ctx, name, &digest, hint.as_deref())
             .await
     }
 
     async fn revalidate(
         &self,
+        ctx: &Ctx,
         name: &RepositoryName,
         tag: &Tag,
         known: Option<TagRecord>,
     ) -> Result<(Digest, Option<String>), ServeError> {
         let key = (name.as_str().to_owned(), tag.as_str().to_owned());
         let (repo, tag_s) = key.clone();
-        let upstream = self.upstream.clone();
+        let upstream = ctx.up.client.clone();
         let store = self.store.clone();
         let parsed = self.parsed.clone();
-        let up_name = self.cfg.upstream_name.clone();
-        let stale_limit = self.cfg.tag_ttl + self.cfg.stale_if_error;
+        let up_name = ctx.up.name.clone();
+        let stale_limit = ctx.up.tag_ttl + ctx.up.stale_if_error;
         let res = self
             .tag_flights
             .run(key, move || {
@@ -631,6 +829,7 @@ impl App {
     /// upstream GET by digest (coalesced).
     async fn manifest_by_digest(
         &self,
+        ctx: &Ctx,
         name: &RepositoryName,
         digest: &Digest,
         hint: Option<&str>,
@@ -647,10 +846,10 @@ impl App {
             return Ok(m);
         }
         self.metrics.miss("manifest");
-        if let Some(m) = self.regenerate_schema1(name, digest).await? {
+        if let Some(m) = self.regenerate_schema1(ctx, name, digest).await? {
             return Ok(m);
         }
-        let upstream = self.upstream.clone();
+        let upstream = ctx.up.client.clone();
         let store = self.store.clone();
         let parsed = self.parsed.clone();
         let repo = name.as_str().to_owned();
@@ -668,13 +867,14 @@ impl App {
     /// bytes (the conversion is deterministic).
     async fn regenerate_schema1(
         &self,
+        ctx: &Ctx,
         name: &RepositoryName,
         digest: &Digest,
     ) -> Result<Option<Arc<Manifest>>, ServeError> {
         let Some(rec) =
             self.store
                 .mappings()
-                .find_schema1(&self.cfg.upstream_name, name.as_str(), digest)
+                .find_schema1(&ctx.up.name, &ctx.client_name(name), digest)
         else {
             return Ok(None);
         };
@@ -682,17 +882,18 @@ impl App {
             return Ok(None);
         };
         let source = Box::pin(self.manifest_by_digest(
+            ctx,
             name,
             &rec.source_digest,
             Some(&rec.source_media_type),
         ))
         .await?;
         self.converted.invalidate(&(
-            name.as_str().to_owned(),
+            ctx.client_name(name),
             rec.tag.clone(),
             rec.source_digest.clone(),
         ));
-        let r = Box::pin(self.convert(name, &tag, &source)).await?;
+        let r = Box::pin(self.convert(ctx, name, &tag, &source)).await?;
         if r.digest != *digest {
             return Ok(None);
         }
@@ -709,6 +910,7 @@ impl App {
 
     async fn get_blob(
         &self,
+        ctx: &Ctx,
         name: &RepositoryName,
         digest: &Digest,
         headers: &HeaderMap,
@@ -723,7 +925,7 @@ impl App {
             return serve_source(src, digest, range, head);
         }
         if head {
-            return self.head_blob(name, digest, range).await;
+            return self.head_blob(ctx, name, digest, range).await;
         }
         if let Some(src) = self.store.get(digest).await.map_err(ServeError::internal)? {
             self.metrics.hit("blob");
@@ -731,10 +933,10 @@ impl App {
             return serve_source(src, digest, range, head);
         }
         self.metrics.miss("blob");
-        let mut reader = self.fill(name, digest).await?;
+        let mut reader = self.fill(ctx, name, digest).await?;
         let len = match reader.wait_len().await {
             Ok(len) => len,
-            Err(e) => return Err(self.fill_failure(digest, &e)),
+            Err(e) => return Err(self.fill_failure(ctx, digest, &e)),
         };
         if head {
             return Ok(blob_headers(
@@ -781,11 +983,12 @@ impl App {
     /// answer from its cache.
     async fn head_blob(
         &self,
+        ctx: &Ctx,
         name: &RepositoryName,
         digest: &Digest,
         range: Option<&str>,
     ) -> Result<Response<Body>, ServeError> {
-        let size = match self.upstream.head_blob(name.as_str(), digest).await {
+        let size = match ctx.up.client.head_blob(name.as_str(), digest).await {
             Ok(h) => h.size,
             Err(e) => {
                 if e.is_unavailable()
@@ -822,7 +1025,12 @@ impl App {
     }
 
     /// Join or start the one upstream download of `digest`.
-    async fn fill(&self, name: &RepositoryName, digest: &Digest) -> Result<FillReader, ServeError> {
+    async fn fill(
+        &self,
+        ctx: &Ctx,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<FillReader, ServeError> {
         let begin = self
             .store
             .begin_fill(digest, None)
@@ -839,7 +1047,7 @@ impl App {
                 let reader = writer.subscribe();
                 self.fill_clients.lock().insert(digest.clone(), 1);
                 let clients = self.fill_clients.clone();
-                let upstream = self.upstream.clone();
+                let upstream = ctx.up.client.clone();
                 let repo = name.as_str().to_owned();
                 let d = digest.clone();
                 let errors = self.fill_errors.clone();
@@ -901,7 +1109,7 @@ impl App {
         }
     }
 
-    fn fill_failure(&self, digest: &Digest, e: &FillError) -> ServeError {
+    fn fill_failure(&self, ctx: &Ctx, digest: &Digest, e: &FillError) -> ServeError {
         if let Some(up) = self.fill_errors.get(digest) {
             return upstream_error(up);
         }
@@ -909,7 +1117,7 @@ impl App {
             status: 502,
             message: format!(
                 "fetching {digest} from upstream {} failed: {e}",
-                self.cfg.upstream_name
+                ctx.up.name
             ),
         }
     }
@@ -917,6 +1125,7 @@ impl App {
     /// A small blob's bytes (a config), from the cache or through a fill.
     async fn blob_bytes(
         &self,
+        ctx: &Ctx,
         name: &RepositoryName,
         digest: &Digest,
     ) -> Result<Bytes, ServeError> {
@@ -929,11 +1138,11 @@ impl App {
             }
             return src.into_bytes().await.map_err(ServeError::internal);
         }
-        let mut reader = self.fill(name, digest).await?;
+        let mut reader = self.fill(ctx, name, digest).await?;
         let len = reader
             .wait_len()
             .await
-            .map_err(|e| self.fill_failure(digest, &e))?;
+            .map_err(|e| self.fill_failure(ctx, digest, &e))?;
         if len > MAX_CONFIG_BYTES {
             return Err(ServeError::msg(
                 ErrorCode::ManifestInvalid,
@@ -942,7 +1151,7 @@ impl App {
         }
         let mut out = Vec::with_capacity(len as usize);
         while let Some(chunk) = reader.next().await {
-            let chunk = chunk.map_err(|e| self.fill_failure(digest, &e))?;
+            let chunk = chunk.map_err(|e| self.fill_failure(ctx, digest, &e))?;
             out.extend_from_slice(&chunk);
         }
         Ok(Bytes::from(out))
@@ -952,19 +1161,18 @@ impl App {
 
     async fn listing(
         &self,
+        ctx: &Ctx,
         req: Request<Incoming>,
         kind: ListingKind,
     ) -> Result<Response<Body>, ServeError> {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+        let pq = ctx.pq.clone();
         let mut headers = HeaderMap::new();
         if let Some(a) = req.headers().get(header::ACCEPT) {
             headers.insert(header::ACCEPT, a.clone());
         }
-        let resp = self
-            .upstream
+        let resp = ctx
+            .up
+            .client
             .send(
                 RawRequest::new(Method::GET, pq)
                     .headers(headers)
@@ -973,18 +1181,18 @@ impl App {
             .await;
         let resp = match resp {
             Ok(r) => r,
-            Err(e) if e.is_unavailable() => return self.local_listing(&kind, e),
+            Err(e) if e.is_unavailable() => return self.local_listing(ctx, &kind, e),
             Err(e) => return Err(upstream_error(e)),
         };
         if resp.status.is_server_error() || resp.status == StatusCode::TOO_MANY_REQUESTS {
             let status = resp.status.as_u16();
             let e = UpstreamError::Registry {
-                upstream: self.cfg.upstream_name.clone(),
+                upstream: ctx.up.name.clone(),
                 status,
                 envelope: None,
                 retry_after: None,
             };
-            if let Ok(local) = self.local_listing(&kind, e) {
+            if let Ok(local) = self.local_listing(ctx, &kind, e) {
                 return Ok(local);
             }
         }
@@ -992,7 +1200,7 @@ impl App {
         let mut out_headers = HeaderMap::new();
         copy_headers(&resp.headers, &mut out_headers, &[header::CONTENT_TYPE]);
         if let Some(link) = resp.headers.get(header::LINK).and_then(|v| v.to_str().ok())
-            && let Ok(v) = HeaderValue::from_str(&rewrite_link(link))
+            && let Ok(v) = HeaderValue::from_str(&rewrite_link(link, ctx))
         {
             out_headers.insert(header::LINK, v);
         }
@@ -1016,10 +1224,11 @@ impl App {
     /// What regcache itself knows, when the upstream cannot answer a listing.
     fn local_listing(
         &self,
+        ctx: &Ctx,
         kind: &ListingKind,
         e: UpstreamError,
     ) -> Result<Response<Body>, ServeError> {
-        let up = &self.cfg.upstream_name;
+        let up = &ctx.up.name;
         let body = match kind {
             ListingKind::Tags(name) => {
                 let mut tags: Vec<String> = self
@@ -1050,13 +1259,18 @@ impl App {
 
     /// Push endpoints: forwarded to the upstream with the body streamed and
     /// `Location` rewritten to regcache.
-    async fn pass_through(&self, req: Request<Incoming>) -> Result<Response<Body>, ServeError> {
-        let (resp, _) = self.forward(req).await?;
+    async fn pass_through(
+        &self,
+        ctx: &Ctx,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, ServeError> {
+        let (resp, _) = self.forward(ctx, req).await?;
         Ok(resp)
     }
 
     async fn push_manifest(
         &self,
+        ctx: &Ctx,
         req: Request<Incoming>,
         name: &RepositoryName,
         reference: &Reference,
@@ -1073,10 +1287,7 @@ impl App {
             .as_deref()
             .and_then(MediaType::from_manifest_type)
             .or_else(|| regcache_formats::manifest::classify(&bytes, content_type.as_deref()).ok());
-        let policy = self
-            .cfg
-            .policies
-            .resolve(&self.cfg.upstream_name, name.as_str());
+        let policy = self.cfg.policies.resolve(&ctx.up.name, name.as_str());
         let is_schema1 = kind.is_some_and(MediaType::is_schema1)
             || content_type.as_deref() == Some(media_type::APPLICATION_JSON);
         if policy.schema2_push == Schema2Push::Reject && !is_schema1 {
@@ -1099,10 +1310,10 @@ impl App {
             });
         }
         if is_schema1 && references_empty_layer(&bytes) {
-            self.ensure_empty_layer(name).await?;
+            self.ensure_empty_layer(ctx, name).await?;
         }
         let (resp, digest) = self
-            .forward_parts(&parts, RequestBody::bytes(bytes.clone()))
+            .forward_parts(ctx, &parts, RequestBody::bytes(bytes.clone()))
             .await?;
         if resp.status() == StatusCode::CREATED {
             // The pushed manifest is what the tag means now: keep it and update the
@@ -1124,12 +1335,11 @@ impl App {
                             size: m.raw.len() as u64,
                             fetched_at_unix: unix_now(),
                         };
-                        if let Err(e) = self.store.tags().put(
-                            &self.cfg.upstream_name,
-                            name.as_str(),
-                            tag.as_str(),
-                            rec,
-                        ) {
+                        if let Err(e) =
+                            self.store
+                                .tags()
+                                .put(&ctx.up.name, name.as_str(), tag.as_str(), rec)
+                        {
                             tracing::warn!(error = %e, "could not record the pushed tag");
                         }
                     }
@@ -1145,11 +1355,11 @@ impl App {
     /// Schema 1 document that names it; regcache serves that blob itself, so a
     /// client pushing Schema 1 through it is told the blob exists and never
     /// uploads it. Upload it (32 bytes) upstream when the repository lacks it.
-    async fn ensure_empty_layer(&self, name: &RepositoryName) -> Result<(), ServeError> {
+    async fn ensure_empty_layer(&self, ctx: &Ctx, name: &RepositoryName) -> Result<(), ServeError> {
         let Ok(empty) = Digest::parse(EMPTY_LAYER_DIGEST) else {
             return Err(ServeError::internal("empty layer digest"));
         };
-        match self.upstream.head_blob(name.as_str(), &empty).await {
+        match ctx.up.client.head_blob(name.as_str(), &empty).await {
             Ok(_) => return Ok(()),
             Err(e) if e.registry_status() == Some(404) => {}
             Err(e) => return Err(upstream_error(e)),
@@ -1159,8 +1369,9 @@ impl App {
             header::CONTENT_TYPE,
             HeaderValue::from_static(media_type::OCTET_STREAM),
         );
-        let resp = self
-            .upstream
+        let resp = ctx
+            .up
+            .client
             .send(
                 RawRequest::new(Method::POST, format!("/v2/{name}/blobs/uploads/"))
                     .headers(headers.clone()),
@@ -1177,13 +1388,14 @@ impl App {
                 status: 502,
                 message: format!(
                     "upstream {} refused an upload of the empty-layer blob ({})",
-                    self.cfg.upstream_name, resp.status
+                    ctx.up.name, resp.status
                 ),
             });
         };
         let sep = if location.contains('?') { '&' } else { '?' };
-        let resp = self
-            .upstream
+        let resp = ctx
+            .up
+            .client
             .send(
                 RawRequest::new(
                     Method::PUT,
@@ -1199,7 +1411,7 @@ impl App {
                 status: 502,
                 message: format!(
                     "upstream {} did not accept the empty-layer blob ({})",
-                    self.cfg.upstream_name, resp.status
+                    ctx.up.name, resp.status
                 ),
             });
         }
@@ -1209,12 +1421,13 @@ impl App {
 
     async fn forward(
         &self,
+        ctx: &Ctx,
         req: Request<Incoming>,
     ) -> Result<(Response<Body>, Option<Digest>), ServeError> {
         let (parts, body) = req.into_parts();
         let stream = http_body_util::BodyStream::new(body)
             .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) });
-        self.forward_parts(&parts, RequestBody::stream(stream))
+        self.forward_parts(ctx, &parts, RequestBody::stream(stream))
             .await
     }
 
@@ -1222,13 +1435,11 @@ impl App {
     /// client continues through regcache.
     async fn forward_parts(
         &self,
+        ctx: &Ctx,
         parts: &http::request::Parts,
         body: RequestBody,
     ) -> Result<(Response<Body>, Option<Digest>), ServeError> {
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+        let pq = ctx.pq.clone();
         let mut headers = HeaderMap::new();
         copy_headers(
             &parts.headers,
@@ -1240,8 +1451,9 @@ impl App {
                 header::ACCEPT,
             ],
         );
-        let resp = self
-            .upstream
+        let resp = ctx
+            .up
+            .client
             .send(
                 RawRequest::new(parts.method.clone(), pq)
                     .headers(headers)
@@ -1270,7 +1482,7 @@ impl App {
             .headers
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            && let Ok(v) = HeaderValue::from_str(&strip_origin(loc))
+            && let Ok(v) = HeaderValue::from_str(&ctx.client_path(&strip_origin(loc)))
         {
             out.insert(header::LOCATION, v);
         }
@@ -1786,7 +1998,7 @@ fn strip_origin(loc: &str) -> String {
 }
 
 /// Rewrite every `<URL>` in a `Link` header to a path on regcache.
-fn rewrite_link(link: &str) -> String {
+fn rewrite_link(link: &str, ctx: &Ctx) -> String {
     let mut out = String::with_capacity(link.len());
     let mut rest = link;
     while let Some(open) = rest.find('<') {
@@ -1794,7 +2006,7 @@ fn rewrite_link(link: &str) -> String {
             break;
         };
         out.push_str(&rest[..=open]);
-        out.push_str(&strip_origin(&rest[open + 1..open + close]));
+        out.push_str(&ctx.client_path(&strip_origin(&rest[open + 1..open + close])));
         out.push('>');
         rest = &rest[open + close + 1..];
     }
@@ -1805,6 +2017,123 @@ fn rewrite_link(link: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_ctx(prefix: Option<&str>) -> Ctx {
+        let client = regcache_upstream::Upstream::new(regcache_upstream::UpstreamConfig::new(
+            "quay.io",
+            url::Url::parse("http://127.0.0.1:9").unwrap(),
+        ))
+        .unwrap();
+        Ctx {
+            up: Arc::new(Up {
+                name: "quay.io".into(),
+                aliases: vec![],
+                host: "127.0.0.1:9".into(),
+                docker_hub: false,
+                client: Arc::new(client),
+                tag_ttl: Duration::from_secs(1),
+                stale_if_error: Duration::from_secs(1),
+            }),
+            prefix: prefix.map(str::to_owned),
+            short: false,
+            pq: String::new(),
+        }
+    }
+
+    async fn two_upstream_app(dir: &std::path::Path) -> Arc<App> {
+        let store = Store::open(regcache_store::StoreConfig::new(dir))
+            .await
+            .unwrap();
+        let mk = |name: &str, host: &str, hub: bool, aliases: Vec<String>| {
+            let client = regcache_upstream::Upstream::new(regcache_upstream::UpstreamConfig::new(
+                name,
+                url::Url::parse(&format!("http://{host}")).unwrap(),
+            ))
+            .unwrap();
+            Arc::new(Up {
+                name: name.into(),
+                aliases,
+                host: host.into(),
+                docker_hub: hub,
+                client: Arc::new(client),
+                tag_ttl: Duration::from_secs(1),
+                stale_if_error: Duration::from_secs(1),
+            })
+        };
+        App::new(
+            AppConfig {
+                policies: crate::policy::Policies::default(),
+            },
+            store,
+            vec![
+                mk(
+                    "docker.io",
+                    "127.0.0.1:9",
+                    true,
+                    vec!["index.docker.io".into()],
+                ),
+                mk("quay.io", "127.0.0.1:10", false, vec![]),
+            ],
+            0,
+            SigningKey::generate(),
+        )
+    }
+
+    #[tokio::test]
+    async fn routing_by_ns_then_prefix_then_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = two_upstream_app(dir.path()).await;
+        let route = |u: &str| app.route(&u.parse::<http::Uri>().unwrap());
+        let c = route("/v2/team/app/manifests/1?ns=quay.io").unwrap();
+        assert_eq!(
+            (c.up.name.as_str(), c.pq.as_str()),
+            ("quay.io", "/v2/team/app/manifests/1")
+        );
+        // ns wins over a path prefix; other query parameters survive, ns is dropped.
+        let c = route("/v2/library/alpine/tags/list?n=2&ns=docker.io&last=a").unwrap();
+        assert_eq!(c.up.name, "docker.io");
+        assert_eq!(c.pq, "/v2/library/alpine/tags/list?n=2&last=a");
+        let c = route("/v2/x/manifests/1?ns=index.docker.io").unwrap();
+        assert_eq!(c.up.name, "docker.io");
+        let c = route("/v2/x/manifests/1?ns=127.0.0.1%3A10").unwrap();
+        assert_eq!(c.up.name, "quay.io", "the URL's host:port routes too");
+        let c = route("/v2/quay.io/team/app/manifests/1").unwrap();
+        assert_eq!(
+            (c.up.name.as_str(), c.prefix.as_deref()),
+            ("quay.io", Some("quay.io"))
+        );
+        assert_eq!(c.pq, "/v2/team/app/manifests/1");
+        let c = route("/v2/team/app/manifests/1").unwrap();
+        assert_eq!(
+            (c.up.name.as_str(), c.prefix.as_deref()),
+            ("docker.io", None)
+        );
+        let c = route("/v2/").unwrap();
+        assert_eq!(c.up.name, "docker.io");
+        for refused in [
+            "/v2/ghcr.io/x/manifests/1",
+            "/v2/x/manifests/1?ns=ghcr.io",
+            "/v2/localhost:5000/x/manifests/1",
+        ] {
+            match route(refused) {
+                Err(ServeError::Relay {
+                    status: 403,
+                    envelope,
+                    ..
+                }) => {
+                    let e = &envelope.errors[0];
+                    assert_eq!(e.code, ErrorCode::Denied);
+                    assert!(
+                        e.message.contains("no upstream for registry"),
+                        "{}",
+                        e.message
+                    );
+                    assert!(e.message.contains("docker.io, quay.io"), "{}", e.message);
+                }
+                other => panic!("{refused}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn ranges() {
@@ -1841,13 +2170,34 @@ mod tests {
             strip_origin("/v2/a/blobs/uploads/u1"),
             "/v2/a/blobs/uploads/u1"
         );
+        let plain = test_ctx(None);
         assert_eq!(
-            rewrite_link("<https://r.example/v2/a/tags/list?last=b&n=2>; rel=\"next\""),
+            rewrite_link(
+                "<https://r.example/v2/a/tags/list?last=b&n=2>; rel=\"next\"",
+                &plain
+            ),
             "</v2/a/tags/list?last=b&n=2>; rel=\"next\""
         );
         assert_eq!(
-            rewrite_link("</v2/_catalog?last=x&n=1>; rel=\"next\""),
+            rewrite_link("</v2/_catalog?last=x&n=1>; rel=\"next\"", &plain),
             "</v2/_catalog?last=x&n=1>; rel=\"next\""
         );
+        let prefixed = test_ctx(Some("quay.io"));
+        assert_eq!(
+            rewrite_link(
+                "<https://quay.io/v2/a/tags/list?n=2>; rel=\"next\"",
+                &prefixed
+            ),
+            "</v2/quay.io/a/tags/list?n=2>; rel=\"next\""
+        );
+        assert_eq!(
+            prefixed.client_path("/v2/a/blobs/uploads/u?_state=x"),
+            "/v2/quay.io/a/blobs/uploads/u?_state=x"
+        );
+        let repo = RepositoryName::parse("library/alpine").unwrap();
+        let mut short = test_ctx(None);
+        short.short = true;
+        assert_eq!(short.client_name(&repo), "alpine");
+        assert_eq!(prefixed.client_name(&repo), "quay.io/library/alpine");
     }
 }

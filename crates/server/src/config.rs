@@ -29,7 +29,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub log: LogConfig,
     pub cache: CacheConfig,
-    pub upstream: UpstreamSection,
+    /// One `[upstream]` table, or several `[[upstream]]` tables (one may say
+    /// `default = true`; otherwise the first is the default).
+    pub upstream: Upstreams,
     pub schema1: Schema1Config,
     /// Ordered `[[policy]]` rules (see `policy.rs`); first match wins.
     pub policy: Vec<crate::policy::RuleConfig>,
@@ -55,13 +57,48 @@ pub struct CacheConfig {
     pub disk_size: ByteSize,
 }
 
+/// The upstream list: accepts a single `[upstream]` table or `[[upstream]]` tables.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Upstreams(pub Vec<UpstreamSection>);
+
+impl<'de> Deserialize<'de> for Upstreams {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        // Through toml::Value so a typo inside a table keeps its precise message.
+        match toml::Value::deserialize(d)? {
+            toml::Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    UpstreamSection::deserialize(v)
+                        .map_err(|e| D::Error::custom(format!("upstream #{}: {e}", i + 1)))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Upstreams),
+            v @ toml::Value::Table(_) => UpstreamSection::deserialize(v)
+                .map(|u| Upstreams(vec![u]))
+                .map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!(
+                "upstream must be a table or an array of tables, not a {}",
+                other.type_str()
+            ))),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamSection {
-    /// Name used in logs, metrics and the tag index; defaults to the URL's
-    /// host (`docker.io` for Docker Hub).
+    /// The registry this upstream stands for, as clients name it: what
+    /// containerd's `ns=` and a path prefix (`/v2/<name>/…`) are matched
+    /// against, and the key of its tags, policies and metrics. Defaults to
+    /// the URL's host (`docker.io` for Docker Hub).
     pub name: Option<String>,
     pub url: String,
+    /// Other registry names that route here (e.g. `index.docker.io`).
+    pub aliases: Vec<String>,
+    /// Requests with no `ns=` and no registry path prefix go to the default upstream.
+    pub default: bool,
     pub username: Option<String>,
     /// Inline password; prefer `password_file` or `password_env`.
     pub password: Option<String>,
@@ -94,7 +131,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./regcache-data"),
             log: LogConfig::default(),
             cache: CacheConfig::default(),
-            upstream: UpstreamSection::default(),
+            upstream: Upstreams(vec![UpstreamSection::default()]),
             schema1: Schema1Config::default(),
             policy: Vec::new(),
         }
@@ -125,6 +162,8 @@ impl Default for UpstreamSection {
         UpstreamSection {
             name: None,
             url: "https://registry-1.docker.io".into(),
+            aliases: Vec::new(),
+            default: false,
             username: None,
             password: None,
             password_file: None,
@@ -255,7 +294,9 @@ pub struct Settings {
     pub memory_size: u64,
     pub memory_max_object: u64,
     pub disk_size: u64,
-    pub upstream: UpstreamSettings,
+    /// Every upstream; `upstreams[default_upstream]` is the default.
+    pub upstreams: Vec<UpstreamSettings>,
+    pub default_upstream: usize,
     pub signing_key_path: PathBuf,
     pub policies: crate::policy::Policies,
 }
@@ -264,6 +305,9 @@ pub struct Settings {
 pub struct UpstreamSettings {
     pub name: String,
     pub url: url::Url,
+    pub aliases: Vec<String>,
+    /// Docker Hub: one-component names get `library/` (official images).
+    pub docker_hub: bool,
     pub username: Option<String>,
     pub password: Option<String>,
     pub tag_ttl: Duration,
@@ -323,17 +367,20 @@ impl Config {
         };
         set("REGCACHE_LISTEN", &mut self.listen);
         set("REGCACHE_ADMIN_LISTEN", &mut self.admin_listen);
-        set("REGCACHE_UPSTREAM", &mut self.upstream.url);
+        let di = self.upstream.default_index();
+        if let Some(up) = self.upstream.0.get_mut(di) {
+            set("REGCACHE_UPSTREAM", &mut up.url);
+            if let Some(v) = env.var("REGCACHE_UPSTREAM_USERNAME") {
+                up.username = Some(v);
+            }
+            if let Some(v) = env.var("REGCACHE_UPSTREAM_PASSWORD") {
+                up.password = Some(v);
+            }
+        }
         set("REGCACHE_LOG_FORMAT", &mut self.log.format);
         set("REGCACHE_LOG", &mut self.log.level);
         if let Some(v) = env.var("REGCACHE_DATA_DIR") {
             self.data_dir = v.into();
-        }
-        if let Some(v) = env.var("REGCACHE_UPSTREAM_USERNAME") {
-            self.upstream.username = Some(v);
-        }
-        if let Some(v) = env.var("REGCACHE_UPSTREAM_PASSWORD") {
-            self.upstream.password = Some(v);
         }
         let mut size = |name: &str, slot: &mut ByteSize| {
             if let Some(v) = env.var(name) {
@@ -354,8 +401,9 @@ impl Config {
         if let Some(v) = &o.admin_listen {
             self.admin_listen = v.clone();
         }
-        if let Some(v) = &o.upstream {
-            self.upstream.url = v.clone();
+        let di = self.upstream.default_index();
+        if let (Some(v), Some(up)) = (&o.upstream, self.upstream.0.get_mut(di)) {
+            up.url = v.clone();
         }
         if let Some(v) = &o.data_dir {
             self.data_dir = v.clone();
@@ -399,63 +447,38 @@ impl Config {
                 self.log.level
             ));
         }
-        let up = &self.upstream;
-        let url = match url::Url::parse(&up.url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
-                if u.query().is_some() || u.fragment().is_some() || !u.username().is_empty() {
+        let mut upstreams = Vec::new();
+        if self.upstream.0.is_empty() {
+            problems.push("at least one upstream is needed".into());
+        }
+        if self.upstream.0.iter().filter(|u| u.default).count() > 1 {
+            problems.push("only one upstream may say default = true".into());
+        }
+        let many = self.upstream.0.len() > 1;
+        for (i, up) in self.upstream.0.iter().enumerate() {
+            let label = if many {
+                format!(
+                    "upstream #{} ({})",
+                    i + 1,
+                    up.name.as_deref().unwrap_or(&up.url)
+                )
+            } else {
+                "upstream".to_owned()
+            };
+            if let Some(u) = validate_upstream(&label, up, env, &mut problems) {
+                upstreams.push(u);
+            }
+        }
+        let mut seen = std::collections::HashMap::new();
+        for u in &upstreams {
+            for n in std::iter::once(&u.name).chain(u.aliases.iter()) {
+                if let Some(other) = seen.insert(n.clone(), u.name.clone()) {
                     problems.push(format!(
-                        "upstream.url = {:?} must not carry a query, fragment or credentials (use upstream.username/password)",
-                        redact_url(&up.url)
+                        "registry name {n:?} is claimed by both upstream {other:?} and upstream {:?}",
+                        u.name
                     ));
                 }
-                Some(u)
             }
-            _ => {
-                problems.push(format!(
-                    "upstream.url = {:?} is not an http(s) URL such as https://registry-1.docker.io",
-                    redact_url(&up.url)
-                ));
-                None
-            }
-        };
-        if up.name.as_deref() == Some("") {
-            problems.push("upstream.name must not be empty".into());
-        }
-        let sources = [
-            up.password.is_some(),
-            up.password_file.is_some(),
-            up.password_env.is_some(),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if sources > 1 {
-            problems
-                .push("upstream: give at most one of password, password_file, password_env".into());
-        }
-        let mut password = up.password.clone();
-        if let Some(path) = &up.password_file {
-            match std::fs::read_to_string(path) {
-                Ok(s) => password = Some(s.trim_end_matches(['\r', '\n']).to_owned()),
-                Err(e) => problems.push(format!(
-                    "upstream.password_file {}: cannot read: {e}",
-                    path.display()
-                )),
-            }
-        }
-        if let Some(var) = &up.password_env {
-            match env.var(var) {
-                Some(s) => password = Some(s),
-                None => problems.push(format!(
-                    "upstream.password_env names {var:?}, which is not set"
-                )),
-            }
-        }
-        if password.is_some() && up.username.is_none() {
-            problems.push("upstream: a password needs upstream.username".into());
-        }
-        if up.connect_timeout_secs == 0 || up.first_byte_timeout_secs == 0 {
-            problems.push("upstream timeouts must be at least 1 second".into());
         }
         if self.cache.memory_max_object.0 > self.cache.memory_size.0 {
             problems.push("cache.memory_max_object must not exceed cache.memory_size".into());
@@ -476,7 +499,7 @@ impl Config {
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
-        let (Some(listen), Some(admin_listen), Some(url)) = (listen, admin_listen, url) else {
+        let (Some(listen), Some(admin_listen)) = (listen, admin_listen) else {
             return Err(ConfigError {
                 problems: vec!["internal: validation incomplete".into()],
             });
@@ -495,24 +518,121 @@ impl Config {
             memory_size: self.cache.memory_size.0,
             memory_max_object: self.cache.memory_max_object.0,
             disk_size: self.cache.disk_size.0,
-            upstream: UpstreamSettings {
-                name: up
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| default_upstream_name(&url)),
-                url,
-                username: up.username.clone(),
-                password,
-                tag_ttl: Duration::from_secs(up.tag_ttl_secs),
-                stale_if_error: Duration::from_secs(up.stale_if_error_secs),
-                connect_timeout: Duration::from_secs(up.connect_timeout_secs),
-                first_byte_timeout: Duration::from_secs(up.first_byte_timeout_secs),
-                retry_attempts: up.retry_attempts,
-            },
+            default_upstream: self.upstream.default_index(),
+            upstreams,
             signing_key_path,
             policies,
         })
     }
+}
+
+impl Upstreams {
+    /// The one marked `default = true`, else the first.
+    pub fn default_index(&self) -> usize {
+        self.0.iter().position(|u| u.default).unwrap_or(0)
+    }
+}
+
+impl Settings {
+    /// The upstream for requests that name no registry.
+    pub fn default_upstream(&self) -> &UpstreamSettings {
+        &self.upstreams[self
+            .default_upstream
+            .min(self.upstreams.len().saturating_sub(1))]
+    }
+}
+
+fn validate_upstream(
+    label: &str,
+    up: &UpstreamSection,
+    env: &dyn EnvSource,
+    problems: &mut Vec<String>,
+) -> Option<UpstreamSettings> {
+    let before = problems.len();
+    let url = match url::Url::parse(&up.url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            if u.query().is_some() || u.fragment().is_some() || !u.username().is_empty() {
+                problems.push(format!(
+                    "{label}: url = {:?} must not carry a query, fragment or credentials (use username/password)",
+                    redact_url(&up.url)
+                ));
+            }
+            Some(u)
+        }
+        _ => {
+            problems.push(format!(
+                "{label}: url = {:?} is not an http(s) URL such as https://registry-1.docker.io",
+                redact_url(&up.url)
+            ));
+            None
+        }
+    };
+    if up.name.as_deref() == Some("") {
+        problems.push(format!("{label}: name must not be empty"));
+    }
+    let sources = [
+        up.password.is_some(),
+        up.password_file.is_some(),
+        up.password_env.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if sources > 1 {
+        problems.push(format!(
+            "{label}: give at most one of password, password_file, password_env"
+        ));
+    }
+    let mut password = up.password.clone();
+    if let Some(path) = &up.password_file {
+        match std::fs::read_to_string(path) {
+            Ok(s) => password = Some(s.trim_end_matches(['\r', '\n']).to_owned()),
+            Err(e) => problems.push(format!(
+                "{label}: password_file {}: cannot read: {e}",
+                path.display()
+            )),
+        }
+    }
+    if let Some(var) = &up.password_env {
+        match env.var(var) {
+            Some(s) => password = Some(s),
+            None => problems.push(format!(
+                "{label}: password_env names {var:?}, which is not set"
+            )),
+        }
+    }
+    if password.is_some() && up.username.is_none() {
+        problems.push(format!("{label}: a password needs a username"));
+    }
+    if up.connect_timeout_secs == 0 || up.first_byte_timeout_secs == 0 {
+        problems.push(format!("{label}: timeouts must be at least 1 second"));
+    }
+    let url = url?;
+    if problems.len() > before {
+        return None;
+    }
+    let name = up
+        .name
+        .clone()
+        .unwrap_or_else(|| default_upstream_name(&url));
+    let docker_hub = name == "docker.io"
+        || matches!(
+            url.host_str(),
+            Some("registry-1.docker.io" | "index.docker.io")
+        );
+    Some(UpstreamSettings {
+        name,
+        url,
+        aliases: up.aliases.clone(),
+        docker_hub,
+        username: up.username.clone(),
+        password,
+        tag_ttl: Duration::from_secs(up.tag_ttl_secs),
+        stale_if_error: Duration::from_secs(up.stale_if_error_secs),
+        connect_timeout: Duration::from_secs(up.connect_timeout_secs),
+        first_byte_timeout: Duration::from_secs(up.first_byte_timeout_secs),
+        retry_attempts: up.retry_attempts,
+    })
 }
 
 /// `docker.io` for Docker Hub, else `host[:port]` of the URL.
@@ -558,8 +678,11 @@ mod tests {
         let s = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
         assert_eq!(s.listen.to_string(), "0.0.0.0:5000");
         assert_eq!(s.data_dir, PathBuf::from("./regcache-data"));
-        assert_eq!(s.upstream.url.as_str(), "https://registry-1.docker.io/");
-        assert_eq!(s.upstream.name, "docker.io");
+        assert_eq!(
+            s.default_upstream().url.as_str(),
+            "https://registry-1.docker.io/"
+        );
+        assert_eq!(s.default_upstream().name, "docker.io");
         assert_eq!(
             s.signing_key_path,
             PathBuf::from("./regcache-data/schema1-signing-key.pem")
@@ -581,7 +704,7 @@ mod tests {
         ]);
         let s = Config::load(Some(&file), &e, &Overrides::default()).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:7001");
-        assert_eq!(s.upstream.url.as_str(), "http://127.0.0.1:10/");
+        assert_eq!(s.default_upstream().url.as_str(), "http://127.0.0.1:10/");
         assert_eq!(s.disk_size, 2 << 30);
         let o = Overrides {
             listen: Some("127.0.0.1:7002".into()),
@@ -590,8 +713,8 @@ mod tests {
         };
         let s = Config::load(Some(&file), &e, &o).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:7002");
-        assert_eq!(s.upstream.url.as_str(), "http://127.0.0.1:11/");
-        assert_eq!(s.upstream.name, "127.0.0.1:11");
+        assert_eq!(s.default_upstream().url.as_str(), "http://127.0.0.1:11/");
+        assert_eq!(s.default_upstream().name, "127.0.0.1:11");
     }
 
     #[test]
@@ -639,8 +762,8 @@ mod tests {
         )
         .unwrap();
         let s = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap();
-        assert_eq!(s.upstream.password.as_deref(), Some("hunter2"));
-        assert!(!format!("{:?}", s.upstream).contains("hunter2"));
+        assert_eq!(s.default_upstream().password.as_deref(), Some("hunter2"));
+        assert!(!format!("{:?}", s.default_upstream()).contains("hunter2"));
         std::fs::write(
             &file,
             "[upstream]\nusername = \"bob\"\npassword_env = \"RC_PW\"\n",
@@ -652,7 +775,7 @@ mod tests {
             &Overrides::default(),
         )
         .unwrap();
-        assert_eq!(s.upstream.password.as_deref(), Some("s3cret"));
+        assert_eq!(s.default_upstream().password.as_deref(), Some("s3cret"));
         let err = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("RC_PW"));
     }
@@ -681,6 +804,60 @@ mod tests {
         assert_eq!(p.schema1, crate::policy::Schema1Mode::Reject);
         let p = s.policies.resolve("docker.io", "ubi8/ubi");
         assert_eq!(p.rule, None);
+    }
+
+    #[test]
+    fn the_multi_registry_example_loads() {
+        let text = include_str!("../../../deploy/multi-registry.toml");
+        let cfg = Config::from_toml(text, "deploy/multi-registry.toml").unwrap();
+        assert_eq!(cfg.upstream.0.len(), 3);
+        assert_eq!(cfg.upstream.default_index(), 0);
+    }
+
+    #[test]
+    fn several_upstreams() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[[upstream]]\nurl = \"https://registry-1.docker.io\"\n\n[[upstream]]\nname = \"quay.io\"\nurl = \"http://127.0.0.1:9\"\ndefault = true\naliases = [\"q.example\"]\n",
+        )
+        .unwrap();
+        let s = Config::load(
+            Some(&file),
+            &env(&[("REGCACHE_UPSTREAM", "http://127.0.0.1:8")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.upstreams.len(), 2);
+        assert_eq!(s.upstreams[0].name, "docker.io");
+        assert!(s.upstreams[0].docker_hub);
+        assert_eq!(s.default_upstream().name, "quay.io");
+        assert_eq!(
+            s.default_upstream().url.as_str(),
+            "http://127.0.0.1:8/",
+            "env overrides the default upstream"
+        );
+        assert!(!s.default_upstream().docker_hub);
+        std::fs::write(
+            &file,
+            "[[upstream]]\nurl = \"http://a:1\"\n[[upstream]]\nurll = \"http://b:1\"\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("upstream #2") && err.to_string().contains("urll"),
+            "{err}"
+        );
+        std::fs::write(
+            &file,
+            "[[upstream]]\nname = \"x\"\nurl = \"http://a:1\"\ndefault = true\n[[upstream]]\nname = \"x\"\nurl = \"nope\"\ndefault = true\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("only one upstream may say default"), "{text}");
+        assert!(text.contains("upstream #2 (x): url = \"nope\""), "{text}");
     }
 
     #[test]

@@ -219,7 +219,7 @@ fn main() -> ExitCode {
                     version = env!("CARGO_PKG_VERSION"),
                     listen = %api.local_addr().map_or_else(|_| settings.listen.to_string(), |a| a.to_string()),
                     admin = %admin.local_addr().map_or_else(|_| settings.admin_listen.to_string(), |a| a.to_string()),
-                    upstream = %settings.upstream.url,
+                    upstream = %settings.default_upstream().url,
                     data_dir = %settings.data_dir.display(),
                     "regcache serving"
                 );

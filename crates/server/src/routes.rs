@@ -121,6 +121,29 @@ impl Route {
         Ok(None)
     }
 
+    /// The same route with its repository name replaced (Docker Hub's
+    /// `library/` prefix for one-component names).
+    pub fn map_name(self, f: impl FnOnce(RepositoryName) -> RepositoryName) -> Route {
+        match self {
+            Route::Ping | Route::Catalog => self,
+            Route::Manifest { name, reference } => Route::Manifest {
+                name: f(name),
+                reference,
+            },
+            Route::Blob { name, digest } => Route::Blob {
+                name: f(name),
+                digest,
+            },
+            Route::UploadStart { name } => Route::UploadStart { name: f(name) },
+            Route::Upload { name, id } => Route::Upload { name: f(name), id },
+            Route::Tags { name } => Route::Tags { name: f(name) },
+            Route::Referrers { name, digest } => Route::Referrers {
+                name: f(name),
+                digest,
+            },
+        }
+    }
+
     /// The repository the route addresses, if any.
     pub fn name(&self) -> Option<&RepositoryName> {
         match self {

@@ -14,7 +14,7 @@ use regcache_store::{Store, StoreConfig};
 use regcache_upstream::{Credentials, RetryConfig, Upstream, UpstreamApi, UpstreamConfig};
 use tokio::net::TcpListener;
 
-use crate::app::{App, AppConfig};
+use crate::app::{App, AppConfig, Up};
 use crate::body::Body;
 use crate::config::Settings;
 use crate::listener;
@@ -120,27 +120,41 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
     .await?;
     let key = load_or_create_key(&settings.signing_key_path)?;
     tracing::info!(kid = key.kid(), path = %settings.signing_key_path.display(), "schema 1 signing key");
-    let up = &settings.upstream;
-    let mut ucfg = UpstreamConfig::new(up.name.clone(), up.url.clone());
-    ucfg.connect_timeout = up.connect_timeout;
-    ucfg.first_byte_timeout = up.first_byte_timeout;
-    ucfg.retry = RetryConfig {
-        max_attempts: up.retry_attempts.max(1),
-        ..RetryConfig::default()
-    };
-    if let (Some(user), Some(pass)) = (&up.username, &up.password) {
-        ucfg = ucfg.with_credentials(Credentials::new(user.clone(), pass.clone()));
-    }
-    let upstream: Arc<dyn UpstreamApi> = Arc::new(Upstream::new(ucfg)?);
-    let app = App::new(
-        AppConfig {
-            upstream_name: up.name.clone(),
-            policies: settings.policies.clone(),
+    let mut ups = Vec::new();
+    for up in &settings.upstreams {
+        let mut ucfg = UpstreamConfig::new(up.name.clone(), up.url.clone());
+        ucfg.connect_timeout = up.connect_timeout;
+        ucfg.first_byte_timeout = up.first_byte_timeout;
+        ucfg.retry = RetryConfig {
+            max_attempts: up.retry_attempts.max(1),
+            ..RetryConfig::default()
+        };
+        if let (Some(user), Some(pass)) = (&up.username, &up.password) {
+            ucfg = ucfg.with_credentials(Credentials::new(user.clone(), pass.clone()));
+        }
+        let client: Arc<dyn UpstreamApi> = Arc::new(Upstream::new(ucfg)?);
+        let host = match up.url.port() {
+            Some(p) => format!("{}:{p}", up.url.host_str().unwrap_or_default()),
+            None => up.url.host_str().unwrap_or_default().to_owned(),
+        };
+        tracing::info!(name = %up.name, url = %up.url, default = std::ptr::eq(up, settings.default_upstream()), "upstream");
+        ups.push(Arc::new(Up {
+            name: up.name.clone(),
+            aliases: up.aliases.clone(),
+            host,
+            docker_hub: up.docker_hub,
+            client,
             tag_ttl: up.tag_ttl,
             stale_if_error: up.stale_if_error,
+        }));
+    }
+    let app = App::new(
+        AppConfig {
+            policies: settings.policies.clone(),
         },
         store,
-        upstream,
+        ups,
+        settings.default_upstream,
         key,
     );
     Ok(Running {
