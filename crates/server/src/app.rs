@@ -302,6 +302,7 @@ impl App {
             && let Some((first, tail)) = rest.split_once('/')
             && !tail.is_empty()
             && (first.contains('.') || first.contains(':') || first == "localhost")
+            && is_registry_host(first)
         {
             let up = self.find_upstream(first)?;
             tracing::debug!(prefix = first, upstream = %up.name, "routed by path prefix");
@@ -949,7 +950,7 @@ impl App {
         }
         match parse_range(range, len) {
             RangeSpec::Full => {
-                let stream = reader.map_err(std::io::Error::other).boxed();
+                let stream = hold_last(reader.map_err(std::io::Error::other)).boxed();
                 self.metrics.served("upstream", len);
                 Ok(blob_headers(
                     StatusCode::OK,
@@ -962,7 +963,7 @@ impl App {
             RangeSpec::Partial(start, end) => {
                 let reader = reader.range(start, Some(end + 1));
                 let n = end + 1 - start;
-                let stream = reader.map_err(std::io::Error::other).boxed();
+                let stream = hold_last(reader.map_err(std::io::Error::other)).boxed();
                 Ok(blob_headers(
                     StatusCode::PARTIAL_CONTENT,
                     digest,
@@ -1924,6 +1925,69 @@ fn tokio_stream_from(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// `host[:port]`: dot-separated labels of letters, digits and inner hyphens,
+/// an optional numeric port. Anything else (`a..b`) is a repository name,
+/// which then fails name validation with NAME_INVALID.
+fn is_registry_host(s: &str) -> bool {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    if let Some(p) = port
+        && (p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return false;
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Forward a fill's chunks one step behind: a chunk goes out only once the
+/// next one (or the clean end) has arrived. A response with a Content-Length is
+/// complete for hyper and for the client the moment its last byte is written;
+/// if that happened before the fill's digest check, a corrupt blob would reach
+/// the client as a clean 200. Holding the final chunk back until the reader
+/// ends cleanly (which it does only after verification) means a failed fill
+/// always leaves the client short of bytes, so its transfer fails.
+fn hold_last<S>(
+    inner: S,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin + 'static,
+{
+    futures_util::stream::unfold(
+        (inner, None::<Bytes>, false),
+        |(mut inner, mut held, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                match inner.next().await {
+                    Some(Ok(chunk)) => {
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                        if let Some(prev) = held.replace(chunk) {
+                            return Some((Ok(prev), (inner, held, false)));
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e), (inner, None, true))),
+                    None => return held.take().map(|last| (Ok(last), (inner, None, true))),
+                }
+            }
+        },
+    )
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum RangeSpec {
     Full,
@@ -2133,6 +2197,59 @@ mod tests {
                 other => panic!("{refused}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn registry_hosts() {
+        for ok in [
+            "quay.io",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "my-registry.example.com",
+            "a.b",
+        ] {
+            assert!(is_registry_host(ok), "{ok}");
+        }
+        for bad in [
+            "a..b",
+            ".a",
+            "a.",
+            "-a.b",
+            "a.b:",
+            "a.b:x",
+            "a.b:123456",
+            "a_b.c",
+            "",
+        ] {
+            assert!(!is_registry_host(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_fill_never_completes_its_last_chunk() {
+        let chunks = vec![
+            Ok(Bytes::from_static(b"aaaa")),
+            Ok(Bytes::from_static(b"bbbb")),
+            Err(std::io::Error::other("digest mismatch")),
+        ];
+        let out: Vec<_> = hold_last(futures_util::stream::iter(chunks))
+            .collect()
+            .await;
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].as_ref().unwrap(), &Bytes::from_static(b"aaaa"));
+        assert!(
+            out[1].is_err(),
+            "the last good chunk is withheld when the fill fails"
+        );
+        let chunks = vec![
+            Ok(Bytes::from_static(b"aaaa")),
+            Ok(Bytes::from_static(b"bb")),
+        ];
+        let out: Vec<_> = hold_last(futures_util::stream::iter(chunks))
+            .collect()
+            .await;
+        let bytes: Vec<u8> = out.into_iter().flat_map(|c| c.unwrap().to_vec()).collect();
+        assert_eq!(bytes, b"aaaabb");
     }
 
     #[test]

@@ -185,6 +185,87 @@ impl Default for Schema1Config {
     }
 }
 
+/// The known keys: a key with `Some(children)` is a table (or an array of
+/// tables) whose own keys are checked too.
+type Schema = &'static [(&'static str, Option<&'static [(&'static str, Option<()>)]>)];
+
+const SCHEMA: Schema = &[
+    ("listen", None),
+    ("admin_listen", None),
+    ("data_dir", None),
+    ("log", Some(&[("format", None), ("level", None)])),
+    (
+        "cache",
+        Some(&[
+            ("memory_size", None),
+            ("memory_max_object", None),
+            ("disk_size", None),
+        ]),
+    ),
+    (
+        "upstream",
+        Some(&[
+            ("name", None),
+            ("url", None),
+            ("aliases", None),
+            ("default", None),
+            ("username", None),
+            ("password", None),
+            ("password_file", None),
+            ("password_env", None),
+            ("tag_ttl_secs", None),
+            ("stale_if_error_secs", None),
+            ("connect_timeout_secs", None),
+            ("first_byte_timeout_secs", None),
+            ("retry_attempts", None),
+        ]),
+    ),
+    ("schema1", Some(&[("signing_key", None)])),
+    (
+        "policy",
+        Some(&[
+            ("repositories", None),
+            ("upstreams", None),
+            ("schema1", None),
+            ("schema1_digests", None),
+            ("schema2_push", None),
+        ]),
+    ),
+];
+
+fn unknown_keys(table: &toml::Table, schema: Schema, _path: &str, problems: &mut Vec<String>) {
+    for (key, value) in table {
+        let Some((_, children)) = schema.iter().find(|(k, _)| k == key) else {
+            let known: Vec<&str> = schema.iter().map(|(k, _)| *k).collect();
+            problems.push(format!("unknown key `{key}` (known: {})", known.join(", ")));
+            continue;
+        };
+        let Some(children) = children else { continue };
+        let mut check = |t: &toml::Table, label: String| {
+            for k in t.keys() {
+                if !children.iter().any(|(c, _)| c == k) {
+                    let known: Vec<&str> = children.iter().map(|(c, _)| *c).collect();
+                    problems.push(format!(
+                        "unknown key `{k}` in {label} (known: {})",
+                        known.join(", ")
+                    ));
+                }
+            }
+        };
+        match value {
+            toml::Value::Table(t) => check(t, format!("[{key}]")),
+            toml::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let toml::Value::Table(t) = item {
+                        check(t, format!("[[{key}]] #{}", i + 1));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A byte count written as an integer or a string such as `"512MiB"`, `"10GB"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
@@ -331,8 +412,22 @@ impl fmt::Debug for UpstreamSettings {
 }
 
 impl Config {
-    /// Parse a TOML document (unknown keys are errors).
+    /// Parse a TOML document. Unknown keys are errors, and all of them are
+    /// reported together (serde's `deny_unknown_fields` stops at the first).
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError {
+            problems: vec![format!("{origin}: {}", e.to_string().trim_end())],
+        })?;
+        let mut problems = Vec::new();
+        unknown_keys(&table, SCHEMA, "", &mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigError {
+                problems: problems
+                    .into_iter()
+                    .map(|p| format!("{origin}: {p}"))
+                    .collect(),
+            });
+        }
         toml::from_str(text).map_err(|e| ConfigError {
             problems: vec![format!("{origin}: {}", e.to_string().trim_end())],
         })
@@ -718,6 +813,27 @@ mod tests {
     }
 
     #[test]
+    fn every_unknown_key_is_reported() {
+        let err = Config::from_toml(
+            "colour = 1\n[log]\nverbosity = 2\n[cache]\ndisk_sise = 3\n[upstream]\ntag_tll_secs = 4\n[[policy]]\nrepositories = [\"a\"]\nschema = \"x\"\n",
+            "f.toml",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 5, "{text}");
+        for key in [
+            "colour",
+            "verbosity",
+            "disk_sise",
+            "tag_tll_secs",
+            "schema`",
+        ] {
+            assert!(text.contains(key), "{key} missing from {text}");
+        }
+        assert!(text.contains("in [[policy]] #1"), "{text}");
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = Config::from_toml("listne = \"x\"\n", "f.toml").unwrap_err();
         assert!(err.problems[0].contains("listne"), "{err}");
@@ -846,7 +962,7 @@ mod tests {
         .unwrap();
         let err = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap_err();
         assert!(
-            err.to_string().contains("upstream #2") && err.to_string().contains("urll"),
+            err.to_string().contains("[[upstream]] #2") && err.to_string().contains("urll"),
             "{err}"
         );
         std::fs::write(
