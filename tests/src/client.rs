@@ -50,6 +50,50 @@ impl Fetched {
     }
 }
 
+/// A streamed response body, compared with the expected bytes rather than
+/// kept ([`RegistryClient::get_compared`]).
+#[derive(Debug, Clone)]
+pub struct Streamed {
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// Body bytes received.
+    pub len: u64,
+    /// The first offset where the body differs from the expected bytes
+    /// (including a body that is too short or too long); `None`: identical.
+    pub first_difference: Option<u64>,
+    /// Set when the body ended with a transport error (a short body).
+    pub error: Option<String>,
+}
+
+impl Streamed {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// A complete 200 with exactly the expected bytes.
+    pub fn is_exact(&self) -> bool {
+        self.status == 200 && self.error.is_none() && self.first_difference.is_none()
+    }
+
+    /// A clean 200 (no transport error) whose bytes are wrong: what a cache
+    /// must never serve.
+    pub fn is_clean_but_wrong(&self) -> bool {
+        self.status == 200 && self.error.is_none() && self.first_difference.is_some()
+    }
+}
+
+/// An error and its sources, one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
 /// Which manifest to render for [`RegistryClient::push_image`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ManifestFormat {
@@ -63,6 +107,7 @@ pub struct RegistryClient {
     base: String,
     http: reqwest::Client,
     auth: Option<Credentials>,
+    bearer: Option<String>,
 }
 
 impl RegistryClient {
@@ -76,12 +121,21 @@ impl RegistryClient {
             base: base_url.into().trim_end_matches('/').to_owned(),
             http,
             auth: None,
+            bearer: None,
         }
     }
 
     /// Sends HTTP Basic credentials with every request.
     pub fn with_basic_auth(mut self, creds: Credentials) -> Self {
         self.auth = Some(creds);
+        self
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request (instead of
+    /// Basic credentials).
+    pub fn with_bearer(mut self, token: impl Into<String>) -> Self {
+        self.auth = None;
+        self.bearer = Some(token.into());
         self
     }
 
@@ -110,6 +164,9 @@ impl RegistryClient {
         if let Some(creds) = &self.auth {
             request = request.basic_auth(&creds.username, Some(&creds.password));
         }
+        if let Some(token) = &self.bearer {
+            request = request.bearer_auth(token);
+        }
         if let Some(body) = body {
             request = request.body(body);
         }
@@ -121,6 +178,82 @@ impl RegistryClient {
             status,
             headers,
             body,
+        })
+    }
+
+    /// Sends a request and returns the response with its body unread, for
+    /// tests that stream (and maybe abandon) large bodies.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let url = if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.base)
+        };
+        let mut request = self.http.request(method, url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(creds) = &self.auth {
+            request = request.basic_auth(&creds.username, Some(&creds.password));
+        }
+        if let Some(token) = &self.bearer {
+            request = request.bearer_auth(token);
+        }
+        request.send().await
+    }
+
+    /// `GET` with `headers`, comparing the body as it streams in with
+    /// `expected` (nothing is kept in memory; comparing is much faster than
+    /// hashing in an unoptimised test build). A transport error *after* the
+    /// headers is reported in [`Streamed::error`], with the bytes that did
+    /// arrive counted.
+    pub async fn get_compared(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        expected: &[u8],
+    ) -> Result<Streamed, reqwest::Error> {
+        let mut response = self.send(reqwest::Method::GET, path, headers).await?;
+        let status = response.status().as_u16();
+        let response_headers = response.headers().clone();
+        let mut len = 0usize;
+        let mut first_difference = None;
+        let mut error = None;
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if first_difference.is_none() {
+                        let want = expected.get(len..(len + chunk.len()).min(expected.len()));
+                        if want != Some(&chunk[..]) {
+                            let at = want
+                                .and_then(|w| w.iter().zip(&chunk[..]).position(|(a, b)| a != b))
+                                .unwrap_or_else(|| expected.len().saturating_sub(len));
+                            first_difference = Some((len + at) as u64);
+                        }
+                    }
+                    len += chunk.len();
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(error_chain(&e));
+                    break;
+                }
+            }
+        }
+        if first_difference.is_none() && len < expected.len() {
+            first_difference = Some(len as u64);
+        }
+        Ok(Streamed {
+            status,
+            headers: response_headers,
+            len: len as u64,
+            first_difference,
+            error,
         })
     }
 

@@ -236,6 +236,88 @@ pub fn zstd_raw_frame(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `len` bytes of seeded pseudo-random data, made fast even in a debug
+/// build: one 1 MiB ChaCha block, repeated with a per-MiB rotation and the
+/// MiB index stamped into its first bytes (so no two MiB are equal).
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    const CHUNK: usize = 1 << 20;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut base = vec![0u8; CHUNK];
+    rand::RngCore::fill_bytes(&mut rng, &mut base);
+    let mut out = Vec::with_capacity(len);
+    let mut index = 0u64;
+    while out.len() < len {
+        let take = (len - out.len()).min(CHUNK);
+        let start = out.len();
+        let rotation = (index as usize).wrapping_mul(4099) % CHUNK;
+        let first = (CHUNK - rotation).min(take);
+        out.extend_from_slice(&base[rotation..rotation + first]);
+        out.extend_from_slice(&base[..take - first]);
+        let stamp = (index ^ seed).to_le_bytes();
+        let n = stamp.len().min(take);
+        out[start..start + n].copy_from_slice(&stamp[..n]);
+        index += 1;
+    }
+    out
+}
+
+/// gzip framing around *stored* deflate blocks: a valid `.gz` that costs no
+/// compression time (for large test layers of random, incompressible data).
+pub fn gzip_stored(data: &[u8]) -> Vec<u8> {
+    const MAX_STORED: usize = 65_535;
+    let mut out = Vec::with_capacity(data.len() + data.len() / MAX_STORED * 5 + 32);
+    // ID1 ID2 CM=deflate FLG=0 MTIME=0 XFL=0 OS=unknown
+    out.extend_from_slice(&[0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0xff]);
+    let mut blocks = data.chunks(MAX_STORED).peekable();
+    if blocks.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(block) = blocks.next() {
+        out.push(u8::from(blocks.peek().is_none())); // BFINAL, BTYPE=00
+        let len = block.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(block);
+    }
+    let mut crc = flate2::Crc::new();
+    crc.update(data);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+/// A layer holding one file of `file_size` seeded random bytes: a
+/// deterministic tar in a stored gzip ([`gzip_stored`]), so the blob is a
+/// little larger than `file_size`. Generated in well under a second.
+pub fn big_layer(seed: u64, file_size: usize) -> Layer {
+    let data = random_bytes(seed, file_size);
+    let mut tar = Vec::with_capacity(file_size + 3 * 512);
+    {
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(FIXED_MTIME);
+        header.set_size(file_size as u64);
+        header
+            .set_path(format!("big/{seed}.bin"))
+            .unwrap_or_else(|e| panic!("tar path: {e}"));
+        header.set_cksum();
+        tar.extend_from_slice(header.as_bytes());
+    }
+    tar.extend_from_slice(&data);
+    drop(data);
+    tar.resize(tar.len().div_ceil(512) * 512 + 1024, 0);
+    let blob = gzip_stored(&tar);
+    Layer {
+        kind: LayerKind::Gzip,
+        digest: sha256_digest(&blob),
+        diff_id: sha256_digest(&tar),
+        blob: blob.into(),
+    }
+}
+
 /// The `platform` of a manifest-list entry (and the config's
 /// `architecture`/`os`/`variant`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -684,6 +766,29 @@ mod tests {
             assert_eq!(entry.unwrap().header().mtime().unwrap(), FIXED_MTIME);
         }
         assert!(layer.blob.len() < 8 * 1024, "layers stay small");
+    }
+
+    #[test]
+    fn stored_gzip_decodes_and_big_layers_are_deterministic() {
+        let data = random_bytes(3, 200_000);
+        assert_eq!(data, random_bytes(3, 200_000));
+        assert_ne!(data[..1 << 10], random_bytes(4, 1 << 10)[..]);
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&gzip_stored(&data)[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, data);
+
+        let layer = big_layer(5, 3 << 20);
+        assert_eq!(layer.digest, big_layer(5, 3 << 20).digest);
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(&layer.blob[..])
+            .read_to_end(&mut tar)
+            .unwrap();
+        assert_eq!(sha256_digest(&tar), layer.diff_id);
+        let mut archive = tar::Archive::new(&tar[..]);
+        let entry = archive.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(entry.header().size().unwrap(), 3 << 20);
     }
 
     #[test]

@@ -1,12 +1,29 @@
-//! Locating and running the `regcache` binary built from this workspace.
+//! Locating and running the `regcache` binary built from this workspace:
+//! `regcache convert` ([`convert`]) and `regcache serve` ([`Regcache`]).
 //!
 //! Test binaries live in `target/<profile>/deps/`; the `regcache` binary is
 //! `target/<profile>/regcache`. `cargo test` does not build other packages'
 //! binaries for an integration test crate, so the project's test script runs
 //! `cargo build --workspace --bins` first.
+//!
+//! ```no_run
+//! use regcache_tests::{Regcache, RegcacheOptions};
+//! # let upstream_url = "http://127.0.0.1:5000".to_owned();
+//! let mut regcache = Regcache::start(RegcacheOptions::new(upstream_url).disk_size("40MiB"));
+//! println!("{} (admin {})", regcache.url(), regcache.admin_url());
+//! regcache.restart(); // same data dir, SIGTERM first
+//! // ... killed when dropped.
+//! ```
 
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::metrics::Metrics;
+use crate::registry::Credentials;
 
 /// `target/<profile>/regcache`, derived from the running test executable.
 ///
@@ -101,4 +118,460 @@ pub async fn convert(args: &ConvertArgs<'_>) -> ConvertOutput {
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         command: format!("regcache {}", argv.join(" ")),
     }
+}
+
+/// How long `regcache serve` may take to answer `GET /readyz` with 200.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a SIGTERM'd regcache may take to exit.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What goes into the generated `regcache serve` configuration. `None`
+/// leaves regcache's default.
+#[derive(Debug, Clone)]
+pub struct RegcacheOptions {
+    /// `[upstream] url`.
+    pub upstream_url: String,
+    /// `[upstream] name` (appears in logs, metrics and 502 messages).
+    pub upstream_name: String,
+    /// Passed as `REGCACHE_UPSTREAM_USERNAME` / `REGCACHE_UPSTREAM_PASSWORD`.
+    pub credentials: Option<Credentials>,
+    /// `--data-dir`; a fresh temporary directory when `None`.
+    pub data_dir: Option<PathBuf>,
+    pub tag_ttl_secs: Option<u64>,
+    pub stale_if_error_secs: Option<u64>,
+    pub connect_timeout_secs: Option<u64>,
+    pub first_byte_timeout_secs: Option<u64>,
+    pub retry_attempts: Option<u32>,
+    /// `[cache]` sizes, as regcache reads them (`"40MiB"`, `"1048576"`).
+    pub memory_size: Option<String>,
+    pub memory_max_object: Option<String>,
+    pub disk_size: Option<String>,
+    /// `REGCACHE_LOG` (a tracing filter).
+    pub log_level: String,
+}
+
+impl RegcacheOptions {
+    /// Defaults for a loopback test against `upstream_url`: debug logs of
+    /// regcache's own crates, regcache's defaults otherwise.
+    pub fn new(upstream_url: impl Into<String>) -> Self {
+        Self {
+            upstream_url: upstream_url.into(),
+            upstream_name: "e2e-upstream".into(),
+            credentials: None,
+            data_dir: None,
+            tag_ttl_secs: None,
+            stale_if_error_secs: None,
+            connect_timeout_secs: None,
+            first_byte_timeout_secs: None,
+            retry_attempts: None,
+            memory_size: None,
+            memory_max_object: None,
+            disk_size: None,
+            log_level: "info,regcache=debug,regcache_server=debug,regcache_store=debug,\
+                        regcache_upstream=debug"
+                .into(),
+        }
+    }
+
+    pub fn credentials(mut self, credentials: Option<Credentials>) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    pub fn disk_size(mut self, size: &str) -> Self {
+        self.disk_size = Some(size.to_owned());
+        self
+    }
+
+    pub fn tag_ttl_secs(mut self, secs: u64) -> Self {
+        self.tag_ttl_secs = Some(secs);
+        self
+    }
+
+    pub fn retry_attempts(mut self, attempts: u32) -> Self {
+        self.retry_attempts = Some(attempts);
+        self
+    }
+
+    /// The TOML file (listen addresses and data dir go on the command line).
+    pub fn render_config(&self) -> String {
+        let mut toml = String::new();
+        let quote = |s: &str| serde_json::to_string(s).unwrap(); // TOML basic strings
+        writeln!(toml, "[log]\nformat = \"text\"").unwrap();
+        writeln!(toml, "\n[cache]").unwrap();
+        for (key, value) in [
+            ("memory_size", &self.memory_size),
+            ("memory_max_object", &self.memory_max_object),
+            ("disk_size", &self.disk_size),
+        ] {
+            if let Some(value) = value {
+                writeln!(toml, "{key} = {}", quote(value)).unwrap();
+            }
+        }
+        writeln!(toml, "\n[upstream]").unwrap();
+        writeln!(toml, "name = {}", quote(&self.upstream_name)).unwrap();
+        writeln!(toml, "url = {}", quote(&self.upstream_url)).unwrap();
+        for (key, value) in [
+            ("tag_ttl_secs", self.tag_ttl_secs),
+            ("stale_if_error_secs", self.stale_if_error_secs),
+            ("connect_timeout_secs", self.connect_timeout_secs),
+            ("first_byte_timeout_secs", self.first_byte_timeout_secs),
+            ("retry_attempts", self.retry_attempts.map(u64::from)),
+        ] {
+            if let Some(value) = value {
+                writeln!(toml, "{key} = {value}").unwrap();
+            }
+        }
+        toml
+    }
+}
+
+/// A running `regcache serve`. Killed (SIGKILL) and reaped on drop; use
+/// [`Regcache::stop`] for a graceful SIGTERM.
+#[derive(Debug)]
+pub struct Regcache {
+    options: RegcacheOptions,
+    child: Option<Child>,
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    config_path: PathBuf,
+    starts: usize,
+    /// Config and log (and the data dir unless one was given).
+    dir: tempfile::TempDir,
+    /// The data dir when we made it (kept across restarts).
+    _data: Option<tempfile::TempDir>,
+}
+
+impl Regcache {
+    /// Writes a config, spawns `regcache serve` on free loopback ports and
+    /// waits until `GET /readyz` on the admin port answers 200.
+    ///
+    /// Blocks the calling thread for the start-up.
+    ///
+    /// # Panics
+    /// When the binary is missing, or regcache exits or is not ready within
+    /// 30 s (the message has its log).
+    pub fn start(options: RegcacheOptions) -> Regcache {
+        let dir = tempfile::Builder::new()
+            .prefix("regcache-serve-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
+        let (data_dir, data) = match &options.data_dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let data = tempfile::Builder::new()
+                    .prefix("regcache-data-")
+                    .tempdir()
+                    .unwrap();
+                (data.path().to_owned(), Some(data))
+            }
+        };
+        let mut regcache = Regcache {
+            log_path: dir.path().join("regcache.log"),
+            config_path: dir.path().join("regcache.toml"),
+            options,
+            child: None,
+            addr: crate::ports::free_addr(),
+            admin_addr: crate::ports::free_addr(),
+            data_dir,
+            starts: 0,
+            dir,
+            _data: data,
+        };
+        regcache.spawn_until_ready();
+        regcache
+    }
+
+    fn spawn_until_ready(&mut self) {
+        let bin = regcache_bin();
+        std::fs::write(&self.config_path, self.options.render_config()).unwrap();
+        let mut last = String::new();
+        for attempt in 0..3 {
+            if attempt > 0 {
+                self.addr = crate::ports::free_addr();
+                self.admin_addr = crate::ports::free_addr();
+            }
+            self.starts += 1;
+            let mut log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log_path)
+                .unwrap();
+            let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+            writeln!(
+                log,
+                "===== regcache-tests: start #{} (listen {}, admin {}) =====",
+                self.starts, self.addr, self.admin_addr
+            )
+            .unwrap();
+            let mut command = Command::new(&bin);
+            command
+                .arg("serve")
+                .arg("--config")
+                .arg(&self.config_path)
+                .arg("--listen")
+                .arg(self.addr.to_string())
+                .arg("--admin-listen")
+                .arg(self.admin_addr.to_string())
+                .arg("--data-dir")
+                .arg(&self.data_dir)
+                .env("REGCACHE_LOG", &self.options.log_level)
+                .env("REGCACHE_LOG_FORMAT", "text")
+                .env_remove("REGCACHE_UPSTREAM_USERNAME")
+                .env_remove("REGCACHE_UPSTREAM_PASSWORD")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log);
+            if let Some(creds) = &self.options.credentials {
+                command
+                    .env("REGCACHE_UPSTREAM_USERNAME", &creds.username)
+                    .env("REGCACHE_UPSTREAM_PASSWORD", &creds.password);
+            }
+            let child = command
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", bin.display()));
+            self.child = Some(child);
+            match self.wait_until_ready() {
+                Ok(()) => return,
+                Err(why) => {
+                    let log = self.log_since(log_start);
+                    let in_use = log.contains("in use") || log.contains("AddrInUse");
+                    self.kill();
+                    last = format!(
+                        "regcache serve did not become ready ({why}); config:\n{}\nlog:\n{log}",
+                        self.options.render_config()
+                    );
+                    if !in_use {
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("{last}");
+    }
+
+    fn wait_until_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(child) = &mut self.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(format!("exited with {status}"));
+            }
+            if http_status(self.admin_addr, "/readyz") == Some(200) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no 200 from /readyz within {READY_TIMEOUT:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`: the client API.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `127.0.0.1:PORT`, for image references (`docker://HOST/NAME:TAG`).
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT` of the admin listener.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Where the disk tier keeps committed blobs:
+    /// `<data_dir>/cache/v1/blobs/<alg>/<hex[..2]>/<hex>` (regcache-store's
+    /// layout version 1 under the server's `cache/` folder).
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.data_dir.join("cache").join("v1").join("blobs")
+    }
+
+    pub fn options(&self) -> &RegcacheOptions {
+        &self.options
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Everything regcache wrote to stdout and stderr, all starts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn log_since(&self, offset: u64) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(&self.log_path) {
+            use std::io::Seek as _;
+            let _ = file.seek(std::io::SeekFrom::Start(offset));
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// `GET /metrics` on the admin listener, parsed.
+    ///
+    /// # Panics
+    /// When the scrape fails or is not 200.
+    pub async fn metrics(&self) -> Metrics {
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+            .get(format!("{}/metrics", self.admin_url()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        assert_eq!(response.status().as_u16(), 200, "GET /metrics");
+        Metrics::parse(&response.text().await.unwrap())
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after 20 s) and returns the
+    /// exit status.
+    ///
+    /// # Panics
+    /// When regcache is not running, or does not exit within 20 s of SIGTERM.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("regcache is not running"));
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "regcache did not exit within {STOP_TIMEOUT:?} of SIGTERM; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// [`Regcache::stop`] (which must exit 0), then starts again with the
+    /// same options, data dir and (if still free) ports.
+    pub fn restart(&mut self) {
+        self.restart_with(|_| {});
+    }
+
+    /// Like [`Regcache::restart`], after letting `change` edit the options
+    /// (the data dir stays).
+    pub fn restart_with(&mut self, change: impl FnOnce(&mut RegcacheOptions)) {
+        if self.child.is_some() {
+            let status = self.stop();
+            assert!(
+                status.success(),
+                "regcache exited with {status} on SIGTERM; log:\n{}",
+                self.log()
+            );
+        }
+        change(&mut self.options);
+        self.options.data_dir = Some(self.data_dir.clone());
+        self.spawn_until_ready();
+    }
+
+    /// SIGKILL now (also done on drop).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The scratch directory of this handle (config, log).
+    pub fn work_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Regcache {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `GET path` over a raw socket; the status code, if an HTTP answer came.
+pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut head = [0u8; 12];
+    let mut got = 0;
+    while got < head.len() {
+        match stream.read(&mut head[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    let head = std::str::from_utf8(&head[..got]).ok()?;
+    head.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
+}
+
+/// Runs `regcache ARGS…` to completion (for start-up failures such as a bad
+/// config), with `env` added, and returns (exit code, stdout, stderr).
+pub async fn run_regcache(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let bin = regcache_bin();
+    let output = tokio::process::Command::new(&bin)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::token::TokenAuth;
 use crate::tools::require_program;
 
 /// How long a registry may take to answer `GET /v2/` after spawning.
@@ -74,6 +75,10 @@ pub struct RegistryOptions {
     pub allow_foreign_urls: bool,
     /// `storage.delete.enabled`.
     pub delete_enabled: bool,
+    /// `auth.token`: require Bearer tokens from this token service (see
+    /// [`crate::token::TokenServer::registry_auth`]). Exclusive with
+    /// [`RegistryOptions::htpasswd`].
+    pub token_auth: Option<TokenAuth>,
 }
 
 /// One line of the registry's access log.
@@ -323,6 +328,19 @@ fn render_config(
                 yaml_str(&key.to_string_lossy())
             ));
         }
+    }
+    assert!(
+        options.htpasswd.is_none() || options.token_auth.is_none(),
+        "a registry has one auth method: htpasswd or token"
+    );
+    if let Some(token) = &options.token_auth {
+        config.push_str(&format!(
+            "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+            yaml_str(&token.realm),
+            yaml_str(&token.service),
+            yaml_str(&token.issuer),
+            yaml_str(&token.rootcertbundle.to_string_lossy())
+        ));
     }
     if options.htpasswd.is_some() {
         config.push_str(&format!(

@@ -8,4 +8,9 @@
 
 mod harness;
 mod schema1_differential;
+mod schema1_policy;
 mod schema1_signature;
+mod serve_blobs;
+mod serve_errors;
+mod serve_pull;
+mod support;
