@@ -668,6 +668,16 @@ impl Podman {
         Podman { program, dir }
     }
 
+    /// Replaces this podman's `registries.conf` (the file
+    /// `CONTAINERS_REGISTRIES_CONF` names; by default it only says
+    /// `unqualified-search-registries = []`), e.g. with `[[registry]]` and
+    /// `[[registry.mirror]]` tables.
+    pub fn write_registries_conf(&self, toml: &str) {
+        let path = self.dir.path().join("registries.conf");
+        std::fs::write(&path, toml)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+
     /// `podman --root … --runroot … --storage-driver vfs ARGS…`.
     pub async fn podman(&self, args: &[&str]) -> CmdOutput {
         let d = self.dir.path();

@@ -148,6 +148,11 @@ pub struct RegcacheOptions {
     pub disk_size: Option<String>,
     /// `REGCACHE_LOG` (a tracing filter).
     pub log_level: String,
+    /// Raw TOML that replaces the generated `[upstream]` table, e.g. several
+    /// `[[upstream]]` tables for a multi-registry regcache. When set,
+    /// `upstream_url`, `upstream_name`, `credentials` and the per-upstream
+    /// knobs above (`tag_ttl_secs` … `retry_attempts`) are not used.
+    pub upstreams_toml: Option<String>,
 }
 
 impl RegcacheOptions {
@@ -170,7 +175,18 @@ impl RegcacheOptions {
             log_level: "info,regcache=debug,regcache_server=debug,regcache_store=debug,\
                         regcache_upstream=debug"
                 .into(),
+            upstreams_toml: None,
         }
+    }
+
+    /// Defaults as [`RegcacheOptions::new`], with the upstreams given as raw
+    /// TOML (one `[upstream]` table or several `[[upstream]]` tables), which
+    /// goes into the configuration file unchanged.
+    pub fn with_upstreams_toml(upstreams_toml: impl Into<String>) -> Self {
+        let mut options = Self::new(String::new());
+        options.upstream_name = String::new();
+        options.upstreams_toml = Some(upstreams_toml.into());
+        options
     }
 
     pub fn credentials(mut self, credentials: Option<Credentials>) -> Self {
@@ -212,6 +228,10 @@ impl RegcacheOptions {
             if let Some(value) = value {
                 writeln!(toml, "{key} = {}", quote(value)).unwrap();
             }
+        }
+        if let Some(upstreams) = &self.upstreams_toml {
+            writeln!(toml, "\n{}", upstreams.trim_end()).unwrap();
+            return toml;
         }
         writeln!(toml, "\n[upstream]").unwrap();
         writeln!(toml, "name = {}", quote(&self.upstream_name)).unwrap();
@@ -329,7 +349,12 @@ impl Regcache {
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log);
-            if let Some(creds) = &self.options.credentials {
+            if let Some(creds) = self
+                .options
+                .credentials
+                .as_ref()
+                .filter(|_| self.options.upstreams_toml.is_none())
+            {
                 command
                     .env("REGCACHE_UPSTREAM_USERNAME", &creds.username)
                     .env("REGCACHE_UPSTREAM_PASSWORD", &creds.password);
@@ -574,4 +599,26 @@ pub async fn run_regcache(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, 
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_upstreams_replace_the_generated_upstream_table() {
+        let plain = RegcacheOptions::new("http://127.0.0.1:1").render_config();
+        assert!(plain.contains("\n[upstream]\n"), "{plain}");
+        let raw = "[[upstream]]\nname = \"quay.io\"\nurl = \"http://127.0.0.1:2\"\n\n\
+                   [[upstream]]\nname = \"docker.io\"\nurl = \"http://127.0.0.1:3\"\ndefault = true\n";
+        let toml = RegcacheOptions::with_upstreams_toml(raw)
+            .disk_size("1MiB")
+            .tag_ttl_secs(5)
+            .render_config();
+        assert!(toml.contains(raw.trim_end()), "{toml}");
+        assert!(toml.contains("disk_size = \"1MiB\""), "{toml}");
+        assert!(!toml.contains("\n[upstream]\n"), "{toml}");
+        assert!(!toml.contains("tag_ttl_secs = 5"), "{toml}");
+        assert_eq!(toml.matches("[[upstream]]").count(), 2, "{toml}");
+    }
 }

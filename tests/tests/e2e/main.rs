@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod harness;
+mod multi_registry;
 mod schema1_differential;
 mod schema1_policy;
 mod schema1_signature;
