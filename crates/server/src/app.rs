@@ -42,7 +42,7 @@ const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// Largest upstream listing (tags, catalog, referrers) relayed.
 const MAX_LISTING_BYTES: usize = 32 << 20;
 /// Chunk size for streaming files that are not sent with sendfile.
-const FILE_CHUNK: usize = 256 << 10;
+const FILE_CHUNK: usize = 1 << 20;
 
 /// Tunables the handlers need (a subset of the validated settings).
 #[derive(Clone, Debug)]
@@ -1871,58 +1871,39 @@ fn serve_source(
     Ok(blob_headers(status, digest, n, content_range, body))
 }
 
-/// Stream `n` bytes of `file` from `start` with a bounded buffer.
+/// Stream `n` bytes of `file` from `start`: one blocking reader `pread`s
+/// large chunks into a channel that holds at most two (bounded memory per
+/// client; a slow client holds back only its own reader).
 fn file_stream(file: std::fs::File, start: u64, n: u64) -> crate::body::ChunkStream {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut file = tokio::fs::File::from_std(file);
-    let stream = async_stream_file(move |tx| async move {
-        if start > 0 {
-            file.seek(std::io::SeekFrom::Start(start)).await?;
-        }
-        let mut left = n;
-        while left > 0 {
-            let want = left.min(FILE_CHUNK as u64) as usize;
-            let mut buf = bytes::BytesMut::with_capacity(want);
-            let got = (&mut file).take(want as u64).read_buf(&mut buf).await?;
-            if got == 0 {
-                return Err(std::io::Error::new(
+    use std::os::unix::fs::FileExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    tokio::task::spawn_blocking(move || {
+        let mut pos = start;
+        let end = start + n;
+        while pos < end {
+            let want = (end - pos).min(FILE_CHUNK as u64) as usize;
+            let mut buf = vec![0u8; want];
+            let result = match file.read_at(&mut buf, pos) {
+                Ok(0) => Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "cached file shorter than its index entry",
-                ));
-            }
-            left -= got as u64;
-            if tx.send(Ok(buf.freeze())).await.is_err() {
-                return Ok(());
+                )),
+                Ok(got) => {
+                    buf.truncate(got);
+                    pos += got as u64;
+                    Ok(Bytes::from(buf))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = result.is_err();
+            if tx.blocking_send(result).is_err() || failed {
+                return;
             }
         }
-        Ok(())
     });
-    stream.boxed()
-}
-
-/// A tiny channel-backed stream generator: `f` sends chunks into a bounded
-/// channel (two chunks of read-ahead), its error (if any) ends the stream.
-fn async_stream_file<F, Fut>(
-    f: F,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<(), std::io::Error>> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    let tx2 = tx.clone();
-    tokio::spawn(async move {
-        if let Err(e) = f(tx).await {
-            let _ = tx2.send(Err(e)).await;
-        }
-    });
-    tokio_stream_from(rx)
-}
-
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    let mut rx = rx;
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
 
 /// `host[:port]`: dot-separated labels of letters, digits and inner hyphens,
