@@ -1517,6 +1517,66 @@ impl Drop for FillObserver {
     }
 }
 
+impl crate::fastpath::FastPath for App {
+    fn try_fast<'a>(
+        &'a self,
+        head: &'a crate::fastpath::Head,
+    ) -> futures_util::future::BoxFuture<'a, Option<crate::fastpath::Reply>> {
+        Box::pin(self.fast_blob(head))
+    }
+}
+
+impl App {
+    /// A `GET` of a blob the cache holds, answered as `get_blob` would (same
+    /// headers, same range rules) but with the file handed to the kernel.
+    /// Everything else (`None`) is left to hyper and the full handlers.
+    async fn fast_blob(&self, head: &crate::fastpath::Head) -> Option<crate::fastpath::Reply> {
+        use crate::fastpath::{Reply, ReplyBody};
+        if head.conditional {
+            return None;
+        }
+        let uri: http::Uri = head.target.parse().ok()?;
+        let ctx = self.route(&uri).ok()?;
+        let path = ctx.pq.split('?').next()?;
+        let Ok(Some(Route::Blob { digest, .. })) = Route::parse(path) else {
+            return None;
+        };
+        if digest.as_str() == EMPTY_LAYER_DIGEST {
+            return None;
+        }
+        let src = self.store.get(&digest).await.ok()??;
+        let len = src.len();
+        let (status, start, n, content_range) = match parse_range(head.range.as_deref(), len) {
+            RangeSpec::Full => (StatusCode::OK, 0, len, None),
+            RangeSpec::Partial(s, e) => (
+                StatusCode::PARTIAL_CONTENT,
+                s,
+                e + 1 - s,
+                Some(format!("bytes {s}-{e}/{len}")),
+            ),
+            RangeSpec::Unsatisfiable => return None,
+        };
+        let body = match src {
+            Source::Bytes(b) => ReplyBody::Bytes(b.slice(start as usize..(start + n) as usize)),
+            Source::File { file, .. } => ReplyBody::File {
+                file,
+                offset: start,
+                len: n,
+            },
+            _ => return None,
+        };
+        self.metrics.hit("blob");
+        self.metrics.served("cache", n);
+        let (parts, _) =
+            blob_headers(status, &digest, n, content_range, Body::empty()).into_parts();
+        Some(Reply {
+            status,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
 enum ListingKind {
     Tags(RepositoryName),
     Catalog,

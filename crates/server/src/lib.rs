@@ -9,6 +9,7 @@ pub mod body;
 pub mod coalesce;
 pub mod config;
 pub mod convert;
+pub mod fastpath;
 pub mod listener;
 pub mod metrics;
 pub mod policy;

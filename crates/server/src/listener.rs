@@ -27,6 +27,7 @@ pub const MAX_CONNECTIONS: usize = 4096;
 pub async fn serve<H, F>(
     listener: TcpListener,
     handler: H,
+    fast: Option<Arc<dyn crate::fastpath::FastPath>>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) where
@@ -63,12 +64,25 @@ pub async fn serve<H, F>(
         let handler = handler.clone();
         let builder = builder.clone();
         let mut stop_rx = stop_rx.clone();
+        let fast = fast.clone();
         tokio::spawn(async move {
+            // Warm blob GETs are answered with sendfile; the first request
+            // that is anything else hands the connection to hyper.
+            let io = match fast {
+                Some(fast) => match crate::fastpath::run(stream, fast, &mut stop_rx).await {
+                    crate::fastpath::Outcome::Done => {
+                        drop(permit);
+                        return;
+                    }
+                    crate::fastpath::Outcome::Handoff(io) => io,
+                },
+                None => crate::fastpath::Rewind::new(stream, bytes::Bytes::new()),
+            };
             let service = hyper::service::service_fn(move |req| {
                 let fut = handler(req);
                 async move { Ok::<_, Infallible>(fut.await) }
             });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             tokio::select! {
                 res = conn.as_mut() => {

@@ -176,9 +176,11 @@ pub async fn serve(
     let grace = Duration::from_secs(10);
     let api_app = app.clone();
     let mut rx1 = stop_rx.clone();
+    let fast: Arc<dyn crate::fastpath::FastPath> = app.clone();
     let api_task = tokio::spawn(listener::serve(
         api,
         move |req| api_app.clone().handle(req),
+        Some(fast),
         async move {
             let _ = rx1.changed().await;
         },
@@ -194,6 +196,7 @@ pub async fn serve(
             let ready = admin_ready.clone();
             async move { admin_handle(&app, &ready, req) }
         },
+        None,
         async move {
             let _ = rx2.changed().await;
         },
