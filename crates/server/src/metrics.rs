@@ -40,6 +40,18 @@ pub struct Metrics {
     pub memory_bytes: Gauge,
     pub evictions: Counter,
     pub fills_failed: Counter,
+    /// Counters of the hot paths, resolved once (a `Family` lookup takes a
+    /// lock and hashes the labels on every call).
+    hot: Hot,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Hot {
+    tag_hit: Counter,
+    manifest_hit: Counter,
+    blob_hit: Counter,
+    schema1_hit: Counter,
+    from_cache: Counter,
 }
 
 impl Metrics {
@@ -93,7 +105,37 @@ impl Metrics {
             "Blob fills that failed (upstream error, digest mismatch, truncation)",
             fills_failed.clone(),
         );
+        let hot = Hot {
+            tag_hit: lookups
+                .get_or_create(&Lookup {
+                    kind: "tag",
+                    result: "hit",
+                })
+                .clone(),
+            manifest_hit: lookups
+                .get_or_create(&Lookup {
+                    kind: "manifest",
+                    result: "hit",
+                })
+                .clone(),
+            blob_hit: lookups
+                .get_or_create(&Lookup {
+                    kind: "blob",
+                    result: "hit",
+                })
+                .clone(),
+            schema1_hit: lookups
+                .get_or_create(&Lookup {
+                    kind: "schema1",
+                    result: "hit",
+                })
+                .clone(),
+            from_cache: bytes_served
+                .get_or_create(&Source { source: "cache" })
+                .clone(),
+        };
         Metrics {
+            hot,
             registry,
             lookups,
             bytes_served,
@@ -107,12 +149,19 @@ impl Metrics {
     }
 
     pub fn hit(&self, kind: &'static str) {
-        self.lookups
-            .get_or_create(&Lookup {
-                kind,
-                result: "hit",
-            })
-            .inc();
+        match kind {
+            "tag" => self.hot.tag_hit.inc(),
+            "manifest" => self.hot.manifest_hit.inc(),
+            "blob" => self.hot.blob_hit.inc(),
+            "schema1" => self.hot.schema1_hit.inc(),
+            _ => self
+                .lookups
+                .get_or_create(&Lookup {
+                    kind,
+                    result: "hit",
+                })
+                .inc(),
+        };
     }
 
     pub fn miss(&self, kind: &'static str) {
@@ -134,9 +183,13 @@ impl Metrics {
     }
 
     pub fn served(&self, source: &'static str, bytes: u64) {
-        self.bytes_served
-            .get_or_create(&Source { source })
-            .inc_by(bytes);
+        if source == "cache" {
+            self.hot.from_cache.inc_by(bytes);
+        } else {
+            self.bytes_served
+                .get_or_create(&Source { source })
+                .inc_by(bytes);
+        }
     }
 
     /// The text exposition format.
