@@ -105,34 +105,30 @@ impl Metrics {
             "Blob fills that failed (upstream error, digest mismatch, truncation)",
             fills_failed.clone(),
         );
+        // One statement per counter: `get_or_create` returns a read guard on the
+        // family's map, and a second insert while a guard from the same
+        // statement is alive would wait for a write lock forever.
+        let counter = |kind: &'static str| -> Counter {
+            let c = lookups.get_or_create(&Lookup {
+                kind,
+                result: "hit",
+            });
+            c.clone()
+        };
+        let tag_hit = counter("tag");
+        let manifest_hit = counter("manifest");
+        let blob_hit = counter("blob");
+        let schema1_hit = counter("schema1");
+        let from_cache = {
+            let c = bytes_served.get_or_create(&Source { source: "cache" });
+            c.clone()
+        };
         let hot = Hot {
-            tag_hit: lookups
-                .get_or_create(&Lookup {
-                    kind: "tag",
-                    result: "hit",
-                })
-                .clone(),
-            manifest_hit: lookups
-                .get_or_create(&Lookup {
-                    kind: "manifest",
-                    result: "hit",
-                })
-                .clone(),
-            blob_hit: lookups
-                .get_or_create(&Lookup {
-                    kind: "blob",
-                    result: "hit",
-                })
-                .clone(),
-            schema1_hit: lookups
-                .get_or_create(&Lookup {
-                    kind: "schema1",
-                    result: "hit",
-                })
-                .clone(),
-            from_cache: bytes_served
-                .get_or_create(&Source { source: "cache" })
-                .clone(),
+            tag_hit,
+            manifest_hit,
+            blob_hit,
+            schema1_hit,
+            from_cache,
         };
         Metrics {
             hot,
@@ -205,5 +201,38 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_does_not_deadlock_and_hot_counters_are_exported() {
+        let m = Metrics::new();
+        m.hit("tag");
+        m.hit("blob");
+        m.hit("listing");
+        m.miss("blob");
+        m.served("cache", 10);
+        m.served("upstream", 5);
+        let text = m.encode();
+        assert!(
+            text.contains("regcache_cache_lookups_total{kind=\"tag\",result=\"hit\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("regcache_cache_lookups_total{kind=\"listing\",result=\"hit\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("regcache_bytes_served_total{source=\"cache\"} 10"),
+            "{text}"
+        );
+        assert!(
+            text.contains("regcache_bytes_served_total{source=\"upstream\"} 5"),
+            "{text}"
+        );
     }
 }
