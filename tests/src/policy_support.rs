@@ -1,12 +1,13 @@
 //! `regcache serve` with per-repository `[[policy]]` rules and a Schema 1
-//! signing key: [`PolicyRegcache`].
+//! signing key: [`PolicyRegcache`], a thin layer over [`crate::Regcache`].
 //!
-//! [`crate::Regcache`] renders a fixed configuration (upstream and cache
-//! sections only); the Schema 1 policy tests need `[[policy]]` tables, a
-//! `[schema1] signing_key`, and a configuration file that names the data
-//! dir itself, so that the operator subcommands (`regcache mappings export
-//! --config FILE`, `regcache policy explain REPO --config FILE`) read the
-//! same store as the server.
+//! [`PolicyRegcacheOptions`] renders the `[[policy]]` tables and the
+//! `[schema1] signing_key` into [`RegcacheOptions::extra_toml`]; the process
+//! itself (config file, ports, readiness, log, stop/restart/kill) is
+//! [`Regcache`]'s. The configuration file names the data dir, so that the
+//! operator subcommands (`regcache mappings export --config FILE`,
+//! `regcache policy explain REPO --config FILE`) read the same store as the
+//! server.
 //!
 //! ```no_run
 //! use regcache_tests::policy_support::{PolicyRegcache, PolicyRegcacheOptions, PolicyRule};
@@ -21,18 +22,10 @@
 //! ```
 
 use std::fmt::Write as _;
-use std::io::Read as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
 
-use crate::regcache::{http_status, regcache_bin};
-
-/// How long `regcache serve` may take to answer `GET /readyz` with 200.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a SIGTERM'd regcache may take to exit.
-const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+use crate::regcache::{Regcache, RegcacheOptions};
 
 /// One `[[policy]]` table. `None` leaves the key out (regcache's default).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -114,15 +107,14 @@ pub struct PolicyRegcacheOptions {
 
 impl PolicyRegcacheOptions {
     pub fn new(upstream_url: impl Into<String>) -> Self {
+        let defaults = RegcacheOptions::new(upstream_url);
         Self {
-            upstream_url: upstream_url.into(),
-            upstream_name: "e2e-upstream".into(),
+            upstream_url: defaults.upstream_url,
+            upstream_name: defaults.upstream_name,
             rules: Vec::new(),
             signing_key: None,
             data_dir: None,
-            log_level: "info,regcache=debug,regcache_server=debug,regcache_store=debug,\
-                        regcache_upstream=debug"
-                .into(),
+            log_level: defaults.log_level,
         }
     }
 
@@ -142,44 +134,47 @@ impl PolicyRegcacheOptions {
         self
     }
 
-    /// The whole TOML file, listen addresses and data dir included.
-    pub fn render(&self, listen: SocketAddr, admin: SocketAddr, data_dir: &Path) -> String {
-        let quote = |s: &str| serde_json::to_string(s).unwrap();
+    /// The `[schema1]` table (when a signing key is set) and the
+    /// `[[policy]]` tables, in order.
+    pub fn policy_toml(&self) -> String {
         let mut toml = String::new();
-        writeln!(toml, "listen = {}", quote(&listen.to_string())).unwrap();
-        writeln!(toml, "admin_listen = {}", quote(&admin.to_string())).unwrap();
-        writeln!(toml, "data_dir = {}", quote(&data_dir.to_string_lossy())).unwrap();
-        writeln!(toml, "\n[log]\nformat = \"text\"").unwrap();
-        writeln!(toml, "\n[upstream]").unwrap();
-        writeln!(toml, "name = {}", quote(&self.upstream_name)).unwrap();
-        writeln!(toml, "url = {}", quote(&self.upstream_url)).unwrap();
-        // Fail fast once the upstream is gone (restart tests), no long retries.
-        writeln!(toml, "connect_timeout_secs = 2\nretry_attempts = 1").unwrap();
         if let Some(key) = &self.signing_key {
-            writeln!(toml, "\n[schema1]").unwrap();
-            writeln!(toml, "signing_key = {}", quote(&key.to_string_lossy())).unwrap();
+            let quoted = serde_json::to_string(&key.to_string_lossy()).unwrap();
+            writeln!(toml, "\n[schema1]\nsigning_key = {quoted}").unwrap();
         }
         for rule in &self.rules {
             rule.render(&mut toml);
         }
         toml
     }
+
+    /// The [`RegcacheOptions`] these stand for: the policy tables go into
+    /// [`RegcacheOptions::extra_toml`]; the upstream fails fast once gone
+    /// (restart tests), no long retries.
+    pub fn regcache_options(&self) -> RegcacheOptions {
+        let mut options = RegcacheOptions::new(self.upstream_url.clone())
+            .connect_timeout_secs(2)
+            .retry_attempts(1)
+            .log_level(self.log_level.clone())
+            .extra_toml(&self.policy_toml());
+        options.upstream_name.clone_from(&self.upstream_name);
+        options.data_dir.clone_from(&self.data_dir);
+        options
+    }
+
+    /// The whole TOML file for this data dir.
+    pub fn render(&self, data_dir: &Path) -> String {
+        self.regcache_options().render_config_file(data_dir)
+    }
 }
 
-/// A running `regcache serve --config FILE` whose file carries policy rules.
+/// A running `regcache serve --config FILE` whose file carries policy rules:
+/// a [`Regcache`] started from [`PolicyRegcacheOptions::regcache_options`].
 /// Killed (SIGKILL) and reaped on drop.
 #[derive(Debug)]
 pub struct PolicyRegcache {
     options: PolicyRegcacheOptions,
-    child: Option<Child>,
-    addr: SocketAddr,
-    admin_addr: SocketAddr,
-    data_dir: PathBuf,
-    config_path: PathBuf,
-    log_path: PathBuf,
-    starts: usize,
-    dir: tempfile::TempDir,
-    _data: Option<tempfile::TempDir>,
+    regcache: Regcache,
 }
 
 impl PolicyRegcache {
@@ -189,132 +184,35 @@ impl PolicyRegcache {
     /// # Panics
     /// When regcache does not become ready (the message has config and log).
     pub fn start(options: PolicyRegcacheOptions) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("regcache-policy-")
-            .tempdir()
-            .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
-        let (data_dir, data) = match &options.data_dir {
-            Some(d) => (d.clone(), None),
-            None => {
-                let data = tempfile::Builder::new()
-                    .prefix("regcache-policy-data-")
-                    .tempdir()
-                    .unwrap();
-                (data.path().to_owned(), Some(data))
-            }
-        };
-        let mut regcache = Self {
-            log_path: dir.path().join("regcache.log"),
-            config_path: dir.path().join("regcache.toml"),
-            options,
-            child: None,
-            addr: crate::ports::free_addr(),
-            admin_addr: crate::ports::free_addr(),
-            data_dir,
-            starts: 0,
-            dir,
-            _data: data,
-        };
-        regcache.spawn_until_ready();
-        regcache
+        let regcache = Regcache::start(options.regcache_options());
+        Self { options, regcache }
     }
 
-    fn spawn_until_ready(&mut self) {
-        let bin = regcache_bin();
-        let mut last = String::new();
-        for attempt in 0..3 {
-            if attempt > 0 {
-                self.addr = crate::ports::free_addr();
-                self.admin_addr = crate::ports::free_addr();
-            }
-            let config = self
-                .options
-                .render(self.addr, self.admin_addr, &self.data_dir);
-            std::fs::write(&self.config_path, &config).unwrap();
-            self.starts += 1;
-            let mut log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.log_path)
-                .unwrap();
-            let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
-            use std::io::Write as _;
-            writeln!(
-                log,
-                "===== regcache-tests: start #{} (listen {}, admin {}) =====",
-                self.starts, self.addr, self.admin_addr
-            )
-            .unwrap();
-            let child = Command::new(&bin)
-                .arg("serve")
-                .arg("--config")
-                .arg(&self.config_path)
-                .env("REGCACHE_LOG", &self.options.log_level)
-                .env("REGCACHE_LOG_FORMAT", "text")
-                .env_remove("REGCACHE_UPSTREAM_USERNAME")
-                .env_remove("REGCACHE_UPSTREAM_PASSWORD")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", bin.display()));
-            self.child = Some(child);
-            match self.wait_until_ready() {
-                Ok(()) => return,
-                Err(why) => {
-                    let log = self.log_since(log_start);
-                    let in_use = log.contains("in use") || log.contains("AddrInUse");
-                    self.kill();
-                    last = format!(
-                        "regcache serve did not become ready ({why}); config:\n{config}\nlog:\n{log}"
-                    );
-                    if !in_use {
-                        break;
-                    }
-                }
-            }
-        }
-        panic!("{last}");
-    }
-
-    fn wait_until_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(child) = &mut self.child
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                return Err(format!("exited with {status}"));
-            }
-            if http_status(self.admin_addr, "/readyz") == Some(200) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!("no 200 from /readyz within {READY_TIMEOUT:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+    /// The underlying [`Regcache`].
+    pub fn regcache(&self) -> &Regcache {
+        &self.regcache
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.regcache.url()
     }
 
     /// `127.0.0.1:PORT`, for image references.
     pub fn host(&self) -> String {
-        self.addr.to_string()
+        self.regcache.host()
     }
 
     pub fn admin_url(&self) -> String {
-        format!("http://{}", self.admin_addr)
+        self.regcache.admin_url()
     }
 
     pub fn data_dir(&self) -> &Path {
-        &self.data_dir
+        self.regcache.data_dir()
     }
 
     pub fn config_path(&self) -> &Path {
-        &self.config_path
+        self.regcache.config_path()
     }
 
     pub fn options(&self) -> &PolicyRegcacheOptions {
@@ -323,17 +221,7 @@ impl PolicyRegcache {
 
     /// Everything regcache logged, all starts.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    fn log_since(&self, offset: u64) -> String {
-        let mut text = String::new();
-        if let Ok(mut file) = std::fs::File::open(&self.log_path) {
-            use std::io::Seek as _;
-            let _ = file.seek(std::io::SeekFrom::Start(offset));
-            let _ = file.read_to_string(&mut text);
-        }
-        text
+        self.regcache.log()
     }
 
     /// The `kid` values regcache logged for its Schema 1 signing key, one
@@ -354,7 +242,7 @@ impl PolicyRegcache {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.regcache.pid()
     }
 
     /// SIGTERM, then waits for the exit.
@@ -362,29 +250,7 @@ impl PolicyRegcache {
     /// # Panics
     /// When not running, or still running 20 s after SIGTERM.
     pub fn stop(&mut self) -> ExitStatus {
-        let mut child = self
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("regcache is not running"));
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "regcache did not exit within {STOP_TIMEOUT:?} of SIGTERM; log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.regcache.stop()
     }
 
     /// Starts again with the same configuration and data dir (and ports, if
@@ -393,16 +259,13 @@ impl PolicyRegcache {
     /// # Panics
     /// When still running, or when the new process does not become ready.
     pub fn start_again(&mut self) {
-        assert!(self.child.is_none(), "regcache is still running");
-        self.spawn_until_ready();
+        assert!(self.pid().is_none(), "regcache is still running");
+        self.regcache.restart();
     }
 
     /// SIGKILL now (also done on drop).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.regcache.kill();
     }
 
     /// `regcache mappings export --config FILE` (CSV).
@@ -424,7 +287,7 @@ impl PolicyRegcache {
 
     /// `regcache ARGS… CONFIG_PATH`, which must exit 0; returns stdout.
     async fn cli(&self, args: &[&str]) -> String {
-        let config = self.config_path.to_string_lossy().into_owned();
+        let config = self.config_path().to_string_lossy().into_owned();
         let mut argv: Vec<&str> = args.to_vec();
         argv.push(&config);
         let (code, stdout, stderr) = crate::regcache::run_regcache(&argv, &[]).await;
@@ -439,13 +302,7 @@ impl PolicyRegcache {
 
     /// The scratch directory (config, log).
     pub fn work_dir(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for PolicyRegcache {
-    fn drop(&mut self) {
-        self.kill();
+        self.regcache.work_dir()
     }
 }
 
@@ -463,13 +320,11 @@ mod tests {
                     .schema1_digests("reject"),
             )
             .signing_key("/k.pem");
-        let toml = options.render(
-            "127.0.0.1:2".parse().unwrap(),
-            "127.0.0.1:3".parse().unwrap(),
-            Path::new("/data"),
-        );
+        let toml = options.render(Path::new("/data"));
         let first = toml.find("[[policy]]").unwrap();
         assert!(toml[..first].contains("data_dir = \"/data\""), "{toml}");
+        assert!(toml[..first].contains("connect_timeout_secs = 2"), "{toml}");
+        assert!(toml[..first].contains("retry_attempts = 1"), "{toml}");
         assert!(toml.contains("signing_key = \"/k.pem\""), "{toml}");
         let rules: Vec<&str> = toml.split("[[policy]]").skip(1).collect();
         assert_eq!(rules.len(), 2, "{toml}");

@@ -135,7 +135,8 @@ pub struct RegcacheOptions {
     pub upstream_name: String,
     /// Passed as `REGCACHE_UPSTREAM_USERNAME` / `REGCACHE_UPSTREAM_PASSWORD`.
     pub credentials: Option<Credentials>,
-    /// `--data-dir`; a fresh temporary directory when `None`.
+    /// `data_dir` (in the file and as `--data-dir`); a fresh temporary
+    /// directory when `None`.
     pub data_dir: Option<PathBuf>,
     pub tag_ttl_secs: Option<u64>,
     pub stale_if_error_secs: Option<u64>,
@@ -153,6 +154,9 @@ pub struct RegcacheOptions {
     /// `upstream_url`, `upstream_name`, `credentials` and the per-upstream
     /// knobs above (`tag_ttl_secs` … `retry_attempts`) are not used.
     pub upstreams_toml: Option<String>,
+    /// Raw TOML appended to the configuration file after the upstream
+    /// table(s), e.g. `[[policy]]` tables or a `[schema1]` table.
+    pub extra_toml: String,
 }
 
 impl RegcacheOptions {
@@ -176,6 +180,7 @@ impl RegcacheOptions {
                         regcache_upstream=debug"
                 .into(),
             upstreams_toml: None,
+            extra_toml: String::new(),
         }
     }
 
@@ -214,7 +219,25 @@ impl RegcacheOptions {
         self
     }
 
-    /// The TOML file (listen addresses and data dir go on the command line).
+    pub fn connect_timeout_secs(mut self, secs: u64) -> Self {
+        self.connect_timeout_secs = Some(secs);
+        self
+    }
+
+    /// `REGCACHE_LOG` (a tracing filter).
+    pub fn log_level(mut self, filter: impl Into<String>) -> Self {
+        self.log_level = filter.into();
+        self
+    }
+
+    /// Appends raw TOML (whole tables) to [`RegcacheOptions::extra_toml`].
+    pub fn extra_toml(mut self, toml: &str) -> Self {
+        self.extra_toml.push_str(toml);
+        self
+    }
+
+    /// The TOML file without top-level keys (listen addresses and data dir
+    /// go on the command line; see [`RegcacheOptions::render_config_file`]).
     pub fn render_config(&self) -> String {
         let mut toml = String::new();
         let quote = |s: &str| serde_json::to_string(s).unwrap(); // TOML basic strings
@@ -231,23 +254,36 @@ impl RegcacheOptions {
         }
         if let Some(upstreams) = &self.upstreams_toml {
             writeln!(toml, "\n{}", upstreams.trim_end()).unwrap();
-            return toml;
-        }
-        writeln!(toml, "\n[upstream]").unwrap();
-        writeln!(toml, "name = {}", quote(&self.upstream_name)).unwrap();
-        writeln!(toml, "url = {}", quote(&self.upstream_url)).unwrap();
-        for (key, value) in [
-            ("tag_ttl_secs", self.tag_ttl_secs),
-            ("stale_if_error_secs", self.stale_if_error_secs),
-            ("connect_timeout_secs", self.connect_timeout_secs),
-            ("first_byte_timeout_secs", self.first_byte_timeout_secs),
-            ("retry_attempts", self.retry_attempts.map(u64::from)),
-        ] {
-            if let Some(value) = value {
-                writeln!(toml, "{key} = {value}").unwrap();
+        } else {
+            writeln!(toml, "\n[upstream]").unwrap();
+            writeln!(toml, "name = {}", quote(&self.upstream_name)).unwrap();
+            writeln!(toml, "url = {}", quote(&self.upstream_url)).unwrap();
+            for (key, value) in [
+                ("tag_ttl_secs", self.tag_ttl_secs),
+                ("stale_if_error_secs", self.stale_if_error_secs),
+                ("connect_timeout_secs", self.connect_timeout_secs),
+                ("first_byte_timeout_secs", self.first_byte_timeout_secs),
+                ("retry_attempts", self.retry_attempts.map(u64::from)),
+            ] {
+                if let Some(value) = value {
+                    writeln!(toml, "{key} = {value}").unwrap();
+                }
             }
         }
+        if !self.extra_toml.trim().is_empty() {
+            writeln!(toml, "\n{}", self.extra_toml.trim()).unwrap();
+        }
         toml
+    }
+
+    /// The file [`Regcache`] writes: `data_dir = DIR`, then
+    /// [`RegcacheOptions::render_config`]. Naming the data dir in the file
+    /// lets the operator subcommands (`regcache mappings export --config
+    /// FILE`, `regcache policy explain REPO --config FILE`) read the same
+    /// store as the server.
+    pub fn render_config_file(&self, data_dir: &Path) -> String {
+        let quote = serde_json::to_string(&data_dir.to_string_lossy()).unwrap();
+        format!("data_dir = {quote}\n\n{}", self.render_config())
     }
 }
 
@@ -311,7 +347,8 @@ impl Regcache {
 
     fn spawn_until_ready(&mut self) {
         let bin = regcache_bin();
-        std::fs::write(&self.config_path, self.options.render_config()).unwrap();
+        let config = self.options.render_config_file(&self.data_dir);
+        std::fs::write(&self.config_path, &config).unwrap();
         let mut last = String::new();
         for attempt in 0..3 {
             if attempt > 0 {
@@ -370,8 +407,7 @@ impl Regcache {
                     let in_use = log.contains("in use") || log.contains("AddrInUse");
                     self.kill();
                     last = format!(
-                        "regcache serve did not become ready ({why}); config:\n{}\nlog:\n{log}",
-                        self.options.render_config()
+                        "regcache serve did not become ready ({why}); config:\n{config}\nlog:\n{log}"
                     );
                     if !in_use {
                         break;
@@ -620,5 +656,24 @@ mod tests {
         assert!(!toml.contains("\n[upstream]\n"), "{toml}");
         assert!(!toml.contains("tag_ttl_secs = 5"), "{toml}");
         assert_eq!(toml.matches("[[upstream]]").count(), 2, "{toml}");
+    }
+
+    #[test]
+    fn extra_toml_follows_the_upstreams_and_the_file_names_the_data_dir() {
+        let extra = "[[policy]]\nrepositories = [\"a/*\"]\n";
+        for options in [
+            RegcacheOptions::new("http://127.0.0.1:1"),
+            RegcacheOptions::with_upstreams_toml(
+                "[[upstream]]\nname = \"x\"\nurl = \"http://127.0.0.1:2\"\n",
+            ),
+        ] {
+            let file = options
+                .extra_toml(extra)
+                .render_config_file(Path::new("/data"));
+            assert!(file.starts_with("data_dir = \"/data\"\n"), "{file}");
+            let policy = file.find("[[policy]]").unwrap();
+            assert!(file.find("upstream]").unwrap() < policy, "{file}");
+            assert!(file.trim_end().ends_with(extra.trim_end()), "{file}");
+        }
     }
 }
