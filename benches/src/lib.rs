@@ -1,1 +1,4 @@
-//! Bench support.
+//! Bench support: the side-by-side load harness ([`load`]) behind
+//! `cargo bench -p regcache-benches --bench load`.
+
+pub mod load;

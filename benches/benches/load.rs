@@ -1,0 +1,137 @@
+//! The side-by-side load harness: regcache against docker-registry 2.8 in
+//! `proxy:` mode, nginx `proxy_cache` and nginx static, on loopback.
+//!
+//! ```sh
+//! sudo apt-get install -y nginx wrk docker-registry      # once
+//! cargo build --release -p regcache-server               # the binary under test
+//! cargo bench -p regcache-benches --bench load           # ~4-5 min; writes benches/RESULTS.md
+//! cargo bench -p regcache-benches --bench load -- --quick  # ~1 min; prints only
+//! ```
+//!
+//! Flags (after `--`): `--quick` (also `REGCACHE_BENCH_QUICK=1`): one round
+//! of 2 s runs, nothing written; `--duration SECS` per run (default 5);
+//! `--rounds N` (default 2, best run reported); `--no-pin` to let servers
+//! and load generator share every CPU (by default the servers get the first
+//! half of the CPUs and the generator the rest, via `taskset`);
+//! `--servers a,b` to measure only some of `regcache`, `distribution`,
+//! `nginx-cache`, `nginx-static` (all are started; a partial run does not
+//! write RESULTS.md);
+//! `--regcache-bin PATH` to measure another build of regcache (say, of an
+//! older commit) instead of `target/release/regcache`;
+//! `--no-write` to leave RESULTS.md alone.
+//!
+//! What is measured and how: `regcache_benches::load`.
+//!
+//! Run without `--bench` (as `cargo test --benches` does) it does nothing
+//! but say so: the load run takes minutes and needs nginx and wrk.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use regcache_benches::load::harness::{self, Options};
+
+const USAGE: &str = "usage: cargo bench -p regcache-benches --bench load [-- [--quick] [--duration SECS] [--rounds N] [--servers regcache,distribution,nginx-cache,nginx-static] [--regcache-bin PATH] [--no-pin] [--no-write]]";
+
+fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
+    if !args.iter().any(|a| a == "--bench") {
+        return Ok(None);
+    }
+    let quick_env = std::env::var("REGCACHE_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let mut options = if quick_env || args.iter().any(|a| a == "--quick") {
+        Options::quick()
+    } else {
+        Options::full()
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut number = |name: &str| -> Result<u64, String> {
+            let v = it
+                .next()
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))?;
+            options.shown_args.push(format!("{name} {v}"));
+            v.parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{name} {v}: not a positive number\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--bench" | "--quick" => {}
+            "--duration" => options.duration = Duration::from_secs(number("--duration")?),
+            "--rounds" => options.rounds = number("--rounds")? as usize,
+            "--servers" => {
+                let list = it
+                    .next()
+                    .ok_or_else(|| format!("--servers needs a value\n{USAGE}"))?;
+                let names: Vec<String> = list.split(',').map(str::to_owned).collect();
+                if let Some(bad) = names
+                    .iter()
+                    .find(|n| !harness::SERVER_NAMES.contains(&n.as_str()))
+                {
+                    return Err(format!(
+                        "--servers: unknown server {bad:?} (known: {})\n{USAGE}",
+                        harness::SERVER_NAMES.join(", ")
+                    ));
+                }
+                options.shown_args.push(format!("--servers {list}"));
+                options.servers = Some(names);
+                options.write_results = false;
+            }
+            "--regcache-bin" => {
+                let path = it
+                    .next()
+                    .ok_or_else(|| format!("--regcache-bin needs a path\n{USAGE}"))?;
+                options.shown_args.push(format!("--regcache-bin {path}"));
+                options.regcache_bin = Some(path.into());
+            }
+            "--no-pin" => {
+                options.pin = false;
+                options.shown_args.push("--no-pin".into());
+            }
+            "--no-write" => {
+                options.write_results = false;
+                options.shown_args.push("--no-write".into());
+            }
+            "--help" | "-h" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(Some(options))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = match parse_args(&args) {
+        Ok(Some(options)) => options,
+        Ok(None) => {
+            println!(
+                "load: not run without --bench (it takes minutes and needs nginx and wrk); run `cargo bench -p regcache-benches --bench load`"
+            );
+            return ExitCode::SUCCESS;
+        }
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match harness::run(&options) {
+        Ok(report) => report,
+        Err(msg) => {
+            eprintln!("load: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}", report.terminal());
+    if options.write_results {
+        let path = harness::workspace_root().join("benches").join("RESULTS.md");
+        match std::fs::write(&path, report.markdown()) {
+            Ok(()) => println!("wrote {}", path.display()),
+            Err(e) => {
+                eprintln!("load: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        println!("(RESULTS.md not written: quick or --no-write run)");
+    }
+    ExitCode::SUCCESS
+}

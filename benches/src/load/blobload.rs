@@ -1,0 +1,173 @@
+//! S1's load generator: `clients` threads, each with one keep-alive
+//! connection, GET the same blob back to back for a fixed time and discard
+//! the bytes.
+//!
+//! Throughput is every body byte received (partial bodies at the deadline
+//! included) over the wall time. The client's own CPU is measured per thread
+//! (`/proc/thread-self/stat`), so the report can show how much of the
+//! machine the generator took.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use super::http::Conn;
+use super::procstat;
+
+/// What one S1 run measured.
+#[derive(Debug, Clone, Default)]
+pub struct BlobLoad {
+    pub clients: usize,
+    /// Body bytes received.
+    pub bytes: u64,
+    /// Whole blobs received.
+    pub completed: u64,
+    pub elapsed: Duration,
+    /// CPU ticks the client threads used.
+    pub client_cpu_ticks: u64,
+    /// Transport or protocol errors (each also ended or restarted a connection).
+    pub errors: Vec<String>,
+    /// Time per whole blob, sorted.
+    pub blob_times: Vec<Duration>,
+}
+
+impl BlobLoad {
+    /// MiB/s.
+    pub fn mib_per_sec(&self) -> f64 {
+        self.bytes as f64 / (1u64 << 20) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Give up on a client thread after this many errors.
+const MAX_ERRORS_PER_CLIENT: usize = 5;
+
+struct ClientOutcome {
+    bytes: u64,
+    completed: u64,
+    cpu: u64,
+    errors: Vec<String>,
+    times: Vec<Duration>,
+    finished: Instant,
+}
+
+/// Runs the load. `request` is the exact request (see
+/// [`super::http::get_request`]); every answer must be `200` with
+/// `Content-Length: expected_len`.
+pub fn run(
+    addr: SocketAddr,
+    request: &[u8],
+    expected_len: u64,
+    clients: usize,
+    duration: Duration,
+) -> BlobLoad {
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let request = Arc::new(request.to_vec());
+    let mut handles = Vec::with_capacity(clients);
+    let started = Arc::new(std::sync::OnceLock::<Instant>::new());
+    for _ in 0..clients {
+        let barrier = barrier.clone();
+        let request = request.clone();
+        let started = started.clone();
+        handles.push(std::thread::spawn(move || {
+            // Connect before the clock starts.
+            let mut conn = Conn::connect(addr).ok();
+            barrier.wait();
+            let start = *started.get().unwrap_or(&Instant::now());
+            client(addr, &request, expected_len, start + duration, &mut conn)
+        }));
+    }
+    // The common start, published before the barrier releases the clients.
+    let start = Instant::now();
+    let _ = started.set(start);
+    barrier.wait();
+    let mut out = BlobLoad {
+        clients,
+        ..BlobLoad::default()
+    };
+    let mut last = start;
+    for h in handles {
+        match h.join() {
+            Ok(c) => {
+                out.bytes += c.bytes;
+                out.completed += c.completed;
+                out.client_cpu_ticks += c.cpu;
+                out.errors.extend(c.errors);
+                out.blob_times.extend(c.times);
+                last = last.max(c.finished);
+            }
+            Err(_) => out.errors.push("a client thread panicked".into()),
+        }
+    }
+    out.elapsed = last - start;
+    out.blob_times.sort_unstable();
+    out
+}
+
+fn client(
+    addr: SocketAddr,
+    request: &[u8],
+    expected_len: u64,
+    deadline: Instant,
+    conn: &mut Option<Conn>,
+) -> ClientOutcome {
+    let cpu0 = procstat::thread_cpu();
+    let mut bytes = 0u64;
+    let mut completed = 0u64;
+    let mut errors = Vec::new();
+    let mut times = Vec::new();
+    while Instant::now() < deadline && errors.len() < MAX_ERRORS_PER_CLIENT {
+        let c = match conn {
+            Some(c) => c,
+            None => match Conn::connect(addr) {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    errors.push(format!("connect: {e}"));
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            },
+        };
+        let t0 = Instant::now();
+        let result = (|| -> std::io::Result<bool> {
+            c.send(request)?;
+            let head = c.read_head()?;
+            if head.status != 200 || head.content_length != Some(expected_len) {
+                return Err(std::io::Error::other(format!(
+                    "status {} with Content-Length {:?}, expected 200 with {expected_len}",
+                    head.status, head.content_length
+                )));
+            }
+            let mut cut = false;
+            let got = c.read_body(expected_len, |chunk| {
+                bytes += chunk.len() as u64;
+                // One clock read per `read` (≥ 64 KiB on loopback): cheap.
+                if Instant::now() >= deadline {
+                    cut = true;
+                    return false;
+                }
+                true
+            })?;
+            Ok(!cut && got == expected_len)
+        })();
+        match result {
+            Ok(true) => {
+                completed += 1;
+                times.push(t0.elapsed());
+            }
+            // Cut at the deadline: the connection has unread body bytes.
+            Ok(false) => *conn = None,
+            Err(e) => {
+                errors.push(e.to_string());
+                *conn = None;
+            }
+        }
+    }
+    ClientOutcome {
+        bytes,
+        completed,
+        cpu: procstat::thread_cpu().saturating_sub(cpu0),
+        errors,
+        times,
+        finished: Instant::now(),
+    }
+}

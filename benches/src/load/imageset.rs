@@ -1,0 +1,179 @@
+//! The generated image set the load runs against, pushed to the upstream
+//! docker-registry; everything is a function of a seed, so every run moves
+//! the same bytes under the same digests.
+//!
+//! * `bench/big:v1`: a config, two small layers and one large layer
+//!   ([`BIG_BLOB_BYTES`] of seeded random bytes: incompressible, like a real
+//!   gzip layer on the wire; nothing in the benchmark decompresses it).
+//! * `bench/app:v1`: a config and five small gzip layers; its Docker
+//!   Schema 2 manifest is what S2 fetches, by tag and by digest.
+
+use bytes::Bytes;
+use rand::{RngCore as _, SeedableRng as _};
+use rand_chacha::ChaCha8Rng;
+use regcache_tests::image::{config, default_history};
+use regcache_tests::{Image, ImageGen, Layer, LayerKind, ManifestFormat, Platform, RegistryClient};
+
+/// The S1 blob: 100 MiB.
+pub const BIG_BLOB_BYTES: usize = 100 << 20;
+
+/// The `Accept` line of manifest GETs (containerd's, as a pull sends it).
+pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
+
+/// The `Accept` line of blob GETs.
+pub const BLOB_ACCEPT: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip, */*";
+
+/// One object the load fetches: its URL path, the exact headers every GET
+/// of it carries (warm-up and load alike), and what a correct answer holds.
+#[derive(Debug, Clone)]
+pub struct Object {
+    /// Short label for reports, e.g. `blob 100 MiB`.
+    pub label: &'static str,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    /// `sha256:` of the body.
+    pub digest: String,
+    pub len: u64,
+    /// Where nginx static serves it from: the body, written at `path`
+    /// under its root.
+    pub body: Bytes,
+}
+
+/// The pushed images and the three objects S1/S2 fetch.
+#[derive(Debug, Clone)]
+pub struct ImageSet {
+    pub big: Image,
+    pub app: Image,
+    /// S1: the large layer of `bench/big`.
+    pub blob: Object,
+    /// S2: `bench/app` manifest by tag.
+    pub manifest_by_tag: Object,
+    /// S2: `bench/app` manifest by digest.
+    pub manifest_by_digest: Object,
+}
+
+pub const BIG_REPO: &str = "bench/big";
+pub const APP_REPO: &str = "bench/app";
+pub const TAG: &str = "v1";
+
+impl ImageSet {
+    /// Generates the set from `seed`, with a large layer of `big_len`
+    /// bytes ([`BIG_BLOB_BYTES`] for the benchmark; ~0.3 s in release).
+    pub fn generate(seed: u64, big_len: usize) -> ImageSet {
+        let mut generator = ImageGen::new(seed);
+        let mut big_bytes = vec![0u8; big_len];
+        ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_b16b_10b0).fill_bytes(&mut big_bytes);
+        let big_digest = regcache_tests::sha256_digest(&big_bytes);
+        let big_layer = Layer {
+            kind: LayerKind::Gzip,
+            blob: Bytes::from(big_bytes),
+            // Not a real tar: the diff_id only has to be consistent.
+            diff_id: big_digest.clone(),
+            digest: big_digest,
+        };
+        let mut big_layers = generator.layers(2);
+        big_layers.push(big_layer);
+        let platform = Platform::linux_amd64();
+        let big_config = config(
+            &platform,
+            &big_layers,
+            &default_history(3),
+            serde_json::Value::Null,
+        );
+        let big = Image::new(&big_config, big_layers, platform.clone());
+
+        let app_layers = generator.layers(5);
+        let app_config = config(
+            &platform,
+            &app_layers,
+            &default_history(5),
+            serde_json::Value::Null,
+        );
+        let app = Image::new(&app_config, app_layers, platform);
+
+        let blob_layer = &big.layers[2];
+        let blob = Object {
+            label: "blob",
+            path: format!("/v2/{BIG_REPO}/blobs/{}", blob_layer.digest),
+            headers: vec![("Accept".into(), BLOB_ACCEPT.into())],
+            digest: blob_layer.digest.clone(),
+            len: blob_layer.blob.len() as u64,
+            body: blob_layer.blob.clone(),
+        };
+        let manifest = Bytes::from(app.docker_manifest());
+        let manifest_digest = regcache_tests::sha256_digest(&manifest);
+        let manifest_object = |label, reference: &str| Object {
+            label,
+            path: format!("/v2/{APP_REPO}/manifests/{reference}"),
+            headers: vec![("Accept".into(), MANIFEST_ACCEPT.into())],
+            digest: manifest_digest.clone(),
+            len: manifest.len() as u64,
+            body: manifest.clone(),
+        };
+        let manifest_by_tag = manifest_object("manifest by tag", TAG);
+        let manifest_by_digest = manifest_object("manifest by digest", &manifest_digest);
+        ImageSet {
+            big,
+            app,
+            blob,
+            manifest_by_tag,
+            manifest_by_digest,
+        }
+    }
+
+    /// The objects warmed and measured.
+    pub fn objects(&self) -> [&Object; 3] {
+        [&self.manifest_by_tag, &self.manifest_by_digest, &self.blob]
+    }
+
+    /// Pushes both images (Docker Schema 2 manifests, tag `v1`) to the
+    /// upstream through the upload API.
+    pub async fn push(&self, client: &RegistryClient) {
+        client
+            .push_image(BIG_REPO, TAG, &self.big, ManifestFormat::Docker)
+            .await;
+        let digest = client
+            .push_image(APP_REPO, TAG, &self.app, ManifestFormat::Docker)
+            .await;
+        assert_eq!(
+            digest, self.manifest_by_tag.digest,
+            "pushed manifest digest"
+        );
+    }
+
+    /// Writes every object under `root` at its URL path (for nginx static).
+    pub fn write_static_tree(&self, root: &std::path::Path) -> std::io::Result<()> {
+        for object in self.objects() {
+            let path = root.join(object.path.trim_start_matches('/'));
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, &object.body)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_set_is_seeded_and_consistent() {
+        let a = ImageSet::generate(1, 1 << 20);
+        assert_eq!(a.blob.len, 1 << 20);
+        assert_eq!(regcache_tests::sha256_digest(&a.blob.body), a.blob.digest);
+        assert_eq!(a.manifest_by_tag.digest, a.manifest_by_digest.digest);
+        assert!(
+            a.manifest_by_digest
+                .path
+                .ends_with(&a.manifest_by_tag.digest)
+        );
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&a.manifest_by_tag.body).expect("manifest JSON");
+        assert_eq!(manifest["layers"].as_array().map(Vec::len), Some(5));
+        let b = ImageSet::generate(1, 1 << 20);
+        assert_eq!(a.blob.digest, b.blob.digest);
+        assert_eq!(a.manifest_by_tag.digest, b.manifest_by_tag.digest);
+    }
+}

@@ -1,0 +1,45 @@
+//! The side-by-side load harness behind `cargo bench -p regcache-benches
+//! --bench load` (see `benches/load.rs` for how to run it).
+//!
+//! On loopback it starts the real docker-registry 2.8 as the upstream with a
+//! generated image set, then four servers in front of (or beside) it:
+//! regcache, docker-registry in `proxy:` mode, nginx `proxy_cache`, and
+//! nginx serving the same files statically (`sendfile on`). It warms each
+//! cache the same way and runs the same requests against each:
+//!
+//! * S1: warm 100 MiB blob GET, 1 and 16 concurrent clients: throughput;
+//! * S2: warm manifest GET by tag and by digest, 64 connections: requests/s
+//!   and p99 latency;
+//!
+//! then prints a table of each figure and the ratio regcache/peer and
+//! writes `benches/RESULTS.md` (machine, date, the reproducing command).
+//!
+//! Method, in short: the servers (and the upstream) are pinned to the first
+//! half of the CPUs and the load generator to the rest, so the generator's
+//! own headroom is visible (its CPU use is measured per run, as is
+//! everything else the machine did: the noise); each (scenario, server)
+//! pair runs in rounds with the server order rotated, noisy pairs are
+//! retried within a time budget, and the best run is reported. Peak RSS is
+//! `VmHWM`, reset through `/proc/PID/clear_refs` before S1.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`harness`] | the run: tools, servers, warm-up, rounds of measurements |
+//! | [`servers`] | launchers: regcache, docker-registry proxy, nginx (static / proxy_cache) |
+//! | [`imageset`] | the seeded image set and the objects fetched |
+//! | [`http`] | a minimal keep-alive HTTP/1.1 client (warm-up checks, S1) |
+//! | [`blobload`] | S1's load generator |
+//! | [`wrk`] | S2's load generator (Debian's `wrk`) |
+//! | [`procstat`] | CPU time and peak RSS from `/proc` |
+//! | [`machine`] | machine facts and tool versions for the report |
+//! | [`report`] | the tables and RESULTS.md |
+
+pub mod blobload;
+pub mod harness;
+pub mod http;
+pub mod imageset;
+pub mod machine;
+pub mod procstat;
+pub mod report;
+pub mod servers;
+pub mod wrk;

@@ -1,0 +1,715 @@
+//! The results: the summary table (each figure and the ratio regcache/peer),
+//! the per-run details, the warm-up checks, the load-generator check, and
+//! whatever the servers logged; rendered as Markdown for the terminal and
+//! for `benches/RESULTS.md`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::harness::{Options, S2_CONNECTIONS, Scenario};
+use super::machine::Machine;
+
+/// One measured run.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub scenario: Scenario,
+    pub target: &'static str,
+    pub round: usize,
+    /// MiB/s (S1) or requests/s (S2).
+    pub value: f64,
+    pub p99_ms: Option<f64>,
+    pub detail: String,
+    pub errors: Vec<String>,
+    pub wall: Duration,
+    /// CPU used, in cores (CPU seconds per wall second).
+    pub client_cores: f64,
+    pub server_cores: f64,
+    pub upstream_cores: f64,
+    /// Everything else on the machine (other jobs): the noise.
+    pub other_cores: f64,
+    pub command: String,
+}
+
+impl RunRecord {
+    pub fn new(scenario: Scenario, target: &'static str, round: usize) -> RunRecord {
+        RunRecord {
+            scenario,
+            target,
+            round,
+            value: 0.0,
+            p99_ms: None,
+            detail: String::new(),
+            errors: Vec::new(),
+            wall: Duration::ZERO,
+            client_cores: 0.0,
+            server_cores: 0.0,
+            upstream_cores: 0.0,
+            other_cores: 0.0,
+            command: String::new(),
+        }
+    }
+
+    /// One line for the progress log.
+    pub fn summary(&self) -> String {
+        let mut s = format!("{:.0} {}", self.value, self.scenario.unit());
+        if let Some(p99) = self.p99_ms {
+            s.push_str(&format!(", p99 {p99:.2} ms"));
+        }
+        s.push_str(&format!(
+            " ({}; cores: client {:.2}, server {:.2}, upstream {:.2}, other {:.2})",
+            self.detail,
+            self.client_cores,
+            self.server_cores,
+            self.upstream_cores,
+            self.other_cores
+        ));
+        if !self.errors.is_empty() {
+            s.push_str(&format!(" ERRORS: {}", self.errors.join("; ")));
+        }
+        s
+    }
+}
+
+/// Per-server facts outside the runs.
+#[derive(Debug, Clone)]
+pub struct TargetInfo {
+    pub name: &'static str,
+    /// Peak RSS (VmHWM summed over its processes) during S1, max over rounds.
+    pub peak_rss_s1: u64,
+}
+
+/// What warming one server showed.
+#[derive(Debug, Clone)]
+pub struct WarmRecord {
+    pub target: &'static str,
+    pub proxies: bool,
+    /// Time of the first (cold) GET of each object.
+    pub cold: Vec<(&'static str, Duration)>,
+    /// What the cold GETs asked of the upstream, grouped (e.g. `GET blob ×2`).
+    pub upstream_on_cold_gets: String,
+    /// Upstream access-log lines caused by the second GET of every object.
+    pub upstream_on_second_get: Vec<String>,
+    /// `X-Cache-Status` of the second GETs (nginx proxy_cache).
+    pub cache_status: Vec<String>,
+    /// Peak RSS from start through the warm-up.
+    pub peak_rss_warm: u64,
+}
+
+/// Everything the report shows.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub options: Options,
+    /// Runs made again because the best one was noisy.
+    pub retries: usize,
+    /// Where servers and client ran (see `harness::Pinning`).
+    pub pinning: String,
+    /// CPUs the load generator had.
+    pub client_cpus: usize,
+    /// Whether the load generator had CPUs of its own.
+    pub pinned: bool,
+    /// CPUs the servers had (when pinned).
+    pub server_cpus: usize,
+    pub machine: Machine,
+    pub loadavg_end: String,
+    pub date: String,
+    pub elapsed: Duration,
+    pub versions: Vec<(String, String)>,
+    pub targets: Vec<TargetInfo>,
+    pub warm: Vec<WarmRecord>,
+    pub runs: Vec<RunRecord>,
+    /// `name{labels}: delta` of regcache's counters over the measured runs.
+    pub regcache_metrics_delta: Vec<String>,
+    pub regcache_log: String,
+    pub distribution_log: String,
+    pub nginx_logs: String,
+    pub distribution_config: String,
+    pub nginx_cache_conf: String,
+    pub nginx_static_conf: String,
+}
+
+/// The peers, in column order.
+pub const PEERS: [&str; 3] = ["docker-registry proxy", "nginx proxy_cache", "nginx static"];
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// Counter values (`name{labels}` → value) of a Prometheus text page.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// regcache's lookup, upstream and failure counters that moved between two
+/// `/metrics` pages.
+pub fn metrics_delta(before: &str, after: &str) -> Vec<String> {
+    let before = parse_metrics(before);
+    parse_metrics(after)
+        .into_iter()
+        .filter(|(k, _)| {
+            k.starts_with("regcache_cache_lookups")
+                || k.starts_with("regcache_upstream_requests")
+                || k.starts_with("regcache_fills_failed")
+                || k.starts_with("regcache_bytes_served")
+        })
+        .filter_map(|(k, v)| {
+            let d = v - before.get(&k).copied().unwrap_or(0.0);
+            (d != 0.0).then(|| format!("{k} +{d}"))
+        })
+        .collect()
+}
+
+/// Lines of a log at warning level or worse (or every line, for logs that
+/// only hold those).
+fn notable_lines(log: &str, limit: usize) -> (usize, Vec<String>) {
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    let shown = lines
+        .iter()
+        .take(limit)
+        .map(|l| {
+            let l = l.trim();
+            if l.len() > 300 {
+                format!("{}…", &l[..l.floor_char_boundary(300)])
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    (lines.len(), shown)
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 && a > 0.0 {
+        let r = a / b;
+        if r >= 100.0 {
+            format!("{r:.0}×")
+        } else if r < 0.1 {
+            format!("{r:.3}×")
+        } else {
+            format!("{r:.2}×")
+        }
+    } else {
+        "–".into()
+    }
+}
+
+fn fmt_value(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::from("|");
+        for (i, c) in cells.iter().enumerate() {
+            let pad = widths[i] - c.chars().count();
+            if i == 0 {
+                s.push_str(&format!(" {c}{} |", " ".repeat(pad)));
+            } else {
+                s.push_str(&format!(" {}{c} |", " ".repeat(pad)));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(header.iter().map(|h| (*h).to_owned()).collect());
+    out.push('|');
+    for (i, w) in widths.iter().enumerate() {
+        if i == 0 {
+            out.push_str(&format!("{}|", "-".repeat(w + 2)));
+        } else {
+            out.push_str(&format!("{}:|", "-".repeat(w + 1)));
+        }
+    }
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+impl Report {
+    /// The best (highest-throughput) run of `scenario` against `target`.
+    pub fn best(&self, scenario: Scenario, target: &str) -> Option<&RunRecord> {
+        self.runs
+            .iter()
+            .filter(|r| r.scenario == scenario && r.target == target)
+            .max_by(|a, b| a.value.total_cmp(&b.value))
+    }
+
+    fn rss(&self, target: &str) -> f64 {
+        self.targets
+            .iter()
+            .find(|t| t.name == target)
+            .map_or(0.0, |t| t.peak_rss_s1 as f64 / MIB)
+    }
+
+    /// The summary table: each figure and regcache/peer.
+    pub fn summary_table(&self) -> String {
+        let mut header = vec!["scenario", "regcache"];
+        for peer in PEERS {
+            header.push(peer);
+            header.push("ratio");
+        }
+        let mut rows = Vec::new();
+        for scenario in Scenario::ALL {
+            let value = |t: &str| self.best(scenario, t).map_or(0.0, |r| r.value);
+            let flagged = |t: &str| {
+                let v = fmt_value(value(t));
+                match self.best(scenario, t) {
+                    Some(r) if !r.errors.is_empty() => format!("{v} (!)"),
+                    _ => v,
+                }
+            };
+            let mut row = vec![
+                format!("{} ({})", scenario.label(), scenario.unit()),
+                flagged("regcache"),
+            ];
+            for peer in PEERS {
+                row.push(flagged(peer));
+                row.push(ratio(value("regcache"), value(peer)));
+            }
+            rows.push(row);
+            if !scenario.is_blob() {
+                let p99 = |t: &str| self.best(scenario, t).and_then(|r| r.p99_ms).unwrap_or(0.0);
+                let what = match scenario {
+                    Scenario::Manifest { by_digest: true } => "by digest",
+                    _ => "by tag",
+                };
+                let mut row = vec![
+                    format!("S2 manifest {what}, p99 latency (ms)"),
+                    fmt_value(p99("regcache")),
+                ];
+                for peer in PEERS {
+                    row.push(fmt_value(p99(peer)));
+                    row.push(ratio(p99("regcache"), p99(peer)));
+                }
+                rows.push(row);
+            }
+        }
+        let mut row = vec![
+            "peak RSS during S1 (MiB)".to_owned(),
+            fmt_value(self.rss("regcache")),
+        ];
+        for peer in PEERS {
+            row.push(fmt_value(self.rss(peer)));
+            row.push(ratio(self.rss("regcache"), self.rss(peer)));
+        }
+        rows.push(row);
+        table(&header, &rows)
+    }
+
+    /// Every run, with where the CPU went.
+    pub fn details_table(&self) -> String {
+        let header = [
+            "scenario",
+            "server",
+            "round",
+            "figure",
+            "client cores",
+            "server cores",
+            "upstream cores",
+            "other cores",
+            "notes",
+        ];
+        let rows: Vec<Vec<String>> = self
+            .runs
+            .iter()
+            .map(|r| {
+                let mut figure = format!("{} {}", fmt_value(r.value), r.scenario.unit());
+                if let Some(p99) = r.p99_ms {
+                    figure.push_str(&format!(", p99 {p99:.2} ms"));
+                }
+                let mut notes = r.detail.clone();
+                if !r.errors.is_empty() {
+                    notes.push_str(&format!("; ERRORS: {}", r.errors.join("; ")));
+                }
+                vec![
+                    r.scenario.label(),
+                    r.target.to_owned(),
+                    self.round_label(r),
+                    figure,
+                    format!("{:.2}", r.client_cores),
+                    format!("{:.2}", r.server_cores),
+                    format!("{:.2}", r.upstream_cores),
+                    format!("{:.2}", r.other_cores),
+                    notes,
+                ]
+            })
+            .collect();
+        table(&header, &rows)
+    }
+
+    fn warm_table(&self) -> String {
+        let header = [
+            "server",
+            "cold GET manifest by tag",
+            "cold GET manifest by digest",
+            "cold GET blob 100 MiB",
+            "upstream requests caused by the cold GETs",
+            "upstream requests caused by the second GETs",
+            "peak RSS through warm-up (MiB)",
+        ];
+        let rows: Vec<Vec<String>> = self
+            .warm
+            .iter()
+            .map(|w| {
+                let mut row = vec![w.target.to_owned()];
+                for (_, d) in &w.cold {
+                    row.push(format!("{:.1} ms", d.as_secs_f64() * 1e3));
+                }
+                row.push(if w.proxies {
+                    w.upstream_on_cold_gets.clone()
+                } else {
+                    "n/a".to_owned()
+                });
+                let mut upstream = if !w.proxies {
+                    "n/a (no upstream)".to_owned()
+                } else if w.upstream_on_second_get.is_empty() {
+                    "none".to_owned()
+                } else {
+                    w.upstream_on_second_get.join("; ")
+                };
+                if !w.cache_status.is_empty() {
+                    upstream.push_str(&format!(" (X-Cache-Status {})", w.cache_status.join(", ")));
+                }
+                row.push(upstream);
+                row.push(fmt_value(w.peak_rss_warm as f64 / MIB));
+                row
+            })
+            .collect();
+        table(&header, &rows)
+    }
+
+    /// Is the load generator the bottleneck? Two checks per scenario:
+    /// (a) pinned to CPUs of its own, it must leave some of them idle during
+    /// regcache's run; (b) the practical ceiling: nginx static, driven by
+    /// the *same* client settings, goes past regcache's figure.
+    pub fn generator_check(&self) -> String {
+        let mut out = String::new();
+        let cap = self.client_cpus as f64;
+        for scenario in Scenario::ALL {
+            let (Some(rc), Some(st)) = (
+                self.best(scenario, "regcache"),
+                self.best(scenario, "nginx static"),
+            ) else {
+                continue;
+            };
+            let headroom = st.value / rc.value.max(1e-9);
+            let client = if scenario.is_blob() {
+                "the built-in blob client"
+            } else {
+                "wrk"
+            };
+            let usage = if self.pinned {
+                format!(
+                    "{client} used {:.2} of its {} CPU(s) during regcache's best run (regcache {:.2} of its {})",
+                    rc.client_cores, self.client_cpus, rc.server_cores, self.server_cpus
+                )
+            } else {
+                format!(
+                    "{client} used {:.2} cores (shared with the servers) during regcache's best run",
+                    rc.client_cores
+                )
+            };
+            let idle = self.pinned && rc.client_cores < 0.85 * cap;
+            let server_busy =
+                self.pinned && rc.server_cores >= 0.85 * self.server_cpus.max(1) as f64;
+            let verdict = match (idle, headroom >= 1.15) {
+                (true, true) => {
+                    "its CPU had idle time and it drove nginx static further: the client was not the limit"
+                }
+                (true, false) => "its CPU had idle time, so it was not the limit",
+                (false, true) => {
+                    "it drove nginx static further with the same settings, so it was not what limited regcache"
+                }
+                (false, false) if server_busy => {
+                    "client and server CPUs were both nearly saturated and nginx static got less than 15% further: this is about the machine's loopback ceiling, which regcache reaches; as the client may be a co-limit there, the figure cannot rank servers that reach it"
+                }
+                (false, false) => "this cannot rule the client out",
+            };
+            let ceiling_note = if self.pinned && st.client_cores >= 0.85 * cap {
+                format!(
+                    " (in nginx static's run the client used {:.2} of its CPU: that figure is a lower bound of nginx's)",
+                    st.client_cores
+                )
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "- {}: {usage}; nginx static reached {} {} with the same settings ({:.2}× regcache): {verdict}{ceiling_note}.",
+                scenario.label(),
+                fmt_value(st.value),
+                scenario.unit(),
+                headroom,
+            );
+        }
+        out
+    }
+
+    fn round_label(&self, r: &RunRecord) -> String {
+        if r.round >= self.options.rounds {
+            "retry".to_owned()
+        } else {
+            (r.round + 1).to_string()
+        }
+    }
+
+    fn errors(&self) -> Vec<String> {
+        self.runs
+            .iter()
+            .filter(|r| !r.errors.is_empty())
+            .map(|r| {
+                format!(
+                    "{} against {} (round {}): {}",
+                    r.scenario.label(),
+                    r.target,
+                    self.round_label(r),
+                    r.errors.join("; ")
+                )
+            })
+            .collect()
+    }
+
+    /// The sum of the moved counters whose line contains every one of `parts`.
+    fn counter_delta(&self, parts: &[&str]) -> f64 {
+        self.regcache_metrics_delta
+            .iter()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .filter_map(|l| l.rsplit_once(" +").and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum()
+    }
+
+    /// What to print at the end of a run.
+    pub fn terminal(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\nregcache load harness: best of {} round(s) of {} s per run; {}; ratio = regcache / peer (throughput: > 1 is better for regcache; latency and RSS: < 1 is better)\n",
+            self.options.rounds,
+            self.options.duration.as_secs(),
+            self.pinning
+        );
+        out.push_str(&self.summary_table());
+        out.push_str("\nLoad generator check:\n");
+        out.push_str(&self.generator_check());
+        out.push_str("\nWarm-up:\n");
+        out.push_str(&self.warm_table());
+        for e in self.errors() {
+            let _ = writeln!(out, "ERROR {e}");
+        }
+        let (n, _) = notable_lines(&self.regcache_log, 0);
+        let _ = writeln!(
+            out,
+            "\nregcache logged {n} line(s) at warn or above; counters over the measured runs: {}",
+            if self.regcache_metrics_delta.is_empty() {
+                "none moved".to_owned()
+            } else {
+                self.regcache_metrics_delta.join(", ")
+            }
+        );
+        let _ = writeln!(out, "total time {:.0} s", self.elapsed.as_secs_f64());
+        out
+    }
+
+    /// The command that reproduces this run.
+    pub fn command(&self) -> String {
+        let mut cmd =
+            "cargo build --release -p regcache-server && cargo bench -p regcache-benches --bench load"
+                .to_owned();
+        if !self.options.shown_args.is_empty() {
+            cmd.push_str(" -- ");
+            cmd.push_str(&self.options.shown_args.join(" "));
+        }
+        cmd
+    }
+
+    /// The whole of `benches/RESULTS.md`.
+    pub fn markdown(&self) -> String {
+        let m = &self.machine;
+        let mut out = String::new();
+        let _ = writeln!(out, "# Load harness results\n");
+        let _ = writeln!(
+            out,
+            "Side by side on one machine, over loopback: regcache, docker-registry 2.8 in `proxy:` mode, nginx `proxy_cache` in front of the same upstream, and nginx serving the same files statically (`sendfile on`, the practical ceiling). Written by `benches/benches/load.rs`; re-run the command below to refresh it.\n"
+        );
+        let _ = writeln!(out, "- **Date**: {}", self.date);
+        let _ = writeln!(
+            out,
+            "- **Machine**: {} cores (`nproc`), {}, {:.1} GiB RAM, Linux {}",
+            m.cores, m.cpu_model, m.mem_total_gib, m.kernel
+        );
+        let _ = writeln!(
+            out,
+            "- **Load average** (1, 5, 15 min): {} at the start, {} at the end",
+            m.loadavg, self.loadavg_end
+        );
+        for (name, version) in &self.versions {
+            let _ = writeln!(out, "- **{name}**: {version}");
+        }
+        let _ = writeln!(out, "- **Command**: `{}`", self.command());
+        let _ = writeln!(
+            out,
+            "- **Method**: each (scenario, server) pair ran {} time(s) for {} s, servers in a rotated order each round, plus {} retried run(s) of pairs whose best run had other work using more than {} cores (within a {} s budget); the best run is reported; {}. Total time {:.0} s.\n",
+            self.options.rounds,
+            self.options.duration.as_secs(),
+            self.retries,
+            super::harness::NOISY_CORES,
+            self.options.budget.as_secs(),
+            self.pinning,
+            self.elapsed.as_secs_f64()
+        );
+        let _ = writeln!(out, "## Summary\n");
+        let _ = writeln!(
+            out,
+            "Ratio = regcache / peer. For throughput (MiB/s, req/s) above 1 favours regcache; for p99 latency and RSS below 1 does. \"(!)\" marks a figure whose run had errors (listed under Observations).\n"
+        );
+        out.push_str(&self.summary_table());
+        let _ = writeln!(out, "\n## Noise\n");
+        let _ = writeln!(
+            out,
+            "The machine has {} cores, shared with other jobs while this ran (which no pinning keeps off our CPUs); pairs whose best run was disturbed were retried while time allowed. The \"other cores\" column below is everything else the machine did during a run (from `/proc/stat`, minus the harness's own processes): the higher it is, the less the figure is worth. Treat differences under ~20% as noise.\n",
+            m.cores
+        );
+        let _ = writeln!(out, "## Is the load generator the bottleneck?\n");
+        let _ = writeln!(
+            out,
+            "S1 uses a built-in client (one thread and one keep-alive connection per client, 1 MiB `read`s straight into a discarded buffer); wrk reads 8 KiB per `read` (`RECVBUF` in wrk.h), ~12,800 system calls per 100 MiB, and would need more CPU for the same bytes. S2 uses wrk ({} connections, one thread per client CPU, a Lua `done` hook for the figures). {}. Two checks: the client's own CPU use (per thread from `/proc/thread-self/stat`; wrk's from this process's reaped-children CPU) must leave its CPU(s) some idle time, and the same client must drive nginx static (the ceiling) further than regcache.\n",
+            S2_CONNECTIONS, self.pinning
+        );
+        out.push_str(&self.generator_check());
+        let _ = writeln!(out, "\n## Warm-up\n");
+        let _ = writeln!(
+            out,
+            "Every server gets the same requests: one GET of each object (manifest by tag, manifest by digest, the 100 MiB blob) with the exact headers the load uses (so nginx's cache key, which includes `Accept`, matches), every body hashed and checked against its digest; then a second GET of each, during which the upstream's access log must not grow. The first GETs are cold fills through each proxy; the blob column is the fill of 100 MiB from the upstream.\n"
+        );
+        out.push_str(&self.warm_table());
+        let _ = writeln!(out, "\n## Every run\n");
+        out.push_str(&self.details_table());
+        let _ = writeln!(out, "\nCommands (per server, the URL differs):\n");
+        let mut seen = Vec::new();
+        for r in &self.runs {
+            if r.target == "regcache" && !seen.contains(&r.scenario) {
+                seen.push(r.scenario);
+                let _ = writeln!(out, "- {}: `{}`", r.scenario.label(), r.command);
+            }
+        }
+        let _ = writeln!(out, "\n## Observations\n");
+        let errors = self.errors();
+        if errors.is_empty() {
+            let _ = writeln!(
+                out,
+                "- No run had a client-side error (every answer 200, every blob whole and of the right length, no socket errors)."
+            );
+        }
+        for e in errors {
+            let _ = writeln!(out, "- ERROR {e}");
+        }
+        let _ = writeln!(
+            out,
+            "- regcache counters that moved during the measured runs (after warm-up): {}",
+            if self.regcache_metrics_delta.is_empty() {
+                "none".to_owned()
+            } else {
+                format!("`{}`", self.regcache_metrics_delta.join("`, `"))
+            }
+        );
+        let tag_misses = self.counter_delta(&["kind=\"tag\"", "result=\"miss\""]);
+        if tag_misses > 0.0 {
+            let heads = self.counter_delta(&["regcache_upstream_requests", "method=\"HEAD\""]);
+            let _ = writeln!(
+                out,
+                "- {tag_misses} GET(s) by tag during the runs found the tag past regcache's TTL (60 s) and waited for {heads} coalesced upstream HEAD revalidation(s) before being answered (nginx proxy_cache, configured with `proxy_cache_use_stale updating` and `proxy_cache_background_update on`, serves the stale copy meanwhile)."
+            );
+        }
+        for (name, log) in [
+            ("regcache (REGCACHE_LOG=warn)", &self.regcache_log),
+            ("docker-registry proxy (level warn)", &self.distribution_log),
+            ("nginx (error_log warn)", &self.nginx_logs),
+        ] {
+            let (n, shown) = notable_lines(log, 5);
+            let _ = writeln!(
+                out,
+                "- {name} logged {n} line(s){}",
+                if n == 0 { "." } else { ", the first:" }
+            );
+            if n > 0 {
+                let _ = writeln!(out, "\n  ```");
+                for l in shown {
+                    let _ = writeln!(out, "  {l}");
+                }
+                let _ = writeln!(out, "  ```\n");
+            }
+        }
+        let _ = writeln!(out, "\n## Configurations\n");
+        let _ = writeln!(
+            out,
+            "regcache runs `regcache serve --listen … --admin-listen … --upstream … --data-dir …` on its defaults (tag TTL 60 s, 256 MiB memory tier for objects ≤ 4 MiB, disk tier) with `REGCACHE_LOG=warn`. The upstream is docker-registry 2.8 started by `regcache_tests::Registry` (debug log and access log on: the warm-up check reads it). The image set is generated from seed {} (`bench/big:v1` with the 100 MiB layer, `bench/app:v1` whose manifest S2 fetches).\n",
+            super::harness::SEED
+        );
+        for (title, text, lang) in [
+            (
+                "docker-registry proxy config.yml",
+                &self.distribution_config,
+                "yaml",
+            ),
+            (
+                "nginx proxy_cache nginx.conf",
+                &self.nginx_cache_conf,
+                "nginx",
+            ),
+            ("nginx static nginx.conf", &self.nginx_static_conf, "nginx"),
+        ] {
+            let _ = writeln!(
+                out,
+                "<details><summary>{title}</summary>\n\n```{lang}\n{}```\n\n</details>\n",
+                text
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_delta_lists_moved_counters() {
+        let before = "# HELP x\nregcache_cache_lookups_total{kind=\"blob\",result=\"hit\"} 2\nregcache_upstream_requests_total{method=\"GET\"} 5\n";
+        let after = "regcache_cache_lookups_total{kind=\"blob\",result=\"hit\"} 7\nregcache_upstream_requests_total{method=\"GET\"} 5\nregcache_fills_failed_total 1\n";
+        assert_eq!(
+            metrics_delta(before, after),
+            vec![
+                "regcache_cache_lookups_total{kind=\"blob\",result=\"hit\"} +5".to_owned(),
+                "regcache_fills_failed_total +1".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["a", "bb"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "| a   | bb |\n|-----|---:|\n| xyz |  1 |\n");
+        assert_eq!(ratio(2.0, 1.0), "2.00×");
+        assert_eq!(ratio(539.0, 1.0), "539×");
+        assert_eq!(ratio(0.79, 434.0), "0.002×");
+        assert_eq!(ratio(1.0, 0.0), "–");
+    }
+}
