@@ -152,21 +152,7 @@ impl RegistryClient {
         headers: &[(&str, &str)],
         body: Option<Bytes>,
     ) -> Result<Fetched, reqwest::Error> {
-        let url = if path.starts_with("http://") || path.starts_with("https://") {
-            path.to_owned()
-        } else {
-            format!("{}{path}", self.base)
-        };
-        let mut request = self.http.request(method, url);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        if let Some(creds) = &self.auth {
-            request = request.basic_auth(&creds.username, Some(&creds.password));
-        }
-        if let Some(token) = &self.bearer {
-            request = request.bearer_auth(token);
-        }
+        let mut request = self.build(method, path, headers);
         if let Some(body) = body {
             request = request.body(body);
         }
@@ -181,14 +167,14 @@ impl RegistryClient {
         })
     }
 
-    /// Sends a request and returns the response with its body unread, for
-    /// tests that stream (and maybe abandon) large bodies.
-    pub async fn send(
+    /// The request for `path` (relative to the registry, or an absolute URL such
+    /// as an upload `Location`) with `headers` and this client's credentials.
+    fn build(
         &self,
         method: reqwest::Method,
         path: &str,
         headers: &[(&str, &str)],
-    ) -> Result<reqwest::Response, reqwest::Error> {
+    ) -> reqwest::RequestBuilder {
         let url = if path.starts_with("http://") || path.starts_with("https://") {
             path.to_owned()
         } else {
@@ -204,6 +190,18 @@ impl RegistryClient {
         if let Some(token) = &self.bearer {
             request = request.bearer_auth(token);
         }
+        request
+    }
+
+    /// Sends a request and returns the response with its body unread, for
+    /// tests that stream (and maybe abandon) large bodies.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let request = self.build(method, path, headers);
         request.send().await
     }
 
