@@ -10,11 +10,12 @@ use regcache_tests::{Registry, RegistryClient, RegistryOptions};
 use sha2::Digest as _;
 
 use super::blobload;
+use super::cold;
 use super::http::{Conn, get_request};
 use super::imageset::{BIG_BLOB_BYTES, ImageSet, Object};
 use super::machine::{self, Machine};
 use super::procstat::{self, TICKS_PER_SEC};
-use super::report::{self, Report, RunRecord, TargetInfo, WarmRecord};
+use super::report::{self, FanInRecord, Report, RunRecord, Schema1Record, TargetInfo, WarmRecord};
 use super::servers::{Cpus, DistributionProxy, Nginx, NginxMode, RegcacheServer};
 use super::wrk::{Wrk, WrkArgs};
 
@@ -95,6 +96,9 @@ pub enum Scenario {
 }
 
 pub const S2_CONNECTIONS: usize = 64;
+
+/// S3: concurrent clients of the cold blob.
+pub const S3_CLIENTS: usize = 100;
 
 impl Scenario {
     pub const ALL: [Scenario; 4] = [
@@ -565,6 +569,75 @@ pub fn run(options: &Options) -> Result<Report, String> {
     }
 
     let metrics_end = regcache.metrics();
+
+    // S6: Schema 1 conversion, by tag with no Accept (an old client).
+    let mut schema1 = Vec::new();
+    for target in targets
+        .iter()
+        .filter(|t| t.name == "regcache" || t.name == "docker-registry proxy")
+    {
+        log(format!("S6 Schema 1 conversion against {}", target.name));
+        let record = measure_schema1(
+            target,
+            &set,
+            &wrk,
+            pinning.client_cpus,
+            options.duration,
+            options.rounds,
+        )?;
+        log(format!(
+            "  {:.0} req/s, p99 {:.2} ms, {}{}",
+            record.rps,
+            record.p99_ms,
+            record.content_type,
+            if record.errors.is_empty() {
+                String::new()
+            } else {
+                format!(", errors: {}", record.errors.join("; "))
+            }
+        ));
+        schema1.push(record);
+    }
+
+    // S3: cold fan-in, a blob no warm-up touched, a different one per server.
+    let direct_ttlb = {
+        let blob = &set.cold_blobs[0];
+        let req = get_request(upstream.addr(), &blob.path, &blob.headers);
+        cold::single(upstream.addr(), &req, blob.len)
+    };
+    log(format!(
+        "S3 reference: direct GET from the upstream {direct_ttlb:?}"
+    ));
+    let mut fan_in = Vec::new();
+    for (target, blob) in targets.iter().filter(|t| t.proxies).zip(&set.cold_blobs) {
+        log(format!(
+            "S3 cold fan-in ({S3_CLIENTS} clients) against {}",
+            target.name
+        ));
+        let seen_start = settle(&upstream);
+        let req = get_request(target.addr, &blob.path, &blob.headers);
+        let result = cold::fan_in(target.addr, &req, blob.len, S3_CLIENTS);
+        let seen_end = settle(&upstream);
+        let upstream_gets = upstream.access_entries()[seen_start..seen_end]
+            .iter()
+            .filter(|e| e.method == "GET" && e.path == blob.path && e.status == 200)
+            .count();
+        log(format!(
+            "  upstream GETs {upstream_gets}, TTFB median {:?} max {:?}, TTLB max {:?}, {} errors",
+            result.ttfb_median(),
+            result.ttfb_max(),
+            result.ttlb_max(),
+            result.errors.len()
+        ));
+        fan_in.push(FanInRecord {
+            target: target.name,
+            clients: S3_CLIENTS,
+            blob_len: blob.len,
+            upstream_gets,
+            result,
+        });
+    }
+
     let report = Report {
         options: options.clone(),
         retries,
@@ -622,6 +695,9 @@ pub fn run(options: &Options) -> Result<Report, String> {
         distribution_config: distribution.config().to_owned(),
         nginx_cache_conf: nginx_cache.conf().to_owned(),
         nginx_static_conf: nginx_static.conf().to_owned(),
+        fan_in,
+        direct_ttlb,
+        schema1,
     };
     Ok(report)
 }
@@ -782,6 +858,79 @@ fn snapshot(target: &Target, upstream_pid: u32, all_pids: &[u32]) -> CpuSnapshot
         ours: sum(all_pids),
         me: procstat::process_cpu(std::process::id()).unwrap_or(0),
     }
+}
+
+/// S6 against `target`: one warm-up GET of the manifest by tag with no
+/// `Accept` (must be a 200), then `rounds` wrk runs with no `Accept`; the
+/// best is kept.
+fn measure_schema1(
+    target: &Target,
+    set: &ImageSet,
+    wrk: &Wrk,
+    client_cpus: usize,
+    duration: Duration,
+    rounds: usize,
+) -> Result<Schema1Record, String> {
+    let path = &set.manifest_by_tag.path;
+    let mut record = Schema1Record {
+        target: target.name,
+        rps: 0.0,
+        p99_ms: 0.0,
+        detail: String::new(),
+        content_type: String::new(),
+        errors: Vec::new(),
+        command: String::new(),
+    };
+    let warm =
+        Conn::connect(target.addr).and_then(|mut c| c.get(&get_request(target.addr, path, &[])));
+    match warm {
+        Ok((head, body)) => {
+            record.content_type = head.header("content-type").unwrap_or("none").to_owned();
+            if head.status != 200 {
+                record.errors.push(format!(
+                    "warm-up GET {path} without Accept answered {}: {}",
+                    head.status,
+                    String::from_utf8_lossy(&body[..body.len().min(300)])
+                ));
+                return Ok(record);
+            }
+        }
+        Err(e) => {
+            record.errors.push(format!("warm-up GET {path}: {e}"));
+            return Ok(record);
+        }
+    }
+    let url = format!("http://{}{}", target.addr, path);
+    for _ in 0..rounds.max(1) {
+        let run = wrk.run(&WrkArgs {
+            url: &url,
+            threads: client_cpus.clamp(1, 4),
+            connections: S2_CONNECTIONS,
+            duration,
+            headers: &[],
+        })?;
+        let rps = run.requests_per_sec();
+        if run.socket_errors > 0 || run.status_errors > 0 {
+            record.errors.push(format!(
+                "wrk: {} socket errors, {} non-2xx/3xx answers",
+                run.socket_errors, run.status_errors
+            ));
+        }
+        if rps > record.rps {
+            record.rps = rps;
+            record.p99_ms = run.p99_us as f64 / 1e3;
+            record.detail = format!(
+                "{} requests, p50 {:.2} ms, p90 {:.2} ms, max {:.1} ms",
+                run.requests,
+                run.p50_us as f64 / 1e3,
+                run.p90_us as f64 / 1e3,
+                run.max_us as f64 / 1e3
+            );
+            record.command = run.command;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(record)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -50,7 +50,13 @@ pub struct ImageSet {
     pub manifest_by_tag: Object,
     /// S2: `bench/app` manifest by digest.
     pub manifest_by_digest: Object,
+    /// S3: blobs of `bench/big`'s size that no warm-up touches, one per
+    /// proxying server (pushed as bare blobs to `bench/big`).
+    pub cold_blobs: Vec<Object>,
 }
+
+/// How many cold blobs S3 has (regcache, docker-registry proxy, nginx proxy_cache).
+pub const COLD_BLOBS: usize = 3;
 
 pub const BIG_REPO: &str = "bench/big";
 pub const APP_REPO: &str = "bench/app";
@@ -112,12 +118,28 @@ impl ImageSet {
         };
         let manifest_by_tag = manifest_object("manifest by tag", TAG);
         let manifest_by_digest = manifest_object("manifest by digest", &manifest_digest);
+        let cold_blobs = (0..COLD_BLOBS as u64)
+            .map(|i| {
+                let mut bytes = vec![0u8; big_len];
+                ChaCha8Rng::seed_from_u64(seed ^ 0xc01d_0000 ^ i).fill_bytes(&mut bytes);
+                let digest = regcache_tests::sha256_digest(&bytes);
+                Object {
+                    label: "cold blob",
+                    path: format!("/v2/{BIG_REPO}/blobs/{digest}"),
+                    headers: vec![("Accept".into(), BLOB_ACCEPT.into())],
+                    digest,
+                    len: bytes.len() as u64,
+                    body: Bytes::from(bytes),
+                }
+            })
+            .collect();
         ImageSet {
             big,
             app,
             blob,
             manifest_by_tag,
             manifest_by_digest,
+            cold_blobs,
         }
     }
 
@@ -139,6 +161,10 @@ impl ImageSet {
             digest, self.manifest_by_tag.digest,
             "pushed manifest digest"
         );
+        for blob in &self.cold_blobs {
+            let digest = client.push_blob(BIG_REPO, blob.body.clone()).await;
+            assert_eq!(digest, blob.digest, "pushed cold blob digest");
+        }
     }
 
     /// Writes every object under `root` at its URL path (for nginx static).
@@ -174,6 +200,9 @@ mod tests {
         assert_eq!(manifest["layers"].as_array().map(Vec::len), Some(5));
         let b = ImageSet::generate(1, 1 << 20);
         assert_eq!(a.blob.digest, b.blob.digest);
+        assert_eq!(a.cold_blobs.len(), COLD_BLOBS);
+        assert_ne!(a.cold_blobs[0].digest, a.cold_blobs[1].digest);
+        assert_ne!(a.cold_blobs[0].digest, a.blob.digest);
         assert_eq!(a.manifest_by_tag.digest, b.manifest_by_tag.digest);
     }
 }

@@ -10,6 +10,11 @@
 //! * S1: warm 100 MiB blob GET, 1 and 16 concurrent clients: throughput;
 //! * S2: warm manifest GET by tag and by digest, 64 connections: requests/s
 //!   and p99 latency;
+//! * S3 (once, after the rounds): 100 concurrent GETs of one uncached
+//!   100 MiB blob through each proxy: upstream GETs of it, time to first
+//!   and last byte, against one direct GET from the upstream;
+//! * S6 (after the rounds): manifest GET by tag with no `Accept` (Schema 1
+//!   conversion), 64 connections, regcache and docker-registry proxy;
 //!
 //! then prints a table of each figure and the ratio regcache/peer and
 //! writes `benches/RESULTS.md` (machine, date, the reproducing command).
@@ -29,12 +34,14 @@
 //! | [`imageset`] | the seeded image set and the objects fetched |
 //! | [`http`] | a minimal keep-alive HTTP/1.1 client (warm-up checks, S1) |
 //! | [`blobload`] | S1's load generator |
+//! | [`cold`] | S3's fan-in client |
 //! | [`wrk`] | S2's load generator (Debian's `wrk`) |
 //! | [`procstat`] | CPU time and peak RSS from `/proc` |
 //! | [`machine`] | machine facts and tool versions for the report |
 //! | [`report`] | the tables and RESULTS.md |
 
 pub mod blobload;
+pub mod cold;
 pub mod harness;
 pub mod http;
 pub mod imageset;

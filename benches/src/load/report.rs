@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use super::cold::FanIn;
 use super::harness::{Options, S2_CONNECTIONS, Scenario};
 use super::machine::Machine;
 
@@ -126,6 +127,36 @@ pub struct Report {
     pub distribution_config: String,
     pub nginx_cache_conf: String,
     pub nginx_static_conf: String,
+    /// S3, per proxying server.
+    pub fan_in: Vec<FanInRecord>,
+    /// S3's reference: one direct GET of a cold blob from the upstream.
+    pub direct_ttlb: Result<Duration, String>,
+    /// S6, per server that converts (regcache, docker-registry proxy).
+    pub schema1: Vec<Schema1Record>,
+}
+
+/// S3 against one server.
+#[derive(Debug, Clone)]
+pub struct FanInRecord {
+    pub target: &'static str,
+    pub clients: usize,
+    pub blob_len: u64,
+    /// 200 GETs of the blob's path in the upstream's access log.
+    pub upstream_gets: usize,
+    pub result: FanIn,
+}
+
+/// S6 against one server.
+#[derive(Debug, Clone)]
+pub struct Schema1Record {
+    pub target: &'static str,
+    pub rps: f64,
+    pub p99_ms: f64,
+    pub detail: String,
+    /// `Content-Type` of the warm-up GET.
+    pub content_type: String,
+    pub errors: Vec<String>,
+    pub command: String,
 }
 
 /// The peers, in column order.
@@ -314,6 +345,97 @@ impl Report {
         table(&header, &rows)
     }
 
+    /// S3 and S6.
+    pub fn cold_and_schema1_tables(&self) -> String {
+        let mut out = String::new();
+        let ms = |d: Duration| fmt_value(d.as_secs_f64() * 1e3);
+        let direct = self.direct_ttlb.as_ref().ok().copied();
+        if !self.fan_in.is_empty() {
+            let _ = writeln!(
+                out,
+                "S3 cold fan-in: {} concurrent GETs of one uncached 100 MiB blob (a different blob per server); reference: one direct GET of a cold blob from the upstream, time to last byte {}. Goals: upstream bytes 1.0× the blob, TTLB max ≤ 1.2× direct.\n",
+                self.fan_in[0].clients,
+                match &self.direct_ttlb {
+                    Ok(d) => format!("{} ms", ms(*d)),
+                    Err(e) => format!("unmeasured ({e})"),
+                }
+            );
+            let header = [
+                "server",
+                "upstream GETs",
+                "upstream bytes (× blob)",
+                "TTFB median (ms)",
+                "TTFB max (ms)",
+                "TTLB max (ms)",
+                "TTLB max / direct",
+                "clients OK",
+            ];
+            let rows: Vec<Vec<String>> = self
+                .fan_in
+                .iter()
+                .map(|f| {
+                    vec![
+                        f.target.to_owned(),
+                        f.upstream_gets.to_string(),
+                        format!("{}×", f.upstream_gets),
+                        ms(f.result.ttfb_median()),
+                        ms(f.result.ttfb_max()),
+                        ms(f.result.ttlb_max()),
+                        direct.map_or("–".into(), |d| {
+                            ratio(f.result.ttlb_max().as_secs_f64(), d.as_secs_f64())
+                        }),
+                        format!("{}/{}", f.result.ttlb.len(), f.clients),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(&header, &rows));
+        }
+        if !self.schema1.is_empty() {
+            let s2_tag = self
+                .best(Scenario::Manifest { by_digest: false }, "regcache")
+                .map_or(0.0, |r| r.value);
+            let regcache = self
+                .schema1
+                .iter()
+                .find(|r| r.target == "regcache")
+                .map_or(0.0, |r| r.rps);
+            let _ = writeln!(
+                out,
+                "\nS6 Schema 1 conversion: manifest GET by tag with no `Accept` header (an old client), {S2_CONNECTIONS} connections (wrk). Goals: regcache ≥ 0.9× its own S2 by-tag rate ({} req/s), ≥ 5× docker-registry proxy.\n",
+                fmt_value(s2_tag)
+            );
+            let header = [
+                "server",
+                "req/s",
+                "p99 (ms)",
+                "Content-Type",
+                "ratio to regcache S2 by tag",
+                "regcache / this",
+            ];
+            let rows: Vec<Vec<String>> = self
+                .schema1
+                .iter()
+                .map(|r| {
+                    let v = fmt_value(r.rps);
+                    vec![
+                        r.target.to_owned(),
+                        if r.errors.is_empty() {
+                            v
+                        } else {
+                            format!("{v} (!)")
+                        },
+                        fmt_value(r.p99_ms),
+                        format!("`{}`", r.content_type),
+                        ratio(r.rps, s2_tag),
+                        ratio(regcache, r.rps),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(&header, &rows));
+        }
+        out
+    }
+
     /// Every run, with where the CPU went.
     pub fn details_table(&self) -> String {
         let header = [
@@ -484,6 +606,36 @@ impl Report {
                     r.errors.join("; ")
                 )
             })
+            .chain(
+                self.fan_in
+                    .iter()
+                    .filter(|f| !f.result.errors.is_empty())
+                    .map(|f| {
+                        let mut distinct = f.result.errors.clone();
+                        distinct.sort();
+                        distinct.dedup();
+                        distinct.truncate(3);
+                        format!(
+                            "S3 cold fan-in against {}: {} of {} clients failed, e.g. {}",
+                            f.target,
+                            f.result.errors.len(),
+                            f.clients,
+                            distinct.join("; ")
+                        )
+                    }),
+            )
+            .chain(
+                self.schema1
+                    .iter()
+                    .filter(|r| !r.errors.is_empty())
+                    .map(|r| format!("S6 Schema 1 against {}: {}", r.target, r.errors.join("; "))),
+            )
+            .chain(
+                self.direct_ttlb
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("S3 direct GET from the upstream: {e}")),
+            )
             .collect()
     }
 
@@ -507,6 +659,8 @@ impl Report {
             self.pinning
         );
         out.push_str(&self.summary_table());
+        out.push('\n');
+        out.push_str(&self.cold_and_schema1_tables());
         out.push_str("\nLoad generator check:\n");
         out.push_str(&self.generator_check());
         out.push_str("\nWarm-up:\n");
@@ -581,6 +735,17 @@ impl Report {
             "Ratio = regcache / peer. For throughput (MiB/s, req/s) above 1 favours regcache; for p99 latency and RSS below 1 does. \"(!)\" marks a figure whose run had errors (listed under Observations).\n"
         );
         out.push_str(&self.summary_table());
+        let _ = writeln!(out, "\n## Cold fan-in (S3) and Schema 1 conversion (S6)\n");
+        let _ = writeln!(
+            out,
+            "Run once per server after the S1/S2 rounds (S3 is cold by construction, so it has no repeat; S6 takes the best of the rounds). S3 upstream GETs are the 200 GETs of that blob's path in the upstream's access log after it settled (each counted as the whole blob; the access log has no byte counts); TTFB is the time to the response head from the common start, TTLB to the last body byte.\n"
+        );
+        out.push_str(&self.cold_and_schema1_tables());
+        for r in &self.schema1 {
+            if r.target == "regcache" {
+                let _ = writeln!(out, "\n- S6 command: `{}`; {}", r.command, r.detail);
+            }
+        }
         let _ = writeln!(out, "\n## Noise\n");
         let _ = writeln!(
             out,

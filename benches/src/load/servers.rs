@@ -247,7 +247,9 @@ impl Drop for RegcacheServer {
 
 /// docker-registry (docker/distribution 2.8) as a pull-through cache of
 /// `remote`: filesystem storage, the in-memory blob descriptor cache (as
-/// Debian's shipped config has it), `warn` logging and no access log.
+/// Debian's shipped config has it), `warn` logging and no access log;
+/// `compatibility.schema1.enabled` so that S6 (no `Accept`) gets its own
+/// Schema 1 conversion.
 #[derive(Debug)]
 pub struct DistributionProxy {
     child: Child,
@@ -322,7 +324,8 @@ pub fn render_distribution_config(addr: SocketAddr, storage: &Path, remote: &str
          storage:\n  filesystem:\n    rootdirectory: {root}\n  cache:\n    blobdescriptor: inmemory\n  \
          maintenance:\n    uploadpurging:\n      enabled: false\n\
          http:\n  addr: {addr}\n  secret: regcache-load-not-secret\n\
-         proxy:\n  remoteurl: {remote}\n",
+         proxy:\n  remoteurl: {remote}\n\
+         compatibility:\n  schema1:\n    enabled: true\n",
         root = q(&storage.to_string_lossy()),
         remote = q(remote),
     )
