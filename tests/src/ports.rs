@@ -28,6 +28,26 @@ pub fn free_addr() -> SocketAddr {
         .unwrap_or_else(|e| panic!("no local address for a bound listener: {e}"))
 }
 
+/// Two different free loopback addresses: both are held bound at once before
+/// being released, so the kernel cannot hand out the same port twice (two
+/// separate `free_addr` calls can, and a server given the same address for
+/// two listeners refuses to start).
+///
+/// # Panics
+/// When nothing can be bound on 127.0.0.1 at all.
+pub fn free_addr_pair() -> (SocketAddr, SocketAddr) {
+    let bind = || {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0: {e}"))
+    };
+    let (a, b) = (bind(), bind());
+    let addr = |l: &TcpListener| {
+        l.local_addr()
+            .unwrap_or_else(|e| panic!("no local address for a bound listener: {e}"))
+    };
+    (addr(&a), addr(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +57,13 @@ mod tests {
         let port = free_port();
         assert_ne!(port, 0);
         TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    }
+
+    #[test]
+    fn pairs_are_distinct() {
+        for _ in 0..200 {
+            let (a, b) = free_addr_pair();
+            assert_ne!(a, b);
+        }
     }
 }

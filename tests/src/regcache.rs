@@ -329,13 +329,14 @@ impl Regcache {
                 (data.path().to_owned(), Some(data))
             }
         };
+        let pair = crate::ports::free_addr_pair();
         let mut regcache = Regcache {
             log_path: dir.path().join("regcache.log"),
             config_path: dir.path().join("regcache.toml"),
             options,
             child: None,
-            addr: crate::ports::free_addr(),
-            admin_addr: crate::ports::free_addr(),
+            addr: pair.0,
+            admin_addr: pair.1,
             data_dir,
             starts: 0,
             dir,
@@ -352,8 +353,7 @@ impl Regcache {
         let mut last = String::new();
         for attempt in 0..3 {
             if attempt > 0 {
-                self.addr = crate::ports::free_addr();
-                self.admin_addr = crate::ports::free_addr();
+                (self.addr, self.admin_addr) = crate::ports::free_addr_pair();
             }
             self.starts += 1;
             let mut log = std::fs::OpenOptions::new()
