@@ -147,8 +147,11 @@ pub struct App {
     fill_errors: moka::sync::Cache<Digest, UpstreamError>,
     /// Clients attached to each fill in progress (for the waiters-per-fill histogram).
     fill_clients: Arc<parking_lot::Mutex<std::collections::HashMap<Digest, u64>>>,
-    tag_flights: Coalesce<(String, String), (Digest, Option<String>)>,
-    manifest_flights: Coalesce<Digest, Arc<Manifest>>,
+    /// Keyed by (upstream, repository, tag): the same name on two upstreams is two things.
+    tag_flights: Coalesce<(String, String, String), Resolved>,
+    /// Keyed by (upstream, repository, digest): the fetch asks that upstream for that
+    /// repository, and another upstream (or repository) may not have it.
+    manifest_flights: Coalesce<(String, String, Digest), Arc<Manifest>>,
 }
 
 impl std::fmt::Debug for App {
@@ -795,8 +798,12 @@ impl App {
         tag: &Tag,
         known: Option<TagRecord>,
     ) -> Result<(Digest, Option<String>), ServeError> {
-        let key = (name.as_str().to_owned(), tag.as_str().to_owned());
-        let (repo, tag_s) = key.clone();
+        let key = (
+            ctx.up.name.clone(),
+            name.as_str().to_owned(),
+            tag.as_str().to_owned(),
+        );
+        let (_, repo, tag_s) = key.clone();
         let upstream = ctx.up.client.clone();
         let store = self.store.clone();
         let parsed = self.parsed.clone();
@@ -817,13 +824,11 @@ impl App {
                 )
             })
             .await;
-        match res {
-            Ok((d, Some(h))) if h == STALE_MARK => {
-                self.metrics.stale("tag");
-                Ok((d, None))
-            }
-            other => other,
+        let r = res?;
+        if r.stale {
+            self.metrics.stale("tag");
         }
+        Ok((r.digest, r.media_type))
     }
 
     /// A manifest by digest: parsed cache, then store, then one verified
@@ -857,9 +862,12 @@ impl App {
         let d = digest.clone();
         let hint = hint.map(str::to_owned);
         self.manifest_flights
-            .run(digest.clone(), move || async move {
-                fetch_manifest(&*upstream, &store, &parsed, &repo, &d, hint.as_deref()).await
-            })
+            .run(
+                (ctx.up.name.clone(), repo.clone(), digest.clone()),
+                move || async move {
+                    fetch_manifest(&*upstream, &store, &parsed, &repo, &d, hint.as_deref()).await
+                },
+            )
             .await
     }
 
@@ -1611,8 +1619,14 @@ fn references_empty_layer(bytes: &[u8]) -> bool {
     bytes.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Marker in the coalesced tag result meaning "served stale" (counted by the caller).
-const STALE_MARK: &str = "\0stale";
+/// What a tag resolved to upstream (or, when the upstream is unavailable, the
+/// cached answer, `stale`).
+#[derive(Clone, Debug)]
+struct Resolved {
+    digest: Digest,
+    media_type: Option<String>,
+    stale: bool,
+}
 
 #[allow(clippy::too_many_arguments)]
 async fn revalidate_tag(
@@ -1624,7 +1638,7 @@ async fn revalidate_tag(
     tag: String,
     known: Option<TagRecord>,
     stale_limit: Duration,
-) -> Result<(Digest, Option<String>), ServeError> {
+) -> Result<Resolved, ServeError> {
     let now = unix_now();
     match upstream
         .head_manifest(&repo, &tag, &ALL_MANIFEST_TYPES)
@@ -1663,12 +1677,20 @@ async fn revalidate_tag(
             if let Err(e) = store.tags().put(&up_name, &repo, &tag, rec) {
                 tracing::warn!(error = %e, "could not record tag");
             }
-            Ok((digest, media))
+            Ok(Resolved {
+                digest,
+                media_type: media,
+                stale: false,
+            })
         }
         Err(e) if e.is_unavailable() => match known {
             Some(rec) if now.saturating_sub(rec.fetched_at_unix) < stale_limit.as_secs() => {
                 tracing::info!(repo, tag, error = %e, "upstream unavailable; serving the cached tag");
-                Ok((rec.digest, Some(STALE_MARK.to_owned())))
+                Ok(Resolved {
+                    digest: rec.digest,
+                    media_type: None,
+                    stale: true,
+                })
             }
             _ => Err(upstream_error(e)),
         },
