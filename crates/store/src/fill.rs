@@ -363,13 +363,20 @@ impl FillWriter {
     /// On any error the fill is failed for everyone and this and every later
     /// call return that error.
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), FillError> {
+        self.write_chunks(vec![chunk]).await
+    }
+
+    /// Appends several chunks in one trip to the blocking pool (a download
+    /// arrives in many small chunks; one hop each costs more than the copy),
+    /// then publishes the new length once. Same errors as [`Self::write`].
+    pub async fn write_chunks(&mut self, chunks: Vec<Bytes>) -> Result<(), FillError> {
         let Some(state) = self.state.as_mut() else {
             return Err(self.failure());
         };
-        if chunk.is_empty() {
+        let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        if len == 0 {
             return Ok(());
         }
-        let len = chunk.len() as u64;
         let Some(mut hasher) = state.hasher.take() else {
             return self.fail(FillError::Abandoned {
                 digest: self.digest.clone(),
@@ -387,8 +394,12 @@ impl FillWriter {
         let file = state.shared.file.clone();
         let offset = state.written;
         let result = tokio::task::spawn_blocking(move || {
-            file.write_all_at(&chunk, offset)?;
-            hasher.update(&chunk);
+            let mut at = offset;
+            for chunk in &chunks {
+                file.write_all_at(chunk, at)?;
+                hasher.update(chunk);
+                at += chunk.len() as u64;
+            }
             Ok::<_, io::Error>(hasher)
         })
         .await;
@@ -766,6 +777,97 @@ impl FillReader {
             state.end = end.map(|e| e.max(start));
         }
         self
+    }
+    /// The file behind this reader, for senders that copy straight from it
+    /// (`sendfile`) instead of reading chunks: the fill's temp file while it is
+    /// written, or the committed entry. `Err(self)` when the content is in
+    /// memory or the stream was already polled.
+    pub fn into_file(mut self) -> Result<FillFile, FillReader> {
+        if self.pending.is_some() {
+            return Err(self);
+        }
+        match self.state.take() {
+            Some(ReadState {
+                digest,
+                progress,
+                source: ReadSource::File(file),
+                pos: 0,
+                end: None,
+                ..
+            }) => Ok(FillFile {
+                digest,
+                file,
+                progress,
+            }),
+            other => {
+                self.state = other;
+                Err(self)
+            }
+        }
+    }
+}
+
+/// A fill's file and its progress, for sending with `sendfile(2)`: wait for
+/// bytes with [`FillFile::wait`], then copy up to what it reports. The same
+/// rule as [`FillReader`] holds, and is the caller's to keep: a response may
+/// only be completed after `wait` reported [`FillProgress::Verified`].
+pub struct FillFile {
+    digest: Digest,
+    file: Arc<File>,
+    progress: watch::Receiver<Progress>,
+}
+
+/// How far a fill is, as seen by [`FillFile::wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillProgress {
+    /// The first `written` bytes are in the file; the content is not verified yet.
+    Writing { written: u64 },
+    /// Verified and committed: the whole `len` bytes may be sent.
+    Verified { len: u64 },
+}
+
+impl FillFile {
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// The file to copy from (positional reads only: it is shared).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Waits until at least `want` bytes are written or the fill is verified,
+    /// and reports which; or returns the fill's error. Pass `u64::MAX` to
+    /// wait for verification alone. Cancel-safe.
+    pub async fn wait(&mut self, want: u64) -> Result<FillProgress, FillError> {
+        let mut sender_gone = false;
+        loop {
+            match &*self.progress.borrow_and_update() {
+                Progress::Done { len } => return Ok(FillProgress::Verified { len: *len }),
+                Progress::Failed(e) => return Err(e.clone()),
+                Progress::Writing { written, .. } if *written >= want => {
+                    return Ok(FillProgress::Writing { written: *written });
+                }
+                Progress::Writing { .. } => {}
+            }
+            if sender_gone {
+                return Err(FillError::Abandoned {
+                    digest: self.digest.clone(),
+                    why: "the fill ended without an outcome",
+                });
+            }
+            if self.progress.changed().await.is_err() {
+                sender_gone = true;
+            }
+        }
+    }
+}
+
+impl fmt::Debug for FillFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FillFile")
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
     }
 }
 

@@ -71,7 +71,7 @@ mod tier;
 pub use config::{DEFAULT_MEMORY_MAX_OBJECT_BYTES, StoreConfig};
 pub use disk::{DiskTier, Installed, LAYOUT_VERSION, PinGuard};
 pub use error::{FillError, StoreError};
-pub use fill::{Begin, Committed, FillReader, FillWriter, Fills};
+pub use fill::{Begin, Committed, FillFile, FillProgress, FillReader, FillWriter, Fills};
 pub use mapping::{MappingLog, MappingRecord};
 pub use memory::MemoryTier;
 pub use source::Source;

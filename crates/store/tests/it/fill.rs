@@ -445,3 +445,66 @@ async fn a_fill_aborted_before_its_length_is_known_fails_wait_len() {
         Begin::Leader(_)
     ));
 }
+
+#[tokio::test]
+async fn a_fill_file_reports_progress_and_verification_for_sendfile() {
+    use regcache_store::FillProgress;
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(disk_only(dir.path(), 1 << 30)).await;
+    let content = blob(11, 300_000);
+    let d = digest(&content);
+    let mut w = leader(&store, &d, Some(300_000)).await;
+    let mut f = w
+        .subscribe()
+        .into_file()
+        .expect("a fill in progress has a file");
+    assert_eq!(f.digest(), &d);
+
+    // Batched writes land in order and publish once.
+    w.write_chunks(vec![content.slice(..1_000), content.slice(1_000..120_000)])
+        .await
+        .unwrap();
+    assert_eq!(
+        f.wait(1).await.unwrap(),
+        FillProgress::Writing { written: 120_000 }
+    );
+    let mut head = vec![0u8; 120_000];
+    f.file().read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(head, content[..120_000]);
+    // Everything written is not enough: waiting for verification blocks.
+    let early = tokio::time::timeout(Duration::from_millis(50), f.wait(u64::MAX)).await;
+    assert!(early.is_err(), "verified before the commit");
+    w.write(content.slice(120_000..)).await.unwrap();
+    assert_eq!(
+        f.wait(300_000).await.unwrap(),
+        FillProgress::Writing { written: 300_000 }
+    );
+    let verify = tokio::spawn(async move { f.wait(u64::MAX).await });
+    w.commit().await.unwrap();
+    assert_eq!(
+        verify.await.unwrap().unwrap(),
+        FillProgress::Verified { len: 300_000 }
+    );
+
+    // A committed disk entry also yields a (verified) file; a polled reader doesn't.
+    let mut again = follower(&store, &d, None).await.into_file().unwrap();
+    assert_eq!(
+        again.wait(u64::MAX).await.unwrap(),
+        FillProgress::Verified { len: 300_000 }
+    );
+    let mut polled = follower(&store, &d, None).await;
+    polled.next().await.unwrap().unwrap();
+    assert!(polled.into_file().is_err());
+
+    // A failing fill reaches a waiting sender as its error.
+    let bad = blob(12, 10_000);
+    let bd = digest(&bad);
+    let mut w = leader(&store, &bd, Some(10_000)).await;
+    let mut f = w.subscribe().into_file().unwrap();
+    let waiting = tokio::spawn(async move { f.wait(u64::MAX).await });
+    w.write(blob(13, 10_000)).await.unwrap();
+    assert!(w.commit().await.is_err());
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(matches!(err, FillError::DigestMismatch { .. }), "{err:?}");
+}
