@@ -2,7 +2,9 @@
 //!
 //! Manifests: tags resolve through a persisted tag index trusted for
 //! `tag_ttl`, then revalidated with an upstream `HEAD` (which Docker Hub does not
-//! count as a pull); the manifest itself is fetched **by digest**, verified and
+//! count as a pull; for `stale_while_revalidate` past the TTL, the cached answer
+//! is served while that `HEAD` runs in the background); the manifest itself is
+//! fetched **by digest**, verified and
 //! cached for good. Negotiation (spec 02) runs locally on the native object,
 //! so one cached manifest serves every client, and Schema 1 renderings are
 //! derived and cached per (repository, tag, source digest).
@@ -64,6 +66,10 @@ pub struct Up {
     pub client: Arc<dyn UpstreamApi>,
     pub tag_ttl: Duration,
     pub stale_if_error: Duration,
+    /// Past `tag_ttl` and within this, a by-tag request is answered from the
+    /// cached tag at once and the revalidating HEAD runs in the background
+    /// (zero: off, the request waits for the HEAD).
+    pub stale_while_revalidate: Duration,
 }
 
 impl std::fmt::Debug for Up {
@@ -148,7 +154,13 @@ pub struct App {
     /// Clients attached to each fill in progress (for the waiters-per-fill histogram).
     fill_clients: Arc<parking_lot::Mutex<std::collections::HashMap<Digest, u64>>>,
     /// Keyed by (upstream, repository, tag): the same name on two upstreams is two things.
-    tag_flights: Coalesce<(String, String, String), Resolved>,
+    /// Shared (`Arc`) so a stale-while-revalidate task can join it after its
+    /// request has been answered.
+    tag_flights: Arc<Coalesce<(String, String, String), Resolved>>,
+    /// Tags a stale-while-revalidate task is running for: later stale requests
+    /// start none (the flight would coalesce them anyway; this keeps a burst
+    /// during a slow HEAD from piling up one waiting task per request).
+    tag_refreshes: Arc<parking_lot::Mutex<std::collections::HashSet<(String, String, String)>>>,
     /// Keyed by (upstream, repository, digest): the fetch asks that upstream for that
     /// repository, and another upstream (or repository) may not have it.
     manifest_flights: Coalesce<(String, String, Digest), Arc<Manifest>>,
@@ -201,7 +213,8 @@ impl App {
                 .time_to_live(Duration::from_secs(30))
                 .build(),
             fill_clients: Arc::default(),
-            tag_flights: Coalesce::new(),
+            tag_flights: Arc::new(Coalesce::new()),
+            tag_refreshes: Arc::default(),
             manifest_flights: Coalesce::new(),
         })
     }
@@ -767,7 +780,13 @@ impl App {
     }
 
     /// Tag → manifest, trusting the tag index for `tag_ttl`, then asking the
-    /// upstream with a HEAD; coalesced per (repository, tag).
+    /// upstream with a HEAD; coalesced per (upstream, repository, tag).
+    ///
+    /// Stale-while-revalidate: for `stale_while_revalidate` past the TTL the
+    /// cached answer is served at once and the HEAD runs in the background
+    /// (the same coalesced flight a waiting request would join); the next
+    /// request after it sees the new answer. Past that window, or when the
+    /// stale answer's manifest cannot be had, the request waits as before.
     async fn resolve_tag(
         &self,
         ctx: &Ctx,
@@ -777,18 +796,111 @@ impl App {
         let up = &ctx.up.name;
         let now = unix_now();
         let known = self.store.tags().get(up, name.as_str(), tag.as_str());
-        if let Some(rec) = &known
-            && now.saturating_sub(rec.fetched_at_unix) < ctx.up.tag_ttl.as_secs()
-        {
-            self.metrics.hit("tag");
-            return self
-                .manifest_by_digest(ctx, name, &rec.digest, Some(&rec.media_type))
-                .await;
+        if let Some(rec) = &known {
+            let age = now.saturating_sub(rec.fetched_at_unix);
+            let ttl = ctx.up.tag_ttl.as_secs();
+            if age < ttl {
+                self.metrics.hit("tag");
+                return self
+                    .manifest_by_digest(ctx, name, &rec.digest, Some(&rec.media_type))
+                    .await;
+            }
+            if age < ttl.saturating_add(ctx.up.stale_while_revalidate.as_secs()) {
+                self.revalidate_in_background(ctx, name, tag, rec.clone());
+                match self
+                    .manifest_by_digest(ctx, name, &rec.digest, Some(&rec.media_type))
+                    .await
+                {
+                    Ok(m) => {
+                        self.metrics.stale_while_revalidate("tag");
+                        return Ok(m);
+                    }
+                    // Evicted here and gone upstream (the tag moved and the old
+                    // manifest was deleted): wait for the revalidation instead.
+                    Err(e) => tracing::debug!(
+                        repo = %name, %tag, digest = %rec.digest, error = ?e,
+                        "stale tag's manifest unavailable; waiting for the revalidation"
+                    ),
+                }
+            }
         }
         self.metrics.miss("tag");
         let (digest, hint) = self.revalidate(ctx, name, tag, known).await?;
         self.manifest_by_digest(ctx, name, &digest, hint.as_deref())
             .await
+    }
+
+    /// Start the tag's revalidation, or join the one running, without waiting
+    /// for it (stale-while-revalidate). Its answer lands in the tag index for
+    /// the next request; a failure is only logged: the stale answer has been
+    /// served, and stale-if-error covers the requests after it.
+    fn revalidate_in_background(
+        &self,
+        ctx: &Ctx,
+        name: &RepositoryName,
+        tag: &Tag,
+        known: TagRecord,
+    ) {
+        let key = (
+            ctx.up.name.clone(),
+            name.as_str().to_owned(),
+            tag.as_str().to_owned(),
+        );
+        if !self.tag_refreshes.lock().insert(key.clone()) {
+            return;
+        }
+        let refreshing = Refreshing {
+            set: self.tag_refreshes.clone(),
+            key: key.clone(),
+        };
+        let (up_name, repo, tag_s) = key.clone();
+        let flights = self.tag_flights.clone();
+        let upstream = ctx.up.client.clone();
+        let store = self.store.clone();
+        let parsed = self.parsed.clone();
+        let stale_limit = ctx.up.tag_ttl.saturating_add(ctx.up.stale_if_error);
+        tokio::spawn(async move {
+            let _refreshing = refreshing;
+            let (log_repo, log_tag) = (repo.clone(), tag_s.clone());
+            let res = flights
+                .run(key, move || async move {
+                    // A revalidation that ended after this request read the
+                    // record has answered already: no second HEAD.
+                    if let Some(cur) = store.tags().get(&up_name, &repo, &tag_s)
+                        && cur.fetched_at_unix > known.fetched_at_unix
+                    {
+                        return Ok(Resolved {
+                            digest: cur.digest,
+                            media_type: Some(cur.media_type),
+                            stale: false,
+                        });
+                    }
+                    revalidate_tag(
+                        upstream,
+                        store,
+                        parsed,
+                        up_name,
+                        repo,
+                        tag_s,
+                        Some(known),
+                        stale_limit,
+                    )
+                    .await
+                })
+                .await;
+            match res {
+                // revalidate_tag logged the upstream failure.
+                Ok(r) if r.stale => {}
+                Ok(r) => tracing::debug!(
+                    repo = log_repo, tag = log_tag, digest = %r.digest,
+                    "tag revalidated in the background"
+                ),
+                Err(e) => tracing::info!(
+                    repo = log_repo, tag = log_tag, error = ?e,
+                    "background tag revalidation failed"
+                ),
+            }
+        });
     }
 
     async fn revalidate(
@@ -1168,6 +1280,16 @@ impl App {
 
     // ----- pass-through ------------------------------------------------------
 
+    /// `tags/list`, `_catalog` and referrers, relayed from the upstream (what
+    /// regcache knows when it cannot answer). A tag list's `name` is the
+    /// repository as the client named it (`quay.io/team/app` under a registry
+    /// path prefix, where the upstream says `team/app`): distribution clients
+    /// compare it with the name they asked for.
+    ///
+    /// Catalog entries under a prefix stay the upstream's names, unprefixed:
+    /// they list the registry the prefix chose, as its own `/v2/_catalog`
+    /// would, and the `last=` pagination parameter a client takes from them
+    /// (and the upstream's `Link`) must be an upstream name.
     async fn listing(
         &self,
         ctx: &Ctx,
@@ -1218,10 +1340,20 @@ impl App {
                 out_headers.insert(name, v.clone());
             }
         }
-        let body = resp
+        let mut body = resp
             .bytes(MAX_LISTING_BYTES)
             .await
             .map_err(upstream_error)?;
+        if let ListingKind::Tags(name) = &kind
+            && status.is_success()
+        {
+            let client = ctx.client_name(name);
+            if client != name.as_str()
+                && let Some(renamed) = rename_tag_list(&body, &client)
+            {
+                body = renamed;
+            }
+        }
         let mut r = Response::new(Body::full(body.clone()));
         *r.status_mut() = status;
         *r.headers_mut() = out_headers;
@@ -1231,6 +1363,9 @@ impl App {
     }
 
     /// What regcache itself knows, when the upstream cannot answer a listing.
+    /// A tag list names the repository as the client did (see
+    /// [`rename_tag_list`]); catalog entries stay upstream names, as in
+    /// [`App::listing`].
     fn local_listing(
         &self,
         ctx: &Ctx,
@@ -1251,7 +1386,7 @@ impl App {
                     return Err(upstream_error(e));
                 }
                 tags.sort();
-                serde_json::json!({ "name": name.as_str(), "tags": tags })
+                serde_json::json!({ "name": ctx.client_name(name), "tags": tags })
             }
             ListingKind::Catalog => {
                 let mut repos = self.store.tags().repositories(up);
@@ -1591,6 +1726,24 @@ enum ListingKind {
     Referrers,
 }
 
+/// A `tags/list` body with `name` set to `client_name`, every other field
+/// (the `tags` array above all) kept as it was, and a trailing newline kept
+/// if there was one. `None` when the body is not a JSON object with a string
+/// `name`: such a body is relayed as it came.
+fn rename_tag_list(body: &[u8], client_name: &str) -> Option<Bytes> {
+    let mut doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    let name = doc.get_mut("name")?;
+    if !name.is_string() {
+        return None;
+    }
+    *name = serde_json::Value::String(client_name.to_owned());
+    let mut out = serde_json::to_vec(&doc).ok()?;
+    if body.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    Some(Bytes::from(out))
+}
+
 /// Largest manifest PUT accepted (distribution reads at most 4 MiB; OCI asks for 413 above).
 const MAX_MANIFEST_PUT: usize = 4 << 20;
 
@@ -1617,6 +1770,19 @@ async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, ServeError>
 fn references_empty_layer(bytes: &[u8]) -> bool {
     let needle = EMPTY_LAYER_DIGEST.as_bytes();
     bytes.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Marks a tag as having a background revalidation until dropped (when the
+/// task ends, however it ends).
+struct Refreshing {
+    set: Arc<parking_lot::Mutex<std::collections::HashSet<(String, String, String)>>>,
+    key: (String, String, String),
+}
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.key);
+    }
 }
 
 /// What a tag resolved to upstream (or, when the upstream is unavailable, the
@@ -2160,6 +2326,7 @@ mod tests {
                 client: Arc::new(client),
                 tag_ttl: Duration::from_secs(1),
                 stale_if_error: Duration::from_secs(1),
+                stale_while_revalidate: Duration::ZERO,
             }),
             prefix: prefix.map(str::to_owned),
             short: false,
@@ -2185,6 +2352,7 @@ mod tests {
                 client: Arc::new(client),
                 tag_ttl: Duration::from_secs(1),
                 stale_if_error: Duration::from_secs(1),
+                stale_while_revalidate: Duration::ZERO,
             })
         };
         App::new(
@@ -2379,5 +2547,297 @@ mod tests {
         short.short = true;
         assert_eq!(short.client_name(&repo), "alpine");
         assert_eq!(prefixed.client_name(&repo), "quay.io/library/alpine");
+    }
+
+    #[test]
+    fn tag_lists_are_renamed_keeping_everything_else() {
+        let upstream = b"{\"name\":\"team/app\",\"tags\":[\"1\",\"latest\"]}\n";
+        let renamed = rename_tag_list(upstream, "quay.io/team/app").unwrap();
+        assert_eq!(
+            &renamed[..],
+            b"{\"name\":\"quay.io/team/app\",\"tags\":[\"1\",\"latest\"]}\n"
+        );
+        // Other fields and null tags survive; no trailing newline is added.
+        let renamed = rename_tag_list(
+            br#"{"tags":null,"name":"a","x-extra":{"k":[1,2]}}"#,
+            "r.io/a",
+        )
+        .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&renamed).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({"name": "r.io/a", "tags": null, "x-extra": {"k": [1, 2]}})
+        );
+        assert!(!renamed.ends_with(b"\n"));
+        // Anything else is relayed unchanged.
+        for body in [
+            &b"not json"[..],
+            b"[\"team/app\"]",
+            b"{\"tags\":[\"1\"]}",
+            b"{\"name\":7,\"tags\":[]}",
+            b"",
+        ] {
+            assert_eq!(rename_tag_list(body, "quay.io/team/app"), None, "{body:?}");
+        }
+    }
+
+    /// One repository whose tag points at `current`; every HEAD is counted
+    /// and waits for `gate` (so a test can tell whether a request waited
+    /// for it).
+    struct MovingTag {
+        heads: std::sync::atomic::AtomicU64,
+        gate: tokio::sync::Semaphore,
+        current: parking_lot::Mutex<Digest>,
+        manifests: std::collections::HashMap<Digest, Bytes>,
+    }
+
+    fn schema2_manifest(seed: u8) -> (Digest, Bytes) {
+        let config = Digest::sha256_of(&[seed]);
+        let body = format!(
+            "{{\"schemaVersion\":2,\"mediaType\":\"{}\",\"config\":{{\"mediaType\":\"{}\",\"size\":1,\"digest\":\"{config}\"}},\"layers\":[]}}",
+            media_type::SCHEMA2,
+            media_type::DOCKER_CONFIG,
+        );
+        (Digest::sha256_of(body.as_bytes()), Bytes::from(body))
+    }
+
+    fn not_here() -> UpstreamError {
+        UpstreamError::Protocol {
+            upstream: "fake".into(),
+            detail: "not used by this test".into(),
+        }
+    }
+
+    impl UpstreamApi for MovingTag {
+        fn name(&self) -> &str {
+            "fake"
+        }
+        fn ping(&self) -> futures_util::future::BoxFuture<'_, Result<(), UpstreamError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn head_manifest<'a>(
+            &'a self,
+            _repo: &'a str,
+            _reference: &'a str,
+            _accept: &'a [&'a str],
+        ) -> futures_util::future::BoxFuture<
+            'a,
+            Result<regcache_upstream::ManifestHead, UpstreamError>,
+        > {
+            Box::pin(async move {
+                self.heads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _open = self.gate.acquire().await;
+                let digest = self.current.lock().clone();
+                Ok(regcache_upstream::ManifestHead {
+                    size: self.manifests.get(&digest).map(|b| b.len() as u64),
+                    digest: Some(digest),
+                    media_type: Some(media_type::SCHEMA2.to_owned()),
+                })
+            })
+        }
+        fn get_manifest<'a>(
+            &'a self,
+            _repo: &'a str,
+            reference: &'a str,
+            _accept: &'a [&'a str],
+        ) -> futures_util::future::BoxFuture<
+            'a,
+            Result<regcache_upstream::ManifestBody, UpstreamError>,
+        > {
+            Box::pin(async move {
+                let digest = Digest::parse(reference).map_err(|_| not_here())?;
+                let bytes = self.manifests.get(&digest).cloned().ok_or_else(not_here)?;
+                Ok(regcache_upstream::ManifestBody {
+                    bytes,
+                    content_type: Some(media_type::SCHEMA2.to_owned()),
+                    digest_header: Some(digest),
+                })
+            })
+        }
+        fn head_blob<'a>(
+            &'a self,
+            _repo: &'a str,
+            _digest: &'a Digest,
+        ) -> futures_util::future::BoxFuture<'a, Result<regcache_upstream::BlobHead, UpstreamError>>
+        {
+            Box::pin(async { Err(not_here()) })
+        }
+        fn get_blob<'a>(
+            &'a self,
+            _repo: &'a str,
+            _digest: &'a Digest,
+            _range: Option<(u64, Option<u64>)>,
+        ) -> futures_util::future::BoxFuture<'a, Result<regcache_upstream::BlobBody, UpstreamError>>
+        {
+            Box::pin(async { Err(not_here()) })
+        }
+        fn send(
+            &self,
+            _req: RawRequest,
+        ) -> futures_util::future::BoxFuture<
+            '_,
+            Result<regcache_upstream::RawResponse, UpstreamError>,
+        > {
+            Box::pin(async { Err(not_here()) })
+        }
+        fn stats(&self) -> regcache_upstream::UpstreamStats {
+            regcache_upstream::UpstreamStats::default()
+        }
+    }
+
+    /// An app whose one upstream is a [`MovingTag`] that moved `team/app:v1`
+    /// from manifest 1 (what the tag index says, `age_secs` old) to manifest 2.
+    async fn moved_tag_app(
+        dir: &std::path::Path,
+        age_secs: u64,
+        swr_secs: u64,
+    ) -> (Arc<App>, Arc<MovingTag>, Ctx, Digest, Digest) {
+        let store = Store::open(regcache_store::StoreConfig::new(dir))
+            .await
+            .unwrap();
+        let (old, old_bytes) = schema2_manifest(1);
+        let (new, new_bytes) = schema2_manifest(2);
+        let fake = Arc::new(MovingTag {
+            heads: Default::default(),
+            gate: tokio::sync::Semaphore::new(0),
+            current: parking_lot::Mutex::new(new.clone()),
+            manifests: [(old.clone(), old_bytes), (new.clone(), new_bytes)].into(),
+        });
+        store
+            .tags()
+            .put(
+                "quay.io",
+                "team/app",
+                "v1",
+                TagRecord {
+                    digest: old.clone(),
+                    media_type: media_type::SCHEMA2.into(),
+                    size: 0,
+                    fetched_at_unix: unix_now() - age_secs,
+                },
+            )
+            .unwrap();
+        let up = Arc::new(Up {
+            name: "quay.io".into(),
+            aliases: vec![],
+            host: "127.0.0.1:9".into(),
+            docker_hub: false,
+            client: fake.clone(),
+            tag_ttl: Duration::from_secs(10),
+            stale_if_error: Duration::from_secs(3600),
+            stale_while_revalidate: Duration::from_secs(swr_secs),
+        });
+        let app = App::new(
+            AppConfig {
+                policies: crate::policy::Policies::default(),
+            },
+            store,
+            vec![up.clone()],
+            0,
+            SigningKey::generate(),
+        );
+        let ctx = Ctx {
+            up,
+            prefix: None,
+            short: false,
+            pq: String::new(),
+        };
+        (app, fake, ctx, old, new)
+    }
+
+    #[tokio::test]
+    async fn stale_while_revalidate_answers_at_once_and_heads_once() {
+        let dir = tempfile::tempdir().unwrap();
+        // TTL 10 s, window 60 s, record 15 s old: inside the window.
+        let (app, fake, ctx, old, new) = moved_tag_app(dir.path(), 15, 60).await;
+        let name = RepositoryName::parse("team/app").unwrap();
+        let tag = Tag::parse("v1").unwrap();
+        let heads = || fake.heads.load(std::sync::atomic::Ordering::SeqCst);
+
+        // The HEAD is held at the gate: these answer without it, all stale.
+        let answers = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::future::join_all((0..16).map(|_| app.resolve_tag(&ctx, &name, &tag))),
+        )
+        .await
+        .expect("stale-while-revalidate requests waited for the upstream HEAD");
+        for m in answers {
+            assert_eq!(m.unwrap().digest, old);
+        }
+        assert!(heads() <= 1, "{} HEADs for one stale tag", heads());
+
+        fake.gate.add_permits(1000);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while app
+            .store
+            .tags()
+            .get("quay.io", "team/app", "v1")
+            .is_none_or(|r| r.digest != new)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the background revalidation never recorded the new digest"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            app.resolve_tag(&ctx, &name, &tag).await.unwrap().digest,
+            new
+        );
+        assert_eq!(heads(), 1, "16 stale requests, then a fresh one: one HEAD");
+
+        // The task has ended and unmarked the tag. A request that read the old
+        // record before the revalidation ended starts no second HEAD.
+        while !app.tag_refreshes.lock().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the background task never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stale = TagRecord {
+            digest: old.clone(),
+            media_type: media_type::SCHEMA2.into(),
+            size: 0,
+            fetched_at_unix: unix_now() - 15,
+        };
+        app.revalidate_in_background(&ctx, &name, &tag, stale);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(heads(), 1);
+
+        let text = app.metrics.encode();
+        assert!(
+            text.contains(
+                "regcache_cache_lookups_total{kind=\"tag\",result=\"stale_while_revalidate\"} 16"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("result=\"stale\"}"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn past_the_window_or_with_it_off_requests_wait_for_the_head() {
+        // (record age, window): past TTL + window, and the window off.
+        for (age, swr) in [(75, 60), (15, 0)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (app, fake, ctx, _old, new) = moved_tag_app(dir.path(), age, swr).await;
+            let name = RepositoryName::parse("team/app").unwrap();
+            let tag = Tag::parse("v1").unwrap();
+            let waiting = app.resolve_tag(&ctx, &name, &tag);
+            tokio::pin!(waiting);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+                    .await
+                    .is_err(),
+                "age {age}, window {swr}: answered without waiting for the HEAD"
+            );
+            fake.gate.add_permits(1000);
+            assert_eq!(
+                waiting.await.unwrap().digest,
+                new,
+                "age {age}, window {swr}"
+            );
+            assert_eq!(fake.heads.load(std::sync::atomic::Ordering::SeqCst), 1);
+        }
     }
 }

@@ -109,6 +109,9 @@ pub struct UpstreamSection {
     pub tag_ttl_secs: u64,
     /// How long past its TTL a tag may still be served when the upstream fails.
     pub stale_if_error_secs: u64,
+    /// How long past its TTL a tag is answered at once from the cache while
+    /// one background HEAD revalidates it (0: off, requests wait for the HEAD).
+    pub stale_while_revalidate_secs: u64,
     pub connect_timeout_secs: u64,
     pub first_byte_timeout_secs: u64,
     pub retry_attempts: u32,
@@ -170,6 +173,7 @@ impl Default for UpstreamSection {
             password_env: None,
             tag_ttl_secs: 60,
             stale_if_error_secs: 24 * 3600,
+            stale_while_revalidate_secs: 0,
             connect_timeout_secs: 10,
             first_byte_timeout_secs: 30,
             retry_attempts: 3,
@@ -215,6 +219,7 @@ const SCHEMA: Schema = &[
             ("password_env", None),
             ("tag_ttl_secs", None),
             ("stale_if_error_secs", None),
+            ("stale_while_revalidate_secs", None),
             ("connect_timeout_secs", None),
             ("first_byte_timeout_secs", None),
             ("retry_attempts", None),
@@ -393,6 +398,9 @@ pub struct UpstreamSettings {
     pub password: Option<String>,
     pub tag_ttl: Duration,
     pub stale_if_error: Duration,
+    /// Past `tag_ttl` and within this, a tag is served from the cache while a
+    /// background HEAD revalidates it; zero turns it off.
+    pub stale_while_revalidate: Duration,
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub retry_attempts: u32,
@@ -407,6 +415,7 @@ impl fmt::Debug for UpstreamSettings {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("tag_ttl", &self.tag_ttl)
             .field("stale_if_error", &self.stale_if_error)
+            .field("stale_while_revalidate", &self.stale_while_revalidate)
             .finish_non_exhaustive()
     }
 }
@@ -724,6 +733,7 @@ fn validate_upstream(
         password,
         tag_ttl: Duration::from_secs(up.tag_ttl_secs),
         stale_if_error: Duration::from_secs(up.stale_if_error_secs),
+        stale_while_revalidate: Duration::from_secs(up.stale_while_revalidate_secs),
         connect_timeout: Duration::from_secs(up.connect_timeout_secs),
         first_byte_timeout: Duration::from_secs(up.first_byte_timeout_secs),
         retry_attempts: up.retry_attempts,
@@ -989,6 +999,59 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("only one upstream may say default"), "{text}");
         assert!(text.contains("upstream #2 (x): url = \"nope\""), "{text}");
+    }
+
+    #[test]
+    fn stale_while_revalidate_is_per_upstream_and_off_by_default() {
+        let s = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(s.default_upstream().stale_while_revalidate, Duration::ZERO);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[[upstream]]\nname = \"quay.io\"\nurl = \"http://127.0.0.1:9\"\n\
+             tag_ttl_secs = 5\nstale_while_revalidate_secs = 300\n\n\
+             [[upstream]]\nname = \"docker.io\"\nurl = \"http://127.0.0.1:10\"\n",
+        )
+        .unwrap();
+        let s = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(s.upstreams[0].tag_ttl, Duration::from_secs(5));
+        assert_eq!(
+            s.upstreams[0].stale_while_revalidate,
+            Duration::from_secs(300)
+        );
+        assert_eq!(s.upstreams[1].stale_while_revalidate, Duration::ZERO);
+        let debug = format!("{:?}", s.upstreams[0]);
+        assert!(
+            debug.contains("stale_while_revalidate: 300s"),
+            "Debug shows the setting: {debug}"
+        );
+
+        // A single [upstream] table takes it too.
+        let cfg =
+            Config::from_toml("[upstream]\nstale_while_revalidate_secs = 7\n", "f.toml").unwrap();
+        assert_eq!(cfg.upstream.0[0].stale_while_revalidate_secs, 7);
+
+        // A typo is an unknown key that names the real one; a string is refused.
+        let err =
+            Config::from_toml("[upstream]\nstale_while_revalidate = 7\n", "f.toml").unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 1, "{text}");
+        assert!(
+            text.contains("unknown key `stale_while_revalidate`")
+                && text.contains("stale_while_revalidate_secs"),
+            "{text}"
+        );
+        let err = Config::from_toml(
+            "[upstream]\nstale_while_revalidate_secs = \"1m\"\n",
+            "f.toml",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("stale_while_revalidate_secs"),
+            "{err}"
+        );
     }
 
     #[test]

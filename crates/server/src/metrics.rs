@@ -11,7 +11,9 @@ use prometheus_client::registry::Registry;
 pub struct Lookup {
     /// `manifest`, `blob`, `tag` or `schema1`.
     pub kind: &'static str,
-    /// `hit`, `miss` or `stale` (served past its TTL because the upstream failed).
+    /// `hit`, `miss`, `stale` (served past its TTL because the upstream
+    /// failed: stale-if-error) or `stale_while_revalidate` (served past its
+    /// TTL at once while a background request revalidates it).
     pub result: &'static str,
 }
 
@@ -178,6 +180,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Served past its TTL without waiting, a background revalidation started
+    /// (or joined); told apart from `stale` (stale-if-error) by its result label.
+    pub fn stale_while_revalidate(&self, kind: &'static str) {
+        self.lookups
+            .get_or_create(&Lookup {
+                kind,
+                result: "stale_while_revalidate",
+            })
+            .inc();
+    }
+
     pub fn served(&self, source: &'static str, bytes: u64) {
         if source == "cache" {
             self.hot.from_cache.inc_by(bytes);
@@ -215,6 +228,9 @@ mod tests {
         m.hit("blob");
         m.hit("listing");
         m.miss("blob");
+        m.stale("tag");
+        m.stale_while_revalidate("tag");
+        m.stale_while_revalidate("tag");
         m.served("cache", 10);
         m.served("upstream", 5);
         let text = m.encode();
@@ -224,6 +240,16 @@ mod tests {
         );
         assert!(
             text.contains("regcache_cache_lookups_total{kind=\"listing\",result=\"hit\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("regcache_cache_lookups_total{kind=\"tag\",result=\"stale\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "regcache_cache_lookups_total{kind=\"tag\",result=\"stale_while_revalidate\"} 2"
+            ),
             "{text}"
         );
         assert!(

@@ -146,6 +146,7 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
             client,
             tag_ttl: up.tag_ttl,
             stale_if_error: up.stale_if_error,
+            stale_while_revalidate: up.stale_while_revalidate,
         }));
     }
     let app = App::new(

@@ -15,3 +15,4 @@ mod serve_blobs;
 mod serve_errors;
 mod serve_pull;
 mod support;
+mod tag_revalidation;

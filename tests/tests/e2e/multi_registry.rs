@@ -16,6 +16,9 @@
 //! * A registry no upstream names: 403 `DENIED`, no outgoing request.
 //! * The docker.io upstream answering 429: cached images still pull, the
 //!   rest fails with `TOOMANYREQUESTS`.
+//! * `tags/list` names the repository as the client did (`quay.io/team/app`
+//!   under a path prefix), from the upstream and from regcache's own tag
+//!   index; `_catalog` under a prefix lists the upstream's names.
 //!
 //! Every primary registry in the client configurations is the dead
 //! `127.0.0.1:9`, and dockerd's own fallback (`registry-1.docker.io`) does not
@@ -976,5 +979,121 @@ async fn upstream_429_cached_images_still_pull_and_uncached_ones_get_toomanyrequ
         ) > 0.0,
         "{UPSTREAM_REQUESTS} should count docker.io's 429s:\n{}",
         metrics.text
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 8. Listings under a registry path prefix
+// ---------------------------------------------------------------------------
+
+/// `GET path`: 200 with a JSON body whose `Content-Length` is its length.
+async fn listing(client: &RegistryClient, path: &str) -> Value {
+    let answer = get(client, reqwest::Method::GET, path).await;
+    assert_eq!(answer.status, 200, "GET {path}: {}", answer.text());
+    assert_eq!(
+        answer.header("content-length"),
+        Some(answer.body.len().to_string().as_str()),
+        "GET {path}: Content-Length"
+    );
+    serde_json::from_slice(&answer.body)
+        .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {}", answer.text()))
+}
+
+#[tokio::test]
+async fn tag_lists_name_the_repository_as_the_client_did() {
+    let fx = Fixture::start("").await;
+    let client = fx.client();
+    let direct = get(
+        &fx.quay.direct(),
+        reqwest::Method::GET,
+        "/v2/team/app/tags/list",
+    )
+    .await;
+    let upstream: Value = serde_json::from_slice(&direct.body).unwrap();
+    assert_eq!(upstream["name"], "team/app", "{upstream}");
+
+    for (path, name, tags) in [
+        (
+            "/v2/quay.io/team/app/tags/list",
+            "quay.io/team/app",
+            vec!["1"],
+        ),
+        ("/v2/team/app/tags/list?ns=quay.io", "team/app", vec!["1"]),
+        (
+            "/v2/docker.io/library/small/tags/list",
+            "docker.io/library/small",
+            vec!["latest"],
+        ),
+        (
+            "/v2/docker.io/small/tags/list",
+            "docker.io/small",
+            vec!["latest"],
+        ),
+        (
+            "/v2/library/small/tags/list",
+            "library/small",
+            vec!["latest"],
+        ),
+        ("/v2/small/tags/list", "small", vec!["latest"]),
+    ] {
+        let body = listing(&client, path).await;
+        assert_eq!(
+            body,
+            serde_json::json!({ "name": name, "tags": tags }),
+            "GET {path}"
+        );
+    }
+
+    // skopeo, given a path-prefix reference.
+    let out = Skopeo::new()
+        .run(vec![
+            "list-tags".into(),
+            "--tls-verify=false".into(),
+            format!("docker://{}/quay.io/team/app", fx.regcache.host()),
+        ])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let listed: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(listed["Tags"], serde_json::json!(["1"]), "{listed}");
+
+    // The catalog under a prefix lists the upstream's own names: they are what
+    // its `last=` pagination takes.
+    let catalog = listing(&client, "/v2/quay.io/_catalog").await;
+    let repositories = catalog["repositories"].as_array().unwrap();
+    assert!(
+        repositories.iter().any(|r| r == "team/app")
+            && !repositories
+                .iter()
+                .any(|r| r.as_str().unwrap_or_default().starts_with("quay.io/")),
+        "{catalog}"
+    );
+
+    // The upstream failing: regcache answers from its tag index, with the
+    // same name.
+    let pulled = get(
+        &client,
+        reqwest::Method::GET,
+        "/v2/quay.io/team/app/manifests/1",
+    )
+    .await;
+    assert_eq!(pulled.status, 200, "{}", pulled.text());
+    fx.quay
+        .proxy
+        .inject(Target::Path("/tags/list".into()), Fault::Status(503));
+    let body = listing(&client, "/v2/quay.io/team/app/tags/list").await;
+    assert_eq!(
+        body,
+        serde_json::json!({ "name": "quay.io/team/app", "tags": ["1"] }),
+        "from regcache's tag index; log:\n{}",
+        fx.regcache.log()
+    );
+    assert!(
+        fx.quay
+            .proxy
+            .requests()
+            .iter()
+            .any(|s| s.path.contains("/tags/list") && s.status == 503),
+        "the upstream was asked and failed: {:#?}",
+        fx.quay.proxy.requests()
     );
 }
