@@ -17,9 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use regcache_formats::accept::{
     self, Accepts, ChildDecision, Decision, RequestKind, if_none_match_hits,
 };
@@ -32,7 +31,7 @@ use regcache_formats::{Digest, ErrorCode, MediaType, RegistryError};
 use regcache_store::{Begin, FillError, FillReader, MappingRecord, Source, Store, TagRecord};
 use regcache_upstream::{RawRequest, RequestBody, UpstreamApi, UpstreamError};
 
-use crate::body::Body;
+use crate::body::{Body, ReqBody};
 use crate::coalesce::Coalesce;
 use crate::metrics::{Metrics, UpstreamCall};
 use crate::policy::{Schema1Digests, Schema1Mode, Schema2Push};
@@ -260,17 +259,17 @@ impl App {
     }
 
     /// Entry point for every client request.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, req: Request<ReqBody>) -> Response<Body> {
+        self.respond_to(req).await
+    }
+
+    async fn respond_to(&self, req: Request<ReqBody>) -> Response<Body> {
         let head = req.method() == Method::HEAD;
-        let mut resp = match self.dispatch(req).await {
+        let resp = match self.dispatch(req).await {
             Ok(r) => r,
             Err(e) => rescue(e, head),
         };
-        resp.headers_mut().insert(
-            "docker-distribution-api-version",
-            HeaderValue::from_static("registry/2.0"),
-        );
-        resp
+        with_api_version(resp)
     }
 
     /// Which upstream a request is for: containerd's `ns=` parameter, else a
@@ -360,7 +359,7 @@ impl App {
         })
     }
 
-    async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<Body>, ServeError> {
+    async fn dispatch(&self, req: Request<ReqBody>) -> Result<Response<Body>, ServeError> {
         let mut ctx = self.route(req.uri())?;
         let path = ctx.pq.split('?').next().unwrap_or_default().to_owned();
         let route = match Route::parse(&path) {
@@ -1196,23 +1195,47 @@ impl App {
                         failed.inc();
                         return;
                     }
+                    // Chunks already received go to the file together: one trip to
+                    // the blocking pool per batch, not per (often 16 KiB) chunk.
                     let mut stream = body.stream;
-                    while let Some(chunk) = stream.next().await {
-                        match chunk {
-                            Ok(bytes) => {
-                                if let Err(e) = writer.write(bytes).await {
-                                    tracing::warn!(digest = %d, error = %e, "blob fill failed");
-                                    failed.inc();
-                                    return;
+                    let mut ended = false;
+                    while !ended {
+                        let mut batch = Vec::new();
+                        let mut size = 0;
+                        let mut error = None;
+                        match stream.next().await {
+                            None => break,
+                            Some(Ok(b)) => {
+                                size += b.len();
+                                batch.push(b);
+                            }
+                            Some(Err(e)) => error = Some(e),
+                        }
+                        while error.is_none() && size < FILL_BATCH_BYTES {
+                            match stream.next().now_or_never() {
+                                Some(Some(Ok(b))) => {
+                                    size += b.len();
+                                    batch.push(b);
                                 }
+                                Some(Some(Err(e))) => error = Some(e),
+                                Some(None) => {
+                                    ended = true;
+                                    break;
+                                }
+                                None => break,
                             }
-                            Err(e) => {
-                                tracing::warn!(digest = %d, error = %e, "upstream blob body failed");
-                                errors.insert(d.clone(), e.clone());
-                                failed.inc();
-                                writer.abort(e.to_string());
-                                return;
-                            }
+                        }
+                        if let Err(e) = writer.write_chunks(batch).await {
+                            tracing::warn!(digest = %d, error = %e, "blob fill failed");
+                            failed.inc();
+                            return;
+                        }
+                        if let Some(e) = error {
+                            tracing::warn!(digest = %d, error = %e, "upstream blob body failed");
+                            errors.insert(d.clone(), e.clone());
+                            failed.inc();
+                            writer.abort(e.to_string());
+                            return;
                         }
                     }
                     match writer.commit().await {
@@ -1293,7 +1316,7 @@ impl App {
     async fn listing(
         &self,
         ctx: &Ctx,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
         kind: ListingKind,
     ) -> Result<Response<Body>, ServeError> {
         let pq = ctx.pq.clone();
@@ -1406,7 +1429,7 @@ impl App {
     async fn pass_through(
         &self,
         ctx: &Ctx,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
     ) -> Result<Response<Body>, ServeError> {
         let (resp, _) = self.forward(ctx, req).await?;
         Ok(resp)
@@ -1415,7 +1438,7 @@ impl App {
     async fn push_manifest(
         &self,
         ctx: &Ctx,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
         name: &RepositoryName,
         reference: &Reference,
     ) -> Result<Response<Body>, ServeError> {
@@ -1566,7 +1589,7 @@ impl App {
     async fn forward(
         &self,
         ctx: &Ctx,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
     ) -> Result<(Response<Body>, Option<Digest>), ServeError> {
         let (parts, body) = req.into_parts();
         let stream = http_body_util::BodyStream::new(body)
@@ -1661,62 +1684,138 @@ impl Drop for FillObserver {
 }
 
 impl crate::fastpath::FastPath for App {
-    fn try_fast<'a>(
-        &'a self,
-        head: &'a crate::fastpath::Head,
-    ) -> futures_util::future::BoxFuture<'a, Option<crate::fastpath::Reply>> {
-        Box::pin(self.fast_blob(head))
+    fn respond(
+        &self,
+        req: Request<ReqBody>,
+    ) -> futures_util::future::BoxFuture<'_, crate::fastpath::Reply> {
+        Box::pin(async move {
+            if let Some(reply) = self.fast_blob(&req).await {
+                return reply;
+            }
+            let head = req.method() == Method::HEAD;
+            crate::fastpath::Reply::from_response(self.respond_to(req).await, head)
+        })
     }
 }
 
 impl App {
-    /// A `GET` of a blob the cache holds, answered as `get_blob` would (same
-    /// headers, same range rules) but with the file handed to the kernel.
-    /// Everything else (`None`) is left to hyper and the full handlers.
-    async fn fast_blob(&self, head: &crate::fastpath::Head) -> Option<crate::fastpath::Reply> {
+    /// A `GET` of a blob, answered as `get_blob` would (same headers, same
+    /// range rules, same errors) but with the bytes handed to the kernel: a
+    /// cached file, or the file of the fill that brings it from the upstream.
+    /// `None` leaves the request to the full handlers (conditional requests,
+    /// the empty layer, content in memory).
+    async fn fast_blob(&self, req: &Request<ReqBody>) -> Option<crate::fastpath::Reply> {
         use crate::fastpath::{Reply, ReplyBody};
-        if head.conditional {
+        if req.method() != Method::GET
+            || req.headers().contains_key(header::IF_NONE_MATCH)
+            || req.headers().contains_key(header::IF_RANGE)
+        {
             return None;
         }
-        let uri: http::Uri = head.target.parse().ok()?;
-        let ctx = self.route(&uri).ok()?;
+        let ctx = self.route(req.uri()).ok()?;
         let path = ctx.pq.split('?').next()?;
-        let Ok(Some(Route::Blob { digest, .. })) = Route::parse(path) else {
+        let Ok(Some(Route::Blob { name, digest })) = Route::parse(path) else {
             return None;
         };
         if digest.as_str() == EMPTY_LAYER_DIGEST {
             return None;
         }
-        let src = self.store.get(&digest).await.ok()??;
-        let len = src.len();
-        let (status, start, n, content_range) = match parse_range(head.range.as_deref(), len) {
-            RangeSpec::Full => (StatusCode::OK, 0, len, None),
-            RangeSpec::Partial(s, e) => (
-                StatusCode::PARTIAL_CONTENT,
-                s,
-                e + 1 - s,
-                Some(format!("bytes {s}-{e}/{len}")),
-            ),
-            RangeSpec::Unsatisfiable => return None,
-        };
-        let body = match src {
-            Source::Bytes(b) => ReplyBody::Bytes(b.slice(start as usize..(start + n) as usize)),
-            Source::File { file, .. } => ReplyBody::File {
-                file,
-                offset: start,
-                len: n,
-            },
-            _ => return None,
-        };
-        self.metrics.hit("blob");
-        self.metrics.served("cache", n);
-        let (parts, _) =
-            blob_headers(status, &digest, n, content_range, Body::empty()).into_parts();
-        Some(Reply {
-            status,
-            headers: parts.headers,
-            body,
-        })
+        let range = req
+            .headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok());
+        let reply =
+            |resp: Response<Body>| Some(Reply::from_response(with_api_version(resp), false));
+        match self.store.get(&digest).await {
+            Ok(Some(src)) => {
+                let len = src.len();
+                let (status, start, n, content_range) = match parse_range(range, len) {
+                    RangeSpec::Full => (StatusCode::OK, 0, len, None),
+                    RangeSpec::Partial(s, e) => (
+                        StatusCode::PARTIAL_CONTENT,
+                        s,
+                        e + 1 - s,
+                        Some(format!("bytes {s}-{e}/{len}")),
+                    ),
+                    RangeSpec::Unsatisfiable => return reply(range_not_satisfiable(len)),
+                };
+                let body = match src {
+                    Source::Bytes(b) => {
+                        ReplyBody::Bytes(b.slice(start as usize..(start + n) as usize))
+                    }
+                    Source::File { file, .. } => ReplyBody::File {
+                        file,
+                        offset: start,
+                        len: n,
+                    },
+                    _ => return None,
+                };
+                self.metrics.hit("blob");
+                self.metrics.served("cache", n);
+                let (parts, _) =
+                    blob_headers(status, &digest, n, content_range, Body::empty()).into_parts();
+                Some(Reply {
+                    status,
+                    headers: parts.headers,
+                    body,
+                })
+            }
+            Ok(None) => {
+                // Docker Hub short names live under library/ (as in `dispatch`).
+                let mut ctx = ctx;
+                let name = if ctx.up.docker_hub && name.components().count() == 1 {
+                    ctx.short = true;
+                    ctx.pq = ctx.pq.replacen("/v2/", "/v2/library/", 1);
+                    RepositoryName::parse(&format!("library/{name}")).unwrap_or(name)
+                } else {
+                    name
+                };
+                self.metrics.miss("blob");
+                let mut reader = match self.fill(&ctx, &name, &digest).await {
+                    Ok(r) => r,
+                    Err(e) => return reply(rescue(e, false)),
+                };
+                let len = match reader.wait_len().await {
+                    Ok(len) => len,
+                    Err(e) => return reply(rescue(self.fill_failure(&ctx, &digest, &e), false)),
+                };
+                let (status, start, n, content_range) = match parse_range(range, len) {
+                    RangeSpec::Full => (StatusCode::OK, 0, len, None),
+                    RangeSpec::Partial(s, e) => (
+                        StatusCode::PARTIAL_CONTENT,
+                        s,
+                        e + 1 - s,
+                        Some(format!("bytes {s}-{e}/{len}")),
+                    ),
+                    RangeSpec::Unsatisfiable => return reply(range_not_satisfiable(len)),
+                };
+                if status == StatusCode::OK {
+                    self.metrics.served("upstream", len);
+                }
+                let body = match reader.into_file() {
+                    Ok(fill) => ReplyBody::Fill {
+                        fill,
+                        offset: start,
+                        len: n,
+                    },
+                    Err(reader) => {
+                        let reader = reader.range(start, Some(start + n));
+                        ReplyBody::Body(Body::stream(
+                            hold_last(reader.map_err(std::io::Error::other)).boxed(),
+                            Some(n),
+                        ))
+                    }
+                };
+                let (parts, _) =
+                    blob_headers(status, &digest, n, content_range, Body::empty()).into_parts();
+                Some(Reply {
+                    status,
+                    headers: parts.headers,
+                    body,
+                })
+            }
+            Err(_) => None,
+        }
     }
 }
 
@@ -1744,10 +1843,13 @@ fn rename_tag_list(body: &[u8], client_name: &str) -> Option<Bytes> {
     Some(Bytes::from(out))
 }
 
+/// Most bytes of a blob download written to its fill in one batch.
+const FILL_BATCH_BYTES: usize = 1 << 20;
+
 /// Largest manifest PUT accepted (distribution reads at most 4 MiB; OCI asks for 413 above).
 const MAX_MANIFEST_PUT: usize = 4 << 20;
 
-async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, ServeError> {
+async fn read_limited(body: ReqBody, limit: usize) -> Result<Bytes, ServeError> {
     use http_body_util::BodyExt;
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
@@ -2178,6 +2280,14 @@ fn is_registry_host(s: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
+}
+
+fn with_api_version(mut resp: Response<Body>) -> Response<Body> {
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    resp
 }
 
 /// Forward a fill's chunks one step behind: a chunk goes out only once the

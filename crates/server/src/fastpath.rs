@@ -1,16 +1,21 @@
-//! The warm-blob fast path: answer `GET` of a cached blob with `sendfile(2)`.
+//! The HTTP/1 fast path: pulls answered without hyper, blobs with `sendfile(2)`.
 //!
 //! Bytes from disk to socket without passing through user space is what
 //! nginx's `sendfile on` does, and hyper's body abstraction can't: every body
 //! chunk is a `Bytes` in our memory. So each connection starts here: request
-//! heads are parsed with `httparse`, and as long as they are plain `GET`s of
-//! blobs the cache holds, regcache writes the response head itself and hands
-//! the file range to the kernel. The first request that is anything else
-//! (a manifest, a miss, a push, HTTP/2, a body, an `Upgrade`) hands the whole
-//! connection to hyper, bytes already read included, for the rest of its
-//! life: the fast path never answers a request hyper would answer differently,
-//! because it only takes requests whose answer is a cache hit and builds the
-//! headers with the same functions.
+//! heads are parsed with `httparse`, and every `GET` or `HEAD` without a body
+//! is answered on this loop. A blob the cache holds, or one being filled from
+//! the upstream, goes out with `sendfile` straight from its file; everything
+//! else (manifests, errors, listings) comes from the same handlers hyper
+//! calls ([`FastPath::respond`]), and only the response head and body are
+//! written here. A pull (ping, manifests, blobs, on one kept-alive
+//! connection) therefore stays on this loop from start to end.
+//!
+//! The first request that is anything else (a push or any request with a
+//! body, `Expect`, `Upgrade`, HTTP/2, a head over 16 KiB or one `httparse`
+//! refuses) hands the whole connection to hyper, bytes already read
+//! included, for the rest of its life. Hyper answers those exactly as before:
+//! this loop never has to parse a request body.
 
 use std::io;
 use std::pin::Pin;
@@ -19,28 +24,32 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use http::{HeaderMap, StatusCode};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use regcache_store::{FillFile, FillProgress};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::body::{Body, ReqBody};
 
 /// Largest request head the fast path reads before giving up (hyper's default
 /// is larger; such requests go to hyper).
 const MAX_HEAD: usize = 16 << 10;
 /// How long to wait for a (next) request on a kept-alive connection.
 const IDLE: Duration = Duration::from_secs(90);
+/// How long a request head may take once its first byte has arrived (hyper's
+/// `header_read_timeout` for the connections it serves).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Response bodies up to this size are copied behind the head and sent with
+/// it in one write.
+const INLINE_BODY: usize = 16 << 10;
 
-/// A parsed request head, as much as the fast path needs.
-#[derive(Debug, Clone)]
-pub struct Head {
-    /// Path and query.
-    pub target: String,
-    /// `Range`, if sent.
-    pub range: Option<String>,
-    /// Any `If-None-Match` (the fast path leaves conditional requests to hyper).
-    pub conditional: bool,
-    /// The connection ends after this response.
-    pub close: bool,
+/// Answers requests parsed by the fast path.
+pub trait FastPath: Send + Sync + 'static {
+    /// The answer to a `GET` or `HEAD` without a body.
+    fn respond(&self, req: Request<ReqBody>) -> BoxFuture<'_, Reply>;
 }
 
 /// What the fast path sends.
@@ -53,19 +62,51 @@ pub struct Reply {
 
 #[derive(Debug)]
 pub enum ReplyBody {
+    Empty,
     Bytes(Bytes),
-    /// `len` bytes of `file` from `offset`.
+    /// `len` bytes of `file` from `offset`, sent with `sendfile`.
     File {
         file: std::fs::File,
         offset: u64,
         len: u64,
     },
+    /// `len` bytes from `offset` of a blob still being filled: sent with
+    /// `sendfile` as the fill writes them, the last byte only once the fill is
+    /// verified, so a failed fill always leaves the client short.
+    Fill {
+        fill: FillFile,
+        offset: u64,
+        len: u64,
+    },
+    /// Anything else a handler produced.
+    Body(Body),
 }
 
-/// Decides whether a request can be answered on the fast path.
-pub trait FastPath: Send + Sync + 'static {
-    /// `Some` when the answer is a cached blob; `None` hands the connection to hyper.
-    fn try_fast<'a>(&'a self, head: &'a Head) -> BoxFuture<'a, Option<Reply>>;
+impl Reply {
+    /// A handler's response, sent as it is (its body not at all for `HEAD`).
+    pub fn from_response(resp: Response<Body>, head: bool) -> Reply {
+        let (parts, body) = resp.into_parts();
+        let body = match body {
+            _ if head => ReplyBody::Empty,
+            Body::Full(None) => ReplyBody::Empty,
+            Body::Full(Some(b)) => ReplyBody::Bytes(b),
+            stream => ReplyBody::Body(stream),
+        };
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
+impl Reply {
+    /// Whether the body's end can only be told by closing the connection.
+    fn is_close_delimited(&self, http10: bool) -> bool {
+        http10
+            && !self.headers.contains_key(header::CONTENT_LENGTH)
+            && matches!(self.body, ReplyBody::Body(Body::Stream { len: None, .. }))
+    }
 }
 
 /// What became of a connection on the fast path.
@@ -87,6 +128,7 @@ pub async fn run(
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         // Read until one full request head is buffered.
+        let mut deadline = None;
         let (head, consumed) = loop {
             match parse(&buf) {
                 Parsed::Complete(head, n) => break (head, n),
@@ -96,8 +138,17 @@ pub async fn run(
                 }
                 Parsed::Partial => {}
             }
+            let wait = match deadline {
+                None if buf.is_empty() => IDLE,
+                None => {
+                    let d = tokio::time::Instant::now() + HEAD_TIMEOUT;
+                    deadline = Some(d);
+                    HEAD_TIMEOUT
+                }
+                Some(d) => d.saturating_duration_since(tokio::time::Instant::now()),
+            };
             let read = tokio::select! {
-                r = tokio::time::timeout(IDLE, tokio::io::AsyncReadExt::read_buf(&mut stream, &mut buf)) => r,
+                r = tokio::time::timeout(wait, tokio::io::AsyncReadExt::read_buf(&mut stream, &mut buf)) => r,
                 _ = stop.changed() => return Outcome::Done,
             };
             match read {
@@ -105,11 +156,19 @@ pub async fn run(
                 Ok(Ok(_)) => {}
             }
         };
-        let Some(reply) = fast.try_fast(&head).await else {
-            return Outcome::Handoff(Rewind::new(stream, buf.freeze()));
-        };
         buf.advance(consumed);
-        if write_reply(&mut stream, reply, head.close).await.is_err() || head.close {
+        let is_head = head.req.method() == Method::HEAD;
+        let http10 = head.req.version() == Version::HTTP_10;
+        let mut close = head.close;
+        let reply = fast.respond(head.req).await;
+        if reply.is_close_delimited(http10) {
+            close = true;
+        }
+        if write_reply(&mut stream, reply, close, is_head, http10)
+            .await
+            .is_err()
+            || close
+        {
             return Outcome::Done;
         }
         if *stop.borrow() {
@@ -118,51 +177,59 @@ pub async fn run(
     }
 }
 
+/// A request the fast path takes.
+#[derive(Debug)]
+struct Head {
+    req: Request<ReqBody>,
+    /// The connection ends after this response.
+    close: bool,
+}
+
 enum Parsed {
-    Complete(Head, usize),
+    Complete(Box<Head>, usize),
     Partial,
     /// Not for the fast path (or not HTTP/1 at all): hyper decides.
     Other,
 }
 
 fn parse(buf: &[u8]) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; 48];
+    let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     let n = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Other,
     };
-    if req.method != Some("GET") {
-        return Parsed::Other;
-    }
+    let method = match req.method {
+        Some("GET") => Method::GET,
+        Some("HEAD") => Method::HEAD,
+        _ => return Parsed::Other,
+    };
     let (Some(target), Some(version)) = (req.path, req.version) else {
         return Parsed::Other;
     };
-    let mut range = None;
-    let mut conditional = false;
+    let Ok(uri) = target.parse::<http::Uri>() else {
+        return Parsed::Other;
+    };
+    let mut map = HeaderMap::with_capacity(req.headers.len());
     let mut close = version == 0;
     for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return Parsed::Other;
+        };
+        if name == header::CONTENT_LENGTH {
             if h.value != b"0" {
                 return Parsed::Other;
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            || name.eq_ignore_ascii_case("expect")
-            || name.eq_ignore_ascii_case("upgrade")
+        } else if name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+            || name == header::UPGRADE
         {
             return Parsed::Other;
-        } else if name.eq_ignore_ascii_case("range") {
-            let Ok(v) = std::str::from_utf8(h.value) else {
-                return Parsed::Other;
-            };
-            range = Some(v.to_owned());
-        } else if name.eq_ignore_ascii_case("if-none-match")
-            || name.eq_ignore_ascii_case("if-range")
-        {
-            conditional = true;
-        } else if name.eq_ignore_ascii_case("connection") {
+        } else if name == header::CONNECTION {
             let v = h.value.to_ascii_lowercase();
             if v.windows(5).any(|w| w == b"close") {
                 close = true;
@@ -170,48 +237,188 @@ fn parse(buf: &[u8]) -> Parsed {
                 close = false;
             }
         }
+        map.append(name, value);
     }
+    let mut request = Request::new(ReqBody::Empty);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = if version == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    *request.headers_mut() = map;
     Parsed::Complete(
-        Head {
-            target: target.to_owned(),
-            range,
-            conditional,
+        Box::new(Head {
+            req: request,
             close,
-        },
+        }),
         n,
     )
 }
 
-/// Write the head, then the body: bytes with one write, files with sendfile.
-async fn write_reply(stream: &mut TcpStream, reply: Reply, close: bool) -> io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(reply.status.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(reply.status.canonical_reason().unwrap_or("").as_bytes());
-    head.extend_from_slice(b"\r\n");
-    for (name, value) in &reply.headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+/// Write the head, then the body: small bytes in the same write, files with
+/// sendfile, streams chunk by chunk (chunked when their length is unknown).
+async fn write_reply(
+    stream: &mut TcpStream,
+    reply: Reply,
+    close: bool,
+    is_head: bool,
+    http10: bool,
+) -> io::Result<()> {
+    let Reply {
+        status,
+        headers,
+        body,
+    } = reply;
+    let bodiless = is_head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &headers {
+        put_header(&mut out, name.as_str(), value.as_bytes());
     }
-    head.extend_from_slice(b"docker-distribution-api-version: registry/2.0\r\ndate: ");
-    head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    if !headers.contains_key("docker-distribution-api-version") {
+        put_header(&mut out, "docker-distribution-api-version", b"registry/2.0");
+    }
+    if !headers.contains_key(header::DATE) {
+        put_header(
+            &mut out,
+            "date",
+            httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes(),
+        );
+    }
+    let declared = headers.contains_key(header::CONTENT_LENGTH);
+    let mut chunked = false;
+    let mut close = close;
+    if !bodiless && !declared {
+        match &body {
+            ReplyBody::Empty => put_header(&mut out, "content-length", b"0"),
+            ReplyBody::Bytes(b) => {
+                put_header(&mut out, "content-length", b.len().to_string().as_bytes())
+            }
+            ReplyBody::File { len, .. } | ReplyBody::Fill { len, .. } => {
+                put_header(&mut out, "content-length", len.to_string().as_bytes())
+            }
+            ReplyBody::Body(Body::Full(b)) => put_header(
+                &mut out,
+                "content-length",
+                b.as_ref().map_or(0, |b| b.len()).to_string().as_bytes(),
+            ),
+            ReplyBody::Body(Body::Stream { len: Some(n), .. }) => {
+                put_header(&mut out, "content-length", n.to_string().as_bytes())
+            }
+            ReplyBody::Body(Body::Stream { len: None, .. }) if http10 => {
+                // HTTP/1.0 has no chunked framing: the end of the body is the
+                // end of the connection.
+                close = true;
+            }
+            ReplyBody::Body(Body::Stream { len: None, .. }) => {
+                put_header(&mut out, "transfer-encoding", b"chunked");
+                chunked = true;
+            }
+        }
+    }
     if close {
-        head.extend_from_slice(b"\r\nconnection: close");
+        put_header(&mut out, "connection", b"close");
     }
-    head.extend_from_slice(b"\r\n\r\n");
-    match reply.body {
+    out.extend_from_slice(b"\r\n");
+    if bodiless {
+        return stream.write_all(&out).await;
+    }
+    match body {
+        ReplyBody::Empty => stream.write_all(&out).await,
+        ReplyBody::Bytes(b) if b.len() <= INLINE_BODY => {
+            out.extend_from_slice(&b);
+            stream.write_all(&out).await
+        }
         ReplyBody::Bytes(b) => {
-            head.extend_from_slice(&b);
-            stream.write_all(&head).await
+            stream.write_all(&out).await?;
+            stream.write_all(&b).await
         }
         ReplyBody::File { file, offset, len } => {
-            stream.write_all(&head).await?;
+            stream.write_all(&out).await?;
             send_file(stream, &file, offset, len).await
         }
+        ReplyBody::Fill {
+            mut fill,
+            offset,
+            len,
+        } => {
+            stream.write_all(&out).await?;
+            send_fill(stream, &mut fill, offset, len).await
+        }
+        ReplyBody::Body(Body::Full(b)) => {
+            out.extend_from_slice(b.as_deref().unwrap_or_default());
+            stream.write_all(&out).await
+        }
+        ReplyBody::Body(Body::Stream {
+            stream: mut body,
+            len,
+        }) => {
+            stream.write_all(&out).await?;
+            let mut sent = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                if chunk.is_empty() {
+                    continue;
+                }
+                sent += chunk.len() as u64;
+                if len.is_some_and(|n| sent > n) {
+                    return Err(io::Error::other("response body longer than declared"));
+                }
+                if chunked {
+                    let size = format!("{:x}\r\n", chunk.len());
+                    write_all_vectored(
+                        stream,
+                        &mut [
+                            io::IoSlice::new(size.as_bytes()),
+                            io::IoSlice::new(&chunk),
+                            io::IoSlice::new(b"\r\n"),
+                        ],
+                    )
+                    .await?;
+                } else {
+                    stream.write_all(&chunk).await?;
+                }
+            }
+            if len.is_some_and(|n| sent != n) {
+                // The client must not take a short body for a whole one.
+                return Err(io::Error::other("response body shorter than declared"));
+            }
+            if chunked {
+                stream.write_all(b"0\r\n\r\n").await?;
+            }
+            Ok(())
+        }
     }
+}
+
+fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+async fn write_all_vectored(
+    stream: &mut TcpStream,
+    mut bufs: &mut [io::IoSlice<'_>],
+) -> io::Result<()> {
+    while !bufs.is_empty() {
+        let n = stream.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        io::IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
 }
 
 /// `sendfile(2)` the range onto the non-blocking socket, waiting for
@@ -245,6 +452,42 @@ async fn send_file(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    }
+    Ok(())
+}
+
+/// Send `offset..offset+len` of a fill as its bytes are written, holding the
+/// last byte back until the fill is verified: a response whose every byte
+/// went out is complete for the client, so it must never happen before the
+/// digest check. A failed fill ends the connection short.
+async fn send_fill(
+    stream: &TcpStream,
+    fill: &mut FillFile,
+    offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    let end = offset + len;
+    let mut off = offset;
+    while off < end {
+        // Before the last byte: wait for more bytes; at it: for verification.
+        let want = if off + 1 < end { off + 1 } else { u64::MAX };
+        let limit = match fill.wait(want).await.map_err(io::Error::other)? {
+            FillProgress::Verified { len: total } if total < end => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "fill shorter than announced",
+                ));
+            }
+            FillProgress::Verified { .. } => end,
+            FillProgress::Writing { written } => written.min(end - 1),
+        };
+        if limit > off {
+            send_file(stream, fill.file(), off, limit - off).await?;
+            off = limit;
+        }
+    }
+    if len == 0 {
+        fill.wait(u64::MAX).await.map_err(io::Error::other)?;
     }
     Ok(())
 }
@@ -312,7 +555,7 @@ impl AsyncWrite for Rewind {
 mod tests {
     use super::*;
 
-    fn head(raw: &str) -> Option<(Head, usize)> {
+    fn head(raw: &str) -> Option<(Box<Head>, usize)> {
         match parse(raw.as_bytes()) {
             Parsed::Complete(h, n) => Some((h, n)),
             _ => None,
@@ -320,19 +563,27 @@ mod tests {
     }
 
     #[test]
-    fn parses_plain_gets_only() {
+    fn parses_bodiless_gets_and_heads_only() {
         let (h, n) = head(
-            "GET /v2/a/blobs/sha256:x HTTP/1.1\r\nHost: x\r\nRange: bytes=1-\r\n\r\nGET /next",
+            "GET /v2/a/blobs/sha256:x HTTP/1.1\r\nHost: x\r\nRange: bytes=1-\r\nAccept: a\r\nAccept: b\r\n\r\nGET /next",
         )
         .unwrap();
-        assert_eq!(h.target, "/v2/a/blobs/sha256:x");
-        assert_eq!(h.range.as_deref(), Some("bytes=1-"));
-        assert!(!h.close && !h.conditional);
+        assert_eq!(h.req.uri().path(), "/v2/a/blobs/sha256:x");
+        assert_eq!(h.req.method(), Method::GET);
+        assert_eq!(h.req.headers()[header::RANGE], "bytes=1-");
+        assert_eq!(h.req.headers().get_all(header::ACCEPT).iter().count(), 2);
+        assert!(!h.close);
         assert_eq!(
             n,
-            "GET /v2/a/blobs/sha256:x HTTP/1.1\r\nHost: x\r\nRange: bytes=1-\r\n\r\n".len()
+            "GET /v2/a/blobs/sha256:x HTTP/1.1\r\nHost: x\r\nRange: bytes=1-\r\nAccept: a\r\nAccept: b\r\n\r\n".len()
         );
+        let (h, _) = head("HEAD /v2/ HTTP/1.1\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert_eq!(h.req.method(), Method::HEAD);
         assert!(head("GET /x HTTP/1.0\r\n\r\n").unwrap().0.close);
+        assert_eq!(
+            head("GET /x HTTP/1.0\r\n\r\n").unwrap().0.req.version(),
+            Version::HTTP_10
+        );
         assert!(
             !head("GET /x HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
                 .unwrap()
@@ -345,17 +596,12 @@ mod tests {
                 .0
                 .close
         );
-        assert!(
-            head("GET /x HTTP/1.1\r\nIf-None-Match: \"a\"\r\n\r\n")
-                .unwrap()
-                .0
-                .conditional
-        );
         for other in [
-            "HEAD /x HTTP/1.1\r\n\r\n",
             "PUT /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            "POST /x HTTP/1.1\r\n\r\n",
             "GET /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
             "GET /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /x HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
             "GET /x HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "garbage\r\n\r\n",
@@ -363,5 +609,203 @@ mod tests {
             assert!(head(other).is_none(), "{other}");
         }
         assert!(matches!(parse(b"GET /x HTTP/1.1\r\nHo"), Parsed::Partial));
+    }
+
+    use regcache_formats::Digest;
+    use regcache_store::{Begin, Store, StoreConfig};
+    use tokio::io::AsyncReadExt;
+
+    /// A connected pair: (server side, client side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (s.unwrap().0, c.unwrap())
+    }
+
+    async fn exchange(reply: Reply, close: bool, is_head: bool, http10: bool) -> (Vec<u8>, bool) {
+        let (mut server, mut client) = pair().await;
+        let ok = write_reply(&mut server, reply, close, is_head, http10)
+            .await
+            .is_ok();
+        drop(server);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        (got, ok)
+    }
+
+    fn split(raw: &[u8]) -> (String, &[u8]) {
+        let at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        (String::from_utf8(raw[..at].to_vec()).unwrap(), &raw[at..])
+    }
+
+    fn stream_of(chunks: &[&'static [u8]]) -> crate::body::ChunkStream {
+        futures_util::stream::iter(
+            chunks
+                .iter()
+                .map(|c| Ok::<_, io::Error>(Bytes::from_static(c)))
+                .collect::<Vec<_>>(),
+        )
+        .boxed()
+    }
+
+    #[tokio::test]
+    async fn bodies_are_framed_as_hyper_would() {
+        // Unknown length: chunked for HTTP/1.1 ...
+        let reply = Reply {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: ReplyBody::Body(Body::stream(stream_of(&[b"hello ", b"", b"world"]), None)),
+        };
+        let (raw, ok) = exchange(reply, false, false, false).await;
+        assert!(ok);
+        let (head, body) = split(&raw);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+        assert!(head.contains("docker-distribution-api-version: registry/2.0\r\n"));
+        assert!(head.contains("date: "));
+        assert_eq!(body, b"6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n");
+        // ... and close-delimited for HTTP/1.0.
+        let reply = Reply {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: ReplyBody::Body(Body::stream(stream_of(&[b"abc"]), None)),
+        };
+        assert!(reply.is_close_delimited(true));
+        let (raw, _) = exchange(reply, true, false, true).await;
+        let (head, body) = split(&raw);
+        assert!(!head.contains("transfer-encoding"), "{head}");
+        assert!(head.contains("connection: close\r\n"), "{head}");
+        assert_eq!(body, b"abc");
+        // Bytes get a Content-Length; HEAD keeps the handler's and sends no body.
+        let reply = Reply {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: ReplyBody::Bytes(Bytes::from_static(b"{}")),
+        };
+        let (raw, _) = exchange(reply, false, false, false).await;
+        let (head, body) = split(&raw);
+        assert!(head.contains("content-length: 2\r\n"), "{head}");
+        assert_eq!(body, b"{}");
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("1234"));
+        let reply = Reply {
+            status: StatusCode::OK,
+            headers,
+            body: ReplyBody::Empty,
+        };
+        let (raw, _) = exchange(reply, false, true, false).await;
+        let (head, body) = split(&raw);
+        assert!(head.contains("content-length: 1234\r\n"), "{head}");
+        assert_eq!(head.matches("content-length").count(), 1, "{head}");
+        assert!(body.is_empty());
+        // 304: no body and no invented length.
+        let reply = Reply {
+            status: StatusCode::NOT_MODIFIED,
+            headers: HeaderMap::new(),
+            body: ReplyBody::Empty,
+        };
+        let (raw, _) = exchange(reply, false, false, false).await;
+        assert!(!String::from_utf8_lossy(&raw).contains("content-length"));
+    }
+
+    #[tokio::test]
+    async fn a_short_or_failing_stream_is_an_error_not_a_complete_response() {
+        let reply = Reply {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: ReplyBody::Body(Body::stream(stream_of(&[b"abc"]), Some(10))),
+        };
+        let (raw, ok) = exchange(reply, false, false, false).await;
+        assert!(!ok);
+        assert!(String::from_utf8_lossy(&raw).contains("content-length: 10\r\n"));
+        let failing = futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(b"abc")),
+            Err(io::Error::other("upstream went away")),
+        ])
+        .boxed();
+        let reply = Reply {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: ReplyBody::Body(Body::stream(failing, None)),
+        };
+        let (raw, ok) = exchange(reply, false, false, false).await;
+        assert!(!ok);
+        assert!(
+            !raw.ends_with(b"0\r\n\r\n"),
+            "a failed stream must not end cleanly"
+        );
+    }
+
+    async fn fill_of(
+        dir: &std::path::Path,
+        content: &[u8],
+    ) -> (Digest, regcache_store::FillWriter) {
+        let store = Store::open(StoreConfig::new(dir)).await.unwrap();
+        let d = Digest::sha256_of(content);
+        let Begin::Leader(w) = store
+            .begin_fill(&d, Some(content.len() as u64))
+            .await
+            .unwrap()
+        else {
+            panic!("expected to lead a fresh fill");
+        };
+        (d, w)
+    }
+
+    #[tokio::test]
+    async fn a_fill_is_sent_as_written_and_completed_only_once_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let (_, mut w) = fill_of(dir.path(), &content).await;
+        let fill = w.subscribe().into_file().unwrap();
+        let (server, mut client) = pair().await;
+        let send = tokio::spawn(async move {
+            let mut fill = fill;
+            send_fill(&server, &mut fill, 1000, 299_000).await
+        });
+        w.write(Bytes::copy_from_slice(&content[..200_000]))
+            .await
+            .unwrap();
+        let mut got = vec![0u8; 199_000];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, content[1000..200_000]);
+        w.write(Bytes::copy_from_slice(&content[200_000..]))
+            .await
+            .unwrap();
+        let mut rest = vec![0u8; 99_999];
+        client.read_exact(&mut rest).await.unwrap();
+        // Every byte but the last is out; the last waits for the digest check.
+        let mut last = [0u8; 1];
+        let early = tokio::time::timeout(Duration::from_millis(100), client.read(&mut last)).await;
+        assert!(early.is_err(), "the last byte went out before verification");
+        w.commit().await.unwrap();
+        send.await.unwrap().unwrap();
+        client.read_exact(&mut last).await.unwrap();
+        assert_eq!(last[0], content[299_999]);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_fill_leaves_the_client_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = vec![7u8; 50_000];
+        let (_, mut w) = fill_of(dir.path(), &content).await;
+        let fill = w.subscribe().into_file().unwrap();
+        let (server, mut client) = pair().await;
+        let send = tokio::spawn(async move {
+            let mut fill = fill;
+            let r = send_fill(&server, &mut fill, 0, 50_000).await;
+            drop(server);
+            r
+        });
+        w.write(Bytes::from(vec![8u8; 50_000])).await.unwrap();
+        assert!(w.commit().await.is_err());
+        assert!(send.await.unwrap().is_err());
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(
+            got.len() < 50_000,
+            "a corrupt fill reached the client whole"
+        );
     }
 }

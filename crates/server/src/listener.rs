@@ -66,8 +66,9 @@ pub async fn serve<H, F>(
         let mut stop_rx = stop_rx.clone();
         let fast = fast.clone();
         tokio::spawn(async move {
-            // Warm blob GETs are answered with sendfile; the first request
-            // that is anything else hands the connection to hyper.
+            // GETs and HEADs without a body are answered on the fast path
+            // (blobs with sendfile); the first request that is anything
+            // else hands the connection to hyper.
             let io = match fast {
                 Some(fast) => match crate::fastpath::run(stream, fast, &mut stop_rx).await {
                     crate::fastpath::Outcome::Done => {

@@ -180,7 +180,9 @@ pub async fn serve(
     let fast: Arc<dyn crate::fastpath::FastPath> = app.clone();
     let api_task = tokio::spawn(listener::serve(
         api,
-        move |req| api_app.clone().handle(req),
+        move |req: Request<hyper::body::Incoming>| {
+            api_app.clone().handle(req.map(crate::body::ReqBody::Hyper))
+        },
         Some(fast),
         async move {
             let _ = rx1.changed().await;

@@ -781,10 +781,11 @@ impl FillReader {
     /// The file behind this reader, for senders that copy straight from it
     /// (`sendfile`) instead of reading chunks: the fill's temp file while it is
     /// written, or the committed entry. `Err(self)` when the content is in
-    /// memory or the stream was already polled.
-    pub fn into_file(mut self) -> Result<FillFile, FillReader> {
+    /// memory or the stream was already polled (boxed: it is large, and
+    /// that case is rare).
+    pub fn into_file(mut self) -> Result<FillFile, Box<FillReader>> {
         if self.pending.is_some() {
-            return Err(self);
+            return Err(Box::new(self));
         }
         match self.state.take() {
             Some(ReadState {
@@ -801,7 +802,7 @@ impl FillReader {
             }),
             other => {
                 self.state = other;
-                Err(self)
+                Err(Box::new(self))
             }
         }
     }
