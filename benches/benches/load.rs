@@ -2,17 +2,19 @@
 //! `proxy:` mode, nginx `proxy_cache` and nginx static, on loopback.
 //!
 //! ```sh
-//! sudo apt-get install -y nginx wrk docker-registry      # once
+//! sudo apt-get install -y nginx wrk docker-registry skopeo  # once
 //! cargo build --release -p regcache-server               # the binary under test
-//! cargo bench -p regcache-benches --bench load           # ~4-5 min; writes benches/RESULTS.md
-//! cargo bench -p regcache-benches --bench load -- --quick  # ~1 min; prints only
+//! cargo bench -p regcache-benches --bench load           # ~5-6 min; writes benches/RESULTS.md
+//! cargo bench -p regcache-benches --bench load -- --quick  # ~2 min; prints only
 //! ```
 //!
 //! Flags (after `--`): `--quick` (also `REGCACHE_BENCH_QUICK=1`): one round
 //! of 2 s runs, nothing written; `--duration SECS` per run (default 5);
-//! `--rounds N` (default 2, best run reported); `--no-pin` to let servers
-//! and load generator share every CPU (by default the servers get the first
-//! half of the CPUs and the generator the rest, via `taskset`);
+//! `--rounds N` (default 2, best run reported; S4 pulls a fresh image
+//! through each proxy per round and copies directly `N + 1` times);
+//! `--no-pin` to let servers and load generator share every CPU (by
+//! default the servers get the first half of the CPUs and the generator,
+//! skopeo included, the rest, via `taskset`);
 //! `--servers a,b` to measure only some of `regcache`, `distribution`,
 //! `nginx-cache`, `nginx-static` (all are started; a partial run does not
 //! write RESULTS.md);
@@ -23,7 +25,7 @@
 //! What is measured and how: `regcache_benches::load`.
 //!
 //! Run without `--bench` (as `cargo test --benches` does) it does nothing
-//! but say so: the load run takes minutes and needs nginx and wrk.
+//! but say so: the load run takes minutes and needs nginx, wrk and skopeo.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -104,7 +106,7 @@ fn main() -> ExitCode {
         Ok(Some(options)) => options,
         Ok(None) => {
             println!(
-                "load: not run without --bench (it takes minutes and needs nginx and wrk); run `cargo bench -p regcache-benches --bench load`"
+                "load: not run without --bench (it takes minutes and needs nginx, wrk and skopeo); run `cargo bench -p regcache-benches --bench load`"
             );
             return ExitCode::SUCCESS;
         }

@@ -12,10 +12,14 @@ use sha2::Digest as _;
 use super::blobload;
 use super::cold;
 use super::http::{Conn, get_request};
-use super::imageset::{BIG_BLOB_BYTES, ImageSet, Object};
+use super::imageset::{BIG_BLOB_BYTES, ImageSet, Object, PULL_LAYER_FILES, PullImage};
 use super::machine::{self, Machine};
 use super::procstat::{self, TICKS_PER_SEC};
-use super::report::{self, FanInRecord, Report, RunRecord, Schema1Record, TargetInfo, WarmRecord};
+use super::pull::{self, Skopeo};
+use super::report::{
+    self, FanInRecord, PULL_DIRECT, PullRecord, PullReport, Report, RunRecord, Schema1Record,
+    TargetInfo, WarmRecord,
+};
 use super::servers::{Cpus, DistributionProxy, Nginx, NginxMode, RegcacheServer};
 use super::wrk::{Wrk, WrkArgs};
 
@@ -28,7 +32,8 @@ pub struct Options {
     /// Length of each measured run.
     pub duration: Duration,
     /// Every (scenario, server) pair is measured this many times, servers
-    /// in a rotated order each round; the best run is reported.
+    /// in a rotated order each round; the best run is reported. S4 pulls
+    /// this many fresh images through each proxy.
     pub rounds: usize,
     pub quick: bool,
     /// Write `benches/RESULTS.md`.
@@ -100,6 +105,10 @@ pub const S2_CONNECTIONS: usize = 64;
 /// S3: concurrent clients of the cold blob.
 pub const S3_CLIENTS: usize = 100;
 
+/// S4: the proxying servers, in the order their images are numbered (so a
+/// server pulls the same image whatever `--servers` selects).
+pub const PULL_SERVERS: [&str; 3] = ["regcache", "docker-registry proxy", "nginx proxy_cache"];
+
 impl Scenario {
     pub const ALL: [Scenario; 4] = [
         Scenario::Blob { clients: 1 },
@@ -163,6 +172,7 @@ pub struct Tools {
     pub nginx: PathBuf,
     pub wrk: PathBuf,
     pub registry: PathBuf,
+    pub skopeo: PathBuf,
     pub regcache: PathBuf,
     /// Set when a source file is newer than `regcache`.
     pub regcache_stale: Option<String>,
@@ -176,7 +186,7 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Finds nginx, wrk, docker-registry and `target/release/regcache`;
+/// Finds nginx, wrk, docker-registry, skopeo and `target/release/regcache`;
 /// every missing piece is reported with the command that provides it.
 pub fn locate_tools(regcache_bin: Option<&Path>) -> Result<Tools, String> {
     let regcache = match regcache_bin {
@@ -203,12 +213,13 @@ fn locate_tools_with(
     let nginx = find("nginx", "nginx");
     let wrk = find("wrk", "wrk");
     let registry = find("docker-registry", "docker-registry");
+    let skopeo = find("skopeo", "skopeo");
     if let Err(e) = &regcache {
         problems.push(e.clone());
     }
     if !problems.is_empty() {
         return Err(format!(
-            "the load harness cannot run:\n  - {}\n(all at once: `sudo apt-get install -y nginx wrk docker-registry && cargo build --release -p regcache-server`)",
+            "the load harness cannot run:\n  - {}\n(all at once: `sudo apt-get install -y nginx wrk docker-registry skopeo && cargo build --release -p regcache-server`)",
             problems.join("\n  - ")
         ));
     }
@@ -217,6 +228,7 @@ fn locate_tools_with(
         nginx,
         wrk,
         registry,
+        skopeo,
         regcache,
         regcache_stale,
     })
@@ -638,6 +650,19 @@ pub fn run(options: &Options) -> Result<Report, String> {
         });
     }
 
+    // S4: a cold pull of a whole image with skopeo, through each proxy and
+    // straight from the upstream.
+    let pull = measure_pulls(
+        &Skopeo {
+            program: tools.skopeo.clone(),
+        },
+        &targets,
+        &upstream,
+        &pinning.client,
+        &all_pids,
+        options.rounds,
+    )?;
+
     let report = Report {
         options: options.clone(),
         retries,
@@ -677,6 +702,10 @@ pub fn run(options: &Options) -> Result<Report, String> {
             ),
             ("nginx".into(), machine::first_line(&tools.nginx, &["-v"])),
             ("wrk".into(), machine::first_line(&tools.wrk, &["-v"])),
+            (
+                "skopeo".into(),
+                machine::first_line(&tools.skopeo, &["--version"]),
+            ),
         ],
         targets: targets
             .iter()
@@ -698,8 +727,213 @@ pub fn run(options: &Options) -> Result<Report, String> {
         fan_in,
         direct_ttlb,
         schema1,
+        pull,
     };
     Ok(report)
+}
+
+/// The seed of S4's image number `slot` (0: the direct reference; then
+/// one per round and `PULL_SERVERS` entry).
+fn pull_seed(slot: usize) -> u64 {
+    SEED ^ 0x5400_0000 ^ slot as u64
+}
+
+/// S4: pushes one fresh `bench/pull` image per (proxying target, round)
+/// and one for the reference, then in each round copies the reference
+/// straight from the upstream and each target's image through it (targets
+/// in a rotated order), plus one last direct copy: `rounds + 1` direct
+/// copies in all, interleaved with the proxies'. Each copy is checked
+/// against the pushed digests and followed by a settled upstream access
+/// log, whose new lines are what that copy caused. `Err` only when the
+/// run itself cannot go on (no runtime, no scratch directory); a failed
+/// copy is recorded in its [`PullRecord`].
+fn measure_pulls(
+    skopeo: &Skopeo,
+    targets: &[Target],
+    upstream: &Registry,
+    client_cpus: &super::servers::Cpus,
+    all_pids: &[u32],
+    rounds: usize,
+) -> Result<PullReport, String> {
+    let proxies: Vec<(usize, &Target)> = targets
+        .iter()
+        .filter(|t| t.proxies)
+        .filter_map(|t| Some((PULL_SERVERS.iter().position(|n| *n == t.name)?, t)))
+        .collect();
+    // (tag, image number): the reference, then round by round.
+    let mut slots = vec![("direct".to_owned(), 0)];
+    for round in 0..rounds {
+        for (slot, target) in &proxies {
+            slots.push((
+                format!("{}-r{}", short_name(target.name), round + 1),
+                1 + round * PULL_SERVERS.len() + slot,
+            ));
+        }
+    }
+    let image_mib = PULL_LAYER_FILES.iter().sum::<usize>() as f64 / (1u64 << 20) as f64;
+    log(format!(
+        "S4: generating and pushing {} images of {} layers (~{image_mib:.0} MiB each)",
+        slots.len(),
+        PULL_LAYER_FILES.len()
+    ));
+    let t0 = Instant::now();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
+    let registry = RegistryClient::new(upstream.url());
+    // A thread generates the next image while this one pushes the last
+    // (the upstream stores it on the servers' CPUs); the channel holds one,
+    // so at most three images are in memory at once.
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let mut generating = Duration::ZERO;
+    let pushed: Vec<PullImage> = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for (tag, slot) in slots {
+                let t = Instant::now();
+                let image = PullImage::generate(pull_seed(slot));
+                if tx.send((tag, image, t.elapsed())).is_err() {
+                    break;
+                }
+            }
+        });
+        rx.iter()
+            .map(|(tag, image, took)| {
+                generating += took;
+                rt.block_on(PullImage::push(&registry, &tag, &image))
+            })
+            .collect()
+    });
+    drop(rt);
+    let push_time = t0.elapsed();
+    log(format!(
+        "  done in {:.1} s (generating took {:.1} s of it, alongside the pushes)",
+        push_time.as_secs_f64(),
+        generating.as_secs_f64()
+    ));
+    let mut pushed = pushed.into_iter();
+    let direct_image = pushed
+        .next()
+        .ok_or("S4: the reference image was not pushed")?;
+    let images: Vec<Vec<PullImage>> = (0..rounds)
+        .map(|_| pushed.by_ref().take(proxies.len()).collect())
+        .collect();
+
+    let scratch = tempfile::Builder::new()
+        .prefix("regcache-load-s4-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let direct = Target {
+        name: PULL_DIRECT,
+        addr: upstream.addr(),
+        pids: vec![upstream.pid()],
+        proxies: false,
+    };
+    settle(upstream);
+    let mut puller = Puller {
+        skopeo,
+        cpus: client_cpus,
+        upstream,
+        all_pids,
+        scratch: scratch.path(),
+        seen: pull::access_lines(&upstream.log()).len(),
+        copies: 0,
+    };
+    let mut runs = Vec::new();
+    for (round, row) in images.iter().enumerate() {
+        runs.push(puller.pull(&direct, &direct_image, round));
+        for k in 0..row.len() {
+            let i = (k + round) % row.len();
+            runs.push(puller.pull(proxies[i].1, &row[i], round));
+        }
+    }
+    runs.push(puller.pull(&direct, &direct_image, rounds));
+    Ok(PullReport {
+        skopeo_version: machine::first_line(&skopeo.program, &["--version"]),
+        layer_bytes: direct_image.layers.iter().map(|l| l.len).collect(),
+        image_bytes: direct_image.blob_bytes(),
+        push_time,
+        client_pinning: match &client_cpus.pin {
+            Some((_, list)) => format!("skopeo pinned to CPU(s) {list} with `taskset -c {list}`"),
+            None => "skopeo not pinned".to_owned(),
+        },
+        rounds,
+        runs,
+    })
+}
+
+/// S4's copies, one after another, and where the upstream's access log was.
+struct Puller<'a> {
+    skopeo: &'a Skopeo,
+    cpus: &'a super::servers::Cpus,
+    upstream: &'a Registry,
+    /// Every server's processes and the upstream (for the "other" CPU).
+    all_pids: &'a [u32],
+    scratch: &'a Path,
+    /// Access-log lines of the upstream already accounted for.
+    seen: usize,
+    /// Copies so far (names the destination directories).
+    copies: usize,
+}
+
+impl Puller<'_> {
+    /// One timed copy of `image` through `target`, then its check; the
+    /// upstream's access log is settled afterwards (a proxy may still be
+    /// storing what it streamed), and the server and upstream CPU counted
+    /// up to then. The rest of the machine's CPU ("other") is counted over
+    /// the copy alone.
+    fn pull(&mut self, target: &Target, image: &PullImage, round: usize) -> PullRecord {
+        log(format!(
+            "S4 cold image pull ({}:{}) from {}",
+            image.repo, image.tag, target.name
+        ));
+        let upstream_pid = self.upstream.pid();
+        let is_direct = target.pids == [upstream_pid];
+        self.copies += 1;
+        let dest = self.scratch.join(format!("{}-{}", self.copies, image.tag));
+        let before = snapshot(target, upstream_pid, self.all_pids);
+        let copy = self.skopeo.copy(self.cpus, target.addr, image, &dest);
+        let end_of_copy = snapshot(target, upstream_pid, self.all_pids);
+        let result = copy.result.and_then(|()| pull::verify_dir(&dest, image));
+        let _ = std::fs::remove_dir_all(&dest);
+        settle(self.upstream);
+        let after = snapshot(target, upstream_pid, self.all_pids);
+        let lines = pull::access_lines(&self.upstream.log());
+        let window = lines.get(self.seen..).unwrap_or_default();
+        self.seen = lines.len();
+        let entries: Vec<regcache_tests::AccessLogEntry> = window
+            .iter()
+            .map(|l| regcache_tests::AccessLogEntry {
+                method: l.method.clone(),
+                path: l.path.clone(),
+                status: l.status,
+                user_agent: String::new(),
+            })
+            .collect();
+        let secs = |ticks: u64| ticks as f64 / TICKS_PER_SEC;
+        let ours = end_of_copy.ours.saturating_sub(before.ours)
+            + end_of_copy.me.saturating_sub(before.me)
+            + copy.client_cpu_ticks;
+        let busy = end_of_copy.machine.busy.saturating_sub(before.machine.busy);
+        let record = PullRecord {
+            target: target.name,
+            round,
+            tag: image.tag.clone(),
+            wall: copy.wall,
+            client_cpu_secs: secs(copy.client_cpu_ticks),
+            server_cpu_secs: secs(after.target.saturating_sub(before.target)),
+            upstream_cpu_secs: (!is_direct)
+                .then(|| secs(after.upstream.saturating_sub(before.upstream))),
+            other_cores: secs(busy.saturating_sub(ours)) / copy.wall.as_secs_f64().max(1e-9),
+            upstream_requests: summarize_upstream(&entries),
+            upstream_bytes: window.iter().map(|l| l.bytes).sum(),
+            image_bytes: image.blob_bytes(),
+            error: result.err(),
+            command: copy.command,
+        };
+        log(format!("  {}", record.summary()));
+        record
+    }
 }
 
 /// Warms `target`: one full GET of each object (timed: the cold fill), then

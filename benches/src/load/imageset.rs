@@ -7,11 +7,17 @@
 //!   gzip layer on the wire; nothing in the benchmark decompresses it).
 //! * `bench/app:v1`: a config and five small gzip layers; its Docker
 //!   Schema 2 manifest is what S2 fetches, by tag and by digest.
+//! * `bench/pull:TAG` (S4, pushed only when S4 runs): images of eight gzip
+//!   tar layers of varied sizes ([`PULL_LAYER_FILES`], ~180 MiB in all) and a
+//!   config, one per (server, round) and one for the direct reference, so
+//!   every `skopeo copy` through a proxy is cold. Each is generated, pushed
+//!   and dropped in turn: only its digests and sizes ([`PullImage`]) stay in
+//!   memory.
 
 use bytes::Bytes;
 use rand::{RngCore as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
-use regcache_tests::image::{config, default_history};
+use regcache_tests::image::{big_layer, config, default_history};
 use regcache_tests::{Image, ImageGen, Layer, LayerKind, ManifestFormat, Platform, RegistryClient};
 
 /// The S1 blob: 100 MiB.
@@ -61,6 +67,128 @@ pub const COLD_BLOBS: usize = 3;
 pub const BIG_REPO: &str = "bench/big";
 pub const APP_REPO: &str = "bench/app";
 pub const TAG: &str = "v1";
+
+/// S4: the file inside each layer of a `bench/pull` image, in layer order
+/// (each layer is a tar of one file of seeded random bytes in a gzip of
+/// stored blocks, so a little larger): a base system, a small config
+/// layer, a language runtime, … as a real application image has. 180 MiB.
+pub const PULL_LAYER_FILES: [usize; 8] = [
+    28 << 20,
+    300 << 10,
+    74 << 20,
+    9 << 20,
+    46 << 20,
+    1536 << 10,
+    21 << 20,
+    48 << 10,
+];
+
+pub const PULL_REPO: &str = "bench/pull";
+
+/// A blob as a copy must hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRef {
+    /// `sha256:…`
+    pub digest: String,
+    pub len: u64,
+}
+
+impl BlobRef {
+    /// The hex part of the digest: `skopeo copy … dir:` names the file so.
+    pub fn hex(&self) -> &str {
+        self.digest.trim_start_matches("sha256:")
+    }
+}
+
+/// One pushed S4 image (`bench/pull:TAG`): what a copy of it must contain.
+/// The bytes themselves are dropped once pushed.
+#[derive(Debug, Clone)]
+pub struct PullImage {
+    pub repo: &'static str,
+    pub tag: String,
+    /// `sha256:` of the Docker Schema 2 manifest as pushed.
+    pub manifest_digest: String,
+    pub manifest_len: u64,
+    pub config: BlobRef,
+    pub layers: Vec<BlobRef>,
+}
+
+impl PullImage {
+    /// Config and layers: what a pull moves besides the manifest.
+    pub fn blob_bytes(&self) -> u64 {
+        self.config.len + self.layers.iter().map(|l| l.len).sum::<u64>()
+    }
+
+    /// The size of a blob of this image by digest (`None`: not one of its blobs).
+    pub fn blob_len(&self, digest: &str) -> Option<u64> {
+        std::iter::once(&self.config)
+            .chain(&self.layers)
+            .find(|b| b.digest == digest)
+            .map(|b| b.len)
+    }
+
+    /// Generates the image of `seed` (layers of [`PULL_LAYER_FILES`]; a
+    /// different seed gives different bytes under the same sizes). ~0.5 s
+    /// in release.
+    pub fn generate(seed: u64) -> Image {
+        PullImage::generate_with(seed, &PULL_LAYER_FILES)
+    }
+
+    /// [`PullImage::generate`] with other layer file sizes (tests).
+    pub fn generate_with(seed: u64, files: &[usize]) -> Image {
+        let layers: Vec<Layer> = files
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                big_layer(
+                    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                        .wrapping_add(i as u64),
+                    len,
+                )
+            })
+            .collect();
+        let platform = Platform::linux_amd64();
+        let config = config(
+            &platform,
+            &layers,
+            &default_history(layers.len()),
+            serde_json::Value::Null,
+        );
+        Image::new(&config, layers, platform)
+    }
+
+    /// Pushes `image` (from [`PullImage::generate`]) to `bench/pull:TAG`
+    /// on the upstream (Docker Schema 2 manifest) and keeps its digests.
+    pub async fn push(client: &RegistryClient, tag: &str, image: &Image) -> PullImage {
+        let manifest = image.docker_manifest();
+        let digest = client
+            .push_image(PULL_REPO, tag, image, ManifestFormat::Docker)
+            .await;
+        assert_eq!(
+            digest,
+            regcache_tests::sha256_digest(&manifest),
+            "pushed manifest digest"
+        );
+        PullImage {
+            repo: PULL_REPO,
+            tag: tag.to_owned(),
+            manifest_digest: digest,
+            manifest_len: manifest.len() as u64,
+            config: BlobRef {
+                digest: image.config_digest(),
+                len: image.config.len() as u64,
+            },
+            layers: image
+                .layers
+                .iter()
+                .map(|l| BlobRef {
+                    digest: l.digest.clone(),
+                    len: l.blob.len() as u64,
+                })
+                .collect(),
+        }
+    }
+}
 
 impl ImageSet {
     /// Generates the set from `seed`, with a large layer of `big_len`
@@ -204,5 +332,30 @@ mod tests {
         assert_ne!(a.cold_blobs[0].digest, a.cold_blobs[1].digest);
         assert_ne!(a.cold_blobs[0].digest, a.blob.digest);
         assert_eq!(a.manifest_by_tag.digest, b.manifest_by_tag.digest);
+    }
+
+    #[test]
+    fn pull_images_differ_by_seed_only() {
+        let total: usize = PULL_LAYER_FILES.iter().sum();
+        assert!((150 << 20..250 << 20).contains(&total), "{total}");
+        // Small sizes: a debug build hashes slowly.
+        let files = [3 << 10, 1 << 10, 70_000, 5];
+        let a = PullImage::generate_with(7, &files);
+        let b = PullImage::generate_with(8, &files);
+        assert_eq!(a.layers.len(), files.len());
+        for ((x, y), len) in a.layers.iter().zip(&b.layers).zip(files) {
+            assert_eq!(x.blob.len(), y.blob.len());
+            assert!(x.blob.len() > len);
+            assert_ne!(x.digest, y.digest);
+        }
+        let mut digests: Vec<&str> = a.layers.iter().map(|l| l.digest.as_str()).collect();
+        digests.sort_unstable();
+        digests.dedup();
+        assert_eq!(digests.len(), files.len(), "distinct layers");
+        assert_eq!(
+            PullImage::generate_with(7, &files).config_digest(),
+            a.config_digest(),
+            "seeded"
+        );
     }
 }

@@ -13,6 +13,11 @@
 //! * S3 (once, after the rounds): 100 concurrent GETs of one uncached
 //!   100 MiB blob through each proxy: upstream GETs of it, time to first
 //!   and last byte, against one direct GET from the upstream;
+//! * S4 (after S3): a cold pull of a whole image (8 layers, ~180 MiB) with
+//!   `skopeo copy … dir:` through each proxy, a fresh image per server and
+//!   round, against the same copy straight from the upstream (goal: ≤ 1.1×
+//!   the direct copy); every copied blob is hashed against its digest.
+//!   nginx static cannot serve a pull (no registry API): n/a;
 //! * S6 (after the rounds): manifest GET by tag with no `Accept` (Schema 1
 //!   conversion), 64 connections, regcache and docker-registry proxy;
 //!
@@ -35,6 +40,7 @@
 //! | [`http`] | a minimal keep-alive HTTP/1.1 client (warm-up checks, S1) |
 //! | [`blobload`] | S1's load generator |
 //! | [`cold`] | S3's fan-in client |
+//! | [`pull`] | S4's client (`skopeo copy`) and the check of its copy |
 //! | [`wrk`] | S2's load generator (Debian's `wrk`) |
 //! | [`procstat`] | CPU time and peak RSS from `/proc` |
 //! | [`machine`] | machine facts and tool versions for the report |
@@ -47,6 +53,7 @@ pub mod http;
 pub mod imageset;
 pub mod machine;
 pub mod procstat;
+pub mod pull;
 pub mod report;
 pub mod servers;
 pub mod wrk;

@@ -133,6 +133,129 @@ pub struct Report {
     pub direct_ttlb: Result<Duration, String>,
     /// S6, per server that converts (regcache, docker-registry proxy).
     pub schema1: Vec<Schema1Record>,
+    /// S4: cold image pulls with skopeo, through each proxy and direct.
+    pub pull: PullReport,
+}
+
+/// The `target` of S4's reference copies, straight from the upstream.
+pub const PULL_DIRECT: &str = "direct from the upstream";
+
+/// S4's goal: a cold pull through a proxy takes at most this many times
+/// the direct copy.
+pub const PULL_GOAL: f64 = 1.1;
+
+/// Why nginx static has no S4 figure.
+pub const PULL_STATIC_NA: &str = "nginx static serves only the files written for S1/S2 at their URL paths; it does not implement the registry API a pull needs (the `/v2/` ping, the tag resolved to a manifest with its `Content-Type`, every blob of the image)";
+
+/// S4: every copy and what the client was.
+#[derive(Debug, Clone)]
+pub struct PullReport {
+    /// `skopeo --version`.
+    pub skopeo_version: String,
+    /// Sizes of the image's layer blobs, in layer order.
+    pub layer_bytes: Vec<u64>,
+    /// Config and layers.
+    pub image_bytes: u64,
+    /// Generating and pushing every S4 image.
+    pub push_time: Duration,
+    /// Where skopeo ran, e.g. `skopeo pinned to CPU(s) 1 with …`.
+    pub client_pinning: String,
+    /// Fresh images per proxy (one per round).
+    pub rounds: usize,
+    /// Every copy, in run order (direct ones included).
+    pub runs: Vec<PullRecord>,
+}
+
+/// One S4 copy.
+#[derive(Debug, Clone)]
+pub struct PullRecord {
+    /// A server's name, or [`PULL_DIRECT`].
+    pub target: &'static str,
+    pub round: usize,
+    /// `bench/pull:TAG`.
+    pub tag: String,
+    /// Spawn to exit of skopeo.
+    pub wall: Duration,
+    pub client_cpu_secs: f64,
+    /// CPU of the server (for the direct copies: the upstream), up to the
+    /// settled upstream log after the copy (background fills included).
+    pub server_cpu_secs: f64,
+    /// The upstream's CPU (`None` for the direct copies: that is the server).
+    pub upstream_cpu_secs: Option<f64>,
+    /// Everything else the machine did during the copy, in cores: the noise.
+    pub other_cores: f64,
+    /// What the copy asked of the upstream, grouped (e.g. `GET blob ×9`).
+    pub upstream_requests: String,
+    /// Response bytes in the upstream's access log for those requests.
+    pub upstream_bytes: u64,
+    /// Config and layers of the image copied.
+    pub image_bytes: u64,
+    /// skopeo failed or the copy did not match the pushed digests.
+    pub error: Option<String>,
+    pub command: String,
+}
+
+impl PullRecord {
+    /// One line for the progress log.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{:.2} s (skopeo CPU {:.2} s, server CPU {:.2} s{}, other cores {:.2}; upstream: {}, {:.1} MiB = {:.2}× the image)",
+            self.wall.as_secs_f64(),
+            self.client_cpu_secs,
+            self.server_cpu_secs,
+            self.upstream_cpu_secs
+                .map(|u| format!(", upstream CPU {u:.2} s"))
+                .unwrap_or_default(),
+            self.other_cores,
+            self.upstream_requests,
+            self.upstream_bytes as f64 / MIB,
+            self.upstream_bytes as f64 / self.image_bytes.max(1) as f64
+        );
+        if let Some(e) = &self.error {
+            s.push_str(&format!(" FAILED: {e}"));
+        }
+        s
+    }
+}
+
+impl PullReport {
+    /// The successful copies through `target`, fastest first.
+    fn ok_runs(&self, target: &str) -> Vec<&PullRecord> {
+        let mut runs: Vec<&PullRecord> = self
+            .runs
+            .iter()
+            .filter(|r| r.target == target && r.error.is_none())
+            .collect();
+        runs.sort_by_key(|r| r.wall);
+        runs
+    }
+
+    /// The fastest successful copy through `target`.
+    pub fn best(&self, target: &str) -> Option<&PullRecord> {
+        self.ok_runs(target).first().copied()
+    }
+
+    /// The median wall time of the successful copies (the mean of the
+    /// middle two for an even count).
+    pub fn median(&self, target: &str) -> Option<Duration> {
+        let runs = self.ok_runs(target);
+        let n = runs.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(runs[n / 2].wall),
+            _ => Some((runs[n / 2 - 1].wall + runs[n / 2].wall) / 2),
+        }
+    }
+
+    fn count(&self, target: &str) -> usize {
+        self.runs.iter().filter(|r| r.target == target).count()
+    }
+
+    /// Best through `target` / best direct.
+    pub fn ratio_to_direct(&self, target: &str) -> Option<f64> {
+        let direct = self.best(PULL_DIRECT)?.wall.as_secs_f64();
+        Some(self.best(target)?.wall.as_secs_f64() / direct.max(1e-9))
+    }
 }
 
 /// S3 against one server.
@@ -333,6 +456,31 @@ impl Report {
                 rows.push(row);
             }
         }
+        let pull_cell = |t: &str| {
+            if t == "nginx static" {
+                "n/a".to_owned()
+            } else if let Some(r) = self.pull.best(t) {
+                format!("{:.2}", r.wall.as_secs_f64())
+            } else if self.pull.count(t) > 0 {
+                "failed".to_owned()
+            } else {
+                "–".to_owned()
+            }
+        };
+        let pull_secs = |t: &str| self.pull.best(t).map_or(0.0, |r| r.wall.as_secs_f64());
+        let mut row = vec![
+            "S4 cold image pull, skopeo copy (s)".to_owned(),
+            pull_cell("regcache"),
+        ];
+        for peer in PEERS {
+            row.push(pull_cell(peer));
+            row.push(if peer == "nginx static" {
+                "n/a".to_owned()
+            } else {
+                ratio(pull_secs("regcache"), pull_secs(peer))
+            });
+        }
+        rows.push(row);
         let mut row = vec![
             "peak RSS during S1 (MiB)".to_owned(),
             fmt_value(self.rss("regcache")),
@@ -434,6 +582,178 @@ impl Report {
             out.push_str(&table(&header, &rows));
         }
         out
+    }
+
+    /// S4: the intro line and the per-server table.
+    pub fn pull_table(&self) -> String {
+        let p = &self.pull;
+        let mut out = String::new();
+        let secs =
+            |d: Option<Duration>| d.map_or("–".to_owned(), |d| format!("{:.2}", d.as_secs_f64()));
+        let best_secs = |t: &str| secs(p.best(t).map(|r| r.wall));
+        let layers: Vec<String> = p
+            .layer_bytes
+            .iter()
+            .map(|b| fmt_value(*b as f64 / MIB))
+            .collect();
+        let _ = writeln!(
+            out,
+            "S4 cold image pull: `skopeo copy` of an image of {} layers ({:.0} MiB: layers of {} MiB and a config) into a fresh `dir:` directory; figure: wall time of the skopeo process, every blob of the copy then hashed against its digest. Each proxy pulls an image nothing has fetched before ({} round(s), a fresh image each; best reported); reference: the same copy straight from the upstream, {} run(s) interleaved with the proxies' (best {} s, median {} s; ratios use the best). Goal: ≤ {PULL_GOAL}× the direct copy. Client: {}, {}.\n",
+            p.layer_bytes.len(),
+            p.image_bytes as f64 / MIB,
+            layers.join(", "),
+            p.rounds,
+            p.count(PULL_DIRECT),
+            best_secs(PULL_DIRECT),
+            secs(p.median(PULL_DIRECT)),
+            p.skopeo_version,
+            p.client_pinning
+        );
+        let header = [
+            "server",
+            "runs",
+            "best (s)",
+            "median (s)",
+            "best / direct best",
+            "goal ≤ 1.1×",
+            "upstream requests (best run)",
+            "upstream bytes (× image)",
+            "skopeo CPU (s)",
+            "server CPU (s)",
+            "other cores",
+        ];
+        let mut rows = Vec::new();
+        let mut servers = vec![PULL_DIRECT, "regcache"];
+        servers.extend(PEERS);
+        for server in servers {
+            let shown = self.targets.iter().any(|t| t.name == server) || server == PULL_DIRECT;
+            if !shown {
+                continue;
+            }
+            if server == "nginx static" {
+                let mut row = vec![server.to_owned(), "0".to_owned()];
+                row.extend(std::iter::repeat_n("n/a".to_owned(), header.len() - 2));
+                rows.push(row);
+                continue;
+            }
+            let best = p.best(server);
+            let failed = p
+                .runs
+                .iter()
+                .filter(|r| r.target == server && r.error.is_some())
+                .count();
+            let runs = if failed > 0 {
+                format!("{} ({failed} failed)", p.count(server))
+            } else {
+                p.count(server).to_string()
+            };
+            let (ratio_cell, goal) = if server == PULL_DIRECT {
+                ("1.00× (reference)".to_owned(), "–".to_owned())
+            } else {
+                match (p.ratio_to_direct(server), failed) {
+                    (_, f) if f > 0 => (
+                        p.ratio_to_direct(server)
+                            .map_or("–".into(), |r| format!("{r:.2}×")),
+                        "NOT met: a copy failed".to_owned(),
+                    ),
+                    (Some(r), _) if r <= PULL_GOAL => (format!("{r:.2}×"), "met".to_owned()),
+                    (Some(r), _) => (format!("{r:.2}×"), "NOT met".to_owned()),
+                    (None, _) => ("–".to_owned(), "unmeasured".to_owned()),
+                }
+            };
+            rows.push(vec![
+                server.to_owned(),
+                runs,
+                best_secs(server),
+                secs(p.median(server)),
+                ratio_cell,
+                goal,
+                best.map_or("–".into(), |r| r.upstream_requests.clone()),
+                best.map_or("–".into(), |r| {
+                    format!(
+                        "{:.1} MiB ({:.2}×)",
+                        r.upstream_bytes as f64 / MIB,
+                        r.upstream_bytes as f64 / r.image_bytes.max(1) as f64
+                    )
+                }),
+                best.map_or("–".into(), |r| format!("{:.2}", r.client_cpu_secs)),
+                best.map_or("–".into(), |r| {
+                    let mut s = format!("{:.2}", r.server_cpu_secs);
+                    if let Some(u) = r.upstream_cpu_secs {
+                        s.push_str(&format!(" (+ upstream {u:.2})"));
+                    }
+                    s
+                }),
+                best.map_or("–".into(), |r| format!("{:.2}", r.other_cores)),
+            ]);
+        }
+        out.push_str(&table(&header, &rows));
+        if self.targets.iter().any(|t| t.name == "nginx static") {
+            let _ = writeln!(out, "\nnginx static: n/a, {PULL_STATIC_NA}.");
+        }
+        let command = p
+            .runs
+            .iter()
+            .find(|r| r.target == "regcache")
+            .or_else(|| p.runs.first())
+            .map(|r| r.command.clone())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "\nS4 command (the {} run; per server the port and tag differ): `{command}`",
+            p.runs
+                .iter()
+                .find(|r| r.target == "regcache")
+                .or_else(|| p.runs.first())
+                .map_or("", |r| r.target)
+        );
+        out
+    }
+
+    /// S4: every copy.
+    fn pull_runs_table(&self) -> String {
+        let header = [
+            "server",
+            "round",
+            "image",
+            "wall (s)",
+            "skopeo CPU (s)",
+            "server CPU (s)",
+            "upstream CPU (s)",
+            "other cores",
+            "upstream requests",
+            "upstream bytes",
+            "result",
+        ];
+        let rows: Vec<Vec<String>> = self
+            .pull
+            .runs
+            .iter()
+            .map(|r| {
+                vec![
+                    r.target.to_owned(),
+                    if r.round >= self.pull.rounds {
+                        "last".to_owned()
+                    } else {
+                        (r.round + 1).to_string()
+                    },
+                    format!("`bench/pull:{}`", r.tag),
+                    format!("{:.2}", r.wall.as_secs_f64()),
+                    format!("{:.2}", r.client_cpu_secs),
+                    format!("{:.2}", r.server_cpu_secs),
+                    r.upstream_cpu_secs
+                        .map_or("–".into(), |u| format!("{u:.2}")),
+                    format!("{:.2}", r.other_cores),
+                    r.upstream_requests.clone(),
+                    format!("{:.1} MiB", r.upstream_bytes as f64 / MIB),
+                    match &r.error {
+                        None => "ok, every blob verified".to_owned(),
+                        Some(e) => format!("FAILED: {e}"),
+                    },
+                ]
+            })
+            .collect();
+        table(&header, &rows)
     }
 
     /// Every run, with where the CPU went.
@@ -636,6 +956,19 @@ impl Report {
                     .err()
                     .map(|e| format!("S3 direct GET from the upstream: {e}")),
             )
+            .chain(self.pull.runs.iter().filter_map(|r| {
+                r.error.as_ref().map(|e| {
+                    format!(
+                        "S4 cold image pull of bench/pull:{} {}: {e}",
+                        r.tag,
+                        if r.target == PULL_DIRECT {
+                            PULL_DIRECT.to_owned()
+                        } else {
+                            format!("through {}", r.target)
+                        }
+                    )
+                })
+            }))
             .collect()
     }
 
@@ -653,7 +986,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "\nregcache load harness: best of {} round(s) of {} s per run; {}; ratio = regcache / peer (throughput: > 1 is better for regcache; latency and RSS: < 1 is better)\n",
+            "\nregcache load harness: best of {} round(s) of {} s per run; {}; ratio = regcache / peer (throughput: > 1 is better for regcache; latency, S4 time and RSS: < 1 is better)\n",
             self.options.rounds,
             self.options.duration.as_secs(),
             self.pinning
@@ -661,6 +994,8 @@ impl Report {
         out.push_str(&self.summary_table());
         out.push('\n');
         out.push_str(&self.cold_and_schema1_tables());
+        out.push('\n');
+        out.push_str(&self.pull_table());
         out.push_str("\nLoad generator check:\n");
         out.push_str(&self.generator_check());
         out.push_str("\nWarm-up:\n");
@@ -732,7 +1067,7 @@ impl Report {
         let _ = writeln!(out, "## Summary\n");
         let _ = writeln!(
             out,
-            "Ratio = regcache / peer. For throughput (MiB/s, req/s) above 1 favours regcache; for p99 latency and RSS below 1 does. \"(!)\" marks a figure whose run had errors (listed under Observations).\n"
+            "Ratio = regcache / peer. For throughput (MiB/s, req/s) above 1 favours regcache; for p99 latency, S4 pull time and RSS below 1 does. \"(!)\" marks a figure whose run had errors (listed under Observations).\n"
         );
         out.push_str(&self.summary_table());
         let _ = writeln!(out, "\n## Cold fan-in (S3) and Schema 1 conversion (S6)\n");
@@ -746,6 +1081,15 @@ impl Report {
                 let _ = writeln!(out, "\n- S6 command: `{}`; {}", r.command, r.detail);
             }
         }
+        let _ = writeln!(out, "\n## Cold image pull (S4)\n");
+        let _ = writeln!(
+            out,
+            "Run after S3. Every image is `bench/pull:TAG`, generated from its own seed and pushed to the upstream just before S4 ({:.0} s for all of them), so no cache has seen it; its manifest is Docker Schema 2 with gzip layer media types (each layer a tar of one file of random bytes in stored-deflate gzip: incompressible, like real compressed layers on the wire). skopeo runs as a process, pinned like the other load generators; its `dir:` destination keeps each blob as fetched, so after each copy `manifest.json` must hash to the pushed manifest digest and every layer and the config file to their digests (a mismatch fails that copy, which then has no figure, and is listed under Observations). After each copy the upstream's access log is left to settle (a proxy may still be storing what it streamed); its new lines are the copy's upstream requests and their response bytes, and the server and upstream CPU columns run up to then; \"other cores\" (everything else the machine did: the noise) covers the copy alone. The direct copies hit the upstream itself, which logs every request at debug level (the proxies pay that cost too, once per upstream request).\n",
+            self.pull.push_time.as_secs_f64()
+        );
+        out.push_str(&self.pull_table());
+        let _ = writeln!(out, "\nEvery copy, in run order:\n");
+        out.push_str(&self.pull_runs_table());
         let _ = writeln!(out, "\n## Noise\n");
         let _ = writeln!(
             out,
@@ -866,6 +1210,58 @@ mod tests {
                 "regcache_fills_failed_total +1".to_owned(),
             ]
         );
+    }
+
+    #[test]
+    fn pull_figures_use_successful_copies() {
+        let record = |target: &'static str, ms: u64, error: Option<&str>| PullRecord {
+            target,
+            round: 0,
+            tag: "t".into(),
+            wall: Duration::from_millis(ms),
+            client_cpu_secs: 0.0,
+            server_cpu_secs: 0.0,
+            upstream_cpu_secs: None,
+            other_cores: 0.0,
+            upstream_requests: String::new(),
+            upstream_bytes: 0,
+            image_bytes: 1,
+            error: error.map(str::to_owned),
+            command: String::new(),
+        };
+        let report = PullReport {
+            skopeo_version: String::new(),
+            layer_bytes: Vec::new(),
+            image_bytes: 1,
+            push_time: Duration::ZERO,
+            client_pinning: String::new(),
+            rounds: 2,
+            runs: vec![
+                record(PULL_DIRECT, 1000, None),
+                record("regcache", 1050, None),
+                record("regcache", 900, Some("layer hashes to something else")),
+                record(PULL_DIRECT, 1200, None),
+                record("regcache", 1300, None),
+                record(PULL_DIRECT, 1100, None),
+            ],
+        };
+        assert_eq!(
+            report.best(PULL_DIRECT).map(|r| r.wall.as_millis()),
+            Some(1000)
+        );
+        assert_eq!(
+            report.median(PULL_DIRECT),
+            Some(Duration::from_millis(1100))
+        );
+        assert_eq!(
+            report.best("regcache").map(|r| r.wall.as_millis()),
+            Some(1050)
+        );
+        assert_eq!(report.median("regcache"), Some(Duration::from_millis(1175)));
+        assert_eq!(report.count("regcache"), 3);
+        let r = report.ratio_to_direct("regcache").expect("ratio");
+        assert!((r - 1.05).abs() < 1e-9, "{r}");
+        assert!(report.best("nginx proxy_cache").is_none());
     }
 
     #[test]
