@@ -288,11 +288,7 @@ async fn write_reply(
         put_header(&mut out, "docker-distribution-api-version", b"registry/2.0");
     }
     if !headers.contains_key(header::DATE) {
-        put_header(
-            &mut out,
-            "date",
-            httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes(),
-        );
+        with_date(|date| put_header(&mut out, "date", date));
     }
     let declared = headers.contains_key(header::CONTENT_LENGTH);
     let mut chunked = false;
@@ -398,6 +394,25 @@ async fn write_reply(
             Ok(())
         }
     }
+}
+
+/// Calls `f` with the current `Date` header value, formatted once per second
+/// per thread (as hyper does) rather than once per response.
+fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            *cached = (secs, httpdate::fmt_http_date(now));
+        }
+        f(cached.1.as_bytes())
+    })
 }
 
 fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
