@@ -627,8 +627,16 @@ pub fn run(options: &Options) -> Result<Report, String> {
             target.name
         ));
         let seen_start = settle(&upstream);
+        for pid in &target.pids {
+            procstat::reset_peak_rss(*pid);
+        }
         let req = get_request(target.addr, &blob.path, &blob.headers);
         let result = cold::fan_in(target.addr, &req, blob.len, S3_CLIENTS);
+        let peak_rss: u64 = target
+            .pids
+            .iter()
+            .filter_map(|p| procstat::peak_rss(*p))
+            .sum();
         let seen_end = settle(&upstream);
         let upstream_gets = upstream.access_entries()[seen_start..seen_end]
             .iter()
@@ -647,6 +655,7 @@ pub fn run(options: &Options) -> Result<Report, String> {
             blob_len: blob.len,
             upstream_gets,
             result,
+            peak_rss,
         });
     }
 

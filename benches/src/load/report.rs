@@ -267,6 +267,8 @@ pub struct FanInRecord {
     /// 200 GETs of the blob's path in the upstream's access log.
     pub upstream_gets: usize,
     pub result: FanIn,
+    /// Peak RSS of the server's processes during the fan-in (S5).
+    pub peak_rss: u64,
 }
 
 /// S6 against one server.
@@ -517,6 +519,7 @@ impl Report {
                 "TTLB max (ms)",
                 "TTLB max / direct",
                 "clients OK",
+                "peak RSS (MiB)",
             ];
             let rows: Vec<Vec<String>> = self
                 .fan_in
@@ -533,6 +536,7 @@ impl Report {
                             ratio(f.result.ttlb_max().as_secs_f64(), d.as_secs_f64())
                         }),
                         format!("{}/{}", f.result.ttlb.len(), f.clients),
+                        fmt_value(f.peak_rss as f64 / MIB),
                     ]
                 })
                 .collect();
