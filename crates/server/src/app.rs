@@ -33,7 +33,7 @@ use regcache_upstream::{RawRequest, RequestBody, UpstreamApi, UpstreamError};
 
 use crate::body::{Body, ReqBody};
 use crate::coalesce::Coalesce;
-use crate::metrics::{Metrics, UpstreamCall};
+use crate::metrics::{Metrics, ResponseVia, UpstreamCall};
 use crate::policy::{Schema1Digests, Schema1Mode, Schema2Push};
 use crate::rescue::{ServeError, error_response, rescue};
 use crate::routes::Route;
@@ -260,6 +260,7 @@ impl App {
 
     /// Entry point for every client request.
     pub async fn handle(self: Arc<Self>, req: Request<ReqBody>) -> Response<Body> {
+        self.metrics.responded(ResponseVia::Hyper);
         self.respond_to(req).await
     }
 
@@ -1690,8 +1691,14 @@ impl crate::fastpath::FastPath for App {
     ) -> futures_util::future::BoxFuture<'_, crate::fastpath::Reply> {
         Box::pin(async move {
             if let Some(reply) = self.fast_blob(&req).await {
+                self.metrics.responded(match reply.body {
+                    crate::fastpath::ReplyBody::File { .. } => ResponseVia::Sendfile,
+                    crate::fastpath::ReplyBody::Fill { .. } => ResponseVia::SendfileFill,
+                    _ => ResponseVia::Fast,
+                });
                 return reply;
             }
+            self.metrics.responded(ResponseVia::Fast);
             let head = req.method() == Method::HEAD;
             crate::fastpath::Reply::from_response(self.respond_to(req).await, head)
         })

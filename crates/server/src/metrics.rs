@@ -24,6 +24,12 @@ pub struct Source {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Via {
+    /// How a response was written; see [`Metrics::responded`].
+    pub via: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamCall {
     pub upstream: String,
     pub method: String,
@@ -42,6 +48,7 @@ pub struct Metrics {
     pub memory_bytes: Gauge,
     pub evictions: Counter,
     pub fills_failed: Counter,
+    pub responses: Family<Via, Counter>,
     /// Counters of the hot paths, resolved once (a `Family` lookup takes a
     /// lock and hashes the labels on every call).
     hot: Hot,
@@ -54,6 +61,24 @@ struct Hot {
     blob_hit: Counter,
     schema1_hit: Counter,
     from_cache: Counter,
+    via_sendfile: Counter,
+    via_sendfile_fill: Counter,
+    via_fast: Counter,
+    via_hyper: Counter,
+}
+
+/// How a response went out, for [`Metrics::responded`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseVia {
+    /// Fast path, a cached blob file with `sendfile`.
+    Sendfile,
+    /// Fast path, a blob still being filled, with `sendfile`.
+    SendfileFill,
+    /// Fast path, any other body (manifests, errors, memory-tier blobs).
+    Fast,
+    /// hyper (requests with bodies, HTTP/2, and everything after them on
+    /// their connection).
+    Hyper,
 }
 
 impl Metrics {
@@ -125,7 +150,25 @@ impl Metrics {
             let c = bytes_served.get_or_create(&Source { source: "cache" });
             c.clone()
         };
+        let responses = Family::<Via, Counter>::default();
+        registry.register(
+            "responses",
+            "Responses by how they were written: sendfile (cached blob), sendfile_fill (blob being fetched), fast (regcache's HTTP/1 loop) or hyper",
+            responses.clone(),
+        );
+        let via = |via: &'static str| -> Counter {
+            let c = responses.get_or_create(&Via { via });
+            c.clone()
+        };
+        let via_sendfile = via("sendfile");
+        let via_sendfile_fill = via("sendfile_fill");
+        let via_fast = via("fast");
+        let via_hyper = via("hyper");
         let hot = Hot {
+            via_sendfile,
+            via_sendfile_fill,
+            via_fast,
+            via_hyper,
             tag_hit,
             manifest_hit,
             blob_hit,
@@ -143,7 +186,17 @@ impl Metrics {
             memory_bytes,
             evictions,
             fills_failed,
+            responses,
         }
+    }
+
+    pub fn responded(&self, via: ResponseVia) {
+        match via {
+            ResponseVia::Sendfile => self.hot.via_sendfile.inc(),
+            ResponseVia::SendfileFill => self.hot.via_sendfile_fill.inc(),
+            ResponseVia::Fast => self.hot.via_fast.inc(),
+            ResponseVia::Hyper => self.hot.via_hyper.inc(),
+        };
     }
 
     pub fn hit(&self, kind: &'static str) {

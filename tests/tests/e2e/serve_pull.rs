@@ -12,6 +12,8 @@ use crate::support::{
     push_test_images, settle,
 };
 
+const RESPONSES: &str = "regcache_responses_total";
+
 /// `skopeo copy` of every image from `host` into `out/<label>`.
 async fn copy_all(host: &str, images: &[Pushed], out: &std::path::Path, creds: &CopyOptions) {
     std::fs::create_dir_all(out).unwrap();
@@ -58,6 +60,22 @@ async fn pull_through_matches_direct(mode: Mode) {
         &CopyOptions::default(),
     )
     .await;
+    // A pull is all bodiless GETs and HEADs: regcache's own HTTP/1 loop answers
+    // every one (hyper would only see pushes and HTTP/2), and the cold 100 MiB
+    // layer goes out with sendfile from the fill's file as it arrives.
+    let first = regcache.metrics().await;
+    let via = |m: &regcache_tests::Metrics, via: &str| m.sum(RESPONSES, &[("via", via)]);
+    assert_eq!(
+        via(&first, "hyper"),
+        0.0,
+        "{mode:?}: a pull reached hyper; metrics:\n{}",
+        first.text
+    );
+    assert!(
+        via(&first, "sendfile_fill") >= 1.0 && via(&first, "fast") >= 1.0,
+        "{mode:?}: the first pull should be answered on the fast path, the cold big layer with sendfile; metrics:\n{}",
+        first.text
+    );
     for image in &images {
         let direct = dir_contents(&work.path().join("direct").join(image.label));
         let through = dir_contents(&work.path().join("first").join(image.label));
@@ -116,6 +134,18 @@ async fn pull_through_matches_direct(mode: Mode) {
         &after_second[after_first.len()..],
         &[] as &[String],
         "{mode:?}: the second copy through regcache made upstream blob GETs"
+    );
+    let second = regcache.metrics().await;
+    assert_eq!(
+        via(&second, "hyper"),
+        0.0,
+        "{mode:?}: metrics:\n{}",
+        second.text
+    );
+    assert!(
+        via(&second, "sendfile") > via(&first, "sendfile"),
+        "{mode:?}: the warm 100 MiB layer should go out with sendfile from the cache; metrics:\n{}",
+        second.text
     );
     for image in &images {
         assert_eq!(
