@@ -823,4 +823,100 @@ mod tests {
             "a corrupt fill reached the client whole"
         );
     }
+
+    /// Answers every request with its method and path.
+    struct Echo;
+
+    impl FastPath for Echo {
+        fn respond(&self, req: Request<ReqBody>) -> BoxFuture<'_, Reply> {
+            let text = format!("{} {}", req.method(), req.uri());
+            Box::pin(async move {
+                Reply {
+                    status: StatusCode::OK,
+                    headers: HeaderMap::new(),
+                    body: ReplyBody::Bytes(Bytes::from(text)),
+                }
+            })
+        }
+    }
+
+    async fn serve_one(server: TcpStream) -> Outcome {
+        let (_tx, mut rx) = tokio::sync::watch::channel(false);
+        run(server, Arc::new(Echo), &mut rx).await
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order_then_a_push_goes_to_hyper() {
+        let (server, mut client) = pair().await;
+        let task = tokio::spawn(serve_one(server));
+        client
+            .write_all(
+                b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\nHEAD /v2/a/manifests/1 HTTP/1.1\r\n\r\nGET /v2/b HTTP/1.1\r\n\r\nPUT /v2/a/manifests/1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+            )
+            .await
+            .unwrap();
+        let Outcome::Handoff(mut rest) = task.await.unwrap() else {
+            panic!("a PUT must be handed to hyper");
+        };
+        // hyper gets the PUT whole, body included.
+        let mut pending = vec![0u8; 64];
+        let n = tokio::io::AsyncReadExt::read(&mut rest, &mut pending)
+            .await
+            .unwrap();
+        assert_eq!(
+            &pending[..n],
+            b"PUT /v2/a/manifests/1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+        );
+        drop(rest);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let text = String::from_utf8(got).unwrap();
+        let answers: Vec<&str> = text.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
+        assert_eq!(answers.len(), 3, "{text}");
+        assert!(answers[0].ends_with("\r\n\r\nGET /v2/"), "{}", answers[0]);
+        // HEAD: no body.
+        assert!(answers[1].ends_with("\r\n\r\n"), "{}", answers[1]);
+        assert!(!answers[1].contains("HEAD /v2"), "{}", answers[1]);
+        assert!(answers[2].ends_with("\r\n\r\nGET /v2/b"), "{}", answers[2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_stops_half_way_is_dropped_after_the_head_timeout() {
+        let (server, mut client) = pair().await;
+        let task = tokio::spawn(serve_one(server));
+        client.write_all(b"GET /v2/ HTTP/1.1\r\nHos").await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(matches!(task.await.unwrap(), Outcome::Done));
+        let waited = started.elapsed();
+        assert!(
+            waited >= HEAD_TIMEOUT && waited < IDLE,
+            "closed after {waited:?}"
+        );
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(got.is_empty());
+    }
+
+    #[tokio::test]
+    async fn http2_prior_knowledge_and_oversized_heads_go_to_hyper_untouched() {
+        let (server, mut client) = pair().await;
+        let task = tokio::spawn(serve_one(server));
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        client.write_all(preface).await.unwrap();
+        let Outcome::Handoff(mut rest) = task.await.unwrap() else {
+            panic!("HTTP/2 must be handed to hyper");
+        };
+        let mut got = vec![0u8; preface.len()];
+        tokio::io::AsyncReadExt::read_exact(&mut rest, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(&got, preface);
+
+        let (server, mut client) = pair().await;
+        let task = tokio::spawn(serve_one(server));
+        let mut big = b"GET /v2/ HTTP/1.1\r\nX-Pad: ".to_vec();
+        big.resize(MAX_HEAD + 10, b'a');
+        client.write_all(&big).await.unwrap();
+        assert!(matches!(task.await.unwrap(), Outcome::Handoff(_)));
+    }
 }
