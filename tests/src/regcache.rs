@@ -157,6 +157,9 @@ pub struct RegcacheOptions {
     /// Raw TOML appended to the configuration file after the upstream
     /// table(s), e.g. `[[policy]]` tables or a `[schema1]` table.
     pub extra_toml: String,
+    /// `tls_cert_file` and `tls_key_file` (PEM files): the API listener
+    /// speaks TLS only, and [`Regcache::url`] is `https://…`.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl RegcacheOptions {
@@ -181,6 +184,7 @@ impl RegcacheOptions {
                 .into(),
             upstreams_toml: None,
             extra_toml: String::new(),
+            tls: None,
         }
     }
 
@@ -230,6 +234,12 @@ impl RegcacheOptions {
         self
     }
 
+    /// TLS on the API listener with these PEM files (certificate chain, key).
+    pub fn tls(mut self, cert_file: impl Into<PathBuf>, key_file: impl Into<PathBuf>) -> Self {
+        self.tls = Some((cert_file.into(), key_file.into()));
+        self
+    }
+
     /// Appends raw TOML (whole tables) to [`RegcacheOptions::extra_toml`].
     pub fn extra_toml(mut self, toml: &str) -> Self {
         self.extra_toml.push_str(toml);
@@ -276,14 +286,19 @@ impl RegcacheOptions {
         toml
     }
 
-    /// The file [`Regcache`] writes: `data_dir = DIR`, then
-    /// [`RegcacheOptions::render_config`]. Naming the data dir in the file
-    /// lets the operator subcommands (`regcache mappings export --config
-    /// FILE`, `regcache policy explain REPO --config FILE`) read the same
-    /// store as the server.
+    /// The file [`Regcache`] writes: `data_dir = DIR` (and the TLS files,
+    /// when set), then [`RegcacheOptions::render_config`]. Naming the data
+    /// dir in the file lets the operator subcommands (`regcache mappings
+    /// export --config FILE`, `regcache policy explain REPO --config FILE`)
+    /// read the same store as the server.
     pub fn render_config_file(&self, data_dir: &Path) -> String {
-        let quote = serde_json::to_string(&data_dir.to_string_lossy()).unwrap();
-        format!("data_dir = {quote}\n\n{}", self.render_config())
+        let quote = |p: &Path| serde_json::to_string(&p.to_string_lossy()).unwrap();
+        let mut top = format!("data_dir = {}\n", quote(data_dir));
+        if let Some((cert, key)) = &self.tls {
+            writeln!(top, "tls_cert_file = {}", quote(cert)).unwrap();
+            writeln!(top, "tls_key_file = {}", quote(key)).unwrap();
+        }
+        format!("{top}\n{}", self.render_config())
     }
 }
 
@@ -436,9 +451,14 @@ impl Regcache {
         }
     }
 
-    /// `http://127.0.0.1:PORT`: the client API.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS): the client API.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// `127.0.0.1:PORT`, for image references (`docker://HOST/NAME:TAG`).

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -27,6 +28,11 @@ pub struct Config {
     pub admin_listen: String,
     /// Root of the disk cache, the tag index and the signing key.
     pub data_dir: PathBuf,
+    /// PEM certificate chain (leaf first) for the API listener. With
+    /// `tls_key_file`, the API listener speaks TLS only; both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1) of the leaf in `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
     pub log: LogConfig,
     pub cache: CacheConfig,
     /// One `[upstream]` table, or several `[[upstream]]` tables (one may say
@@ -132,6 +138,8 @@ impl Default for Config {
             listen: "0.0.0.0:5000".into(),
             admin_listen: "127.0.0.1:5001".into(),
             data_dir: PathBuf::from("./regcache-data"),
+            tls_cert_file: None,
+            tls_key_file: None,
             log: LogConfig::default(),
             cache: CacheConfig::default(),
             upstream: Upstreams(vec![UpstreamSection::default()]),
@@ -197,6 +205,8 @@ const SCHEMA: Schema = &[
     ("listen", None),
     ("admin_listen", None),
     ("data_dir", None),
+    ("tls_cert_file", None),
+    ("tls_key_file", None),
     ("log", Some(&[("format", None), ("level", None)])),
     (
         "cache",
@@ -323,6 +333,8 @@ pub struct Overrides {
     pub admin_listen: Option<String>,
     pub upstream: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// Where environment variables come from; tests pass a map instead of mutating
@@ -385,6 +397,33 @@ pub struct Settings {
     pub default_upstream: usize,
     pub signing_key_path: PathBuf,
     pub policies: crate::policy::Policies,
+    /// TLS for the API listener; `None`: plain HTTP.
+    pub tls: Option<TlsSettings>,
+}
+
+/// The API listener's certificate and key, loaded and checked against each
+/// other at start-up (a key that does not match its certificate is a
+/// configuration problem, not a failure of the first handshake).
+#[derive(Clone)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Certificates in `cert_file` (the leaf and any intermediates).
+    pub chain_len: usize,
+    /// rustls with the ring provider, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`.
+    pub server_config: Arc<rustls::ServerConfig>,
+}
+
+impl fmt::Debug for TlsSettings {
+    // Paths only: the server config holds the private key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("chain_len", &self.chain_len)
+            .field("key", &"<redacted>")
+            .finish()
+    }
 }
 
 #[derive(Clone)]
@@ -486,6 +525,12 @@ impl Config {
         if let Some(v) = env.var("REGCACHE_DATA_DIR") {
             self.data_dir = v.into();
         }
+        if let Some(v) = env.var("REGCACHE_TLS_CERT_FILE") {
+            self.tls_cert_file = Some(v.into());
+        }
+        if let Some(v) = env.var("REGCACHE_TLS_KEY_FILE") {
+            self.tls_key_file = Some(v.into());
+        }
         let mut size = |name: &str, slot: &mut ByteSize| {
             if let Some(v) = env.var(name) {
                 match ByteSize::parse(&v) {
@@ -511,6 +556,12 @@ impl Config {
         }
         if let Some(v) = &o.data_dir {
             self.data_dir = v.clone();
+        }
+        if let Some(v) = &o.tls_cert_file {
+            self.tls_cert_file = Some(v.clone());
+        }
+        if let Some(v) = &o.tls_key_file {
+            self.tls_key_file = Some(v.clone());
         }
     }
 
@@ -600,6 +651,24 @@ impl Config {
                 crate::policy::Policies::default()
             }
         };
+        let tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => load_tls(cert, key, &mut problems),
+            (Some(_), None) => {
+                problems.push(
+                    "tls_cert_file is set but tls_key_file is not: give both (TLS) or neither (plain HTTP)"
+                        .into(),
+                );
+                None
+            }
+            (None, Some(_)) => {
+                problems.push(
+                    "tls_key_file is set but tls_cert_file is not: give both (TLS) or neither (plain HTTP)"
+                        .into(),
+                );
+                None
+            }
+        };
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -626,7 +695,110 @@ impl Config {
             upstreams,
             signing_key_path,
             policies,
+            tls,
         })
+    }
+}
+
+/// Reads and checks the API listener's certificate chain and key, and builds
+/// the rustls server configuration from them. Every problem goes to
+/// `problems`; messages name the files, never key bytes.
+fn load_tls(cert_file: &Path, key_file: &Path, problems: &mut Vec<String>) -> Option<TlsSettings> {
+    use rustls::pki_types::pem::{self, PemObject};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let before = problems.len();
+    let read = |what: &str, path: &Path, problems: &mut Vec<String>| -> Option<Vec<u8>> {
+        if path.as_os_str().is_empty() {
+            problems.push(format!("{what} must not be empty"));
+            return None;
+        }
+        std::fs::read(path)
+            .map_err(|e| problems.push(format!("{what} {}: cannot read: {e}", path.display())))
+            .ok()
+    };
+    let chain = read("tls_cert_file", cert_file, problems).and_then(|bytes| {
+        match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
+            Ok(chain) if chain.is_empty() => {
+                problems.push(format!(
+                    "tls_cert_file {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+                    cert_file.display()
+                ));
+                None
+            }
+            Ok(chain) => Some(chain),
+            Err(e) => {
+                problems.push(format!(
+                    "tls_cert_file {}: not valid PEM: {e}",
+                    cert_file.display()
+                ));
+                None
+            }
+        }
+    });
+    let key = read("tls_key_file", key_file, problems).and_then(|bytes| {
+        match PrivateKeyDer::from_pem_slice(&bytes) {
+            Ok(key) => Some(key),
+            Err(pem::Error::NoItemsFound) => {
+                problems.push(format!(
+                    "tls_key_file {}: no PEM private key (PKCS#8, SEC1 or PKCS#1) in it",
+                    key_file.display()
+                ));
+                None
+            }
+            // pki-types' messages name markers and base64 errors, not key bytes.
+            Err(e) => {
+                problems.push(format!(
+                    "tls_key_file {}: not valid PEM: {e}",
+                    key_file.display()
+                ));
+                None
+            }
+        }
+    });
+    let (Some(chain), Some(key)) = (chain, key) else {
+        debug_assert!(problems.len() > before);
+        return None;
+    };
+    let chain_len = chain.len();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = match rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    {
+        Ok(b) => b,
+        Err(e) => {
+            problems.push(format!("internal: TLS versions: {e}"));
+            return None;
+        }
+    };
+    // `with_single_cert` parses the key with the provider and compares it
+    // with the leaf certificate's public key.
+    match builder.with_no_client_auth().with_single_cert(chain, key) {
+        Ok(mut server_config) => {
+            server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Some(TlsSettings {
+                cert_file: cert_file.to_owned(),
+                key_file: key_file.to_owned(),
+                chain_len,
+                server_config: Arc::new(server_config),
+            })
+        }
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            problems.push(format!(
+                "tls_key_file {} does not match the certificate in tls_cert_file {} (the first certificate must be the leaf of this key)",
+                key_file.display(),
+                cert_file.display()
+            ));
+            None
+        }
+        Err(e) => {
+            problems.push(format!(
+                "tls_cert_file {} / tls_key_file {}: {e}",
+                cert_file.display(),
+                key_file.display()
+            ));
+            None
+        }
     }
 }
 
@@ -915,6 +1087,8 @@ mod tests {
         assert_eq!(cfg.listen, d.listen);
         assert_eq!(cfg.admin_listen, d.admin_listen);
         assert_eq!(cfg.data_dir, d.data_dir);
+        assert_eq!(cfg.tls_cert_file, None);
+        assert_eq!(cfg.tls_key_file, None);
         assert_eq!(cfg.log, d.log);
         assert_eq!(cfg.cache, d.cache);
         assert_eq!(cfg.upstream, d.upstream);
@@ -1052,6 +1226,201 @@ mod tests {
             err.to_string().contains("stale_while_revalidate_secs"),
             "{err}"
         );
+    }
+
+    /// A CA-signed leaf for 127.0.0.1 and `localhost`: (chain PEM with the
+    /// leaf first, the leaf's PKCS#8 key PEM).
+    fn leaf_chain() -> (String, String) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (
+            format!("{}{}", leaf.pem(), ca_cert.pem()),
+            key.serialize_pem(),
+        )
+    }
+
+    fn tls_files(dir: &Path, chain: &str, key: &str) -> (PathBuf, PathBuf) {
+        let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&c, chain).unwrap();
+        std::fs::write(&k, key).unwrap();
+        (c, k)
+    }
+
+    fn tls_overrides(cert: &Path, key: &Path) -> Overrides {
+        Overrides {
+            tls_cert_file: Some(cert.to_owned()),
+            tls_key_file: Some(key.to_owned()),
+            ..Overrides::default()
+        }
+    }
+
+    #[test]
+    fn tls_is_off_by_default_and_loads_a_chain() {
+        let s = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        assert!(s.tls.is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, key) = leaf_chain();
+        let (cert_file, key_file) = tls_files(dir.path(), &chain, &key);
+        let s = Config::load(None, &env(&[]), &tls_overrides(&cert_file, &key_file)).unwrap();
+        let tls = s.tls.as_ref().unwrap();
+        assert_eq!(tls.chain_len, 2);
+        assert_eq!(tls.cert_file, cert_file);
+        assert_eq!(
+            tls.server_config.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        // Debug names the files and never prints the key.
+        let debug = format!("{s:?}");
+        let body_line = key.lines().nth(1).unwrap();
+        assert!(debug.contains("cert.pem"), "{debug}");
+        assert!(!debug.contains(body_line), "{debug}");
+        assert!(!debug.contains("PRIVATE"), "{debug}");
+    }
+
+    #[test]
+    fn tls_keys_layer_like_listen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, key) = leaf_chain();
+        let (cert_file, key_file) = tls_files(dir.path(), &chain, &key);
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "tls_cert_file = \"/nonexistent/file.pem\"\ntls_key_file = \"/nonexistent/key.pem\"\n",
+        )
+        .unwrap();
+        // The file alone names missing files: both are reported.
+        let err = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(err.to_string().contains("/nonexistent/file.pem"), "{err}");
+        // The environment overrides the file ...
+        let e = env(&[
+            ("REGCACHE_TLS_CERT_FILE", cert_file.to_str().unwrap()),
+            ("REGCACHE_TLS_KEY_FILE", key_file.to_str().unwrap()),
+        ]);
+        let s = Config::load(Some(&file), &e, &Overrides::default()).unwrap();
+        assert_eq!(s.tls.unwrap().key_file, key_file);
+        // ... and flags override both.
+        let bad = tls_overrides(&dir.path().join("flag-cert.pem"), &key_file);
+        let err = Config::load(Some(&file), &e, &bad).unwrap_err();
+        assert!(err.to_string().contains("flag-cert.pem"), "{err}");
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, key) = leaf_chain();
+        let (cert_file, key_file) = tls_files(dir.path(), &chain, &key);
+        let only_cert = Overrides {
+            tls_cert_file: Some(cert_file),
+            ..Overrides::default()
+        };
+        let err = Config::load(None, &env(&[]), &only_cert).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert!(
+            err.problems[0].contains("tls_key_file is not"),
+            "{}",
+            err.problems[0]
+        );
+        let err = Config::load(
+            None,
+            &env(&[("REGCACHE_TLS_KEY_FILE", key_file.to_str().unwrap())]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert!(
+            err.problems[0].contains("tls_cert_file is not"),
+            "{}",
+            err.problems[0]
+        );
+    }
+
+    #[test]
+    fn tls_problems_are_listed_with_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, key) = leaf_chain();
+        let (_, other_key) = leaf_chain();
+        let (cert_file, key_file) = tls_files(dir.path(), &chain, &key);
+
+        // Unreadable files, and an address problem at the same time.
+        let missing = dir.path().join("missing.pem");
+        let mut o = tls_overrides(&missing, &dir.path().join("missing-key.pem"));
+        o.listen = Some("nonsense".into());
+        let err = Config::load(None, &env(&[]), &o).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 3, "{text}");
+        assert!(
+            text.contains("tls_cert_file") && text.contains("missing.pem: cannot read"),
+            "{text}"
+        );
+        assert!(text.contains("missing-key.pem: cannot read"), "{text}");
+
+        // A certificate file with no certificate; a key file with no key.
+        let err = Config::load(None, &env(&[]), &tls_overrides(&key_file, &cert_file)).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 2, "{text}");
+        assert!(text.contains("no PEM certificate"), "{text}");
+        assert!(text.contains("no PEM private key"), "{text}");
+        assert!(!text.contains(key.lines().nth(1).unwrap()), "{text}");
+
+        // A key that is not the leaf's.
+        let wrong_key = dir.path().join("wrong-key.pem");
+        std::fs::write(&wrong_key, &other_key).unwrap();
+        let err =
+            Config::load(None, &env(&[]), &tls_overrides(&cert_file, &wrong_key)).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert!(
+            err.problems[0].contains("wrong-key.pem does not match the certificate"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains(other_key.lines().nth(1).unwrap()));
+
+        // A chain whose first certificate is the CA, not the leaf, is refused too.
+        let mut certs: Vec<&str> = chain
+            .split_inclusive("-----END CERTIFICATE-----\n")
+            .collect();
+        certs.reverse();
+        let reversed = dir.path().join("reversed.pem");
+        std::fs::write(&reversed, certs.concat()).unwrap();
+        let err = Config::load(None, &env(&[]), &tls_overrides(&reversed, &key_file)).unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+    }
+
+    #[test]
+    fn tls_takes_sec1_keys() {
+        use p256::pkcs8::DecodePrivateKey;
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, key) = leaf_chain();
+        let sec1 = p256::SecretKey::from_pkcs8_pem(&key)
+            .unwrap()
+            .to_sec1_pem(p256::pkcs8::LineEnding::LF)
+            .unwrap();
+        assert!(sec1.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+        let (cert_file, key_file) = tls_files(dir.path(), &chain, &sec1);
+        let s = Config::load(None, &env(&[]), &tls_overrides(&cert_file, &key_file)).unwrap();
+        assert!(s.tls.is_some());
+    }
+
+    #[test]
+    fn tls_key_typos_are_unknown_keys() {
+        let err = Config::from_toml("tls_cert = \"a\"\n", "f.toml").unwrap_err();
+        assert!(err.problems[0].contains("tls_cert_file"), "{err}");
+        let cfg = Config::from_toml(
+            "tls_cert_file = \"a.pem\"\ntls_key_file = \"b.pem\"\n",
+            "f.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.tls_cert_file, Some(PathBuf::from("a.pem")));
+        assert_eq!(cfg.tls_key_file, Some(PathBuf::from("b.pem")));
     }
 
     #[test]

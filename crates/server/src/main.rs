@@ -79,6 +79,12 @@ enum Command {
         /// Folder for the disk cache, tag index and signing key.
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// PEM certificate chain for the API listener (with --tls-key-file: TLS only).
+        #[arg(long, value_name = "FILE")]
+        tls_cert_file: Option<PathBuf>,
+        /// PEM private key (PKCS#8, SEC1 or PKCS#1) of that certificate.
+        #[arg(long, value_name = "FILE")]
+        tls_key_file: Option<PathBuf>,
     },
     /// Convert a Schema 2 (or OCI) manifest and its config blob into a signed
     /// Schema 1 manifest, as docker/distribution 2.8 served it to old clients.
@@ -180,12 +186,16 @@ fn main() -> ExitCode {
             admin_listen,
             upstream,
             data_dir,
+            tls_cert_file,
+            tls_key_file,
         } => {
             let overrides = Overrides {
                 listen,
                 admin_listen,
                 upstream,
                 data_dir,
+                tls_cert_file,
+                tls_key_file,
             };
             // Configuration is loaded and validated before anything is bound.
             let settings = match Config::load(config.as_deref(), &ProcessEnv, &overrides) {
@@ -225,6 +235,7 @@ fn main() -> ExitCode {
                     version = env!("CARGO_PKG_VERSION"),
                     listen = %api.local_addr().map_or_else(|_| settings.listen.to_string(), |a| a.to_string()),
                     admin = %admin.local_addr().map_or_else(|_| settings.admin_listen.to_string(), |a| a.to_string()),
+                    scheme = if settings.tls.is_some() { "https" } else { "http" },
                     upstream = %settings.default_upstream().url,
                     data_dir = %settings.data_dir.display(),
                     "regcache serving"

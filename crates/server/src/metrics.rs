@@ -49,6 +49,9 @@ pub struct Metrics {
     pub evictions: Counter,
     pub fills_failed: Counter,
     pub responses: Family<Via, Counter>,
+    /// TLS handshakes on the API listener that failed or timed out (a plain
+    /// HTTP client on the TLS port, an untrusted certificate, a port scan).
+    pub tls_handshake_failures: Counter,
     /// Counters of the hot paths, resolved once (a `Family` lookup takes a
     /// lock and hashes the labels on every call).
     hot: Hot,
@@ -164,6 +167,12 @@ impl Metrics {
         let via_sendfile_fill = via("sendfile_fill");
         let via_fast = via("fast");
         let via_hyper = via("hyper");
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes on the API listener that failed or timed out",
+            tls_handshake_failures.clone(),
+        );
         let hot = Hot {
             via_sendfile,
             via_sendfile_fill,
@@ -187,6 +196,7 @@ impl Metrics {
             evictions,
             fills_failed,
             responses,
+            tls_handshake_failures,
         }
     }
 
@@ -286,6 +296,7 @@ mod tests {
         m.stale_while_revalidate("tag");
         m.served("cache", 10);
         m.served("upstream", 5);
+        m.tls_handshake_failures.inc();
         let text = m.encode();
         assert!(
             text.contains("regcache_cache_lookups_total{kind=\"tag\",result=\"hit\"} 1"),
@@ -311,6 +322,10 @@ mod tests {
         );
         assert!(
             text.contains("regcache_bytes_served_total{source=\"upstream\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("regcache_tls_handshake_failures_total 1"),
             "{text}"
         );
     }

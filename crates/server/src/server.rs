@@ -1,4 +1,6 @@
-//! Start-up and the two listeners: the registry API and the admin endpoints.
+//! Start-up and the two listeners: the registry API (plain HTTP, or TLS only
+//! when `tls_cert_file`/`tls_key_file` are set) and the admin endpoints
+//! (always plain HTTP: they stay on loopback or a cluster network).
 
 use std::future::Future;
 use std::path::Path;
@@ -97,6 +99,8 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, StartError> {
 pub struct Running {
     pub app: Arc<App>,
     ready: Arc<AtomicBool>,
+    /// The API listener's TLS configuration (validated with the settings).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for Running {
@@ -158,9 +162,17 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
         settings.default_upstream,
         key,
     );
+    if let Some(tls) = &settings.tls {
+        tracing::info!(
+            cert = %tls.cert_file.display(),
+            certificates = tls.chain_len,
+            "tls on the api listener (TLS 1.2 and 1.3; h2, http/1.1)"
+        );
+    }
     Ok(Running {
         app,
         ready: Arc::new(AtomicBool::new(false)),
+        tls: settings.tls.as_ref().map(|t| t.server_config.clone()),
     })
 }
 
@@ -172,18 +184,21 @@ pub async fn serve(
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let Running { app, ready } = running;
+    let Running { app, ready, tls } = running;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let grace = Duration::from_secs(10);
     let api_app = app.clone();
     let mut rx1 = stop_rx.clone();
     let fast: Arc<dyn crate::fastpath::FastPath> = app.clone();
+    let tls =
+        tls.map(|config| listener::Tls::new(config, app.metrics.tls_handshake_failures.clone()));
     let api_task = tokio::spawn(listener::serve(
         api,
         move |req: Request<hyper::body::Incoming>| {
             api_app.clone().handle(req.map(crate::body::ReqBody::Hyper))
         },
         Some(fast),
+        tls,
         async move {
             let _ = rx1.changed().await;
         },
@@ -199,6 +214,7 @@ pub async fn serve(
             let ready = admin_ready.clone();
             async move { admin_handle(&app, &ready, req) }
         },
+        None,
         None,
         async move {
             let _ = rx2.changed().await;

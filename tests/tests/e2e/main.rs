@@ -14,5 +14,6 @@ mod schema1_signature;
 mod serve_blobs;
 mod serve_errors;
 mod serve_pull;
+mod serve_tls;
 mod support;
 mod tag_revalidation;
