@@ -143,6 +143,51 @@ impl Conn {
         Ok(got)
     }
 
+    /// Like [`Self::read_body`], but the body is consumed in the kernel with
+    /// `recv(MSG_TRUNC)`, which on TCP drops the bytes without copying them
+    /// to user space: the client then costs little CPU, and a throughput
+    /// scenario measures the server rather than the client's copies. `sink`
+    /// gets each step's byte count. Used where the bytes were already checked
+    /// (S1 runs after a hashed warm-up GET).
+    pub fn discard_body(
+        &mut self,
+        len: u64,
+        mut sink: impl FnMut(usize) -> bool,
+    ) -> io::Result<u64> {
+        let mut got = 0u64;
+        let buffered = ((self.end - self.start) as u64).min(len) as usize;
+        if buffered > 0 {
+            self.start += buffered;
+            got += buffered as u64;
+            if !sink(buffered) {
+                return Ok(got);
+            }
+        }
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        while got < len {
+            let want = ((len - got) as usize).min(self.buf.len());
+            let (_, n) = rustix::net::recv(
+                &self.stream,
+                &mut self.buf[..want],
+                rustix::net::RecvFlags::TRUNC,
+            )?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("connection closed after {got} of {len} body bytes"),
+                ));
+            }
+            got += n as u64;
+            if !sink(n) {
+                return Ok(got);
+            }
+        }
+        Ok(got)
+    }
+
     /// A whole GET: send, head, body into memory.
     pub fn get(&mut self, request: &[u8]) -> io::Result<(Head, Vec<u8>)> {
         self.send(request)?;

@@ -1103,7 +1103,7 @@ impl Report {
         let _ = writeln!(out, "## Is the load generator the bottleneck?\n");
         let _ = writeln!(
             out,
-            "S1 uses a built-in client (one thread and one keep-alive connection per client, 1 MiB `read`s straight into a discarded buffer); wrk reads 8 KiB per `read` (`RECVBUF` in wrk.h), ~12,800 system calls per 100 MiB, and would need more CPU for the same bytes. S2 uses wrk ({} connections, one thread per client CPU, a Lua `done` hook for the figures). {}. Two checks: the client's own CPU use (per thread from `/proc/thread-self/stat`; wrk's from this process's reaped-children CPU) must leave its CPU(s) some idle time, and the same client must drive nginx static (the ceiling) further than regcache.\n",
+            "S1 uses a built-in client (one thread and one keep-alive connection per client; bodies are consumed with `recv(MSG_TRUNC)`, which on TCP drops the bytes in the kernel without copying them, so the client needs about a third of its CPU and the server is what limits the figure; the bytes were hashed during the warm-up); wrk reads 8 KiB per `read` (`RECVBUF` in wrk.h), ~12,800 system calls per 100 MiB, and would need more CPU for the same bytes. S2 uses wrk ({} connections, one thread per client CPU, a Lua `done` hook for the figures). {}. Two checks: the client's own CPU use (per thread from `/proc/thread-self/stat`; wrk's from this process's reaped-children CPU) must leave its CPU(s) some idle time, and the same client must drive nginx static (the ceiling) further than regcache.\n",
             S2_CONNECTIONS, self.pinning
         );
         out.push_str(&self.generator_check());
