@@ -42,6 +42,9 @@ const IDLE: Duration = Duration::from_secs(90);
 /// How long a request head may take once its first byte has arrived (hyper's
 /// `header_read_timeout` for the connections it serves).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes one `sendfile(2)` call is asked for (nginx's
+/// `sendfile_max_chunk` default).
+const SENDFILE_CHUNK: usize = 2 << 20;
 /// Response bodies up to this size are copied behind the head and sent with
 /// it in one write.
 const INLINE_BODY: usize = 16 << 10;
@@ -339,8 +342,16 @@ async fn write_reply(
             stream.write_all(&b).await
         }
         ReplyBody::File { file, offset, len } => {
+            // Corked (nginx's `tcp_nopush`): the head rides in the first full
+            // segment and the kernel builds full-sized segments from the
+            // file; uncorking pushes the tail.
+            let corked = rustix::net::sockopt::set_tcp_cork(&*stream, true).is_ok();
             stream.write_all(&out).await?;
-            send_file(stream, &file, offset, len).await
+            let sent = send_file(stream, &file, offset, len).await;
+            if corked {
+                let _ = rustix::net::sockopt::set_tcp_cork(&*stream, false);
+            }
+            sent
         }
         ReplyBody::Fill {
             mut fill,
@@ -449,7 +460,7 @@ async fn send_file(
     while off < end {
         let want = usize::try_from(end - off)
             .unwrap_or(usize::MAX)
-            .min(1 << 30);
+            .min(SENDFILE_CHUNK);
         stream.writable().await?;
         match stream.try_io(Interest::WRITABLE, || {
             rustix::fs::sendfile(stream, file, Some(&mut off), want).map_err(io::Error::from)
