@@ -1736,15 +1736,14 @@ impl App {
         match self.store.get(&digest).await {
             Ok(Some(src)) => {
                 let len = src.len();
-                let (status, start, n, content_range) = match parse_range(range, len) {
-                    RangeSpec::Full => (StatusCode::OK, 0, len, None),
-                    RangeSpec::Partial(s, e) => (
-                        StatusCode::PARTIAL_CONTENT,
-                        s,
-                        e + 1 - s,
-                        Some(format!("bytes {s}-{e}/{len}")),
-                    ),
-                    RangeSpec::Unsatisfiable => return reply(range_not_satisfiable(len)),
+                let Some(BlobSlice {
+                    status,
+                    start,
+                    n,
+                    content_range,
+                }) = BlobSlice::of(range, len)
+                else {
+                    return reply(range_not_satisfiable(len));
                 };
                 let body = match src {
                     Source::Bytes(b) => {
@@ -1786,15 +1785,14 @@ impl App {
                     Ok(len) => len,
                     Err(e) => return reply(rescue(self.fill_failure(&ctx, &digest, &e), false)),
                 };
-                let (status, start, n, content_range) = match parse_range(range, len) {
-                    RangeSpec::Full => (StatusCode::OK, 0, len, None),
-                    RangeSpec::Partial(s, e) => (
-                        StatusCode::PARTIAL_CONTENT,
-                        s,
-                        e + 1 - s,
-                        Some(format!("bytes {s}-{e}/{len}")),
-                    ),
-                    RangeSpec::Unsatisfiable => return reply(range_not_satisfiable(len)),
+                let Some(BlobSlice {
+                    status,
+                    start,
+                    n,
+                    content_range,
+                }) = BlobSlice::of(range, len)
+                else {
+                    return reply(range_not_satisfiable(len));
                 };
                 if status == StatusCode::OK {
                     self.metrics.served("upstream", len);
@@ -2198,15 +2196,14 @@ fn serve_source(
     head: bool,
 ) -> Result<Response<Body>, ServeError> {
     let len = src.len();
-    let (status, start, n, content_range) = match parse_range(range, len) {
-        RangeSpec::Full => (StatusCode::OK, 0, len, None),
-        RangeSpec::Partial(s, e) => (
-            StatusCode::PARTIAL_CONTENT,
-            s,
-            e + 1 - s,
-            Some(format!("bytes {s}-{e}/{len}")),
-        ),
-        RangeSpec::Unsatisfiable => return Ok(range_not_satisfiable(len)),
+    let Some(BlobSlice {
+        status,
+        start,
+        n,
+        content_range,
+    }) = BlobSlice::of(range, len)
+    else {
+        return Ok(range_not_satisfiable(len));
     };
     if head {
         return Ok(blob_headers(
@@ -2332,6 +2329,35 @@ where
             }
         },
     )
+}
+
+/// The part of a blob a `GET` sends: the whole (200) or one `Range` (206).
+struct BlobSlice {
+    status: StatusCode,
+    start: u64,
+    n: u64,
+    content_range: Option<String>,
+}
+
+impl BlobSlice {
+    /// `None` when the range can't be satisfied (416).
+    fn of(range: Option<&str>, len: u64) -> Option<BlobSlice> {
+        Some(match parse_range(range, len) {
+            RangeSpec::Full => BlobSlice {
+                status: StatusCode::OK,
+                start: 0,
+                n: len,
+                content_range: None,
+            },
+            RangeSpec::Partial(s, e) => BlobSlice {
+                status: StatusCode::PARTIAL_CONTENT,
+                start: s,
+                n: e + 1 - s,
+                content_range: Some(format!("bytes {s}-{e}/{len}")),
+            },
+            RangeSpec::Unsatisfiable => return None,
+        })
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
