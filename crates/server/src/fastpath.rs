@@ -45,6 +45,8 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most bytes one `sendfile(2)` call is asked for (nginx's
 /// `sendfile_max_chunk` default).
 const SENDFILE_CHUNK: usize = 2 << 20;
+/// A sender yields to other tasks after this many bytes without blocking.
+const YIELD_EVERY: u64 = 8 << 20;
 /// Response bodies up to this size are copied behind the head and sent with
 /// it in one write.
 const INLINE_BODY: usize = 16 << 10;
@@ -457,7 +459,16 @@ async fn send_file(
 ) -> io::Result<()> {
     let mut off = offset;
     let end = offset + len;
+    let mut since_yield = 0u64;
     while off < end {
+        if since_yield >= YIELD_EVERY {
+            // A reader as fast as the kernel never makes the socket block,
+            // and tokio's budget allows ~128 sends: let the other
+            // connections (a response head waiting, say) have the thread.
+            tokio::task::yield_now().await;
+            since_yield = 0;
+        }
+        let before = off;
         let want = usize::try_from(end - off)
             .unwrap_or(usize::MAX)
             .min(SENDFILE_CHUNK);
@@ -473,7 +484,7 @@ async fn send_file(
                     "cached file shorter than expected",
                 ));
             }
-            Ok(_) => {}
+            Ok(_) => since_yield += off - before,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
