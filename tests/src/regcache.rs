@@ -529,6 +529,22 @@ impl Regcache {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Sends `signal` (a name `kill` knows, e.g. `"HUP"`) to the process.
+    ///
+    /// # Panics
+    /// When regcache is not running or `kill` fails.
+    pub fn signal(&self, signal: &str) {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("regcache is not running"));
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill -{signal} {pid}: {e}"));
+        assert!(status.success(), "kill -{signal} {pid}: {status}");
+    }
+
     /// `GET /metrics` on the admin listener, parsed.
     ///
     /// # Panics

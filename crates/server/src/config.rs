@@ -410,8 +410,11 @@ pub struct TlsSettings {
     pub key_file: PathBuf,
     /// Certificates in `cert_file` (the leaf and any intermediates).
     pub chain_len: usize,
-    /// rustls with the ring provider, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`.
+    /// rustls with the ring provider, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`;
+    /// its certificate comes from `resolver`.
     pub server_config: Arc<rustls::ServerConfig>,
+    /// The certificate new handshakes get; a reload (SIGHUP) swaps it.
+    pub resolver: Arc<crate::tls::CertResolver>,
 }
 
 impl fmt::Debug for TlsSettings {
@@ -700,103 +703,29 @@ impl Config {
     }
 }
 
-/// Reads and checks the API listener's certificate chain and key, and builds
-/// the rustls server configuration from them. Every problem goes to
-/// `problems`; messages name the files, never key bytes.
+/// Reads and checks the API listener's certificate chain and key
+/// ([`crate::tls::load`], also used by every reload), and builds the rustls
+/// server configuration around a [`crate::tls::CertResolver`] holding them.
+/// Every problem goes to `problems`; messages name the files, never key bytes.
 fn load_tls(cert_file: &Path, key_file: &Path, problems: &mut Vec<String>) -> Option<TlsSettings> {
-    use rustls::pki_types::pem::{self, PemObject};
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    let before = problems.len();
-    let read = |what: &str, path: &Path, problems: &mut Vec<String>| -> Option<Vec<u8>> {
-        if path.as_os_str().is_empty() {
-            problems.push(format!("{what} must not be empty"));
+    let loaded = match crate::tls::load(cert_file, key_file) {
+        Ok(loaded) => loaded,
+        Err(mut found) => {
+            problems.append(&mut found);
             return None;
         }
-        std::fs::read(path)
-            .map_err(|e| problems.push(format!("{what} {}: cannot read: {e}", path.display())))
-            .ok()
     };
-    let chain = read("tls_cert_file", cert_file, problems).and_then(|bytes| {
-        match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
-            Ok(chain) if chain.is_empty() => {
-                problems.push(format!(
-                    "tls_cert_file {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
-                    cert_file.display()
-                ));
-                None
-            }
-            Ok(chain) => Some(chain),
-            Err(e) => {
-                problems.push(format!(
-                    "tls_cert_file {}: not valid PEM: {e}",
-                    cert_file.display()
-                ));
-                None
-            }
-        }
-    });
-    let key = read("tls_key_file", key_file, problems).and_then(|bytes| {
-        match PrivateKeyDer::from_pem_slice(&bytes) {
-            Ok(key) => Some(key),
-            Err(pem::Error::NoItemsFound) => {
-                problems.push(format!(
-                    "tls_key_file {}: no PEM private key (PKCS#8, SEC1 or PKCS#1) in it",
-                    key_file.display()
-                ));
-                None
-            }
-            // pki-types' messages name markers and base64 errors, not key bytes.
-            Err(e) => {
-                problems.push(format!(
-                    "tls_key_file {}: not valid PEM: {e}",
-                    key_file.display()
-                ));
-                None
-            }
-        }
-    });
-    let (Some(chain), Some(key)) = (chain, key) else {
-        debug_assert!(problems.len() > before);
-        return None;
-    };
-    let chain_len = chain.len();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = match rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    {
-        Ok(b) => b,
+    let resolver = Arc::new(crate::tls::CertResolver::new(loaded.key));
+    match crate::tls::server_config(resolver.clone()) {
+        Ok(server_config) => Some(TlsSettings {
+            cert_file: cert_file.to_owned(),
+            key_file: key_file.to_owned(),
+            chain_len: loaded.chain_len,
+            server_config: Arc::new(server_config),
+            resolver,
+        }),
         Err(e) => {
             problems.push(format!("internal: TLS versions: {e}"));
-            return None;
-        }
-    };
-    // `with_single_cert` parses the key with the provider and compares it
-    // with the leaf certificate's public key.
-    match builder.with_no_client_auth().with_single_cert(chain, key) {
-        Ok(mut server_config) => {
-            server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-            Some(TlsSettings {
-                cert_file: cert_file.to_owned(),
-                key_file: key_file.to_owned(),
-                chain_len,
-                server_config: Arc::new(server_config),
-            })
-        }
-        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-            problems.push(format!(
-                "tls_key_file {} does not match the certificate in tls_cert_file {} (the first certificate must be the leaf of this key)",
-                key_file.display(),
-                cert_file.display()
-            ));
-            None
-        }
-        Err(e) => {
-            problems.push(format!(
-                "tls_cert_file {} / tls_key_file {}: {e}",
-                cert_file.display(),
-                key_file.display()
-            ));
             None
         }
     }

@@ -17,3 +17,4 @@ pub mod rescue;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
+pub mod tls;

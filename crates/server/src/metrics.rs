@@ -30,6 +30,12 @@ pub struct Via {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsReload {
+    /// `ok` (new handshakes use the new certificate) or `error` (the old one stays).
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamCall {
     pub upstream: String,
     pub method: String,
@@ -52,6 +58,11 @@ pub struct Metrics {
     /// TLS handshakes on the API listener that failed or timed out (a plain
     /// HTTP client on the TLS port, an untrusted certificate, a port scan).
     pub tls_handshake_failures: Counter,
+    /// Reloads of the API listener's certificate (SIGHUP, `POST /tls/reload`)
+    /// by result; `tls_reload_ok` and `tls_reload_error` are its two series.
+    pub tls_reloads: Family<TlsReload, Counter>,
+    pub tls_reload_ok: Counter,
+    pub tls_reload_error: Counter,
     /// Counters of the hot paths, resolved once (a `Family` lookup takes a
     /// lock and hashes the labels on every call).
     hot: Hot,
@@ -173,6 +184,21 @@ impl Metrics {
             "TLS handshakes on the API listener that failed or timed out",
             tls_handshake_failures.clone(),
         );
+        let tls_reloads = Family::<TlsReload, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Reloads of the API listener's certificate and key, by result (ok: in use for new handshakes; error: the previous one stays)",
+            tls_reloads.clone(),
+        );
+        // One statement each (see `counter` above): both series exist from the start.
+        let tls_reload_ok = {
+            let c = tls_reloads.get_or_create(&TlsReload { result: "ok" });
+            c.clone()
+        };
+        let tls_reload_error = {
+            let c = tls_reloads.get_or_create(&TlsReload { result: "error" });
+            c.clone()
+        };
         let hot = Hot {
             via_sendfile,
             via_sendfile_fill,
@@ -197,6 +223,9 @@ impl Metrics {
             fills_failed,
             responses,
             tls_handshake_failures,
+            tls_reloads,
+            tls_reload_ok,
+            tls_reload_error,
         }
     }
 
@@ -297,6 +326,7 @@ mod tests {
         m.served("cache", 10);
         m.served("upstream", 5);
         m.tls_handshake_failures.inc();
+        m.tls_reload_error.inc();
         let text = m.encode();
         assert!(
             text.contains("regcache_cache_lookups_total{kind=\"tag\",result=\"hit\"} 1"),
@@ -326,6 +356,14 @@ mod tests {
         );
         assert!(
             text.contains("regcache_tls_handshake_failures_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("regcache_tls_reloads_total{result=\"ok\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("regcache_tls_reloads_total{result=\"error\"} 1"),
             "{text}"
         );
     }

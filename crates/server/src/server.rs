@@ -1,6 +1,9 @@
 //! Start-up and the two listeners: the registry API (plain HTTP, or TLS only
 //! when `tls_cert_file`/`tls_key_file` are set) and the admin endpoints
 //! (always plain HTTP: they stay on loopback or a cluster network).
+//!
+//! SIGHUP (or `POST /tls/reload` on the admin listener) reloads the API
+//! listener's certificate and key from their files ([`crate::tls`]).
 
 use std::future::Future;
 use std::path::Path;
@@ -100,7 +103,7 @@ pub struct Running {
     pub app: Arc<App>,
     ready: Arc<AtomicBool>,
     /// The API listener's TLS configuration (validated with the settings).
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<crate::config::TlsSettings>,
 }
 
 impl std::fmt::Debug for Running {
@@ -172,7 +175,7 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
     Ok(Running {
         app,
         ready: Arc::new(AtomicBool::new(false)),
-        tls: settings.tls.as_ref().map(|t| t.server_config.clone()),
+        tls: settings.tls.clone(),
     })
 }
 
@@ -185,13 +188,31 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let Running { app, ready, tls } = running;
+    let reloader = tls.as_ref().map(|t| {
+        Arc::new(crate::tls::Reloader::new(
+            t.cert_file.clone(),
+            t.key_file.clone(),
+            t.resolver.clone(),
+            app.metrics.tls_reload_ok.clone(),
+            app.metrics.tls_reload_error.clone(),
+        ))
+    });
+    // Installed before readiness is reported: from then on SIGHUP reloads
+    // (or is logged as a no-op) instead of terminating the process.
+    let hangup_task = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => Some(tokio::spawn(reload_on_hangup(hangups, reloader.clone()))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP; the tls certificate cannot be reloaded by signal");
+            None
+        }
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let grace = Duration::from_secs(10);
     let api_app = app.clone();
     let mut rx1 = stop_rx.clone();
     let fast: Arc<dyn crate::fastpath::FastPath> = app.clone();
-    let tls =
-        tls.map(|config| listener::Tls::new(config, app.metrics.tls_handshake_failures.clone()));
+    let tls = tls
+        .map(|t| listener::Tls::new(t.server_config, app.metrics.tls_handshake_failures.clone()));
     let api_task = tokio::spawn(listener::serve(
         api,
         move |req: Request<hyper::body::Incoming>| {
@@ -206,13 +227,15 @@ pub async fn serve(
     ));
     let admin_app = app.clone();
     let admin_ready = ready.clone();
+    let admin_reloader = reloader;
     let mut rx2 = stop_rx.clone();
     let admin_task = tokio::spawn(listener::serve(
         admin,
         move |req| {
             let app = admin_app.clone();
             let ready = admin_ready.clone();
-            async move { admin_handle(&app, &ready, req) }
+            let reloader = admin_reloader.clone();
+            async move { admin_handle(&app, &ready, reloader.as_deref(), req) }
         },
         None,
         None,
@@ -226,12 +249,21 @@ pub async fn serve(
     tracing::info!("shutting down: no new connections, finishing requests");
     ready.store(false, Ordering::SeqCst);
     let _ = stop_tx.send(true);
+    if let Some(task) = hangup_task {
+        // The handler stays installed: a late SIGHUP is ignored, not fatal.
+        task.abort();
+    }
     let _ = api_task.await;
     let _ = admin_task.await;
     tracing::info!("stopped");
 }
 
-fn admin_handle(app: &App, ready: &AtomicBool, req: Request<Incoming>) -> Response<Body> {
+fn admin_handle(
+    app: &App,
+    ready: &AtomicBool,
+    reloader: Option<&crate::tls::Reloader>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let text = |status: StatusCode, ct: &'static str, body: Bytes| {
         let mut r = Response::new(Body::full(body));
         *r.status_mut() = status;
@@ -257,6 +289,39 @@ fn admin_handle(app: &App, ready: &AtomicBool, req: Request<Incoming>) -> Respon
                 Bytes::from(crate::admin_cli::to_json(&records)),
             )
         }
+        "/tls/reload" if req.method() != http::Method::POST => {
+            let mut r = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                Bytes::from_static(b"POST to reload the tls certificate\n"),
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            r
+        }
+        "/tls/reload" => match reloader {
+            None => text(
+                StatusCode::CONFLICT,
+                "text/plain",
+                Bytes::from_static(b"tls is not configured: nothing to reload\n"),
+            ),
+            // Two small files; the admin listener can wait for them.
+            Some(reloader) => match reloader.reload() {
+                Ok(n) => text(
+                    StatusCode::OK,
+                    "text/plain",
+                    Bytes::from(format!("reloaded ({n} certificate(s))\n")),
+                ),
+                // The problems name files, never key bytes.
+                Err(e) => text(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "text/plain",
+                    Bytes::from(format!(
+                        "not reloaded, still serving the previous certificate: {e}\n"
+                    )),
+                ),
+            },
+        },
         "/metrics" => {
             app.refresh_metrics();
             text(
@@ -283,6 +348,24 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Reloads the TLS certificate on every SIGHUP in `hangups` (runs until
+/// aborted). Without TLS, a SIGHUP is logged and otherwise ignored.
+pub async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    reloader: Option<Arc<crate::tls::Reloader>>,
+) {
+    while hangups.recv().await.is_some() {
+        let Some(reloader) = &reloader else {
+            tracing::info!("sighup: tls is not configured, nothing to reload");
+            continue;
+        };
+        tracing::info!("sighup: reloading the tls certificate");
+        let reloader = reloader.clone();
+        // Logged and counted inside; the old certificate stays on failure.
+        let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
     }
 }
 

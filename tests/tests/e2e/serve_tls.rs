@@ -4,7 +4,9 @@
 //! plain-HTTP client, get no registry answer and are counted as failed
 //! handshakes; HTTP/2 is negotiated with ALPN; every request is served by
 //! hyper (the `sendfile` fast path is for plain TCP); a bad certificate/key
-//! pair stops start-up with exit 64.
+//! pair stops start-up with exit 64; SIGHUP (and `POST /tls/reload` on the
+//! admin listener) swaps in a rotated certificate, keeps the old one when the
+//! new files are bad, and is harmless without TLS.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +19,7 @@ use crate::support::{Mode, Pushed, Upstream, dir_contents, eventually, push_test
 
 const FAILURES: &str = "regcache_tls_handshake_failures_total";
 const RESPONSES: &str = "regcache_responses_total";
+const RELOADS: &str = "regcache_tls_reloads_total";
 
 /// A CA and a leaf for IP 127.0.0.1 that it signed, as files.
 struct Pki {
@@ -360,4 +363,158 @@ async fn a_bad_certificate_or_key_stops_start_up_with_exit_64() {
     // Nothing was bound, nothing written.
     assert!(std::net::TcpListener::bind(&admin).is_ok());
     assert_eq!(std::fs::read_dir(data.path()).unwrap().count(), 0);
+}
+
+/// `GET /v2/` over TLS with a fresh client (no pooled connection) that
+/// trusts only `ca_pem`: the status, or the error.
+async fn get_v2_trusting(regcache: &Regcache, ca_pem: &str) -> Result<u16, String> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    client
+        .get(format!("{}/v2/", regcache.url()))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| format!("{e:?}"))
+}
+
+async fn reloads(regcache: &Regcache, result: &str) -> f64 {
+    regcache.metrics().await.sum(RELOADS, &[("result", result)])
+}
+
+/// `POST /tls/reload` on the admin listener: (status, body).
+async fn post_reload(regcache: &Regcache) -> (u16, String) {
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+        .post(format!("{}/tls/reload", regcache.admin_url()))
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.text().await.unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn sighup_reloads_a_rotated_certificate_and_keeps_it_when_the_next_is_bad() {
+    let (first, second) = (make_pki(), make_pki());
+    // The files regcache reads, as a mounted Secret would change them.
+    let files = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (files.path().join("tls.crt"), files.path().join("tls.key"));
+    std::fs::copy(&first.chain_file, &cert_file).unwrap();
+    std::fs::copy(&first.key_file, &key_file).unwrap();
+    let upstream = Upstream::start(Mode::Plain);
+    let mut regcache = Regcache::start(upstream.regcache_options().tls(&cert_file, &key_file));
+    assert_eq!(get_v2_trusting(&regcache, &first.ca_pem).await, Ok(200));
+    assert!(get_v2_trusting(&regcache, &second.ca_pem).await.is_err());
+    assert_eq!(reloads(&regcache, "ok").await, 0.0);
+    assert_eq!(reloads(&regcache, "error").await, 0.0);
+
+    // Rotate to a certificate from another CA, then SIGHUP.
+    std::fs::copy(&second.chain_file, &cert_file).unwrap();
+    std::fs::copy(&second.key_file, &key_file).unwrap();
+    regcache.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            get_v2_trusting(&regcache, &second.ca_pem).await == Ok(200)
+        })
+        .await,
+        "the rotated certificate was not served after SIGHUP; log:\n{}",
+        regcache.log()
+    );
+    assert!(
+        get_v2_trusting(&regcache, &first.ca_pem).await.is_err(),
+        "new handshakes must not get the old certificate"
+    );
+    assert_eq!(reloads(&regcache, "ok").await, 1.0);
+    let log = regcache.log();
+    assert!(log.contains("tls certificate reloaded"), "{log}");
+    let fingerprint = log
+        .split("leaf_sha256=")
+        .nth(1)
+        .map(|rest| {
+            rest.trim_start_matches('"')
+                .chars()
+                .take(95)
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    assert!(
+        fingerprint.len() == 95
+            && fingerprint
+                .split(':')
+                .all(|pair| pair.len() == 2 && pair.chars().all(|c| c.is_ascii_hexdigit())),
+        "the new leaf's SHA-256 fingerprint should be logged: {log}"
+    );
+
+    // A key that is not the certificate's: logged, counted, nothing changes.
+    std::fs::copy(&second.other_key_file, &key_file).unwrap();
+    regcache.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            reloads(&regcache, "error").await >= 1.0
+        })
+        .await,
+        "a bad reload was not counted; log:\n{}",
+        regcache.log()
+    );
+    assert!(
+        regcache.is_running(),
+        "SIGHUP with a bad key must not stop regcache"
+    );
+    assert_eq!(get_v2_trusting(&regcache, &second.ca_pem).await, Ok(200));
+    assert_eq!(reloads(&regcache, "error").await, 1.0);
+    assert_eq!(reloads(&regcache, "ok").await, 1.0);
+    let log = regcache.log();
+    assert!(
+        log.contains("tls certificate reload failed")
+            && log.contains("does not match the certificate"),
+        "{log}"
+    );
+    assert!(!log.contains("PRIVATE KEY"), "{log}");
+
+    // The admin listener reloads too: refused while the key is wrong, then
+    // fine once the right key is back.
+    let (status, body) = post_reload(&regcache).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("does not match"), "{body}");
+    std::fs::copy(&second.key_file, &key_file).unwrap();
+    let (status, body) = post_reload(&regcache).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(reloads(&regcache, "error").await, 2.0);
+    assert_eq!(reloads(&regcache, "ok").await, 2.0);
+    assert_eq!(get_v2_trusting(&regcache, &second.ca_pem).await, Ok(200));
+
+    let status = regcache.stop();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn sighup_without_tls_is_harmless() {
+    let upstream = Upstream::start(Mode::Plain);
+    let mut regcache = Regcache::start(upstream.regcache_options());
+    regcache.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            regcache.log().contains("nothing to reload")
+        })
+        .await,
+        "SIGHUP without TLS was not logged; log:\n{}",
+        regcache.log()
+    );
+    assert!(regcache.is_running(), "SIGHUP must not stop regcache");
+    assert_eq!(http_status(regcache.addr(), "/v2/"), Some(200));
+    assert_eq!(post_reload(&regcache).await.0, 409);
+    assert_eq!(regcache.metrics().await.sum(RELOADS, &[]), 0.0);
 }
