@@ -108,7 +108,32 @@ impl Conn {
     /// Reads `len` body bytes, handing each slice to `sink`; stops early
     /// (returning the count so far) when `sink` returns `false`, after which
     /// the connection must not be reused.
-    pub fn read_body(&mut self, len: u64, mut sink: impl FnMut(&[u8]) -> bool) -> io::Result<u64> {
+    pub fn read_body(&mut self, len: u64, sink: impl FnMut(&[u8]) -> bool) -> io::Result<u64> {
+        self.body(len, false, sink)
+    }
+
+    /// Like [`Self::read_body`], but the body is consumed in the kernel with
+    /// `recv(MSG_TRUNC)`, which on TCP drops the bytes without copying them
+    /// to user space: the client then costs little CPU, and a throughput
+    /// scenario measures the server rather than the client's copies. `sink`
+    /// gets each step's byte count. Used where the bytes were already checked
+    /// (S1 runs after a hashed warm-up GET).
+    pub fn discard_body(
+        &mut self,
+        len: u64,
+        mut sink: impl FnMut(usize) -> bool,
+    ) -> io::Result<u64> {
+        self.body(len, true, |bytes| sink(bytes.len()))
+    }
+
+    /// Reads (or, with `discard`, drops in the kernel) a body of `len` bytes;
+    /// with `discard` the slices `sink` gets have the right length only.
+    fn body(
+        &mut self,
+        len: u64,
+        discard: bool,
+        mut sink: impl FnMut(&[u8]) -> bool,
+    ) -> io::Result<u64> {
         let mut got = 0u64;
         // Bytes already buffered with the head.
         let buffered = ((self.end - self.start) as u64).min(len) as usize;
@@ -128,7 +153,17 @@ impl Conn {
             // The buffer is empty here: read straight into all of it, but
             // never past this body (a pipelined next response stays unread).
             let want = ((len - got) as usize).min(self.buf.len());
-            let n = self.stream.read(&mut self.buf[..want])?;
+            let n = if discard {
+                rustix::net::recv(
+                    &self.stream,
+                    &mut self.buf[..want],
+                    rustix::net::RecvFlags::TRUNC,
+                )?
+                .1
+                .min(want)
+            } else {
+                self.stream.read(&mut self.buf[..want])?
+            };
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -137,51 +172,6 @@ impl Conn {
             }
             got += n as u64;
             if !sink(&self.buf[..n]) {
-                return Ok(got);
-            }
-        }
-        Ok(got)
-    }
-
-    /// Like [`Self::read_body`], but the body is consumed in the kernel with
-    /// `recv(MSG_TRUNC)`, which on TCP drops the bytes without copying them
-    /// to user space: the client then costs little CPU, and a throughput
-    /// scenario measures the server rather than the client's copies. `sink`
-    /// gets each step's byte count. Used where the bytes were already checked
-    /// (S1 runs after a hashed warm-up GET).
-    pub fn discard_body(
-        &mut self,
-        len: u64,
-        mut sink: impl FnMut(usize) -> bool,
-    ) -> io::Result<u64> {
-        let mut got = 0u64;
-        let buffered = ((self.end - self.start) as u64).min(len) as usize;
-        if buffered > 0 {
-            self.start += buffered;
-            got += buffered as u64;
-            if !sink(buffered) {
-                return Ok(got);
-            }
-        }
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-        while got < len {
-            let want = ((len - got) as usize).min(self.buf.len());
-            let (_, n) = rustix::net::recv(
-                &self.stream,
-                &mut self.buf[..want],
-                rustix::net::RecvFlags::TRUNC,
-            )?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("connection closed after {got} of {len} body bytes"),
-                ));
-            }
-            got += n as u64;
-            if !sink(n) {
                 return Ok(got);
             }
         }
