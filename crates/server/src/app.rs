@@ -101,6 +101,23 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The repository the upstream knows: Docker Hub's official images live
+    /// under `library/`, so a one-component name gets that prefix (and the
+    /// path sent upstream with it).
+    fn upstream_name(&mut self, name: RepositoryName) -> RepositoryName {
+        if !self.up.docker_hub || self.short || name.components().count() != 1 {
+            return name;
+        }
+        match RepositoryName::parse(&format!("library/{name}")) {
+            Ok(full) => {
+                self.short = true;
+                self.pq = self.pq.replacen("/v2/", "/v2/library/", 1);
+                full
+            }
+            Err(_) => name,
+        }
+    }
+
     /// The repository as the client named it (what Schema 1 documents embed,
     /// spec 03 §3.8: the path the client used).
     pub fn client_name(&self, repo: &RepositoryName) -> String {
@@ -377,22 +394,7 @@ impl App {
             }
             Err(e) => return Err(ServeError::Client(e.0)),
         };
-        // Docker Hub's official images live under library/.
-        let route = if ctx.up.docker_hub {
-            route.map_name(|n| {
-                if n.components().count() == 1 {
-                    ctx.short = true;
-                    RepositoryName::parse(&format!("library/{n}")).unwrap_or(n)
-                } else {
-                    n
-                }
-            })
-        } else {
-            route
-        };
-        if ctx.short {
-            ctx.pq = ctx.pq.replacen("/v2/", "/v2/library/", 1);
-        }
+        let route = route.map_name(|n| ctx.upstream_name(n));
         let ctx = &ctx;
         let method = req.method().clone();
         let head = method == Method::HEAD;
@@ -1053,47 +1055,44 @@ impl App {
             self.metrics.served("cache", src.len());
             return serve_source(src, digest, range, head);
         }
+        match self.cold_blob(ctx, name, digest, range).await? {
+            ColdBlob::Slice(slice, reader) => {
+                let body = fill_body(reader, &slice);
+                Ok(blob_headers(
+                    slice.status,
+                    digest,
+                    slice.n,
+                    slice.content_range,
+                    body,
+                ))
+            }
+            ColdBlob::Unsatisfiable(len) => Ok(range_not_satisfiable(len)),
+        }
+    }
+
+    /// A blob the cache lacks: join or start its fill, wait for its length
+    /// and decide the part to send. Counted as a miss (and as bytes from the
+    /// upstream when the whole blob goes out).
+    async fn cold_blob(
+        &self,
+        ctx: &Ctx,
+        name: &RepositoryName,
+        digest: &Digest,
+        range: Option<&str>,
+    ) -> Result<ColdBlob, ServeError> {
         self.metrics.miss("blob");
         let mut reader = self.fill(ctx, name, digest).await?;
         let len = match reader.wait_len().await {
             Ok(len) => len,
             Err(e) => return Err(self.fill_failure(ctx, digest, &e)),
         };
-        if head {
-            return Ok(blob_headers(
-                StatusCode::OK,
-                digest,
-                len,
-                None,
-                Body::empty(),
-            ));
+        let Some(slice) = BlobSlice::of(range, len) else {
+            return Ok(ColdBlob::Unsatisfiable(len));
+        };
+        if slice.status == StatusCode::OK {
+            self.metrics.served("upstream", len);
         }
-        match parse_range(range, len) {
-            RangeSpec::Full => {
-                let stream = hold_last(reader.map_err(std::io::Error::other)).boxed();
-                self.metrics.served("upstream", len);
-                Ok(blob_headers(
-                    StatusCode::OK,
-                    digest,
-                    len,
-                    None,
-                    Body::stream(stream, Some(len)),
-                ))
-            }
-            RangeSpec::Partial(start, end) => {
-                let reader = reader.range(start, Some(end + 1));
-                let n = end + 1 - start;
-                let stream = hold_last(reader.map_err(std::io::Error::other)).boxed();
-                Ok(blob_headers(
-                    StatusCode::PARTIAL_CONTENT,
-                    digest,
-                    n,
-                    Some(format!("bytes {start}-{end}/{len}")),
-                    Body::stream(stream, Some(n)),
-                ))
-            }
-            RangeSpec::Unsatisfiable => Ok(range_not_satisfiable(len)),
-        }
+        Ok(ColdBlob::Slice(slice, reader))
     }
 
     /// `HEAD` of a blob asks the upstream (a HEAD, never a download: distribution's
@@ -1736,15 +1735,10 @@ impl App {
         match self.store.get(&digest).await {
             Ok(Some(src)) => {
                 let len = src.len();
-                let Some(BlobSlice {
-                    status,
-                    start,
-                    n,
-                    content_range,
-                }) = BlobSlice::of(range, len)
-                else {
+                let Some(slice) = BlobSlice::of(range, len) else {
                     return reply(range_not_satisfiable(len));
                 };
+                let (start, n) = (slice.start, slice.n);
                 let body = match src {
                     Source::Bytes(b) => {
                         ReplyBody::Bytes(b.slice(start as usize..(start + n) as usize))
@@ -1757,67 +1751,26 @@ impl App {
                     _ => return None,
                 };
                 self.metrics.hit("blob");
-                self.metrics.served("cache", n);
-                let (parts, _) =
-                    blob_headers(status, &digest, n, content_range, Body::empty()).into_parts();
-                Some(Reply {
-                    status,
-                    headers: parts.headers,
-                    body,
-                })
+                self.metrics.served("cache", slice.n);
+                Some(blob_reply(slice, &digest, body))
             }
             Ok(None) => {
-                // Docker Hub short names live under library/ (as in `dispatch`).
                 let mut ctx = ctx;
-                let name = if ctx.up.docker_hub && name.components().count() == 1 {
-                    ctx.short = true;
-                    ctx.pq = ctx.pq.replacen("/v2/", "/v2/library/", 1);
-                    RepositoryName::parse(&format!("library/{name}")).unwrap_or(name)
-                } else {
-                    name
-                };
-                self.metrics.miss("blob");
-                let mut reader = match self.fill(&ctx, &name, &digest).await {
-                    Ok(r) => r,
+                let name = ctx.upstream_name(name);
+                let (slice, reader) = match self.cold_blob(&ctx, &name, &digest, range).await {
+                    Ok(ColdBlob::Slice(slice, reader)) => (slice, reader),
+                    Ok(ColdBlob::Unsatisfiable(len)) => return reply(range_not_satisfiable(len)),
                     Err(e) => return reply(rescue(e, false)),
                 };
-                let len = match reader.wait_len().await {
-                    Ok(len) => len,
-                    Err(e) => return reply(rescue(self.fill_failure(&ctx, &digest, &e), false)),
-                };
-                let Some(BlobSlice {
-                    status,
-                    start,
-                    n,
-                    content_range,
-                }) = BlobSlice::of(range, len)
-                else {
-                    return reply(range_not_satisfiable(len));
-                };
-                if status == StatusCode::OK {
-                    self.metrics.served("upstream", len);
-                }
                 let body = match reader.into_file() {
                     Ok(fill) => ReplyBody::Fill {
                         fill,
-                        offset: start,
-                        len: n,
+                        offset: slice.start,
+                        len: slice.n,
                     },
-                    Err(reader) => {
-                        let reader = reader.range(start, Some(start + n));
-                        ReplyBody::Body(Body::stream(
-                            hold_last(reader.map_err(std::io::Error::other)).boxed(),
-                            Some(n),
-                        ))
-                    }
+                    Err(reader) => ReplyBody::Body(fill_body(*reader, &slice)),
                 };
-                let (parts, _) =
-                    blob_headers(status, &digest, n, content_range, Body::empty()).into_parts();
-                Some(Reply {
-                    status,
-                    headers: parts.headers,
-                    body,
-                })
+                Some(blob_reply(slice, &digest, body))
             }
             Err(_) => None,
         }
@@ -2329,6 +2282,43 @@ where
             }
         },
     )
+}
+
+/// A cold blob's fill, or the length a `Range` could not be satisfied in.
+enum ColdBlob {
+    Slice(BlobSlice, FillReader),
+    Unsatisfiable(u64),
+}
+
+/// The part `slice` of a fill as a response body: streamed one chunk behind
+/// (see [`hold_last`]) so it can only complete once the fill is verified.
+fn fill_body(reader: FillReader, slice: &BlobSlice) -> Body {
+    let reader = reader.range(slice.start, Some(slice.start + slice.n));
+    Body::stream(
+        hold_last(reader.map_err(std::io::Error::other)).boxed(),
+        Some(slice.n),
+    )
+}
+
+/// A fast-path blob reply: the headers `get_blob` would send, and `body`.
+fn blob_reply(
+    slice: BlobSlice,
+    digest: &Digest,
+    body: crate::fastpath::ReplyBody,
+) -> crate::fastpath::Reply {
+    let (parts, _) = blob_headers(
+        slice.status,
+        digest,
+        slice.n,
+        slice.content_range,
+        Body::empty(),
+    )
+    .into_parts();
+    crate::fastpath::Reply {
+        status: slice.status,
+        headers: parts.headers,
+        body,
+    }
 }
 
 /// The part of a blob a `GET` sends: the whole (200) or one `Range` (206).
