@@ -88,6 +88,8 @@ pub struct AccessLogEntry {
     /// Path and query as requested, e.g. `/v2/library/x/blobs/sha256:…`.
     pub path: String,
     pub status: u16,
+    /// Response body bytes the registry wrote (`-` counts as 0).
+    pub bytes: u64,
     pub user_agent: String,
 }
 
@@ -379,7 +381,7 @@ fn parse_access_line(line: &str) -> Option<AccessLogEntry> {
     let path = request.next()?.to_owned();
     let mut fields = rest.trim_start().splitn(3, ' ');
     let status = fields.next()?.parse().ok()?;
-    let _bytes = fields.next()?;
+    let bytes = fields.next()?.parse().unwrap_or(0);
     let quoted = fields.next().unwrap_or_default();
     let user_agent = quoted
         .rsplit_once("\" \"")
@@ -389,6 +391,7 @@ fn parse_access_line(line: &str) -> Option<AccessLogEntry> {
         method,
         path,
         status,
+        bytes,
         user_agent,
     })
 }
@@ -406,9 +409,14 @@ mod tests {
                 method: "GET".into(),
                 path: "/v2/t/a/blobs/sha256:ab".into(),
                 status: 200,
+                bytes: 2,
                 user_agent: "curl/7.88.1".into(),
             })
         );
+        let head = r#"127.0.0.1 - - [22/Nov/2026:19:44:00 +0000] "HEAD /v2/b/p/manifests/t HTTP/1.1" 200 - "" "Go-http-client/1.1""#;
+        assert_eq!(parse_access_line(head).map(|e| e.bytes), Some(0));
+        let big = r#"127.0.0.1 - - [22/Nov/2026:19:44:00 +0000] "GET /v2/b/p/blobs/sha256:ab HTTP/1.1" 200 1048576 "" "skopeo/1.9.3""#;
+        assert_eq!(parse_access_line(big).map(|e| e.bytes), Some(1 << 20));
         assert_eq!(
             parse_access_line(r#"time="2026-11-22T19:44:00Z" level=info msg="x""#),
             None

@@ -845,7 +845,7 @@ fn measure_pulls(
         upstream,
         all_pids,
         scratch: scratch.path(),
-        seen: pull::access_lines(&upstream.log()).len(),
+        seen: upstream.access_entries().len(),
         copies: 0,
     };
     let mut runs = Vec::new();
@@ -907,18 +907,9 @@ impl Puller<'_> {
         let _ = std::fs::remove_dir_all(&dest);
         settle(self.upstream);
         let after = snapshot(target, upstream_pid, self.all_pids);
-        let lines = pull::access_lines(&self.upstream.log());
-        let window = lines.get(self.seen..).unwrap_or_default();
-        self.seen = lines.len();
-        let entries: Vec<regcache_tests::AccessLogEntry> = window
-            .iter()
-            .map(|l| regcache_tests::AccessLogEntry {
-                method: l.method.clone(),
-                path: l.path.clone(),
-                status: l.status,
-                user_agent: String::new(),
-            })
-            .collect();
+        let entries = self.upstream.access_entries();
+        let window = entries.get(self.seen..).unwrap_or_default();
+        self.seen = entries.len();
         let secs = |ticks: u64| ticks as f64 / TICKS_PER_SEC;
         let ours = end_of_copy.ours.saturating_sub(before.ours)
             + end_of_copy.me.saturating_sub(before.me)
@@ -934,8 +925,8 @@ impl Puller<'_> {
             upstream_cpu_secs: (!is_direct)
                 .then(|| secs(after.upstream.saturating_sub(before.upstream))),
             other_cores: secs(busy.saturating_sub(ours)) / copy.wall.as_secs_f64().max(1e-9),
-            upstream_requests: summarize_upstream(&entries),
-            upstream_bytes: window.iter().map(|l| l.bytes).sum(),
+            upstream_requests: summarize_upstream(window),
+            upstream_bytes: window.iter().map(|e| e.bytes).sum(),
             image_bytes: image.blob_bytes(),
             error: result.err(),
             command: copy.command,

@@ -161,42 +161,6 @@ fn hash_file(path: &Path) -> Result<String, String> {
     Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
 }
 
-/// One access-log line of the upstream with its byte count.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccessLine {
-    pub method: String,
-    pub path: String,
-    pub status: u16,
-    /// Response body bytes the registry wrote (`-` counts as 0).
-    pub bytes: u64,
-}
-
-/// The access-log lines of a docker-registry log (Apache combined format,
-/// `127.0.0.1 - - [date] "GET /v2/ HTTP/1.1" 200 2 "" "UA"`), in order, with
-/// the byte count that `regcache_tests::AccessLogEntry` leaves out.
-pub fn access_lines(log: &str) -> Vec<AccessLine> {
-    log.lines().filter_map(parse_access_line).collect()
-}
-
-fn parse_access_line(line: &str) -> Option<AccessLine> {
-    let first = line.split(' ').next()?;
-    first.parse::<std::net::IpAddr>().ok()?;
-    let rest = &line[line.find("] \"")? + 3..];
-    let (request, rest) = rest.split_once('"')?;
-    let mut request = request.split(' ');
-    let method = request.next()?.to_owned();
-    let path = request.next()?.to_owned();
-    let mut fields = rest.split_whitespace();
-    let status = fields.next()?.parse().ok()?;
-    let bytes = fields.next()?.parse().unwrap_or(0);
-    Some(AccessLine {
-        method,
-        path,
-        status,
-        bytes,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,30 +212,6 @@ mod tests {
         std::fs::write(dir.path().join("manifest.json"), b"{}").expect("write");
         let err = verify_dir(dir.path(), &img).expect_err("other manifest");
         assert!(err.contains("pushed manifest"), "{err}");
-    }
-
-    #[test]
-    fn parses_access_lines_with_bytes() {
-        let log = "time=\"x\" level=debug msg=\"authorizing request\"\n\
-            127.0.0.1 - - [22/Nov/2026:19:44:00 +0000] \"GET /v2/b/p/blobs/sha256:ab HTTP/1.1\" 200 1048576 \"\" \"skopeo/1.9.3\"\n\
-            127.0.0.1 - - [22/Nov/2026:19:44:00 +0000] \"HEAD /v2/b/p/manifests/t HTTP/1.1\" 200 - \"\" \"Go-http-client/1.1\"\n";
-        assert_eq!(
-            access_lines(log),
-            vec![
-                AccessLine {
-                    method: "GET".into(),
-                    path: "/v2/b/p/blobs/sha256:ab".into(),
-                    status: 200,
-                    bytes: 1 << 20,
-                },
-                AccessLine {
-                    method: "HEAD".into(),
-                    path: "/v2/b/p/manifests/t".into(),
-                    status: 200,
-                    bytes: 0,
-                },
-            ]
-        );
     }
 
     #[test]

@@ -1077,7 +1077,7 @@ impl Report {
         let _ = writeln!(out, "\n## Cold fan-in (S3) and Schema 1 conversion (S6)\n");
         let _ = writeln!(
             out,
-            "Run once per server after the S1/S2 rounds (S3 is cold by construction, so it has no repeat; S6 takes the best of the rounds). S3 upstream GETs are the 200 GETs of that blob's path in the upstream's access log after it settled (each counted as the whole blob; the access log has no byte counts); TTFB is the time to the response head from the common start, TTLB to the last body byte.\n"
+            "Run once per server after the S1/S2 rounds (S3 is cold by construction, so it has no repeat; S6 takes the best of the rounds). S3 upstream GETs are the 200 GETs of that blob's path in the upstream's access log after it settled (each counted as the whole blob); TTFB is the time to the response head from the common start, TTLB to the last body byte.\n"
         );
         out.push_str(&self.cold_and_schema1_tables());
         for r in &self.schema1 {
