@@ -11,36 +11,18 @@
 //!
 //! Every launcher waits until the server answers HTTP before returning.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use regcache_tests::regcache::http_status;
 
 use super::procstat;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Sends `GET path` on a fresh connection; the status code, if an HTTP
-/// answer came back.
-pub fn probe_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut head = [0u8; 12];
-    let mut got = 0;
-    while got < head.len() {
-        match stream.read(&mut head[got..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
-        }
-    }
-    let text = std::str::from_utf8(&head[..got]).ok()?;
-    text.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
-}
-
-/// Waits until `ready(probe_status(addr, path))`, or the child exits, or 30 s.
+/// Waits until `ready(http_status(addr, path))`, or the child exits, or 30 s.
 fn wait_ready(
     child: &mut Child,
     addr: SocketAddr,
@@ -57,7 +39,7 @@ fn wait_ready(
                 std::fs::read_to_string(log).unwrap_or_default()
             ));
         }
-        if probe_status(addr, path).is_some_and(&ready) {
+        if http_status(addr, path).is_some_and(&ready) {
             return Ok(());
         }
         if Instant::now() > deadline {
