@@ -1,0 +1,288 @@
+//! The HTTP/1 fast path: pulls answered without hyper, blobs with `sendfile(2)`.
+//!
+//! Bytes from disk to socket without passing through user space is what
+//! nginx's `sendfile on` does, and hyper's body abstraction can't: every body
+//! chunk is a `Bytes` in our memory. So each connection starts here: request
+//! heads are parsed with `httparse`, and every `GET` or `HEAD` without a body
+//! is answered on this loop. A blob the cache holds, or one being filled from
+//! the upstream, goes out with `sendfile` straight from its file; everything
+//! else (manifests, errors, listings) comes from the same handlers hyper
+//! calls ([`FastPath::respond`]), and only the response head and body are
+//! written here. A pull (ping, manifests, blobs, on one kept-alive
+//! connection) therefore stays on this loop from start to end.
+//!
+//! The first request that is anything else (a push or any request with a
+//! body, `Expect`, `Upgrade`, HTTP/2, a head over 16 KiB or one `httparse`
+//! refuses) hands the whole connection to hyper, bytes already read
+//! included, for the rest of its life. Hyper answers those exactly as before:
+//! this loop never has to parse a request body.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use http::header;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use regcache_store::FillFile;
+use tokio::net::TcpStream;
+
+use crate::body::{Body, ReqBody};
+
+mod rewind;
+mod send;
+mod wire;
+
+pub use rewind::Rewind;
+use wire::{Parsed, parse, write_reply};
+
+/// Largest request head the fast path reads before giving up (hyper's default
+/// is larger; such requests go to hyper).
+const MAX_HEAD: usize = 16 << 10;
+/// How long to wait for a (next) request on a kept-alive connection.
+const IDLE: Duration = Duration::from_secs(90);
+/// How long a request head may take once its first byte has arrived (hyper's
+/// `header_read_timeout` for the connections it serves).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Answers requests parsed by the fast path.
+pub trait FastPath: Send + Sync + 'static {
+    /// The answer to a `GET` or `HEAD` without a body.
+    fn respond(&self, req: Request<ReqBody>) -> BoxFuture<'_, Reply>;
+}
+
+/// What the fast path sends.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: ReplyBody,
+}
+
+#[derive(Debug)]
+pub enum ReplyBody {
+    Empty,
+    Bytes(Bytes),
+    /// `len` bytes of `file` from `offset`, sent with `sendfile`.
+    File {
+        file: std::fs::File,
+        offset: u64,
+        len: u64,
+    },
+    /// `len` bytes from `offset` of a blob still being filled: sent with
+    /// `sendfile` as the fill writes them, the last byte only once the fill is
+    /// verified, so a failed fill always leaves the client short.
+    Fill {
+        fill: FillFile,
+        offset: u64,
+        len: u64,
+    },
+    /// Anything else a handler produced.
+    Body(Body),
+}
+
+impl Reply {
+    /// A handler's response, sent as it is (its body not at all for `HEAD`).
+    pub fn from_response(resp: Response<Body>, head: bool) -> Reply {
+        let (parts, body) = resp.into_parts();
+        let body = match body {
+            _ if head => ReplyBody::Empty,
+            Body::Full(None) => ReplyBody::Empty,
+            Body::Full(Some(b)) => ReplyBody::Bytes(b),
+            stream => ReplyBody::Body(stream),
+        };
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
+impl Reply {
+    /// Whether the body's end can only be told by closing the connection.
+    fn is_close_delimited(&self, http10: bool) -> bool {
+        http10
+            && !self.headers.contains_key(header::CONTENT_LENGTH)
+            && matches!(self.body, ReplyBody::Body(Body::Stream { len: None, .. }))
+    }
+}
+
+/// What became of a connection on the fast path.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Closed (by the client, an error, or `Connection: close`).
+    Done,
+    /// Continue with hyper on this IO (unread bytes first).
+    Handoff(Rewind),
+}
+
+/// Serve requests on `stream` while they can take the fast path.
+pub async fn run(
+    stream: TcpStream,
+    fast: Arc<dyn FastPath>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Outcome {
+    let mut stream = stream;
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        // Read until one full request head is buffered.
+        let mut deadline = None;
+        let (head, consumed) = loop {
+            match parse(&buf) {
+                Parsed::Complete(head, n) => break (head, n),
+                Parsed::Other => return Outcome::Handoff(Rewind::new(stream, buf.freeze())),
+                Parsed::Partial if buf.len() >= MAX_HEAD => {
+                    return Outcome::Handoff(Rewind::new(stream, buf.freeze()));
+                }
+                Parsed::Partial => {}
+            }
+            let wait = match deadline {
+                None if buf.is_empty() => IDLE,
+                None => {
+                    let d = tokio::time::Instant::now() + HEAD_TIMEOUT;
+                    deadline = Some(d);
+                    HEAD_TIMEOUT
+                }
+                Some(d) => d.saturating_duration_since(tokio::time::Instant::now()),
+            };
+            let read = tokio::select! {
+                r = tokio::time::timeout(wait, tokio::io::AsyncReadExt::read_buf(&mut stream, &mut buf)) => r,
+                _ = stop.changed() => return Outcome::Done,
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Outcome::Done,
+                Ok(Ok(_)) => {}
+            }
+        };
+        buf.advance(consumed);
+        let is_head = head.req.method() == Method::HEAD;
+        let http10 = head.req.version() == Version::HTTP_10;
+        let mut close = head.close;
+        let reply = fast.respond(head.req).await;
+        if reply.is_close_delimited(http10) {
+            close = true;
+        }
+        if write_reply(&mut stream, reply, close, is_head, http10)
+            .await
+            .is_err()
+            || close
+        {
+            return Outcome::Done;
+        }
+        if *stop.borrow() {
+            return Outcome::Done;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A connected pair: (server side, client side).
+    pub(super) async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (s.unwrap().0, c.unwrap())
+    }
+
+    /// Answers every request with its method and path.
+    struct Echo;
+
+    impl FastPath for Echo {
+        fn respond(&self, req: Request<ReqBody>) -> BoxFuture<'_, Reply> {
+            let text = format!("{} {}", req.method(), req.uri());
+            Box::pin(async move {
+                Reply {
+                    status: StatusCode::OK,
+                    headers: HeaderMap::new(),
+                    body: ReplyBody::Bytes(Bytes::from(text)),
+                }
+            })
+        }
+    }
+
+    async fn serve_one(server: TcpStream) -> Outcome {
+        let (_tx, mut rx) = tokio::sync::watch::channel(false);
+        run(server, Arc::new(Echo), &mut rx).await
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order_then_a_push_goes_to_hyper() {
+        let (server, mut client) = pair().await;
+        let task = tokio::spawn(serve_one(server));
+        client
+            .write_all(
+                b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\nHEAD /v2/a/manifests/1 HTTP/1.1\r\n\r\nGET /v2/b HTTP/1.1\r\n\r\nPUT /v2/a/manifests/1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+            )
+            .await
+            .unwrap();
+        let Outcome::Handoff(mut rest) = task.await.unwrap() else {
+            panic!("a PUT must be handed to hyper");
+        };
+        // hyper gets the PUT whole, body included.
+        let mut pending = vec![0u8; 64];
+        let n = tokio::io::AsyncReadExt::read(&mut rest, &mut pending)
+            .await
+            .unwrap();
+        assert_eq!(
+            &pending[..n],
+            b"PUT /v2/a/manifests/1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+        );
+        drop(rest);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let text = String::from_utf8(got).unwrap();
+        let answers: Vec<&str> = text.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
+        assert_eq!(answers.len(), 3, "{text}");
+        assert!(answers[0].ends_with("\r\n\r\nGET /v2/"), "{}", answers[0]);
+        // HEAD: no body.
+        assert!(answers[1].ends_with("\r\n\r\n"), "{}", answers[1]);
+        assert!(!answers[1].contains("HEAD /v2"), "{}", answers[1]);
+        assert!(answers[2].ends_with("\r\n\r\nGET /v2/b"), "{}", answers[2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_stops_half_way_is_dropped_after_the_head_timeout() {
+        let (server, mut client) = pair().await;
+        let task = tokio::spawn(serve_one(server));
+        client.write_all(b"GET /v2/ HTTP/1.1\r\nHos").await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(matches!(task.await.unwrap(), Outcome::Done));
+        let waited = started.elapsed();
+        assert!(
+            waited >= HEAD_TIMEOUT && waited < IDLE,
+            "closed after {waited:?}"
+        );
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(got.is_empty());
+    }
+
+    #[tokio::test]
+    async fn http2_prior_knowledge_and_oversized_heads_go_to_hyper_untouched() {
+        let (server, mut client) = pair().await;
+        let task = tokio::spawn(serve_one(server));
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        client.write_all(preface).await.unwrap();
+        let Outcome::Handoff(mut rest) = task.await.unwrap() else {
+            panic!("HTTP/2 must be handed to hyper");
+        };
+        let mut got = vec![0u8; preface.len()];
+        tokio::io::AsyncReadExt::read_exact(&mut rest, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(&got, preface);
+
+        let (server, mut client) = pair().await;
+        let task = tokio::spawn(serve_one(server));
+        let mut big = b"GET /v2/ HTTP/1.1\r\nX-Pad: ".to_vec();
+        big.resize(MAX_HEAD + 10, b'a');
+        client.write_all(&big).await.unwrap();
+        assert!(matches!(task.await.unwrap(), Outcome::Handoff(_)));
+    }
+}

@@ -1,0 +1,194 @@
+//! The fast path's body senders: `sendfile(2)` of cached files and of fills
+//! still being written, and vectored writes for chunked framing.
+
+use std::io;
+
+use regcache_store::{FillFile, FillProgress};
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+
+/// Most bytes one `sendfile(2)` call is asked for (nginx's
+/// `sendfile_max_chunk` default).
+const SENDFILE_CHUNK: usize = 2 << 20;
+/// A sender yields to other tasks after this many bytes without blocking.
+const YIELD_EVERY: u64 = 8 << 20;
+
+pub(super) async fn write_all_vectored(
+    stream: &mut TcpStream,
+    mut bufs: &mut [io::IoSlice<'_>],
+) -> io::Result<()> {
+    while !bufs.is_empty() {
+        let n = stream.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        io::IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+/// `sendfile(2)` the range onto the non-blocking socket, waiting for
+/// writability whenever the socket buffer is full.
+pub(super) async fn send_file(
+    stream: &TcpStream,
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    let mut off = offset;
+    let end = offset + len;
+    let mut since_yield = 0u64;
+    while off < end {
+        if since_yield >= YIELD_EVERY {
+            // A reader as fast as the kernel never makes the socket block,
+            // and tokio's budget allows ~128 sends: let the other
+            // connections (a response head waiting, say) have the thread.
+            tokio::task::yield_now().await;
+            since_yield = 0;
+        }
+        let before = off;
+        let want = usize::try_from(end - off)
+            .unwrap_or(usize::MAX)
+            .min(SENDFILE_CHUNK);
+        stream.writable().await?;
+        match stream.try_io(Interest::WRITABLE, || {
+            rustix::fs::sendfile(stream, file, Some(&mut off), want).map_err(io::Error::from)
+        }) {
+            Ok(0) => {
+                // The file is shorter than its index entry: the client must not
+                // take a short body for a whole one, so the connection ends.
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "cached file shorter than expected",
+                ));
+            }
+            Ok(_) => since_yield += off - before,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Send `offset..offset+len` of a fill as its bytes are written, holding the
+/// last byte back until the fill is verified: a response whose every byte
+/// went out is complete for the client, so it must never happen before the
+/// digest check. A failed fill ends the connection short.
+pub(super) async fn send_fill(
+    stream: &TcpStream,
+    fill: &mut FillFile,
+    offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    let end = offset + len;
+    let mut off = offset;
+    while off < end {
+        // Before the last byte: wait for more bytes; at it: for verification.
+        let want = if off + 1 < end { off + 1 } else { u64::MAX };
+        let limit = match fill.wait(want).await.map_err(io::Error::other)? {
+            FillProgress::Verified { len: total } if total < end => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "fill shorter than announced",
+                ));
+            }
+            FillProgress::Verified { .. } => end,
+            FillProgress::Writing { written } => written.min(end - 1),
+        };
+        if limit > off {
+            send_file(stream, fill.file(), off, limit - off).await?;
+            off = limit;
+        }
+    }
+    if len == 0 {
+        fill.wait(u64::MAX).await.map_err(io::Error::other)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use regcache_formats::Digest;
+    use regcache_store::{Begin, Store, StoreConfig};
+    use tokio::io::AsyncReadExt;
+
+    use crate::fastpath::tests::pair;
+
+    async fn fill_of(
+        dir: &std::path::Path,
+        content: &[u8],
+    ) -> (Digest, regcache_store::FillWriter) {
+        let store = Store::open(StoreConfig::new(dir)).await.unwrap();
+        let d = Digest::sha256_of(content);
+        let Begin::Leader(w) = store
+            .begin_fill(&d, Some(content.len() as u64))
+            .await
+            .unwrap()
+        else {
+            panic!("expected to lead a fresh fill");
+        };
+        (d, w)
+    }
+
+    #[tokio::test]
+    async fn a_fill_is_sent_as_written_and_completed_only_once_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let (_, mut w) = fill_of(dir.path(), &content).await;
+        let fill = w.subscribe().into_file().unwrap();
+        let (server, mut client) = pair().await;
+        let send = tokio::spawn(async move {
+            let mut fill = fill;
+            send_fill(&server, &mut fill, 1000, 299_000).await
+        });
+        w.write(Bytes::copy_from_slice(&content[..200_000]))
+            .await
+            .unwrap();
+        let mut got = vec![0u8; 199_000];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, content[1000..200_000]);
+        w.write(Bytes::copy_from_slice(&content[200_000..]))
+            .await
+            .unwrap();
+        let mut rest = vec![0u8; 99_999];
+        client.read_exact(&mut rest).await.unwrap();
+        // Every byte but the last is out; the last waits for the digest check.
+        let mut last = [0u8; 1];
+        let early = tokio::time::timeout(Duration::from_millis(100), client.read(&mut last)).await;
+        assert!(early.is_err(), "the last byte went out before verification");
+        w.commit().await.unwrap();
+        send.await.unwrap().unwrap();
+        client.read_exact(&mut last).await.unwrap();
+        assert_eq!(last[0], content[299_999]);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_fill_leaves_the_client_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = vec![7u8; 50_000];
+        let (_, mut w) = fill_of(dir.path(), &content).await;
+        let fill = w.subscribe().into_file().unwrap();
+        let (server, mut client) = pair().await;
+        let send = tokio::spawn(async move {
+            let mut fill = fill;
+            let r = send_fill(&server, &mut fill, 0, 50_000).await;
+            drop(server);
+            r
+        });
+        w.write(Bytes::from(vec![8u8; 50_000])).await.unwrap();
+        assert!(w.commit().await.is_err());
+        assert!(send.await.unwrap().is_err());
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(
+            got.len() < 50_000,
+            "a corrupt fill reached the client whole"
+        );
+    }
+}
