@@ -48,6 +48,7 @@ use sha2::Digest as _;
 
 use crate::digest::Digest;
 use crate::error::ErrorCode;
+use crate::gojson;
 
 /// The member libtrust splices into the payload (distribution always uses
 /// `signatures`).
@@ -899,7 +900,7 @@ enum GoNode {
 
 /// Writes JSON like Go's `encoding/json` (`Marshal` or `MarshalIndent`):
 /// `": "` separators when indenting, empty containers as `{}`/`[]`, HTML
-/// characters escaped, numbers as float64.
+/// characters escaped (strings by [`gojson::append_string`]), numbers as float64.
 struct GoJson<'a> {
     out: &'a mut Vec<u8>,
     /// `None` for compact output; `(prefix, indent)` for `MarshalIndent`.
@@ -955,7 +956,7 @@ impl<'a> GoJson<'a> {
                 let text = n.as_f64().map(go_float).unwrap_or_else(|| n.to_string());
                 self.out.extend_from_slice(text.as_bytes());
             }
-            Value::String(s) => self.string(s),
+            Value::String(s) => gojson::append_string(self.out, s),
             Value::Array(items) => self.array(items.iter(), depth, |w, v, d| w.value(v, d)),
             Value::Object(map) => {
                 // Sort explicitly: serde_json's map order depends on features.
@@ -983,7 +984,7 @@ impl<'a> GoJson<'a> {
                 self.out.push(b',');
             }
             self.newline(depth + 1);
-            self.string(key);
+            gojson::append_string(self.out, key);
             self.colon();
             write(self, value, depth + 1);
         }
@@ -1011,31 +1012,6 @@ impl<'a> GoJson<'a> {
         }
         self.newline(depth);
         self.out.push(b']');
-    }
-
-    /// Go's string encoder with HTML escaping, as in the Go releases
-    /// distribution 2.8 was built with (`\b` and `\f` as `\u0008`/`\u000c`).
-    fn string(&mut self, s: &str) {
-        self.out.push(b'"');
-        for c in s.chars() {
-            match c {
-                '"' => self.out.extend_from_slice(b"\\\""),
-                '\\' => self.out.extend_from_slice(b"\\\\"),
-                '\n' => self.out.extend_from_slice(b"\\n"),
-                '\r' => self.out.extend_from_slice(b"\\r"),
-                '\t' => self.out.extend_from_slice(b"\\t"),
-                '<' | '>' | '&' | '\u{0}'..='\u{1f}' | '\u{2028}' | '\u{2029}' => {
-                    self.out
-                        .extend_from_slice(format!("\\u{:04x}", u32::from(c)).as_bytes());
-                }
-                _ => {
-                    let mut buf = [0u8; 4];
-                    self.out
-                        .extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                }
-            }
-        }
-        self.out.push(b'"');
     }
 }
 
@@ -1084,6 +1060,16 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"a":[1,1e+21,1.5e-7,0.5,-0,12345678],"b":"\u003ca\u0026b\u003e\u0008\u2028é\"\\","c":{}}"#
+        );
+        // Keys and the remaining escapes of E1 (the shared gojson encoder).
+        let mut out = Vec::new();
+        GoJson::compact(&mut out).value(
+            &serde_json::json!({"k>\u{2029}": "\u{0}\u{1f}\n\r\t\u{c}\u{7f}\u{2027}"}),
+            0,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"k\\u003e\\u2029\":\"\\u0000\\u001f\\n\\r\\t\\u000c\u{7f}\u{2027}\"}"
         );
     }
 
