@@ -48,7 +48,7 @@ use sha2::Digest as _;
 
 use crate::digest::Digest;
 use crate::error::ErrorCode;
-use crate::gojson;
+use crate::gojson::{self, Timestamp};
 
 /// The member libtrust splices into the payload (distribution always uses
 /// `signatures`).
@@ -811,20 +811,9 @@ fn detect_indent(payload: &[u8]) -> &[u8] {
 
 /// `YYYY-MM-DDTHH:MM:SSZ`, Go's `time.RFC3339` layout for a UTC time.
 fn rfc3339_utc(unix_time_secs: i64) -> Result<String, JwsError> {
-    let t = time::OffsetDateTime::from_unix_timestamp(unix_time_secs)
-        .map_err(|_| JwsError::InvalidTime(unix_time_secs))?;
-    if !(0..=9999).contains(&t.year()) {
-        return Err(JwsError::InvalidTime(unix_time_secs));
-    }
-    Ok(format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    ))
+    Timestamp::from_unix_utc(unix_time_secs)
+        .and_then(|t| t.to_rfc3339_nano().ok())
+        .ok_or(JwsError::InvalidTime(unix_time_secs))
 }
 
 /// Cut attacker-controlled text to a size fit for an error message.
