@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use regcache_formats::jws::{self, SigningKey};
-use regcache_formats::manifest::{Manifest, ManifestKind};
+use regcache_formats::manifest::{Manifest, ManifestKind, Schema1Source};
 use regcache_formats::reference::{RepositoryName, Tag};
 use regcache_formats::schema1;
 use regcache_formats::{Digest, MediaType};
@@ -48,54 +48,54 @@ pub fn run(args: &ConvertArgs, now_unix: i64) -> Result<Vec<u8>, String> {
     jws::sign(&payload, &key, now_unix).map_err(|e| format!("signing failed: {e}"))
 }
 
-/// A list picks its linux/amd64 entry (the server's rule); an image is itself.
+/// A list picks its linux/amd64 entry (the server's rule,
+/// [`Manifest::schema1_source`]); an image is itself.
 fn select_image(top: &Manifest, child: Option<&Path>) -> Result<Manifest, String> {
-    match &top.kind {
-        ManifestKind::Image(_) => {
+    if top.media_type == MediaType::OciIndex {
+        // distribution's negotiation: an OCI index is refused, never narrowed.
+        return Err(
+            "an OCI index is never converted to Schema 1 (a registry answers 404 MANIFEST_UNKNOWN to a client without OCI index support)"
+                .into(),
+        );
+    }
+    let entry = match top.schema1_source() {
+        Ok(Schema1Source::Itself) => {
             if child.is_some() {
                 return Err("--child is only for manifest lists".into());
             }
-            Ok(top.clone())
+            return Ok(top.clone());
         }
-        ManifestKind::Index(index) => {
-            if top.media_type == MediaType::OciIndex {
-                return Err(
-                    "an OCI index is never converted to Schema 1 (a registry answers 404 MANIFEST_UNKNOWN to a client without OCI index support)"
-                        .into(),
-                );
-            }
-            let Some(entry) = index.linux_amd64() else {
-                return Err(
-                    "the manifest list has no linux/amd64 entry, so there is nothing to convert (a registry answers 404 MANIFEST_UNKNOWN)"
-                        .into(),
-                );
-            };
-            let Some(child) = child else {
-                return Err(format!(
-                    "the manifest list's linux/amd64 entry is {} ({}); pass that manifest with --child FILE",
-                    entry.digest, entry.media_type
-                ));
-            };
-            let raw = read(child, "child manifest")?;
-            if !entry.digest.verifies(&raw) {
-                return Err(format!(
-                    "--child {} has digest {}, but the list's linux/amd64 entry is {}",
-                    child.display(),
-                    Digest::sha256_of(&raw),
-                    entry.digest
-                ));
-            }
-            let m = Manifest::parse(raw, Some(&entry.media_type))
-                .map_err(|e| format!("{}: {e}", child.display()))?;
-            match m.kind {
-                ManifestKind::Image(_) => Ok(m),
-                _ => Err(format!(
-                    "the linux/amd64 entry is a {}, which a registry serves as it is, unconverted",
-                    m.media_type
-                )),
-            }
+        Ok(Schema1Source::AlreadySchema1) => {
+            return Err("the manifest is already Schema 1".into());
         }
-        ManifestKind::Schema1(_) => Err("the manifest is already Schema 1".into()),
+        Err(e) => {
+            return Err(format!("{e} (a registry answers 404 {})", e.error_code()));
+        }
+        Ok(Schema1Source::Entry(entry)) => entry,
+    };
+    let Some(child) = child else {
+        return Err(format!(
+            "the manifest list's linux/amd64 entry is {} ({}); pass that manifest with --child FILE",
+            entry.digest, entry.media_type
+        ));
+    };
+    let raw = read(child, "child manifest")?;
+    if !entry.digest.verifies(&raw) {
+        return Err(format!(
+            "--child {} has digest {}, but the list's linux/amd64 entry is {}",
+            child.display(),
+            Digest::sha256_of(&raw),
+            entry.digest
+        ));
+    }
+    let m = Manifest::parse(raw, Some(&entry.media_type))
+        .map_err(|e| format!("{}: {e}", child.display()))?;
+    match m.kind {
+        ManifestKind::Image(_) => Ok(m),
+        _ => Err(format!(
+            "the linux/amd64 entry is a {}, which a registry serves as it is, unconverted",
+            m.media_type
+        )),
     }
 }
 
