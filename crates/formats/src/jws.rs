@@ -296,13 +296,23 @@ impl SigningKey {
         ))
     }
 
-    /// Load a key file's contents the way distribution picks the format:
-    /// names ending in `.json` or `.jwk` hold a JWK, anything else is PEM.
-    pub fn from_key_file(file_name: &str, contents: &str) -> Result<Self, JwsError> {
-        if file_name.ends_with(".json") || file_name.ends_with(".jwk") {
-            Self::from_jwk(contents)
+    /// Load a key file's contents, whatever the file is called, by what they
+    /// are: a JSON object (first non-blank character `{`) is a JWK
+    /// ([`from_jwk`](Self::from_jwk)), text with a `-----BEGIN` line is PEM
+    /// ([`from_pem`](Self::from_pem): SEC 1 or PKCS #8). Anything else is
+    /// [`JwsError::InvalidKey`] saying so.
+    ///
+    /// distribution decides by the file name instead (`.json`/`.jwk` is a
+    /// JWK); for every file it can load, the content says the same.
+    pub fn from_key_text(text: &str) -> Result<Self, JwsError> {
+        if text.trim_start().starts_with('{') {
+            Self::from_jwk(text)
+        } else if text.contains("-----BEGIN") {
+            Self::from_pem(text)
         } else {
-            Self::from_pem(contents)
+            Err(JwsError::InvalidKey(
+                "neither a JWK (a JSON object) nor PEM (a \"-----BEGIN\" line)".into(),
+            ))
         }
     }
 

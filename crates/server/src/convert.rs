@@ -124,18 +124,60 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {what} file {}: {e}", path.display()))
 }
 
-/// A PEM (SEC1 or PKCS#8) or JWK (`.json`/`.jwk`) P-256 private key.
+/// A PEM (SEC1 or PKCS#8) or JWK P-256 private key, told apart by content
+/// like `serve` does ([`SigningKey::from_key_text`]).
 pub fn load_key(path: &Path) -> Result<SigningKey, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
-    let is_jwk = matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("json" | "jwk")
-    ) || text.trim_start().starts_with('{');
-    let key = if is_jwk {
-        SigningKey::from_jwk(&text)
-    } else {
-        SigningKey::from_pem(&text)
-    };
-    key.map_err(|e| format!("key file {}: {e}", path.display()))
+    SigningKey::from_key_text(&text).map_err(|e| format!("key file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// `regcache convert --key` and `serve`'s key file read the same files:
+    /// the format comes from the content, not from the name.
+    #[test]
+    fn key_files_load_by_content_whatever_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate();
+        let jwk_in_pem = dir.path().join("key.pem");
+        std::fs::write(&jwk_in_pem, key.to_jwk()).unwrap();
+        let pem_in_json = dir.path().join("key.json");
+        std::fs::write(&pem_in_json, key.to_pem()).unwrap();
+        let pem_in_jwk = dir.path().join("signing.jwk");
+        std::fs::write(&pem_in_jwk, key.to_pem()).unwrap();
+        for path in [&jwk_in_pem, &pem_in_json, &pem_in_jwk] {
+            assert_eq!(load_key(path).unwrap().kid(), key.kid(), "{path:?}");
+            assert_eq!(
+                crate::server::load_or_create_key(path).unwrap().kid(),
+                key.kid(),
+                "{path:?}"
+            );
+        }
+        let junk = dir.path().join("key.pem");
+        std::fs::write(&junk, "not a key").unwrap();
+        let e = load_key(&junk).unwrap_err();
+        assert!(e.contains("key.pem") && e.contains("neither a JWK"), "{e}");
+        assert!(crate::server::load_or_create_key(&junk).is_err());
+    }
+
+    #[test]
+    fn a_new_key_file_still_takes_its_format_from_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwk = dir.path().join("new.json");
+        let pem = dir.path().join("sub/new.pem");
+        let a = crate::server::load_or_create_key(&jwk).unwrap();
+        let b = crate::server::load_or_create_key(&pem).unwrap();
+        assert!(std::fs::read_to_string(&jwk).unwrap().starts_with('{'));
+        assert!(
+            std::fs::read_to_string(&pem)
+                .unwrap()
+                .starts_with("-----BEGIN EC PRIVATE KEY-----")
+        );
+        assert_eq!(load_key(&jwk).unwrap().kid(), a.kid());
+        assert_eq!(load_key(&pem).unwrap().kid(), b.kid());
+    }
 }
