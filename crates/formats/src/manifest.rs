@@ -651,15 +651,7 @@ where
 /// serde_json messages can quote input values; a hostile manifest must not
 /// produce a megabyte-long error detail.
 fn truncate(s: &str) -> String {
-    const LIMIT: usize = 300;
-    if s.len() <= LIMIT {
-        return s.to_owned();
-    }
-    let mut end = LIMIT;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    crate::error::truncate(s, 300)
 }
 
 #[cfg(test)]
