@@ -975,17 +975,10 @@ impl<'a> Iterator for ObjectMembers<'a> {
         if self.done {
             return None;
         }
-        match self.step() {
-            Ok(Some(m)) => Some(Ok(m)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        let item = self.step().transpose();
+        // Stop after the closing bracket or the first error.
+        self.done = !matches!(item, Some(Ok(_)));
+        item
     }
 }
 
@@ -1033,17 +1026,10 @@ impl<'a> Iterator for ArrayElements<'a> {
         if self.done {
             return None;
         }
-        match self.step() {
-            Ok(Some(m)) => Some(Ok(m)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        let item = self.step().transpose();
+        // Stop after the closing bracket or the first error.
+        self.done = !matches!(item, Some(Ok(_)));
+        item
     }
 }
 
