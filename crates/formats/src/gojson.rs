@@ -729,46 +729,36 @@ fn scan_string(doc: &[u8], start: usize) -> Result<usize, SyntaxError> {
 }
 
 fn scan_number(doc: &[u8], start: usize) -> Result<usize, SyntaxError> {
+    // One or more digits from `i`, else `reason`; returns the index after them.
+    let digits = |mut i: usize, reason: &'static str| {
+        if !doc.get(i).is_some_and(u8::is_ascii_digit) {
+            return Err(syntax(i, reason));
+        }
+        while doc.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        Ok(i)
+    };
     let mut i = start;
-    let digit = |i: usize| doc.get(i).is_some_and(u8::is_ascii_digit);
     if doc.get(i) == Some(&b'-') {
         i += 1;
     }
-    match doc.get(i) {
-        Some(b'0') => i += 1,
-        Some(b'1'..=b'9') => {
-            while digit(i) {
-                i += 1;
-            }
-        }
-        _ => return Err(syntax(i, "invalid character in numeric literal")),
-    }
+    i = match doc.get(i) {
+        Some(b'0') => i + 1,
+        _ => digits(i, "invalid character in numeric literal")?,
+    };
     if doc.get(i) == Some(&b'.') {
-        i += 1;
-        if !digit(i) {
-            return Err(syntax(
-                i,
-                "invalid character after decimal point in numeric literal",
-            ));
-        }
-        while digit(i) {
-            i += 1;
-        }
+        i = digits(
+            i + 1,
+            "invalid character after decimal point in numeric literal",
+        )?;
     }
     if matches!(doc.get(i), Some(b'e' | b'E')) {
         i += 1;
         if matches!(doc.get(i), Some(b'+' | b'-')) {
             i += 1;
         }
-        if !digit(i) {
-            return Err(syntax(
-                i,
-                "invalid character in exponent of numeric literal",
-            ));
-        }
-        while digit(i) {
-            i += 1;
-        }
+        i = digits(i, "invalid character in exponent of numeric literal")?;
     }
     Ok(i)
 }
