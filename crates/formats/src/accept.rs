@@ -15,7 +15,8 @@
 //!    stored bytes, even to a client that does not accept Schema 2. The same
 //!    holds for a manifest list requested by digest.
 //! 2. The list path picks the first entry with exactly
-//!    `architecture == "amd64"` and `os == "linux"` ([`Index::linux_amd64`](crate::manifest::Index::linux_amd64)).
+//!    `architecture == "amd64"` and `os == "linux"` ([`Manifest::schema1_source`], which uses
+//!    [`Index::linux_amd64`](crate::manifest::Index::linux_amd64)).
 //! 3. Only Docker manifest lists are narrowed. An OCI index the client does
 //!    not accept is refused with 404, never narrowed, even for Docker ≤ 1.9
 //!    which sends no `Accept` at all.
@@ -38,7 +39,7 @@
 
 use crate::digest::Digest;
 use crate::error::{ErrorCode, RegistryError};
-use crate::manifest::{Descriptor, HandlerKind, Manifest};
+use crate::manifest::{Descriptor, HandlerKind, Manifest, Schema1Source};
 use crate::media_type;
 use crate::reference::Reference;
 
@@ -216,12 +217,11 @@ pub fn decide(request: RequestKind, accepts: Accepts, stored: &Manifest) -> Deci
     }
     match kind {
         HandlerKind::Schema2 if accepts.lacks_schema2() => Decision::ConvertToSchema1,
-        HandlerKind::List if accepts.lacks_list() => {
-            match stored.as_index().and_then(|i| i.linux_amd64()) {
-                Some(child) => Decision::SelectChild(child.clone()),
-                None => Decision::NoAmd64Entry,
-            }
-        }
+        HandlerKind::List if accepts.lacks_list() => match stored.schema1_source() {
+            Ok(Schema1Source::Entry(child)) => Decision::SelectChild(child.clone()),
+            // A `List` is always an index, so this is its missing entry.
+            _ => Decision::NoAmd64Entry,
+        },
         _ => Decision::ServeAsIs,
     }
 }

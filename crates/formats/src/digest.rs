@@ -183,14 +183,7 @@ fn valid_algorithm_grammar(alg: &str) -> bool {
 
 /// Error messages quote the input; keep hostile inputs from growing them without bound.
 fn truncate(s: &str) -> String {
-    if s.len() <= 160 {
-        return s.to_owned();
-    }
-    let mut end = 160;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    crate::error::truncate(s, 160)
 }
 
 impl FromStr for Digest {

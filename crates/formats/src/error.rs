@@ -222,9 +222,32 @@ impl ErrorEnvelope {
     }
 }
 
+/// Cut `s` to at most `limit` bytes (at a character boundary) plus `…`:
+/// error messages quote their input, and may end up in a response body, so a
+/// hostile input must not grow them without bound.
+pub(crate) fn truncate(s: &str, limit: usize) -> String {
+    if s.len() <= limit {
+        return s.to_owned();
+    }
+    let mut end = limit;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncate_cuts_at_a_char_boundary() {
+        assert_eq!(truncate("short", 5), "short");
+        assert_eq!(truncate("abcdef", 3), "abc…");
+        // 'é' is two bytes: a cut inside it moves back.
+        assert_eq!(truncate("aéb", 2), "a…");
+        assert_eq!(truncate("aéb", 3), "aé…");
+    }
 
     #[test]
     fn codes_round_trip_with_status() {

@@ -505,11 +505,36 @@ impl Timestamp {
         Ok(())
     }
 
+    /// [`append_rfc3339_nano`](Self::append_rfc3339_nano) into a new `String`.
+    pub fn to_rfc3339_nano(&self) -> Result<String, TimeError> {
+        let mut v = Vec::with_capacity(40);
+        self.append_rfc3339_nano(&mut v)?;
+        Ok(String::from_utf8(v).unwrap_or_default())
+    }
+
     /// E2 as a function of the raw string contents: parse then re-format.
     pub fn reformat(raw: &[u8]) -> Result<String, TimeError> {
-        let mut v = Vec::with_capacity(40);
-        Timestamp::parse_rfc3339(raw)?.append_rfc3339_nano(&mut v)?;
-        Ok(String::from_utf8(v).unwrap_or_default())
+        Timestamp::parse_rfc3339(raw)?.to_rfc3339_nano()
+    }
+
+    /// The UTC time `unix_secs` seconds after the Unix epoch, whole seconds
+    /// (what libtrust puts in a signature's `time`: Go's `time.RFC3339` of a
+    /// UTC time, `YYYY-MM-DDTHH:MM:SSZ`, is what
+    /// [`append_rfc3339_nano`](Self::append_rfc3339_nano) writes for it).
+    /// `None` outside the years 0000–9999, which RFC 3339 cannot write.
+    pub fn from_unix_utc(unix_secs: i64) -> Option<Timestamp> {
+        let t = time::OffsetDateTime::from_unix_timestamp(unix_secs).ok()?;
+        let year = u16::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
+        Some(Timestamp {
+            year,
+            month: u8::from(t.month()),
+            day: t.day(),
+            hour: t.hour(),
+            minute: t.minute(),
+            second: t.second(),
+            nanos: 0,
+            offset_minutes: 0,
+        })
     }
 }
 
@@ -704,46 +729,36 @@ fn scan_string(doc: &[u8], start: usize) -> Result<usize, SyntaxError> {
 }
 
 fn scan_number(doc: &[u8], start: usize) -> Result<usize, SyntaxError> {
+    // One or more digits from `i`, else `reason`; returns the index after them.
+    let digits = |mut i: usize, reason: &'static str| {
+        if !doc.get(i).is_some_and(u8::is_ascii_digit) {
+            return Err(syntax(i, reason));
+        }
+        while doc.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        Ok(i)
+    };
     let mut i = start;
-    let digit = |i: usize| doc.get(i).is_some_and(u8::is_ascii_digit);
     if doc.get(i) == Some(&b'-') {
         i += 1;
     }
-    match doc.get(i) {
-        Some(b'0') => i += 1,
-        Some(b'1'..=b'9') => {
-            while digit(i) {
-                i += 1;
-            }
-        }
-        _ => return Err(syntax(i, "invalid character in numeric literal")),
-    }
+    i = match doc.get(i) {
+        Some(b'0') => i + 1,
+        _ => digits(i, "invalid character in numeric literal")?,
+    };
     if doc.get(i) == Some(&b'.') {
-        i += 1;
-        if !digit(i) {
-            return Err(syntax(
-                i,
-                "invalid character after decimal point in numeric literal",
-            ));
-        }
-        while digit(i) {
-            i += 1;
-        }
+        i = digits(
+            i + 1,
+            "invalid character after decimal point in numeric literal",
+        )?;
     }
     if matches!(doc.get(i), Some(b'e' | b'E')) {
         i += 1;
         if matches!(doc.get(i), Some(b'+' | b'-')) {
             i += 1;
         }
-        if !digit(i) {
-            return Err(syntax(
-                i,
-                "invalid character in exponent of numeric literal",
-            ));
-        }
-        while digit(i) {
-            i += 1;
-        }
+        i = digits(i, "invalid character in exponent of numeric literal")?;
     }
     Ok(i)
 }
@@ -950,17 +965,10 @@ impl<'a> Iterator for ObjectMembers<'a> {
         if self.done {
             return None;
         }
-        match self.step() {
-            Ok(Some(m)) => Some(Ok(m)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        let item = self.step().transpose();
+        // Stop after the closing bracket or the first error.
+        self.done = !matches!(item, Some(Ok(_)));
+        item
     }
 }
 
@@ -1008,17 +1016,10 @@ impl<'a> Iterator for ArrayElements<'a> {
         if self.done {
             return None;
         }
-        match self.step() {
-            Ok(Some(m)) => Some(Ok(m)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        let item = self.step().transpose();
+        // Stop after the closing bracket or the first error.
+        self.done = !matches!(item, Some(Ok(_)));
+        item
     }
 }
 
@@ -1265,6 +1266,20 @@ mod tests {
         let mut v = Vec::new();
         Timestamp::ZERO.append_rfc3339_nano(&mut v).unwrap();
         assert_eq!(v, b"0001-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn from_unix_utc_is_whole_seconds_utc() {
+        let t = |secs| Timestamp::from_unix_utc(secs).map(|t| t.to_rfc3339_nano().unwrap());
+        assert_eq!(t(1795374044).as_deref(), Some("2026-11-22T19:00:44Z"));
+        assert_eq!(t(0).as_deref(), Some("1970-01-01T00:00:00Z"));
+        assert_eq!(t(951_782_400).as_deref(), Some("2000-02-29T00:00:00Z"));
+        assert_eq!(t(-62_167_219_200).as_deref(), Some("0000-01-01T00:00:00Z"));
+        assert_eq!(t(253_402_300_799).as_deref(), Some("9999-12-31T23:59:59Z"));
+        assert_eq!(t(-62_167_219_201), None);
+        assert_eq!(t(253_402_300_800), None);
+        assert_eq!(t(i64::MAX), None);
+        assert_eq!(t(i64::MIN), None);
     }
 
     #[test]

@@ -48,6 +48,7 @@ use sha2::Digest as _;
 
 use crate::digest::Digest;
 use crate::error::ErrorCode;
+use crate::gojson::{self, Timestamp};
 
 /// The member libtrust splices into the payload (distribution always uses
 /// `signatures`).
@@ -295,13 +296,23 @@ impl SigningKey {
         ))
     }
 
-    /// Load a key file's contents the way distribution picks the format:
-    /// names ending in `.json` or `.jwk` hold a JWK, anything else is PEM.
-    pub fn from_key_file(file_name: &str, contents: &str) -> Result<Self, JwsError> {
-        if file_name.ends_with(".json") || file_name.ends_with(".jwk") {
-            Self::from_jwk(contents)
+    /// Load a key file's contents, whatever the file is called, by what they
+    /// are: a JSON object (first non-blank character `{`) is a JWK
+    /// ([`from_jwk`](Self::from_jwk)), text with a `-----BEGIN` line is PEM
+    /// ([`from_pem`](Self::from_pem): SEC 1 or PKCS #8). Anything else is
+    /// [`JwsError::InvalidKey`] saying so.
+    ///
+    /// distribution decides by the file name instead (`.json`/`.jwk` is a
+    /// JWK); for every file it can load, the content says the same.
+    pub fn from_key_text(text: &str) -> Result<Self, JwsError> {
+        if text.trim_start().starts_with('{') {
+            Self::from_jwk(text)
+        } else if text.contains("-----BEGIN") {
+            Self::from_pem(text)
         } else {
-            Self::from_pem(contents)
+            Err(JwsError::InvalidKey(
+                "neither a JWK (a JSON object) nor PEM (a \"-----BEGIN\" line)".into(),
+            ))
         }
     }
 
@@ -810,20 +821,9 @@ fn detect_indent(payload: &[u8]) -> &[u8] {
 
 /// `YYYY-MM-DDTHH:MM:SSZ`, Go's `time.RFC3339` layout for a UTC time.
 fn rfc3339_utc(unix_time_secs: i64) -> Result<String, JwsError> {
-    let t = time::OffsetDateTime::from_unix_timestamp(unix_time_secs)
-        .map_err(|_| JwsError::InvalidTime(unix_time_secs))?;
-    if !(0..=9999).contains(&t.year()) {
-        return Err(JwsError::InvalidTime(unix_time_secs));
-    }
-    Ok(format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    ))
+    Timestamp::from_unix_utc(unix_time_secs)
+        .and_then(|t| t.to_rfc3339_nano().ok())
+        .ok_or(JwsError::InvalidTime(unix_time_secs))
 }
 
 /// Cut attacker-controlled text to a size fit for an error message.
@@ -899,7 +899,7 @@ enum GoNode {
 
 /// Writes JSON like Go's `encoding/json` (`Marshal` or `MarshalIndent`):
 /// `": "` separators when indenting, empty containers as `{}`/`[]`, HTML
-/// characters escaped, numbers as float64.
+/// characters escaped (strings by [`gojson::append_string`]), numbers as float64.
 struct GoJson<'a> {
     out: &'a mut Vec<u8>,
     /// `None` for compact output; `(prefix, indent)` for `MarshalIndent`.
@@ -955,7 +955,7 @@ impl<'a> GoJson<'a> {
                 let text = n.as_f64().map(go_float).unwrap_or_else(|| n.to_string());
                 self.out.extend_from_slice(text.as_bytes());
             }
-            Value::String(s) => self.string(s),
+            Value::String(s) => gojson::append_string(self.out, s),
             Value::Array(items) => self.array(items.iter(), depth, |w, v, d| w.value(v, d)),
             Value::Object(map) => {
                 // Sort explicitly: serde_json's map order depends on features.
@@ -983,7 +983,7 @@ impl<'a> GoJson<'a> {
                 self.out.push(b',');
             }
             self.newline(depth + 1);
-            self.string(key);
+            gojson::append_string(self.out, key);
             self.colon();
             write(self, value, depth + 1);
         }
@@ -1011,31 +1011,6 @@ impl<'a> GoJson<'a> {
         }
         self.newline(depth);
         self.out.push(b']');
-    }
-
-    /// Go's string encoder with HTML escaping, as in the Go releases
-    /// distribution 2.8 was built with (`\b` and `\f` as `\u0008`/`\u000c`).
-    fn string(&mut self, s: &str) {
-        self.out.push(b'"');
-        for c in s.chars() {
-            match c {
-                '"' => self.out.extend_from_slice(b"\\\""),
-                '\\' => self.out.extend_from_slice(b"\\\\"),
-                '\n' => self.out.extend_from_slice(b"\\n"),
-                '\r' => self.out.extend_from_slice(b"\\r"),
-                '\t' => self.out.extend_from_slice(b"\\t"),
-                '<' | '>' | '&' | '\u{0}'..='\u{1f}' | '\u{2028}' | '\u{2029}' => {
-                    self.out
-                        .extend_from_slice(format!("\\u{:04x}", u32::from(c)).as_bytes());
-                }
-                _ => {
-                    let mut buf = [0u8; 4];
-                    self.out
-                        .extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                }
-            }
-        }
-        self.out.push(b'"');
     }
 }
 
@@ -1084,6 +1059,16 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"a":[1,1e+21,1.5e-7,0.5,-0,12345678],"b":"\u003ca\u0026b\u003e\u0008\u2028é\"\\","c":{}}"#
+        );
+        // Keys and the remaining escapes of E1 (the shared gojson encoder).
+        let mut out = Vec::new();
+        GoJson::compact(&mut out).value(
+            &serde_json::json!({"k>\u{2029}": "\u{0}\u{1f}\n\r\t\u{c}\u{7f}\u{2027}"}),
+            0,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"k\\u003e\\u2029\":\"\\u0000\\u001f\\n\\r\\t\\u000c\u{7f}\u{2027}\"}"
         );
     }
 

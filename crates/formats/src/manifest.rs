@@ -24,7 +24,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::digest::Digest;
-use crate::error::ErrorCode;
+use crate::error::{ErrorCode, RegistryError};
 use crate::media_type::{self, MediaType};
 
 /// Why bytes are not a manifest regcache can store and serve.
@@ -238,6 +238,48 @@ pub enum ManifestKind {
     Schema1(Schema1),
 }
 
+/// Which image manifest a Schema 1 form of a manifest is converted from; see
+/// [`Manifest::schema1_source`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schema1Source<'a> {
+    /// An image manifest (Docker Schema 2 or OCI): convert the manifest itself.
+    Itself,
+    /// A list or index: fetch this entry, its first linux/amd64 one
+    /// ([`Index::linux_amd64`]). What to do with it is up to its type (only
+    /// an image manifest converts; distribution serves anything else as is).
+    Entry(&'a Descriptor),
+    /// Already Schema 1: there is nothing to convert.
+    AlreadySchema1,
+}
+
+/// A list or index without a linux/amd64 entry has no Schema 1 form.
+/// Registries answer 404 `MANIFEST_UNKNOWN` ([`Self::error_code`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the {} {digest} has no linux/amd64 entry, so there is no Schema 1 form of it",
+    if *media_type == MediaType::OciIndex { "image index" } else { "manifest list" }
+)]
+pub struct NoLinuxAmd64Entry {
+    /// The list's or index's media type.
+    pub media_type: MediaType,
+    /// The list's or index's digest.
+    pub digest: Digest,
+}
+
+impl NoLinuxAmd64Entry {
+    /// Always `MANIFEST_UNKNOWN`, as distribution answers.
+    pub fn error_code(&self) -> ErrorCode {
+        ErrorCode::ManifestUnknown
+    }
+
+    /// `MANIFEST_UNKNOWN` with this error's message. (distribution's own
+    /// negotiation answers with the plain default message instead; see
+    /// [`accept::Decision::NoAmd64Entry`](crate::accept::Decision::NoAmd64Entry).)
+    pub fn registry_error(&self) -> RegistryError {
+        RegistryError::with_message(self.error_code(), self.to_string())
+    }
+}
+
 /// How distribution 2.8's manifest GET handler classifies a stored manifest
 /// for content negotiation (spec 02 §2.3), which is NOT always its media type.
 ///
@@ -371,6 +413,29 @@ impl Manifest {
         match &self.kind {
             ManifestKind::Schema1(s) => Some(s),
             _ => None,
+        }
+    }
+
+    /// Which image manifest the Schema 1 form of this (top-level) manifest is
+    /// converted from: the manifest itself if it is an image manifest, the
+    /// first linux/amd64 entry of a list or index (spec 02 §2.3 item 2; the
+    /// caller fetches it), nothing for Schema 1, or [`NoLinuxAmd64Entry`].
+    ///
+    /// Docker lists and OCI indexes are treated alike; whether an OCI index
+    /// may be narrowed at all is a negotiation question ([`crate::accept`]).
+    pub fn schema1_source(&self) -> Result<Schema1Source<'_>, NoLinuxAmd64Entry> {
+        match &self.kind {
+            ManifestKind::Image(_) => Ok(Schema1Source::Itself),
+            ManifestKind::Schema1(_) => Ok(Schema1Source::AlreadySchema1),
+            ManifestKind::Index(index) => {
+                index
+                    .linux_amd64()
+                    .map(Schema1Source::Entry)
+                    .ok_or_else(|| NoLinuxAmd64Entry {
+                        media_type: self.media_type,
+                        digest: self.digest.clone(),
+                    })
+            }
         }
     }
 
@@ -586,15 +651,7 @@ where
 /// serde_json messages can quote input values; a hostile manifest must not
 /// produce a megabyte-long error detail.
 fn truncate(s: &str) -> String {
-    const LIMIT: usize = 300;
-    if s.len() <= LIMIT {
-        return s.to_owned();
-    }
-    let mut end = LIMIT;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    crate::error::truncate(s, 300)
 }
 
 #[cfg(test)]
@@ -827,6 +884,59 @@ mod tests {
                 .unwrap()
                 .linux_amd64()
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn schema1_source_is_the_image_or_the_linux_amd64_entry() {
+        let image = parse(&schema2(), None).unwrap();
+        assert_eq!(image.schema1_source(), Ok(Schema1Source::Itself));
+
+        let m = parse(&list(), None).unwrap();
+        let Ok(Schema1Source::Entry(entry)) = m.schema1_source() else {
+            panic!("expected the linux/amd64 entry");
+        };
+        assert_eq!(entry.digest.as_str(), d(5));
+
+        // An OCI index is narrowed the same way.
+        let mut v = list();
+        v["mediaType"] = json!(media_type::OCI_INDEX);
+        v["manifests"][1]["mediaType"] = json!(media_type::OCI_MANIFEST);
+        let m = parse(&v, None).unwrap();
+        assert!(
+            matches!(m.schema1_source(), Ok(Schema1Source::Entry(e)) if e.digest.as_str() == d(5))
+        );
+
+        let mut v = list();
+        v["manifests"][1]["platform"]["os"] = json!("Linux");
+        let m = parse(&v, None).unwrap();
+        let err = m.schema1_source().unwrap_err();
+        assert_eq!(err.digest, m.digest);
+        assert_eq!(err.error_code(), ErrorCode::ManifestUnknown);
+        let e = err.registry_error();
+        assert_eq!(e.code, ErrorCode::ManifestUnknown);
+        assert_eq!(
+            e.message,
+            format!(
+                "the manifest list {} has no linux/amd64 entry, so there is no Schema 1 form of it",
+                m.digest
+            )
+        );
+
+        v["mediaType"] = json!(media_type::OCI_INDEX);
+        let m = parse(&v, None).unwrap();
+        assert!(
+            m.schema1_source()
+                .unwrap_err()
+                .to_string()
+                .starts_with(&format!("the image index {} has no", m.digest))
+        );
+
+        let s1 = json!({"schemaVersion": 1, "name": "a", "tag": "b", "architecture": "amd64",
+                        "fsLayers": [], "history": []});
+        assert_eq!(
+            parse(&s1, None).unwrap().schema1_source(),
+            Ok(Schema1Source::AlreadySchema1)
         );
     }
 

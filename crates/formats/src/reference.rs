@@ -334,15 +334,7 @@ string_newtype!(Tag);
 /// Error messages quote the input (they may end up in a response body); keep a
 /// hostile path segment from growing them without bound.
 fn truncate(s: &str) -> String {
-    const LIMIT: usize = 160;
-    if s.len() <= LIMIT {
-        return s.to_owned();
-    }
-    let mut end = LIMIT;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    crate::error::truncate(s, 160)
 }
 
 #[cfg(test)]

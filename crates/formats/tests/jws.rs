@@ -432,9 +432,15 @@ fn pem_keys_load_with_the_openssl_kid() {
         "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n";
     assert!(SigningKey::from_pem(only_params).is_err());
     assert_eq!(
-        SigningKey::from_key_file("key.pem", SEC1_PEM)
-            .unwrap()
-            .kid(),
+        SigningKey::from_key_text(SEC1_PEM).unwrap().kid(),
+        FIXTURE_KID
+    );
+    assert_eq!(
+        SigningKey::from_key_text(PKCS8_PEM).unwrap().kid(),
+        FIXTURE_KID
+    );
+    assert_eq!(
+        SigningKey::from_key_text(&noisy).unwrap().kid(),
         FIXTURE_KID
     );
 }
@@ -484,18 +490,9 @@ fn jwk_round_trip_keeps_kid() {
     let again = SigningKey::from_jwk(&jwk).unwrap();
     assert_eq!(again.kid(), key.kid());
     assert_eq!(again.to_jwk(), jwk);
-    assert_eq!(
-        SigningKey::from_key_file("signing.jwk", &jwk)
-            .unwrap()
-            .kid(),
-        key.kid()
-    );
-    assert_eq!(
-        SigningKey::from_key_file("signing.json", &jwk)
-            .unwrap()
-            .kid(),
-        key.kid()
-    );
+    assert_eq!(SigningKey::from_key_text(&jwk).unwrap().kid(), key.kid());
+    let spaced = format!("\n  {jwk}\n");
+    assert_eq!(SigningKey::from_key_text(&spaced).unwrap().kid(), key.kid());
 
     // PEM round trip of a generated key.
     let from_pem = SigningKey::from_pem(&key.to_pem()).unwrap();
@@ -613,6 +610,22 @@ fn garbage_keys_are_rejected() {
     for jwk in ["", "{", "[]", "null", "{}", r#"{"kty":"EC"}"#] {
         assert!(SigningKey::from_jwk(jwk).is_err(), "{jwk:?}");
     }
+    // By content: neither JSON object nor PEM says what it is not.
+    for text in ["", "  \n", "hello", "[]", "null", "BEGIN EC PRIVATE KEY"] {
+        match SigningKey::from_key_text(text) {
+            Err(JwsError::InvalidKey(m)) => assert!(m.contains("neither a JWK"), "{text:?}: {m}"),
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+    // A JSON object is a JWK and PEM is PEM, with their own errors.
+    assert!(matches!(
+        SigningKey::from_key_text(r#"{"kty":"EC"}"#),
+        Err(JwsError::InvalidKey(m)) if m.contains("JWK")
+    ));
+    assert!(matches!(
+        SigningKey::from_key_text(rsa),
+        Err(JwsError::Unsupported(_))
+    ));
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use regcache_formats::jws::{self, SigningKey};
-use regcache_formats::manifest::{Manifest, ManifestKind};
+use regcache_formats::manifest::{Manifest, ManifestKind, Schema1Source};
 use regcache_formats::reference::{RepositoryName, Tag};
 use regcache_formats::schema1;
 use regcache_formats::{Digest, MediaType};
@@ -48,54 +48,54 @@ pub fn run(args: &ConvertArgs, now_unix: i64) -> Result<Vec<u8>, String> {
     jws::sign(&payload, &key, now_unix).map_err(|e| format!("signing failed: {e}"))
 }
 
-/// A list picks its linux/amd64 entry (the server's rule); an image is itself.
+/// A list picks its linux/amd64 entry (the server's rule,
+/// [`Manifest::schema1_source`]); an image is itself.
 fn select_image(top: &Manifest, child: Option<&Path>) -> Result<Manifest, String> {
-    match &top.kind {
-        ManifestKind::Image(_) => {
+    if top.media_type == MediaType::OciIndex {
+        // distribution's negotiation: an OCI index is refused, never narrowed.
+        return Err(
+            "an OCI index is never converted to Schema 1 (a registry answers 404 MANIFEST_UNKNOWN to a client without OCI index support)"
+                .into(),
+        );
+    }
+    let entry = match top.schema1_source() {
+        Ok(Schema1Source::Itself) => {
             if child.is_some() {
                 return Err("--child is only for manifest lists".into());
             }
-            Ok(top.clone())
+            return Ok(top.clone());
         }
-        ManifestKind::Index(index) => {
-            if top.media_type == MediaType::OciIndex {
-                return Err(
-                    "an OCI index is never converted to Schema 1 (a registry answers 404 MANIFEST_UNKNOWN to a client without OCI index support)"
-                        .into(),
-                );
-            }
-            let Some(entry) = index.linux_amd64() else {
-                return Err(
-                    "the manifest list has no linux/amd64 entry, so there is nothing to convert (a registry answers 404 MANIFEST_UNKNOWN)"
-                        .into(),
-                );
-            };
-            let Some(child) = child else {
-                return Err(format!(
-                    "the manifest list's linux/amd64 entry is {} ({}); pass that manifest with --child FILE",
-                    entry.digest, entry.media_type
-                ));
-            };
-            let raw = read(child, "child manifest")?;
-            if !entry.digest.verifies(&raw) {
-                return Err(format!(
-                    "--child {} has digest {}, but the list's linux/amd64 entry is {}",
-                    child.display(),
-                    Digest::sha256_of(&raw),
-                    entry.digest
-                ));
-            }
-            let m = Manifest::parse(raw, Some(&entry.media_type))
-                .map_err(|e| format!("{}: {e}", child.display()))?;
-            match m.kind {
-                ManifestKind::Image(_) => Ok(m),
-                _ => Err(format!(
-                    "the linux/amd64 entry is a {}, which a registry serves as it is, unconverted",
-                    m.media_type
-                )),
-            }
+        Ok(Schema1Source::AlreadySchema1) => {
+            return Err("the manifest is already Schema 1".into());
         }
-        ManifestKind::Schema1(_) => Err("the manifest is already Schema 1".into()),
+        Err(e) => {
+            return Err(format!("{e} (a registry answers 404 {})", e.error_code()));
+        }
+        Ok(Schema1Source::Entry(entry)) => entry,
+    };
+    let Some(child) = child else {
+        return Err(format!(
+            "the manifest list's linux/amd64 entry is {} ({}); pass that manifest with --child FILE",
+            entry.digest, entry.media_type
+        ));
+    };
+    let raw = read(child, "child manifest")?;
+    if !entry.digest.verifies(&raw) {
+        return Err(format!(
+            "--child {} has digest {}, but the list's linux/amd64 entry is {}",
+            child.display(),
+            Digest::sha256_of(&raw),
+            entry.digest
+        ));
+    }
+    let m = Manifest::parse(raw, Some(&entry.media_type))
+        .map_err(|e| format!("{}: {e}", child.display()))?;
+    match m.kind {
+        ManifestKind::Image(_) => Ok(m),
+        _ => Err(format!(
+            "the linux/amd64 entry is a {}, which a registry serves as it is, unconverted",
+            m.media_type
+        )),
     }
 }
 
@@ -124,18 +124,60 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {what} file {}: {e}", path.display()))
 }
 
-/// A PEM (SEC1 or PKCS#8) or JWK (`.json`/`.jwk`) P-256 private key.
+/// A PEM (SEC1 or PKCS#8) or JWK P-256 private key, told apart by content
+/// like `serve` does ([`SigningKey::from_key_text`]).
 pub fn load_key(path: &Path) -> Result<SigningKey, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
-    let is_jwk = matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("json" | "jwk")
-    ) || text.trim_start().starts_with('{');
-    let key = if is_jwk {
-        SigningKey::from_jwk(&text)
-    } else {
-        SigningKey::from_pem(&text)
-    };
-    key.map_err(|e| format!("key file {}: {e}", path.display()))
+    SigningKey::from_key_text(&text).map_err(|e| format!("key file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// `regcache convert --key` and `serve`'s key file read the same files:
+    /// the format comes from the content, not from the name.
+    #[test]
+    fn key_files_load_by_content_whatever_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate();
+        let jwk_in_pem = dir.path().join("key.pem");
+        std::fs::write(&jwk_in_pem, key.to_jwk()).unwrap();
+        let pem_in_json = dir.path().join("key.json");
+        std::fs::write(&pem_in_json, key.to_pem()).unwrap();
+        let pem_in_jwk = dir.path().join("signing.jwk");
+        std::fs::write(&pem_in_jwk, key.to_pem()).unwrap();
+        for path in [&jwk_in_pem, &pem_in_json, &pem_in_jwk] {
+            assert_eq!(load_key(path).unwrap().kid(), key.kid(), "{path:?}");
+            assert_eq!(
+                crate::server::load_or_create_key(path).unwrap().kid(),
+                key.kid(),
+                "{path:?}"
+            );
+        }
+        let junk = dir.path().join("key.pem");
+        std::fs::write(&junk, "not a key").unwrap();
+        let e = load_key(&junk).unwrap_err();
+        assert!(e.contains("key.pem") && e.contains("neither a JWK"), "{e}");
+        assert!(crate::server::load_or_create_key(&junk).is_err());
+    }
+
+    #[test]
+    fn a_new_key_file_still_takes_its_format_from_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwk = dir.path().join("new.json");
+        let pem = dir.path().join("sub/new.pem");
+        let a = crate::server::load_or_create_key(&jwk).unwrap();
+        let b = crate::server::load_or_create_key(&pem).unwrap();
+        assert!(std::fs::read_to_string(&jwk).unwrap().starts_with('{'));
+        assert!(
+            std::fs::read_to_string(&pem)
+                .unwrap()
+                .starts_with("-----BEGIN EC PRIVATE KEY-----")
+        );
+        assert_eq!(load_key(&jwk).unwrap().kid(), a.kid());
+        assert_eq!(load_key(&pem).unwrap().kid(), b.kid());
+    }
 }

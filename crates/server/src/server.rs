@@ -53,13 +53,9 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, StartError> {
         message,
     };
     match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            SigningKey::from_key_file(name, &text).map_err(|e| err(e.to_string()))
-        }
+        // The format is told by the content; the file name only picks the
+        // format of a newly generated key (below).
+        Ok(text) => SigningKey::from_key_text(&text).map_err(|e| err(e.to_string())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = SigningKey::generate();
             let text = if matches!(
