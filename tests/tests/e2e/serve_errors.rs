@@ -325,3 +325,62 @@ async fn unknown_config_keys_exit_64_listing_every_problem_before_binding() {
     }
     drop((listen, admin));
 }
+
+/// The OCI conformance suite's "nonexistent manifest" reference,
+/// `.INVALID_MANIFEST_NAME`, is not a valid tag: GET and HEAD answer 404
+/// `MANIFEST_UNKNOWN` (HEAD: the status only), as the suite expects. A
+/// reference that is a digest in form but malformed is still 400
+/// `DIGEST_INVALID`.
+#[tokio::test]
+async fn an_invalid_tag_is_an_unknown_manifest_and_a_malformed_digest_is_invalid() {
+    let upstream = Upstream::start(Mode::Plain);
+    let repo = "conformance/app";
+    upstream
+        .client(&[repo])
+        .push_image(
+            repo,
+            "v1",
+            &crate::support::small_image(0xc0f, regcache_tests::Platform::linux_amd64()),
+            regcache_tests::ManifestFormat::Oci,
+        )
+        .await;
+    let regcache = upstream.start_regcache();
+    let client = RegistryClient::new(regcache.url());
+    let mut wrong = Vec::new();
+    for (path, status, code) in [
+        (
+            format!("/v2/{repo}/manifests/.INVALID_MANIFEST_NAME"),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            format!("/v2/{repo}/manifests/sha256:abc"),
+            400,
+            "DIGEST_INVALID",
+        ),
+    ] {
+        let get = client
+            .request(reqwest::Method::GET, &path, FULL_ACCEPT_HEADERS, None)
+            .await
+            .unwrap();
+        let head = client
+            .request(reqwest::Method::HEAD, &path, FULL_ACCEPT_HEADERS, None)
+            .await
+            .unwrap();
+        let checked = std::panic::catch_unwind(|| {
+            assert_error(&format!("GET {path}"), &get, status, code);
+            assert_eq!(head.status, status, "HEAD {path}");
+            assert!(head.body.is_empty(), "HEAD {path}: a body");
+            assert_api_version(&format!("HEAD {path}"), &head);
+        });
+        if checked.is_err() {
+            wrong.push(format!(
+                "{path}: want {status} {code}, got GET {} {} / HEAD {}",
+                get.status,
+                get.text().trim(),
+                head.status
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
