@@ -1,5 +1,5 @@
 //! [`FailureUpstream`] (feature `mock`): a wrapper around any
-//! [`UpstreamApi`] — normally the real [`crate::Upstream`] pointed at a real
+//! [`UpstreamApi`] — the real [`crate::Upstream`] pointed at a real
 //! registry — that injects faults into chosen calls, after mountpoint-s3's
 //! `failure_client.rs`. Real protocol behaviour is kept for every call that
 //! has no fault.
@@ -15,7 +15,6 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,16 +31,8 @@ use crate::api::{
 use crate::error::{TimeoutPhase, UpstreamError};
 use crate::stats::UpstreamStats;
 
-/// The operations of [`UpstreamApi`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Op {
-    Ping,
-    HeadManifest,
-    GetManifest,
-    HeadBlob,
-    GetBlob,
-    Send,
-}
+use super::Op;
+use super::control::{Control, Gate};
 
 /// What to do to a call.
 #[derive(Clone, Debug)]
@@ -107,7 +98,7 @@ struct Rule {
 pub struct FailureUpstream<U> {
     inner: U,
     rules: Mutex<Vec<Rule>>,
-    calls: Mutex<HashMap<Op, u64>>,
+    control: Control,
 }
 
 impl<U: UpstreamApi> fmt::Debug for FailureUpstream<U> {
@@ -115,7 +106,7 @@ impl<U: UpstreamApi> fmt::Debug for FailureUpstream<U> {
         f.debug_struct("FailureUpstream")
             .field("upstream", &self.inner.name())
             .field("rules", &self.rules.lock().len())
-            .field("calls", &*self.calls.lock())
+            .field("control", &self.control)
             .finish()
     }
 }
@@ -125,7 +116,7 @@ impl<U: UpstreamApi> FailureUpstream<U> {
         FailureUpstream {
             inner,
             rules: Mutex::new(Vec::new()),
-            calls: Mutex::new(HashMap::new()),
+            control: Control::default(),
         }
     }
 
@@ -156,7 +147,13 @@ impl<U: UpstreamApi> FailureUpstream<U> {
 
     /// Calls of `op` so far, faulted or not.
     pub fn calls(&self, op: Op) -> u64 {
-        self.calls.lock().get(&op).copied().unwrap_or(0)
+        self.control.calls(op)
+    }
+
+    /// Hold calls of `op` until the gate lets them through; a held call is
+    /// counted at once, and takes its fault when it passes.
+    pub fn hold(&self, op: Op) -> Gate {
+        self.control.hold(op)
     }
 
     fn add(&self, op: Op, repo: Option<String>, fault: Fault, remaining: Option<u32>) {
@@ -171,9 +168,8 @@ impl<U: UpstreamApi> FailureUpstream<U> {
         });
     }
 
-    /// Count the call and take the first matching fault.
+    /// Take the first fault matching a call.
     fn pick(&self, op: Op, repo: Option<&str>, path: Option<&str>) -> Option<Fault> {
-        *self.calls.lock().entry(op).or_insert(0) += 1;
         let mut rules = self.rules.lock();
         let idx = rules.iter().position(|r| {
             r.op == op
@@ -195,10 +191,17 @@ impl<U: UpstreamApi> FailureUpstream<U> {
         Some(fault)
     }
 
-    /// Apply the "before" part of a fault: error out or wait. Returns the
-    /// fault again when it acts on the result.
-    async fn before(&self, fault: Option<Fault>) -> Result<Option<Fault>, UpstreamError> {
-        match fault {
+    /// Start a call: count it, wait at its gate, then apply the "before"
+    /// part of its fault (error out or wait). Returns the fault again when
+    /// it acts on the result.
+    async fn begin(
+        &self,
+        op: Op,
+        repo: Option<&str>,
+        path: Option<&str>,
+    ) -> Result<Option<Fault>, UpstreamError> {
+        self.control.enter(op).await;
+        match self.pick(op, repo, path) {
             None => Ok(None),
             Some(Fault::Error(e)) => Err(e.or_named(self.inner.name())),
             Some(Fault::Delay(d)) => {
@@ -292,7 +295,7 @@ impl<U: UpstreamApi> FailureUpstream<U> {
     }
 
     pub async fn ping(&self) -> Result<(), UpstreamError> {
-        self.before(self.pick(Op::Ping, None, None)).await?;
+        self.begin(Op::Ping, None, None).await?;
         self.inner.ping().await
     }
 
@@ -302,8 +305,7 @@ impl<U: UpstreamApi> FailureUpstream<U> {
         reference: &str,
         accept: &[&str],
     ) -> Result<ManifestHead, UpstreamError> {
-        self.before(self.pick(Op::HeadManifest, Some(repo), None))
-            .await?;
+        self.begin(Op::HeadManifest, Some(repo), None).await?;
         self.inner.head_manifest(repo, reference, accept).await
     }
 
@@ -313,9 +315,7 @@ impl<U: UpstreamApi> FailureUpstream<U> {
         reference: &str,
         accept: &[&str],
     ) -> Result<ManifestBody, UpstreamError> {
-        let after = self
-            .before(self.pick(Op::GetManifest, Some(repo), None))
-            .await?;
+        let after = self.begin(Op::GetManifest, Some(repo), None).await?;
         let mut body = self.inner.get_manifest(repo, reference, accept).await?;
         match after {
             Some(Fault::CorruptBody { offset }) if (offset as usize) < body.bytes.len() => {
@@ -330,8 +330,7 @@ impl<U: UpstreamApi> FailureUpstream<U> {
     }
 
     pub async fn head_blob(&self, repo: &str, digest: &Digest) -> Result<BlobHead, UpstreamError> {
-        self.before(self.pick(Op::HeadBlob, Some(repo), None))
-            .await?;
+        self.begin(Op::HeadBlob, Some(repo), None).await?;
         self.inner.head_blob(repo, digest).await
     }
 
@@ -341,17 +340,16 @@ impl<U: UpstreamApi> FailureUpstream<U> {
         digest: &Digest,
         range: Option<(u64, Option<u64>)>,
     ) -> Result<BlobBody, UpstreamError> {
-        let after = self
-            .before(self.pick(Op::GetBlob, Some(repo), None))
-            .await?;
+        let after = self.begin(Op::GetBlob, Some(repo), None).await?;
         let mut body = self.inner.get_blob(repo, digest, range).await?;
         body.stream = self.wrap_stream(body.stream, after);
         Ok(body)
     }
 
     pub async fn send(&self, req: RawRequest) -> Result<RawResponse, UpstreamError> {
-        let fault = self.pick(Op::Send, None, Some(&req.path_and_query));
-        let after = self.before(fault).await?;
+        let after = self
+            .begin(Op::Send, None, Some(&req.path_and_query))
+            .await?;
         let mut resp = self.inner.send(req).await?;
         resp.body = self.wrap_stream(resp.body, after);
         Ok(resp)
