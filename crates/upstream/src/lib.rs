@@ -20,7 +20,8 @@
 //!
 //! The server programs against [`UpstreamApi`]; [`Upstream`] is the real
 //! implementation. With feature `mock`, the [`mock`] module has test
-//! doubles: `FailureUpstream` wraps any implementation to inject faults.
+//! doubles: `MemoryRegistry`, a registry in memory, and `FailureUpstream`,
+//! which wraps any implementation to inject faults.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), regcache_upstream::UpstreamError> {

@@ -1,6 +1,6 @@
 //! [`FailureUpstream`] (feature `mock`): a wrapper around any
 //! [`UpstreamApi`] — the real [`crate::Upstream`] pointed at a real
-//! registry — that injects faults into chosen calls, after mountpoint-s3's
+//! registry, or a [`MemoryRegistry`](super::MemoryRegistry) — that injects faults into chosen calls, after mountpoint-s3's
 //! `failure_client.rs`. Real protocol behaviour is kept for every call that
 //! has no fault.
 //!
