@@ -379,48 +379,78 @@ pub trait UpstreamApi: Send + Sync + 'static {
     fn stats(&self) -> UpstreamStats;
 }
 
+/// The body of an `impl UpstreamApi` that forwards every method to the
+/// method of the same name on `$target` (an expression of `$this`, which
+/// stands for `self`), passing each returned future through `$wrap`
+/// (`Box::pin` for `async fn`s, `std::convert::identity` for futures that
+/// are boxed already).
+///
+/// Used where a type's inherent `async fn`s *are* its implementation
+/// (`Upstream`, the mocks): inherent methods win method resolution, so
+/// `$target.ping()` on `&Upstream` calls `Upstream::ping`. Were an inherent
+/// method missing, the call would resolve to the trait method itself and
+/// rustc's `unconditional_recursion` lint (an error under `-D warnings`)
+/// would say so.
+macro_rules! forward_upstream_api {
+    (|$this:ident| $target:expr, $wrap:path) => {
+        fn name(&self) -> &str {
+            let $this = self;
+            $target.name()
+        }
+        fn ping(&self) -> ::futures_util::future::BoxFuture<'_, Result<(), $crate::UpstreamError>> {
+            let $this = self;
+            $wrap($target.ping())
+        }
+        fn head_manifest<'a>(
+            &'a self,
+            repo: &'a str,
+            reference: &'a str,
+            accept: &'a [&'a str],
+        ) -> ::futures_util::future::BoxFuture<'a, Result<$crate::ManifestHead, $crate::UpstreamError>> {
+            let $this = self;
+            $wrap($target.head_manifest(repo, reference, accept))
+        }
+        fn get_manifest<'a>(
+            &'a self,
+            repo: &'a str,
+            reference: &'a str,
+            accept: &'a [&'a str],
+        ) -> ::futures_util::future::BoxFuture<'a, Result<$crate::ManifestBody, $crate::UpstreamError>> {
+            let $this = self;
+            $wrap($target.get_manifest(repo, reference, accept))
+        }
+        fn head_blob<'a>(
+            &'a self,
+            repo: &'a str,
+            digest: &'a ::regcache_formats::Digest,
+        ) -> ::futures_util::future::BoxFuture<'a, Result<$crate::BlobHead, $crate::UpstreamError>> {
+            let $this = self;
+            $wrap($target.head_blob(repo, digest))
+        }
+        fn get_blob<'a>(
+            &'a self,
+            repo: &'a str,
+            digest: &'a ::regcache_formats::Digest,
+            range: Option<(u64, Option<u64>)>,
+        ) -> ::futures_util::future::BoxFuture<'a, Result<$crate::BlobBody, $crate::UpstreamError>> {
+            let $this = self;
+            $wrap($target.get_blob(repo, digest, range))
+        }
+        fn send(
+            &self,
+            req: $crate::RawRequest,
+        ) -> ::futures_util::future::BoxFuture<'_, Result<$crate::RawResponse, $crate::UpstreamError>> {
+            let $this = self;
+            $wrap($target.send(req))
+        }
+        fn stats(&self) -> $crate::UpstreamStats {
+            let $this = self;
+            $target.stats()
+        }
+    };
+}
+pub(crate) use forward_upstream_api;
+
 impl<T: UpstreamApi + ?Sized> UpstreamApi for Arc<T> {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-    fn ping(&self) -> BoxFuture<'_, Result<(), UpstreamError>> {
-        (**self).ping()
-    }
-    fn head_manifest<'a>(
-        &'a self,
-        repo: &'a str,
-        reference: &'a str,
-        accept: &'a [&'a str],
-    ) -> BoxFuture<'a, Result<ManifestHead, UpstreamError>> {
-        (**self).head_manifest(repo, reference, accept)
-    }
-    fn get_manifest<'a>(
-        &'a self,
-        repo: &'a str,
-        reference: &'a str,
-        accept: &'a [&'a str],
-    ) -> BoxFuture<'a, Result<ManifestBody, UpstreamError>> {
-        (**self).get_manifest(repo, reference, accept)
-    }
-    fn head_blob<'a>(
-        &'a self,
-        repo: &'a str,
-        digest: &'a Digest,
-    ) -> BoxFuture<'a, Result<BlobHead, UpstreamError>> {
-        (**self).head_blob(repo, digest)
-    }
-    fn get_blob<'a>(
-        &'a self,
-        repo: &'a str,
-        digest: &'a Digest,
-        range: Option<(u64, Option<u64>)>,
-    ) -> BoxFuture<'a, Result<BlobBody, UpstreamError>> {
-        (**self).get_blob(repo, digest, range)
-    }
-    fn send(&self, req: RawRequest) -> BoxFuture<'_, Result<RawResponse, UpstreamError>> {
-        (**self).send(req)
-    }
-    fn stats(&self) -> UpstreamStats {
-        (**self).stats()
-    }
+    forward_upstream_api!(|this| (**this), std::convert::identity);
 }

@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, TryStreamExt};
 use http::header::{
     ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderName, HeaderValue,
@@ -32,6 +31,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use url::Url;
 
+use crate::api::forward_upstream_api;
 use crate::api::{
     BlobBody, BlobHead, BodyInner, ByteStream, Collect, ERROR_BODY_LIMIT, ManifestBody,
     ManifestHead, RawRequest, RawResponse, UpstreamApi, collect_limited, header_string,
@@ -1030,48 +1030,7 @@ fn path_only(pq: &str) -> &str {
     pq.split('?').next().unwrap_or(pq)
 }
 
+/// Each method is the inherent one of the same name, boxed.
 impl UpstreamApi for Upstream {
-    fn name(&self) -> &str {
-        Upstream::name(self)
-    }
-    fn ping(&self) -> BoxFuture<'_, Result<(), UpstreamError>> {
-        Box::pin(Upstream::ping(self))
-    }
-    fn head_manifest<'a>(
-        &'a self,
-        repo: &'a str,
-        reference: &'a str,
-        accept: &'a [&'a str],
-    ) -> BoxFuture<'a, Result<ManifestHead, UpstreamError>> {
-        Box::pin(Upstream::head_manifest(self, repo, reference, accept))
-    }
-    fn get_manifest<'a>(
-        &'a self,
-        repo: &'a str,
-        reference: &'a str,
-        accept: &'a [&'a str],
-    ) -> BoxFuture<'a, Result<ManifestBody, UpstreamError>> {
-        Box::pin(Upstream::get_manifest(self, repo, reference, accept))
-    }
-    fn head_blob<'a>(
-        &'a self,
-        repo: &'a str,
-        digest: &'a Digest,
-    ) -> BoxFuture<'a, Result<BlobHead, UpstreamError>> {
-        Box::pin(Upstream::head_blob(self, repo, digest))
-    }
-    fn get_blob<'a>(
-        &'a self,
-        repo: &'a str,
-        digest: &'a Digest,
-        range: Option<(u64, Option<u64>)>,
-    ) -> BoxFuture<'a, Result<BlobBody, UpstreamError>> {
-        Box::pin(Upstream::get_blob(self, repo, digest, range))
-    }
-    fn send(&self, req: RawRequest) -> BoxFuture<'_, Result<RawResponse, UpstreamError>> {
-        Box::pin(Upstream::send(self, req))
-    }
-    fn stats(&self) -> UpstreamStats {
-        Upstream::stats(self)
-    }
+    forward_upstream_api!(|this| this, Box::pin);
 }

@@ -105,6 +105,23 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// The `upstream` field of an [`UpstreamError`] (`&String` or
+/// `&mut String`, as the expression is borrowed): the one list of the
+/// variants, all of which name their upstream.
+macro_rules! upstream_of {
+    ($e:expr) => {
+        match $e {
+            UpstreamError::Registry { upstream, .. }
+            | UpstreamError::Unauthorized { upstream, .. }
+            | UpstreamError::Transport { upstream, .. }
+            | UpstreamError::Timeout { upstream, .. }
+            | UpstreamError::Redirect { upstream, .. }
+            | UpstreamError::Protocol { upstream, .. }
+            | UpstreamError::InvalidRequest { upstream, .. } => upstream,
+        }
+    };
+}
+
 impl UpstreamError {
     /// True when the upstream is (temporarily) not serving: no connection,
     /// a timeout, a `5xx` or a `429`. This is what stale-if-error keys on:
@@ -165,15 +182,17 @@ impl UpstreamError {
 
     /// The upstream this error is about, as it appears in the message.
     pub fn upstream(&self) -> &str {
-        match self {
-            UpstreamError::Registry { upstream, .. }
-            | UpstreamError::Unauthorized { upstream, .. }
-            | UpstreamError::Transport { upstream, .. }
-            | UpstreamError::Timeout { upstream, .. }
-            | UpstreamError::Redirect { upstream, .. }
-            | UpstreamError::Protocol { upstream, .. }
-            | UpstreamError::InvalidRequest { upstream, .. } => upstream,
+        upstream_of!(self)
+    }
+
+    /// Name the upstream in an error built without one (an empty
+    /// `upstream`, as in an injected fault); a named error is unchanged.
+    pub(crate) fn or_named(mut self, name: &str) -> Self {
+        let upstream = upstream_of!(&mut self);
+        if upstream.is_empty() {
+            name.clone_into(upstream);
         }
+        self
     }
 
     /// A transport error from a connection that was never established, so

@@ -19,8 +19,9 @@
 //!   password or token reaches a log or an error message.
 //!
 //! The server programs against [`UpstreamApi`]; [`Upstream`] is the real
-//! implementation and, with feature `mock`, `FailureUpstream` wraps any
-//! implementation to inject faults.
+//! implementation. With feature `mock`, the [`mock`] module has test
+//! doubles: `MemoryRegistry`, a registry in memory, and `FailureUpstream`,
+//! which wraps any implementation to inject faults.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), regcache_upstream::UpstreamError> {
@@ -39,7 +40,7 @@ mod client;
 mod config;
 mod error;
 #[cfg(feature = "mock")]
-mod failure;
+pub mod mock;
 mod retry;
 mod scope;
 mod stats;
@@ -52,6 +53,6 @@ pub use client::{MAX_MANIFEST_SIZE, Upstream};
 pub use config::{Credentials, RetryConfig, Secret, UpstreamConfig};
 pub use error::{BoxError, TimeoutPhase, UpstreamError};
 #[cfg(feature = "mock")]
-pub use failure::{FailureUpstream, Fault, Op};
+pub use mock::{FailureUpstream, Fault, Op};
 pub use scope::Scope;
 pub use stats::UpstreamStats;

@@ -6,6 +6,7 @@
 
 mod auth;
 mod errors;
+mod memory;
 mod mock;
 mod redirect;
 mod registry_smoke;

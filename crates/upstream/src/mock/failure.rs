@@ -1,6 +1,6 @@
 //! [`FailureUpstream`] (feature `mock`): a wrapper around any
-//! [`UpstreamApi`] — normally the real [`crate::Upstream`] pointed at a real
-//! registry — that injects faults into chosen calls, after mountpoint-s3's
+//! [`UpstreamApi`] — the real [`crate::Upstream`] pointed at a real
+//! registry, or a [`MemoryRegistry`](super::MemoryRegistry) — that injects faults into chosen calls, after mountpoint-s3's
 //! `failure_client.rs`. Real protocol behaviour is kept for every call that
 //! has no fault.
 //!
@@ -15,34 +15,24 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use regcache_formats::{Digest, ErrorCode, ErrorEnvelope, RegistryError};
 
 use crate::api::{
     BlobBody, BlobHead, ByteStream, ManifestBody, ManifestHead, RawRequest, RawResponse,
-    UpstreamApi,
+    UpstreamApi, forward_upstream_api,
 };
 use crate::error::{TimeoutPhase, UpstreamError};
 use crate::stats::UpstreamStats;
 
-/// The operations of [`UpstreamApi`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Op {
-    Ping,
-    HeadManifest,
-    GetManifest,
-    HeadBlob,
-    GetBlob,
-    Send,
-}
+use super::Op;
+use super::control::{Control, Gate};
 
 /// What to do to a call.
 #[derive(Clone, Debug)]
@@ -108,7 +98,7 @@ struct Rule {
 pub struct FailureUpstream<U> {
     inner: U,
     rules: Mutex<Vec<Rule>>,
-    calls: Mutex<HashMap<Op, u64>>,
+    control: Control,
 }
 
 impl<U: UpstreamApi> fmt::Debug for FailureUpstream<U> {
@@ -116,7 +106,7 @@ impl<U: UpstreamApi> fmt::Debug for FailureUpstream<U> {
         f.debug_struct("FailureUpstream")
             .field("upstream", &self.inner.name())
             .field("rules", &self.rules.lock().len())
-            .field("calls", &*self.calls.lock())
+            .field("control", &self.control)
             .finish()
     }
 }
@@ -126,7 +116,7 @@ impl<U: UpstreamApi> FailureUpstream<U> {
         FailureUpstream {
             inner,
             rules: Mutex::new(Vec::new()),
-            calls: Mutex::new(HashMap::new()),
+            control: Control::default(),
         }
     }
 
@@ -157,7 +147,13 @@ impl<U: UpstreamApi> FailureUpstream<U> {
 
     /// Calls of `op` so far, faulted or not.
     pub fn calls(&self, op: Op) -> u64 {
-        self.calls.lock().get(&op).copied().unwrap_or(0)
+        self.control.calls(op)
+    }
+
+    /// Hold calls of `op` until the gate lets them through; a held call is
+    /// counted at once, and takes its fault when it passes.
+    pub fn hold(&self, op: Op) -> Gate {
+        self.control.hold(op)
     }
 
     fn add(&self, op: Op, repo: Option<String>, fault: Fault, remaining: Option<u32>) {
@@ -172,9 +168,8 @@ impl<U: UpstreamApi> FailureUpstream<U> {
         });
     }
 
-    /// Count the call and take the first matching fault.
+    /// Take the first fault matching a call.
     fn pick(&self, op: Op, repo: Option<&str>, path: Option<&str>) -> Option<Fault> {
-        *self.calls.lock().entry(op).or_insert(0) += 1;
         let mut rules = self.rules.lock();
         let idx = rules.iter().position(|r| {
             r.op == op
@@ -196,30 +191,19 @@ impl<U: UpstreamApi> FailureUpstream<U> {
         Some(fault)
     }
 
-    fn named(&self, mut e: UpstreamError) -> UpstreamError {
-        match &mut e {
-            UpstreamError::Registry { upstream, .. }
-            | UpstreamError::Unauthorized { upstream, .. }
-            | UpstreamError::Transport { upstream, .. }
-            | UpstreamError::Timeout { upstream, .. }
-            | UpstreamError::Redirect { upstream, .. }
-            | UpstreamError::Protocol { upstream, .. }
-            | UpstreamError::InvalidRequest { upstream, .. }
-                if upstream.is_empty() =>
-            {
-                *upstream = self.inner.name().to_owned();
-            }
-            _ => {}
-        }
-        e
-    }
-
-    /// Apply the "before" part of a fault: error out or wait. Returns the
-    /// fault again when it acts on the result.
-    async fn before(&self, fault: Option<Fault>) -> Result<Option<Fault>, UpstreamError> {
-        match fault {
+    /// Start a call: count it, wait at its gate, then apply the "before"
+    /// part of its fault (error out or wait). Returns the fault again when
+    /// it acts on the result.
+    async fn begin(
+        &self,
+        op: Op,
+        repo: Option<&str>,
+        path: Option<&str>,
+    ) -> Result<Option<Fault>, UpstreamError> {
+        self.control.enter(op).await;
+        match self.pick(op, repo, path) {
             None => Ok(None),
-            Some(Fault::Error(e)) => Err(self.named(e)),
+            Some(Fault::Error(e)) => Err(e.or_named(self.inner.name())),
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
                 Ok(None)
@@ -304,94 +288,79 @@ fn flip(bytes: &Bytes, at: usize) -> Bytes {
     b.freeze()
 }
 
-impl<U: UpstreamApi> UpstreamApi for FailureUpstream<U> {
-    fn name(&self) -> &str {
+/// The calls, with their faults: what [`UpstreamApi`] runs.
+impl<U: UpstreamApi> FailureUpstream<U> {
+    pub fn name(&self) -> &str {
         self.inner.name()
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<(), UpstreamError>> {
-        Box::pin(async move {
-            self.before(self.pick(Op::Ping, None, None)).await?;
-            self.inner.ping().await
-        })
+    pub async fn ping(&self) -> Result<(), UpstreamError> {
+        self.begin(Op::Ping, None, None).await?;
+        self.inner.ping().await
     }
 
-    fn head_manifest<'a>(
-        &'a self,
-        repo: &'a str,
-        reference: &'a str,
-        accept: &'a [&'a str],
-    ) -> BoxFuture<'a, Result<ManifestHead, UpstreamError>> {
-        Box::pin(async move {
-            self.before(self.pick(Op::HeadManifest, Some(repo), None))
-                .await?;
-            self.inner.head_manifest(repo, reference, accept).await
-        })
+    pub async fn head_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        accept: &[&str],
+    ) -> Result<ManifestHead, UpstreamError> {
+        self.begin(Op::HeadManifest, Some(repo), None).await?;
+        self.inner.head_manifest(repo, reference, accept).await
     }
 
-    fn get_manifest<'a>(
-        &'a self,
-        repo: &'a str,
-        reference: &'a str,
-        accept: &'a [&'a str],
-    ) -> BoxFuture<'a, Result<ManifestBody, UpstreamError>> {
-        Box::pin(async move {
-            let after = self
-                .before(self.pick(Op::GetManifest, Some(repo), None))
-                .await?;
-            let mut body = self.inner.get_manifest(repo, reference, accept).await?;
-            match after {
-                Some(Fault::CorruptBody { offset }) if (offset as usize) < body.bytes.len() => {
-                    body.bytes = flip(&body.bytes, offset as usize);
-                }
-                Some(Fault::TruncateBody { after }) if (after as usize) < body.bytes.len() => {
-                    body.bytes = body.bytes.slice(..after as usize);
-                }
-                _ => {}
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        accept: &[&str],
+    ) -> Result<ManifestBody, UpstreamError> {
+        let after = self.begin(Op::GetManifest, Some(repo), None).await?;
+        let mut body = self.inner.get_manifest(repo, reference, accept).await?;
+        match after {
+            Some(Fault::CorruptBody { offset }) if (offset as usize) < body.bytes.len() => {
+                body.bytes = flip(&body.bytes, offset as usize);
             }
-            Ok(body)
-        })
+            Some(Fault::TruncateBody { after }) if (after as usize) < body.bytes.len() => {
+                body.bytes = body.bytes.slice(..after as usize);
+            }
+            _ => {}
+        }
+        Ok(body)
     }
 
-    fn head_blob<'a>(
-        &'a self,
-        repo: &'a str,
-        digest: &'a Digest,
-    ) -> BoxFuture<'a, Result<BlobHead, UpstreamError>> {
-        Box::pin(async move {
-            self.before(self.pick(Op::HeadBlob, Some(repo), None))
-                .await?;
-            self.inner.head_blob(repo, digest).await
-        })
+    pub async fn head_blob(&self, repo: &str, digest: &Digest) -> Result<BlobHead, UpstreamError> {
+        self.begin(Op::HeadBlob, Some(repo), None).await?;
+        self.inner.head_blob(repo, digest).await
     }
 
-    fn get_blob<'a>(
-        &'a self,
-        repo: &'a str,
-        digest: &'a Digest,
+    pub async fn get_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
         range: Option<(u64, Option<u64>)>,
-    ) -> BoxFuture<'a, Result<BlobBody, UpstreamError>> {
-        Box::pin(async move {
-            let after = self
-                .before(self.pick(Op::GetBlob, Some(repo), None))
-                .await?;
-            let mut body = self.inner.get_blob(repo, digest, range).await?;
-            body.stream = self.wrap_stream(body.stream, after);
-            Ok(body)
-        })
+    ) -> Result<BlobBody, UpstreamError> {
+        let after = self.begin(Op::GetBlob, Some(repo), None).await?;
+        let mut body = self.inner.get_blob(repo, digest, range).await?;
+        body.stream = self.wrap_stream(body.stream, after);
+        Ok(body)
     }
 
-    fn send(&self, req: RawRequest) -> BoxFuture<'_, Result<RawResponse, UpstreamError>> {
-        Box::pin(async move {
-            let fault = self.pick(Op::Send, None, Some(&req.path_and_query));
-            let after = self.before(fault).await?;
-            let mut resp = self.inner.send(req).await?;
-            resp.body = self.wrap_stream(resp.body, after);
-            Ok(resp)
-        })
+    pub async fn send(&self, req: RawRequest) -> Result<RawResponse, UpstreamError> {
+        let after = self
+            .begin(Op::Send, None, Some(&req.path_and_query))
+            .await?;
+        let mut resp = self.inner.send(req).await?;
+        resp.body = self.wrap_stream(resp.body, after);
+        Ok(resp)
     }
 
-    fn stats(&self) -> UpstreamStats {
+    /// The inner client's counters.
+    pub fn stats(&self) -> UpstreamStats {
         self.inner.stats()
     }
+}
+
+impl<U: UpstreamApi> UpstreamApi for FailureUpstream<U> {
+    forward_upstream_api!(|this| this, Box::pin);
 }
