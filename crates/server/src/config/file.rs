@@ -58,26 +58,41 @@ pub struct Upstreams(pub Vec<UpstreamSection>);
 
 impl<'de> Deserialize<'de> for Upstreams {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        // Through toml::Value so a typo inside a table keeps its precise message.
-        match toml::Value::deserialize(d)? {
-            toml::Value::Array(items) => items
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    UpstreamSection::deserialize(v)
-                        .map_err(|e| D::Error::custom(format!("upstream #{}: {e}", i + 1)))
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(Upstreams),
-            v @ toml::Value::Table(_) => UpstreamSection::deserialize(v)
-                .map(|u| Upstreams(vec![u]))
-                .map_err(D::Error::custom),
-            other => Err(D::Error::custom(format!(
-                "upstream must be a table or an array of tables, not a {}",
-                other.type_str()
-            ))),
+        use serde::de::{Error, MapAccess, SeqAccess, value::MapAccessDeserializer};
+
+        struct OneOrMany;
+
+        impl<'de> serde::de::Visitor<'de> for OneOrMany {
+            type Value = Upstreams;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("upstream as a table or an array of tables")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Upstreams, A::Error> {
+                UpstreamSection::deserialize(MapAccessDeserializer::new(map))
+                    .map(|u| Upstreams(vec![u]))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Upstreams, A::Error> {
+                let mut all = Vec::new();
+                loop {
+                    match seq.next_element::<UpstreamSection>() {
+                        Ok(Some(u)) => all.push(u),
+                        Ok(None) => return Ok(Upstreams(all)),
+                        Err(e) => {
+                            let n = all.len() + 1;
+                            return Err(A::Error::custom(format!("upstream #{n}: {e}")));
+                        }
+                    }
+                }
+            }
         }
+
+        // Asked for as a struct with `UpstreamSection`'s fields, so the keys
+        // of a single `[upstream]` table are checked like any section's.
+        let fields = super::keys::struct_fields::<UpstreamSection>();
+        d.deserialize_struct("UpstreamSection", fields, OneOrMany)
     }
 }
 
@@ -186,90 +201,6 @@ impl Default for Schema1Config {
     }
 }
 
-/// The known keys: a key with `Some(children)` is a table (or an array of
-/// tables) whose own keys are checked too.
-type Schema = &'static [(&'static str, Option<&'static [(&'static str, Option<()>)]>)];
-
-const SCHEMA: Schema = &[
-    ("listen", None),
-    ("admin_listen", None),
-    ("data_dir", None),
-    ("tls_cert_file", None),
-    ("tls_key_file", None),
-    ("log", Some(&[("format", None), ("level", None)])),
-    (
-        "cache",
-        Some(&[
-            ("memory_size", None),
-            ("memory_max_object", None),
-            ("disk_size", None),
-        ]),
-    ),
-    (
-        "upstream",
-        Some(&[
-            ("name", None),
-            ("url", None),
-            ("aliases", None),
-            ("default", None),
-            ("username", None),
-            ("password", None),
-            ("password_file", None),
-            ("password_env", None),
-            ("tag_ttl_secs", None),
-            ("stale_if_error_secs", None),
-            ("stale_while_revalidate_secs", None),
-            ("connect_timeout_secs", None),
-            ("first_byte_timeout_secs", None),
-            ("retry_attempts", None),
-        ]),
-    ),
-    ("schema1", Some(&[("signing_key", None)])),
-    (
-        "policy",
-        Some(&[
-            ("repositories", None),
-            ("upstreams", None),
-            ("schema1", None),
-            ("schema1_digests", None),
-            ("schema2_push", None),
-        ]),
-    ),
-];
-
-fn unknown_keys(table: &toml::Table, schema: Schema, _path: &str, problems: &mut Vec<String>) {
-    for (key, value) in table {
-        let Some((_, children)) = schema.iter().find(|(k, _)| k == key) else {
-            let known: Vec<&str> = schema.iter().map(|(k, _)| *k).collect();
-            problems.push(format!("unknown key `{key}` (known: {})", known.join(", ")));
-            continue;
-        };
-        let Some(children) = children else { continue };
-        let mut check = |t: &toml::Table, label: String| {
-            for k in t.keys() {
-                if !children.iter().any(|(c, _)| c == k) {
-                    let known: Vec<&str> = children.iter().map(|(c, _)| *c).collect();
-                    problems.push(format!(
-                        "unknown key `{k}` in {label} (known: {})",
-                        known.join(", ")
-                    ));
-                }
-            }
-        };
-        match value {
-            toml::Value::Table(t) => check(t, format!("[{key}]")),
-            toml::Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    if let toml::Value::Table(t) = item {
-                        check(t, format!("[[{key}]] #{}", i + 1));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
 /// A byte count written as an integer or a string such as `"512MiB"`, `"10GB"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
@@ -317,24 +248,21 @@ impl<'de> Deserialize<'de> for ByteSize {
 
 impl Config {
     /// Parse a TOML document. Unknown keys are errors, and all of them are
-    /// reported together (serde's `deny_unknown_fields` stops at the first).
+    /// reported together (serde's `deny_unknown_fields` stops at the first),
+    /// with a type error if there is one.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError {
-            problems: vec![format!("{origin}: {}", e.to_string().trim_end())],
+        let problem = |e: toml::de::Error| format!("{origin}: {}", e.to_string().trim_end());
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
+            problems: vec![problem(e)],
         })?;
-        let mut problems = Vec::new();
-        unknown_keys(&table, SCHEMA, "", &mut problems);
-        if !problems.is_empty() {
-            return Err(ConfigError {
-                problems: problems
-                    .into_iter()
-                    .map(|p| format!("{origin}: {p}"))
-                    .collect(),
-            });
+        let (config, unknown) = super::keys::deserialize::<Config, _>(de);
+        let mut problems: Vec<String> = unknown.iter().map(|p| format!("{origin}: {p}")).collect();
+        match config {
+            Ok(config) if problems.is_empty() => return Ok(config),
+            Ok(_) => {}
+            Err(e) => problems.push(problem(e)),
         }
-        toml::from_str(text).map_err(|e| ConfigError {
-            problems: vec![format!("{origin}: {}", e.to_string().trim_end())],
-        })
+        Err(ConfigError { problems })
     }
 }
 
@@ -370,6 +298,17 @@ mod tests {
             assert!(text.contains(key), "{key} missing from {text}");
         }
         assert!(text.contains("in [[policy]] #1"), "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_come_with_a_type_error() {
+        let err = Config::from_toml("colour = 1\nlisten = 5\n", "f.toml").unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(err.problems[0].contains("unknown key `colour`"), "{err}");
+        assert!(
+            err.problems[1].contains("line 2") && err.problems[1].contains("expected a string"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   with the TLS files loaded by `tls.rs`.
 
 mod file;
+mod keys;
 mod layers;
 mod settings;
 mod tls;
