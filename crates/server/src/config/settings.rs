@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use regcache_upstream::{Credentials, RetryConfig, UpstreamConfig};
+
 /// The validated, ready-to-use configuration.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -93,5 +95,60 @@ impl Settings {
         &self.upstreams[self
             .default_upstream
             .min(self.upstreams.len().saturating_sub(1))]
+    }
+}
+
+impl UpstreamSettings {
+    /// The registry client's configuration for this upstream: its timeouts,
+    /// retries (at least one attempt) and credentials (both, or anonymous).
+    pub fn client_config(&self) -> UpstreamConfig {
+        let mut config = UpstreamConfig::new(self.name.clone(), self.url.clone());
+        config.connect_timeout = self.connect_timeout;
+        config.first_byte_timeout = self.first_byte_timeout;
+        config.retry = RetryConfig {
+            max_attempts: self.retry_attempts.max(1),
+            ..RetryConfig::default()
+        };
+        if let (Some(user), Some(pass)) = (&self.username, &self.password) {
+            config = config.with_credentials(Credentials::new(user.clone(), pass.clone()));
+        }
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::test_support::env;
+    use crate::config::{Config, Overrides};
+
+    #[test]
+    fn client_config_carries_the_upstream_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[upstream]\nname = \"mirror\"\nurl = \"http://127.0.0.1:9\"\n\
+             connect_timeout_secs = 2\nfirst_byte_timeout_secs = 3\nretry_attempts = 0\n\
+             username = \"bob\"\npassword_env = \"RC_PW\"\n",
+        )
+        .unwrap();
+        let e = env(&[("RC_PW", "s3cret")]);
+        let s = Config::load(Some(&file), &e, &Overrides::default()).unwrap();
+        let c = s.default_upstream().client_config();
+        assert_eq!(c.name, "mirror");
+        assert_eq!(c.url.as_str(), "http://127.0.0.1:9/");
+        assert_eq!(c.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.first_byte_timeout, Duration::from_secs(3));
+        assert_eq!(c.retry.max_attempts, 1, "0 attempts still means one");
+        let creds = c.credentials.unwrap();
+        assert_eq!(creds.username, "bob");
+        assert_eq!(creds.password.expose(), "s3cret");
+
+        let s = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        let c = s.default_upstream().client_config();
+        assert!(c.credentials.is_none());
+        assert_eq!(c.retry.max_attempts, 3);
     }
 }
