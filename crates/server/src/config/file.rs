@@ -7,6 +7,9 @@ use serde::Deserialize;
 
 use super::ConfigError;
 
+/// The whole file as written; its `Default` is the run-anywhere setup.
+/// (`deny_unknown_fields` here and below is a backstop: [`Config::from_toml`]
+/// takes unknown keys out, and reports them all, before serde sees them.)
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -22,19 +25,19 @@ pub struct Config {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key (PKCS#8, SEC1 or PKCS#1) of the leaf in `tls_cert_file`.
     pub tls_key_file: Option<PathBuf>,
-    pub log: LogConfig,
-    pub cache: CacheConfig,
+    pub log: LogSection,
+    pub cache: CacheSection,
     /// One `[upstream]` table, or several `[[upstream]]` tables (one may say
     /// `default = true`; otherwise the first is the default).
-    pub upstream: Upstreams,
-    pub schema1: Schema1Config,
+    pub upstream: UpstreamSections,
+    pub schema1: Schema1Section,
     /// Ordered `[[policy]]` rules (see `policy.rs`); first match wins.
     pub policy: Vec<crate::policy::RuleConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
+pub struct LogSection {
     /// `text` or `json`.
     pub format: String,
     /// A tracing filter such as `info` or `regcache_server=debug,info`.
@@ -43,7 +46,7 @@ pub struct LogConfig {
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct CacheConfig {
+pub struct CacheSection {
     /// Memory tier budget (manifests, configs, small blobs), e.g. `"256MiB"`.
     pub memory_size: ByteSize,
     /// Largest object kept in the memory tier.
@@ -54,32 +57,35 @@ pub struct CacheConfig {
 
 /// The upstream list: accepts a single `[upstream]` table or `[[upstream]]` tables.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Upstreams(pub Vec<UpstreamSection>);
+pub struct UpstreamSections(pub Vec<UpstreamSection>);
 
-impl<'de> Deserialize<'de> for Upstreams {
+impl<'de> Deserialize<'de> for UpstreamSections {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::{Error, MapAccess, SeqAccess, value::MapAccessDeserializer};
 
         struct OneOrMany;
 
         impl<'de> serde::de::Visitor<'de> for OneOrMany {
-            type Value = Upstreams;
+            type Value = UpstreamSections;
 
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("upstream as a table or an array of tables")
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Upstreams, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<UpstreamSections, A::Error> {
                 UpstreamSection::deserialize(MapAccessDeserializer::new(map))
-                    .map(|u| Upstreams(vec![u]))
+                    .map(|u| UpstreamSections(vec![u]))
             }
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Upstreams, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<UpstreamSections, A::Error> {
                 let mut all = Vec::new();
                 loop {
                     match seq.next_element::<UpstreamSection>() {
                         Ok(Some(u)) => all.push(u),
-                        Ok(None) => return Ok(Upstreams(all)),
+                        Ok(None) => return Ok(UpstreamSections(all)),
                         Err(e) => {
                             let n = all.len() + 1;
                             return Err(A::Error::custom(format!("upstream #{n}: {e}")));
@@ -129,7 +135,7 @@ pub struct UpstreamSection {
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct Schema1Config {
+pub struct Schema1Section {
     /// PEM (SEC1 or PKCS#8) or JWK (`.json`/`.jwk`) P-256 key used to sign
     /// converted manifests; generated and saved here on first start if absent.
     /// Relative paths are under `data_dir`.
@@ -144,27 +150,27 @@ impl Default for Config {
             data_dir: PathBuf::from("./regcache-data"),
             tls_cert_file: None,
             tls_key_file: None,
-            log: LogConfig::default(),
-            cache: CacheConfig::default(),
-            upstream: Upstreams(vec![UpstreamSection::default()]),
-            schema1: Schema1Config::default(),
+            log: LogSection::default(),
+            cache: CacheSection::default(),
+            upstream: UpstreamSections(vec![UpstreamSection::default()]),
+            schema1: Schema1Section::default(),
             policy: Vec::new(),
         }
     }
 }
 
-impl Default for LogConfig {
+impl Default for LogSection {
     fn default() -> Self {
-        LogConfig {
+        LogSection {
             format: "text".into(),
             level: "info".into(),
         }
     }
 }
 
-impl Default for CacheConfig {
+impl Default for CacheSection {
     fn default() -> Self {
-        CacheConfig {
+        CacheSection {
             memory_size: ByteSize(256 << 20),
             memory_max_object: ByteSize(4 << 20),
             disk_size: ByteSize(50 << 30),
@@ -193,9 +199,9 @@ impl Default for UpstreamSection {
     }
 }
 
-impl Default for Schema1Config {
+impl Default for Schema1Section {
     fn default() -> Self {
-        Schema1Config {
+        Schema1Section {
             signing_key: PathBuf::from("schema1-signing-key.pem"),
         }
     }
@@ -266,7 +272,7 @@ impl Config {
     }
 }
 
-impl Upstreams {
+impl UpstreamSections {
     /// The one marked `default = true`, else the first.
     pub fn default_index(&self) -> usize {
         self.0.iter().position(|u| u.default).unwrap_or(0)

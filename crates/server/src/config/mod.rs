@@ -10,6 +10,12 @@
 //! - `layers.rs`: the environment and command-line layers over it.
 //! - `validate.rs`: checking the result into [`Settings`] (`settings.rs`),
 //!   with the TLS files loaded by `tls.rs`.
+//! - `keys.rs`: unknown keys, found from the serde types in `file.rs`.
+//!
+//! Names: [`Config`] and the `*Section` types are the file as written;
+//! [`Settings`] and the `*Settings` types are what validation makes of it;
+//! the registry client's `UpstreamConfig` comes from
+//! [`UpstreamSettings::client_config`].
 
 mod file;
 mod keys;
@@ -22,7 +28,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use file::{
-    ByteSize, CacheConfig, Config, LogConfig, Schema1Config, UpstreamSection, Upstreams,
+    ByteSize, CacheSection, Config, LogSection, Schema1Section, UpstreamSection, UpstreamSections,
 };
 pub use layers::{EnvSource, Overrides, ProcessEnv};
 pub use settings::{Settings, TlsSettings, UpstreamSettings};
