@@ -283,7 +283,7 @@ impl UpstreamSections {
 mod tests {
     use super::*;
     use crate::config::Overrides;
-    use crate::config::test_support::env;
+    use crate::config::test_support::{config_file, env};
 
     #[test]
     fn every_unknown_key_is_reported() {
@@ -341,9 +341,7 @@ mod tests {
         assert_eq!(cfg.upstream, d.upstream);
         assert_eq!(cfg.schema1, d.schema1);
         assert_eq!(cfg.policy.len(), 2);
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("regcache.toml");
-        std::fs::write(&file, text).unwrap();
+        let (_dir, file) = config_file(text);
         let s = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap();
         let p = s.policies.resolve("docker.io", "legacy/a/b");
         assert_eq!(p.schema2_push, crate::policy::Schema2Push::Reject);

@@ -105,18 +105,14 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::test_support::env;
+    use crate::config::test_support::{config_file, env};
     use crate::config::{Config, Overrides};
 
     #[test]
     fn layers_apply_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("regcache.toml");
-        std::fs::write(
-            &file,
+        let (_dir, file) = config_file(
             "listen = \"127.0.0.1:7000\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n[cache]\ndisk_size = \"2GiB\"\n",
-        )
-        .unwrap();
+        );
         let e = env(&[
             ("REGCACHE_LISTEN", "127.0.0.1:7001"),
             ("REGCACHE_UPSTREAM", "http://127.0.0.1:10"),

@@ -84,6 +84,15 @@ impl Config {
 #[cfg(test)]
 mod test_support {
     use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    /// `text` as a config file in a fresh directory, removed with the guard.
+    pub(crate) fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("regcache.toml");
+        std::fs::write(&file, text).unwrap();
+        (dir, file)
+    }
 
     /// An environment holding only `pairs`.
     pub(crate) fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

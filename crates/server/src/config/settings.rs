@@ -120,20 +120,16 @@ impl UpstreamSettings {
 mod tests {
     use std::time::Duration;
 
-    use crate::config::test_support::env;
+    use crate::config::test_support::{config_file, env};
     use crate::config::{Config, Overrides};
 
     #[test]
     fn client_config_carries_the_upstream_settings() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("c.toml");
-        std::fs::write(
-            &file,
+        let (_dir, file) = config_file(
             "[upstream]\nname = \"mirror\"\nurl = \"http://127.0.0.1:9\"\n\
              connect_timeout_secs = 2\nfirst_byte_timeout_secs = 3\nretry_attempts = 0\n\
              username = \"bob\"\npassword_env = \"RC_PW\"\n",
-        )
-        .unwrap();
+        );
         let e = env(&[("RC_PW", "s3cret")]);
         let s = Config::load(Some(&file), &e, &Overrides::default()).unwrap();
         let c = s.default_upstream().client_config();

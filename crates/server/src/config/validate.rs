@@ -268,7 +268,7 @@ mod tests {
     use std::path::PathBuf;
     use std::time::Duration;
 
-    use crate::config::test_support::env;
+    use crate::config::test_support::{config_file, env};
     use crate::config::{Config, Overrides};
 
     #[test]
@@ -344,13 +344,9 @@ mod tests {
 
     #[test]
     fn several_upstreams() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("c.toml");
-        std::fs::write(
-            &file,
+        let (_dir, file) = config_file(
             "[[upstream]]\nurl = \"https://registry-1.docker.io\"\n\n[[upstream]]\nname = \"quay.io\"\nurl = \"http://127.0.0.1:9\"\ndefault = true\naliases = [\"q.example\"]\n",
-        )
-        .unwrap();
+        );
         let s = Config::load(
             Some(&file),
             &env(&[("REGCACHE_UPSTREAM", "http://127.0.0.1:8")]),
@@ -393,15 +389,11 @@ mod tests {
         let s = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
         assert_eq!(s.default_upstream().stale_while_revalidate, Duration::ZERO);
 
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("c.toml");
-        std::fs::write(
-            &file,
+        let (_dir, file) = config_file(
             "[[upstream]]\nname = \"quay.io\"\nurl = \"http://127.0.0.1:9\"\n\
              tag_ttl_secs = 5\nstale_while_revalidate_secs = 300\n\n\
              [[upstream]]\nname = \"docker.io\"\nurl = \"http://127.0.0.1:10\"\n",
-        )
-        .unwrap();
+        );
         let s = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap();
         assert_eq!(s.upstreams[0].tag_ttl, Duration::from_secs(5));
         assert_eq!(
