@@ -1,11 +1,12 @@
 //! The `regcache` binary: parse flags, load configuration, run a subcommand.
 
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use regcache_server::config::{Config, EX_USAGE, Overrides, ProcessEnv};
+use regcache_server::config::{Config, EX_USAGE, Overrides, ProcessEnv, Settings};
 use regcache_server::{convert, server, telemetry};
 
 #[derive(Parser, Debug)]
@@ -121,7 +122,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let run = match cli.command {
         Command::Policy {
             command:
                 PolicyCommand::Explain {
@@ -129,21 +130,7 @@ fn main() -> ExitCode {
                     upstream,
                     config,
                 },
-        } => {
-            let settings = match Config::load(config.as_deref(), &ProcessEnv, &Overrides::default())
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    eprint!("regcache: {e}");
-                    return ExitCode::from(EX_USAGE as u8);
-                }
-            };
-            print!(
-                "{}",
-                regcache_server::admin_cli::explain(&settings, &repository, upstream.as_deref())
-            );
-            ExitCode::SUCCESS
-        }
+        } => policy_explain(config.as_deref(), &repository, upstream.as_deref()),
         Command::Mappings {
             command:
                 MappingsCommand::Export {
@@ -156,29 +143,7 @@ fn main() -> ExitCode {
                 data_dir,
                 ..Overrides::default()
             };
-            let settings = match Config::load(config.as_deref(), &ProcessEnv, &overrides) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprint!("regcache: {e}");
-                    return ExitCode::from(EX_USAGE as u8);
-                }
-            };
-            let records = match regcache_server::admin_cli::mappings(&settings) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("regcache mappings export: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            match format.as_str() {
-                "csv" => print!("{}", regcache_server::admin_cli::to_csv(&records)),
-                "json" => print!("{}", regcache_server::admin_cli::to_json(&records)),
-                other => {
-                    eprintln!("regcache mappings export: --format {other:?}: expected csv or json");
-                    return ExitCode::from(EX_USAGE as u8);
-                }
-            }
-            ExitCode::SUCCESS
+            mappings_export(config.as_deref(), &overrides, &format)
         }
         Command::Serve {
             config,
@@ -197,52 +162,7 @@ fn main() -> ExitCode {
                 tls_cert_file,
                 tls_key_file,
             };
-            // Configuration is loaded and validated before anything is bound.
-            let settings = match Config::load(config.as_deref(), &ProcessEnv, &overrides) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprint!("regcache: {e}");
-                    return ExitCode::from(EX_USAGE as u8);
-                }
-            };
-            telemetry::init(settings.log_json, &settings.log_level);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("regcache: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            rt.block_on(async move {
-                let running = match server::build(&settings).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(error = %e, "start-up failed");
-                        return ExitCode::from(1);
-                    }
-                };
-                let (api, admin) = match server::bind(&settings).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "start-up failed");
-                        return ExitCode::from(1);
-                    }
-                };
-                tracing::info!(
-                    version = env!("CARGO_PKG_VERSION"),
-                    listen = %api.local_addr().map_or_else(|_| settings.listen.to_string(), |a| a.to_string()),
-                    admin = %admin.local_addr().map_or_else(|_| settings.admin_listen.to_string(), |a| a.to_string()),
-                    scheme = if settings.tls.is_some() { "https" } else { "http" },
-                    upstream = %settings.default_upstream().url,
-                    data_dir = %settings.data_dir.display(),
-                    "regcache serving"
-                );
-                server::serve(running, api, admin, server::shutdown_signal()).await;
-                ExitCode::SUCCESS
-            })
+            serve(config.as_deref(), &overrides)
         }
         Command::Convert {
             name,
@@ -252,34 +172,118 @@ fn main() -> ExitCode {
             payload,
             child,
             manifest,
-        } => {
-            let args = convert::ConvertArgs {
-                name,
-                tag,
-                config,
-                key,
-                payload,
-                child,
-                manifest,
-            };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
-            match convert::run(&args, now) {
-                Ok(out) => {
-                    use std::io::Write;
-                    let mut stdout = std::io::stdout().lock();
-                    if let Err(e) = stdout.write_all(&out).and_then(|()| stdout.flush()) {
-                        eprintln!("regcache convert: cannot write output: {e}");
-                        return ExitCode::from(1);
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(msg) => {
-                    eprintln!("regcache convert: {}", msg.replace('\n', " "));
-                    ExitCode::from(1)
-                }
-            }
+        } => convert(&convert::ConvertArgs {
+            name,
+            tag,
+            config,
+            key,
+            payload,
+            child,
+            manifest,
+        }),
+    };
+    match run {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}
+
+/// Defaults, then `file`, the environment and `overrides`, validated; on a
+/// bad configuration every problem is printed and the exit status is `EX_USAGE`.
+fn load_settings(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, ExitCode> {
+    Config::load(file, &ProcessEnv, overrides).map_err(|e| {
+        eprint!("regcache: {e}");
+        usage_error()
+    })
+}
+
+fn usage_error() -> ExitCode {
+    ExitCode::from(EX_USAGE as u8)
+}
+
+fn policy_explain(
+    file: Option<&Path>,
+    repository: &str,
+    upstream: Option<&str>,
+) -> Result<(), ExitCode> {
+    let settings = load_settings(file, &Overrides::default())?;
+    print!(
+        "{}",
+        regcache_server::admin_cli::explain(&settings, repository, upstream)
+    );
+    Ok(())
+}
+
+fn mappings_export(
+    file: Option<&Path>,
+    overrides: &Overrides,
+    format: &str,
+) -> Result<(), ExitCode> {
+    let settings = load_settings(file, overrides)?;
+    let records = regcache_server::admin_cli::mappings(&settings).map_err(|e| {
+        eprintln!("regcache mappings export: {e}");
+        ExitCode::from(1)
+    })?;
+    match format {
+        "csv" => print!("{}", regcache_server::admin_cli::to_csv(&records)),
+        "json" => print!("{}", regcache_server::admin_cli::to_json(&records)),
+        other => {
+            eprintln!("regcache mappings export: --format {other:?}: expected csv or json");
+            return Err(usage_error());
         }
     }
+    Ok(())
+}
+
+fn serve(file: Option<&Path>, overrides: &Overrides) -> Result<(), ExitCode> {
+    // Configuration is loaded and validated before anything is bound.
+    let settings = load_settings(file, overrides)?;
+    telemetry::init(settings.log_json, &settings.log_level);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("regcache: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        })?;
+    rt.block_on(async move {
+        let started = async {
+            let running = server::build(&settings).await?;
+            let (api, admin) = server::bind(&settings).await?;
+            Ok::<_, server::StartError>((running, api, admin))
+        };
+        let (running, api, admin) = started.await.map_err(|e| {
+            tracing::error!(error = %e, "start-up failed");
+            ExitCode::from(1)
+        })?;
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            listen = %api.local_addr().map_or_else(|_| settings.listen.to_string(), |a| a.to_string()),
+            admin = %admin.local_addr().map_or_else(|_| settings.admin_listen.to_string(), |a| a.to_string()),
+            scheme = if settings.tls.is_some() { "https" } else { "http" },
+            upstream = %settings.default_upstream().url,
+            data_dir = %settings.data_dir.display(),
+            "regcache serving"
+        );
+        server::serve(running, api, admin, server::shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+fn convert(args: &convert::ConvertArgs) -> Result<(), ExitCode> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let out = convert::run(args, now).map_err(|msg| {
+        eprintln!("regcache convert: {}", msg.replace('\n', " "));
+        ExitCode::from(1)
+    })?;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(&out)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| {
+            eprintln!("regcache convert: cannot write output: {e}");
+            ExitCode::from(1)
+        })
 }

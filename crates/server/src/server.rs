@@ -16,7 +16,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use regcache_formats::jws::SigningKey;
 use regcache_store::{Store, StoreConfig};
-use regcache_upstream::{Credentials, RetryConfig, Upstream, UpstreamApi, UpstreamConfig};
+use regcache_upstream::{Upstream, UpstreamApi};
 use tokio::net::TcpListener;
 
 use crate::app::{App, AppConfig, Up};
@@ -125,17 +125,7 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
     tracing::info!(kid = key.kid(), path = %settings.signing_key_path.display(), "schema 1 signing key");
     let mut ups = Vec::new();
     for up in &settings.upstreams {
-        let mut ucfg = UpstreamConfig::new(up.name.clone(), up.url.clone());
-        ucfg.connect_timeout = up.connect_timeout;
-        ucfg.first_byte_timeout = up.first_byte_timeout;
-        ucfg.retry = RetryConfig {
-            max_attempts: up.retry_attempts.max(1),
-            ..RetryConfig::default()
-        };
-        if let (Some(user), Some(pass)) = (&up.username, &up.password) {
-            ucfg = ucfg.with_credentials(Credentials::new(user.clone(), pass.clone()));
-        }
-        let client: Arc<dyn UpstreamApi> = Arc::new(Upstream::new(ucfg)?);
+        let client: Arc<dyn UpstreamApi> = Arc::new(Upstream::new(up.client_config())?);
         let host = match up.url.port() {
             Some(p) => format!("{}:{p}", up.url.host_str().unwrap_or_default()),
             None => up.url.host_str().unwrap_or_default().to_owned(),

@@ -1,0 +1,398 @@
+//! The TOML file as written: the serde types, their defaults (which are the
+//! run-anywhere setup), and parsing with every unknown key reported.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// The whole file as written; its `Default` is the run-anywhere setup.
+/// (`deny_unknown_fields` here and below is a backstop: [`Config::from_toml`]
+/// takes unknown keys out, and reports them all, before serde sees them.)
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where registry clients connect.
+    pub listen: String,
+    /// Metrics, health and admin endpoints; kept off the client port so a mirror
+    /// exposed to a fleet does not expose its internals.
+    pub admin_listen: String,
+    /// Root of the disk cache, the tag index and the signing key.
+    pub data_dir: PathBuf,
+    /// PEM certificate chain (leaf first) for the API listener. With
+    /// `tls_key_file`, the API listener speaks TLS only; both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1) of the leaf in `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    pub log: LogSection,
+    pub cache: CacheSection,
+    /// One `[upstream]` table, or several `[[upstream]]` tables (one may say
+    /// `default = true`; otherwise the first is the default).
+    pub upstream: UpstreamSections,
+    pub schema1: Schema1Section,
+    /// Ordered `[[policy]]` rules (see `policy.rs`); first match wins.
+    pub policy: Vec<crate::policy::RuleConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `regcache_server=debug,info`.
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSection {
+    /// Memory tier budget (manifests, configs, small blobs), e.g. `"256MiB"`.
+    pub memory_size: ByteSize,
+    /// Largest object kept in the memory tier.
+    pub memory_max_object: ByteSize,
+    /// Disk tier budget; least recently used entries are evicted beyond it.
+    pub disk_size: ByteSize,
+}
+
+/// The upstream list: accepts a single `[upstream]` table or `[[upstream]]` tables.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpstreamSections(pub Vec<UpstreamSection>);
+
+impl<'de> Deserialize<'de> for UpstreamSections {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, MapAccess, SeqAccess, value::MapAccessDeserializer};
+
+        struct OneOrMany;
+
+        impl<'de> serde::de::Visitor<'de> for OneOrMany {
+            type Value = UpstreamSections;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("upstream as a table or an array of tables")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<UpstreamSections, A::Error> {
+                UpstreamSection::deserialize(MapAccessDeserializer::new(map))
+                    .map(|u| UpstreamSections(vec![u]))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<UpstreamSections, A::Error> {
+                let mut all = Vec::new();
+                loop {
+                    match seq.next_element::<UpstreamSection>() {
+                        Ok(Some(u)) => all.push(u),
+                        Ok(None) => return Ok(UpstreamSections(all)),
+                        Err(e) => {
+                            let n = all.len() + 1;
+                            return Err(A::Error::custom(format!("upstream #{n}: {e}")));
+                        }
+                    }
+                }
+            }
+        }
+
+        // Asked for as a struct with `UpstreamSection`'s fields, so the keys
+        // of a single `[upstream]` table are checked like any section's.
+        let fields = super::keys::struct_fields::<UpstreamSection>();
+        d.deserialize_struct("UpstreamSection", fields, OneOrMany)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// The registry this upstream stands for, as clients name it: what
+    /// containerd's `ns=` and a path prefix (`/v2/<name>/…`) are matched
+    /// against, and the key of its tags, policies and metrics. Defaults to
+    /// the URL's host (`docker.io` for Docker Hub).
+    pub name: Option<String>,
+    pub url: String,
+    /// Other registry names that route here (e.g. `index.docker.io`).
+    pub aliases: Vec<String>,
+    /// Requests with no `ns=` and no registry path prefix go to the default upstream.
+    pub default: bool,
+    pub username: Option<String>,
+    /// Inline password; prefer `password_file` or `password_env`.
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Name of an environment variable holding the password.
+    pub password_env: Option<String>,
+    /// How long a tag → digest answer is trusted before a HEAD revalidates it.
+    pub tag_ttl_secs: u64,
+    /// How long past its TTL a tag may still be served when the upstream fails.
+    pub stale_if_error_secs: u64,
+    /// How long past its TTL a tag is answered at once from the cache while
+    /// one background HEAD revalidates it (0: off, requests wait for the HEAD).
+    pub stale_while_revalidate_secs: u64,
+    pub connect_timeout_secs: u64,
+    pub first_byte_timeout_secs: u64,
+    pub retry_attempts: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Schema1Section {
+    /// PEM (SEC1 or PKCS#8) or JWK (`.json`/`.jwk`) P-256 key used to sign
+    /// converted manifests; generated and saved here on first start if absent.
+    /// Relative paths are under `data_dir`.
+    pub signing_key: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:5000".into(),
+            admin_listen: "127.0.0.1:5001".into(),
+            data_dir: PathBuf::from("./regcache-data"),
+            tls_cert_file: None,
+            tls_key_file: None,
+            log: LogSection::default(),
+            cache: CacheSection::default(),
+            upstream: UpstreamSections(vec![UpstreamSection::default()]),
+            schema1: Schema1Section::default(),
+            policy: Vec::new(),
+        }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            memory_size: ByteSize(256 << 20),
+            memory_max_object: ByteSize(4 << 20),
+            disk_size: ByteSize(50 << 30),
+        }
+    }
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        UpstreamSection {
+            name: None,
+            url: "https://registry-1.docker.io".into(),
+            aliases: Vec::new(),
+            default: false,
+            username: None,
+            password: None,
+            password_file: None,
+            password_env: None,
+            tag_ttl_secs: 60,
+            stale_if_error_secs: 24 * 3600,
+            stale_while_revalidate_secs: 0,
+            connect_timeout_secs: 10,
+            first_byte_timeout_secs: 30,
+            retry_attempts: 3,
+        }
+    }
+}
+
+impl Default for Schema1Section {
+    fn default() -> Self {
+        Schema1Section {
+            signing_key: PathBuf::from("schema1-signing-key.pem"),
+        }
+    }
+}
+
+/// A byte count written as an integer or a string such as `"512MiB"`, `"10GB"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<ByteSize, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| {
+            format!("{s:?} is not a size (examples: 1048576, \"512MiB\", \"10GB\")")
+        })?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" | "K" | "k" => 1 << 10,
+            "MiB" | "M" => 1 << 20,
+            "GiB" | "G" => 1 << 30,
+            "TiB" | "T" => 1 << 40,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            other => return Err(format!("{s:?} has an unknown unit {other:?}")),
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Config {
+    /// Parse a TOML document. Unknown keys are errors, and all of them are
+    /// reported together (serde's `deny_unknown_fields` stops at the first),
+    /// with a type error if there is one.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let problem = |e: toml::de::Error| format!("{origin}: {}", e.to_string().trim_end());
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
+            problems: vec![problem(e)],
+        })?;
+        let (config, unknown) = super::keys::deserialize::<Config, _>(de);
+        let mut problems: Vec<String> = unknown.iter().map(|p| format!("{origin}: {p}")).collect();
+        match config {
+            Ok(config) if problems.is_empty() => return Ok(config),
+            Ok(_) => {}
+            Err(e) => problems.push(problem(e)),
+        }
+        Err(ConfigError { problems })
+    }
+}
+
+impl UpstreamSections {
+    /// The one marked `default = true`, else the first.
+    pub fn default_index(&self) -> usize {
+        self.0.iter().position(|u| u.default).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+    use crate::config::test_support::{config_file, env};
+
+    #[test]
+    fn every_unknown_key_is_reported() {
+        let err = Config::from_toml(
+            "colour = 1\n[log]\nverbosity = 2\n[cache]\ndisk_sise = 3\n[upstream]\ntag_tll_secs = 4\n[[policy]]\nrepositories = [\"a\"]\nschema = \"x\"\n",
+            "f.toml",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 5, "{text}");
+        for key in [
+            "colour",
+            "verbosity",
+            "disk_sise",
+            "tag_tll_secs",
+            "schema`",
+        ] {
+            assert!(text.contains(key), "{key} missing from {text}");
+        }
+        assert!(text.contains("in [[policy]] #1"), "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_come_with_a_type_error() {
+        let err = Config::from_toml("colour = 1\nlisten = 5\n", "f.toml").unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(err.problems[0].contains("unknown key `colour`"), "{err}");
+        assert!(
+            err.problems[1].contains("line 2") && err.problems[1].contains("expected a string"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::from_toml("listne = \"x\"\n", "f.toml").unwrap_err();
+        assert!(err.problems[0].contains("listne"), "{err}");
+        let err = Config::from_toml("[upstream]\nurll = \"x\"\n", "f.toml").unwrap_err();
+        assert!(err.problems[0].contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn the_documented_example_loads() {
+        // deploy/regcache.toml documents every key; loading it keeps it honest.
+        let text = include_str!("../../../../deploy/regcache.toml");
+        let cfg = Config::from_toml(text, "deploy/regcache.toml").unwrap();
+        let d = Config::default();
+        assert_eq!(cfg.listen, d.listen);
+        assert_eq!(cfg.admin_listen, d.admin_listen);
+        assert_eq!(cfg.data_dir, d.data_dir);
+        assert_eq!(cfg.tls_cert_file, None);
+        assert_eq!(cfg.tls_key_file, None);
+        assert_eq!(cfg.log, d.log);
+        assert_eq!(cfg.cache, d.cache);
+        assert_eq!(cfg.upstream, d.upstream);
+        assert_eq!(cfg.schema1, d.schema1);
+        assert_eq!(cfg.policy.len(), 2);
+        let (_dir, file) = config_file(text);
+        let s = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap();
+        let p = s.policies.resolve("docker.io", "legacy/a/b");
+        assert_eq!(p.schema2_push, crate::policy::Schema2Push::Reject);
+        let p = s.policies.resolve("registry.redhat.io", "ubi8/ubi");
+        assert_eq!(p.schema1, crate::policy::Schema1Mode::Reject);
+        let p = s.policies.resolve("docker.io", "ubi8/ubi");
+        assert_eq!(p.rule, None);
+    }
+
+    #[test]
+    fn the_multi_registry_example_loads() {
+        let text = include_str!("../../../../deploy/multi-registry.toml");
+        let cfg = Config::from_toml(text, "deploy/multi-registry.toml").unwrap();
+        assert_eq!(cfg.upstream.0.len(), 3);
+        assert_eq!(cfg.upstream.default_index(), 0);
+    }
+
+    #[test]
+    fn the_kubernetes_configmap_config_loads() {
+        let yaml = include_str!("../../../../deploy/kubernetes/regcache.yaml");
+        let start = yaml.find("regcache.toml: |").unwrap();
+        let body: String = yaml[start..]
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| format!("{}\n", &l[4..]))
+            .collect();
+        let cfg = Config::from_toml(&body, "configmap").unwrap();
+        assert_eq!(cfg.upstream.0.len(), 2);
+        assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/regcache"));
+    }
+
+    #[test]
+    fn tls_key_typos_are_unknown_keys() {
+        let err = Config::from_toml("tls_cert = \"a\"\n", "f.toml").unwrap_err();
+        assert!(err.problems[0].contains("tls_cert_file"), "{err}");
+        let cfg = Config::from_toml(
+            "tls_cert_file = \"a.pem\"\ntls_key_file = \"b.pem\"\n",
+            "f.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.tls_cert_file, Some(PathBuf::from("a.pem")));
+        assert_eq!(cfg.tls_key_file, Some(PathBuf::from("b.pem")));
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(ByteSize::parse("512MiB").unwrap().0, 512 << 20);
+        assert_eq!(ByteSize::parse("10GB").unwrap().0, 10_000_000_000);
+        assert_eq!(ByteSize::parse("42").unwrap().0, 42);
+        assert!(ByteSize::parse("x").is_err());
+        assert!(ByteSize::parse("99999999999999TiB").is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! Configuration: embedded defaults, then an optional TOML file, then environment
+//! variables, then command-line flags; validated once, reporting every problem.
+//!
+//! `Config::default()` *is* the run-anywhere setup (listen on `0.0.0.0:5000`,
+//! data in `./regcache-data`, Docker Hub upstream), so `regcache serve` needs no file.
+//! Unknown keys are rejected: we own the whole file, a typo should fail loudly
+//! rather than be ignored.
+//!
+//! - `file.rs`: the TOML file as written (serde types and their defaults).
+//! - `layers.rs`: the environment and command-line layers over it.
+//! - `validate.rs`: checking the result into [`Settings`] (`settings.rs`),
+//!   with the TLS files loaded by `tls.rs`.
+//! - `keys.rs`: unknown keys, found from the serde types in `file.rs`.
+//!
+//! Names: [`Config`] and the `*Section` types are the file as written;
+//! [`Settings`] and the `*Settings` types are what validation makes of it;
+//! the registry client's `UpstreamConfig` comes from
+//! [`UpstreamSettings::client_config`].
+
+mod file;
+mod keys;
+mod layers;
+mod settings;
+mod tls;
+mod validate;
+
+use std::fmt;
+use std::path::Path;
+
+pub use file::{
+    ByteSize, CacheSection, Config, LogSection, Schema1Section, UpstreamSection, UpstreamSections,
+};
+pub use layers::{EnvSource, Overrides, ProcessEnv};
+pub use settings::{Settings, TlsSettings, UpstreamSettings};
+
+/// Exit status for a bad configuration (sysexits `EX_USAGE`).
+pub const EX_USAGE: i32 = 64;
+
+/// Every problem found, reported together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration ({} problem(s)):",
+            self.problems.len()
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Defaults, then `file` (if any), then the environment, then flags; validated.
+    pub fn load(
+        file: Option<&Path>,
+        env: &dyn EnvSource,
+        overrides: &Overrides,
+    ) -> Result<Settings, ConfigError> {
+        let mut cfg = match file {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    problems: vec![format!("cannot read config file {}: {e}", path.display())],
+                })?;
+                Config::from_toml(&text, &path.display().to_string())?
+            }
+        };
+        let mut problems = Vec::new();
+        cfg.apply_env(env, &mut problems);
+        cfg.apply_overrides(overrides);
+        cfg.validate(env, problems)
+    }
+}
+
+#[cfg(test)]
+mod test_support {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    /// `text` as a config file in a fresh directory, removed with the guard.
+    pub(crate) fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("regcache.toml");
+        std::fs::write(&file, text).unwrap();
+        (dir, file)
+    }
+
+    /// An environment holding only `pairs`.
+    pub(crate) fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
