@@ -2,19 +2,27 @@
 //!
 //! `main.rs` only parses flags, loads configuration, initialises tracing, binds,
 //! and calls into this library, so tests can run the same code on ephemeral ports.
+//!
+//! A request's way through: [`listener`] accepts it (plain or TLS; bodiless
+//! HTTP/1 GETs and HEADs on [`fastpath`], the rest on hyper); [`request`]
+//! routes it to an upstream and a typed [`routes::Route`]; a handler in
+//! [`handlers`] answers it on top of [`services`], which know no HTTP; any
+//! [`error::Error`] becomes a registry error response in [`rescue`].
 
 pub mod admin_cli;
-pub mod app;
-pub mod body;
-pub mod coalesce;
 pub mod config;
-pub mod convert;
+pub mod convert_cli;
+pub mod error;
 pub mod fastpath;
+pub mod handlers;
 pub mod listener;
 pub mod metrics;
 pub mod policy;
+pub mod request;
 pub mod rescue;
 pub mod routes;
 pub mod server;
+pub mod services;
 pub mod telemetry;
 pub mod tls;
+pub mod web;

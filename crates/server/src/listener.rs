@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use crate::body::Body;
+use crate::web::body::Body;
 
 /// Most connections served at once; the accept loop waits for a free slot beyond it,
 /// so overload shows up as accept latency rather than memory growth.

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use regcache_server::config::{Config, EX_USAGE, Overrides, ProcessEnv, Settings};
-use regcache_server::{convert, server, telemetry};
+use regcache_server::{convert_cli, server, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -89,29 +89,7 @@ enum Command {
     },
     /// Convert a Schema 2 (or OCI) manifest and its config blob into a signed
     /// Schema 1 manifest, as docker/distribution 2.8 served it to old clients.
-    Convert {
-        /// Repository name embedded in the manifest (as in the request path, e.g. library/alpine).
-        #[arg(long)]
-        name: String,
-        /// Tag embedded in the manifest.
-        #[arg(long)]
-        tag: String,
-        /// The image configuration blob, byte for byte as stored.
-        #[arg(long, value_name = "CONFIG_FILE")]
-        config: PathBuf,
-        /// P-256 signing key (PEM, or JWK when named .json/.jwk); a fresh key when absent.
-        #[arg(long, value_name = "KEY_FILE")]
-        key: Option<PathBuf>,
-        /// Print exactly the canonical (unsigned) payload; its sha256 is the Schema 1 digest.
-        #[arg(long)]
-        payload: bool,
-        /// For a manifest list: the linux/amd64 child manifest file.
-        #[arg(long, value_name = "FILE")]
-        child: Option<PathBuf>,
-        /// The Schema 2 / OCI manifest (or Docker manifest list).
-        #[arg(value_name = "MANIFEST_FILE")]
-        manifest: PathBuf,
-    },
+    Convert(convert_cli::ConvertArgs),
 }
 
 /// mimalloc instead of glibc malloc: the request path allocates small, short-lived
@@ -164,23 +142,7 @@ fn main() -> ExitCode {
             };
             serve(config.as_deref(), &overrides)
         }
-        Command::Convert {
-            name,
-            tag,
-            config,
-            key,
-            payload,
-            child,
-            manifest,
-        } => convert(&convert::ConvertArgs {
-            name,
-            tag,
-            config,
-            key,
-            payload,
-            child,
-            manifest,
-        }),
+        Command::Convert(args) => convert(&args),
     };
     match run {
         Ok(()) => ExitCode::SUCCESS,
@@ -270,11 +232,11 @@ fn serve(file: Option<&Path>, overrides: &Overrides) -> Result<(), ExitCode> {
     })
 }
 
-fn convert(args: &convert::ConvertArgs) -> Result<(), ExitCode> {
+fn convert(args: &convert_cli::ConvertArgs) -> Result<(), ExitCode> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let out = convert::run(args, now).map_err(|msg| {
+    let out = convert_cli::run(args, now).map_err(|msg| {
         eprintln!("regcache convert: {}", msg.replace('\n', " "));
         ExitCode::from(1)
     })?;

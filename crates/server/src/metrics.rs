@@ -81,6 +81,35 @@ struct Hot {
     via_hyper: Counter,
 }
 
+/// What a cache lookup looked for (the `kind` label of `regcache_cache_lookups`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Tag,
+    Manifest,
+    Blob,
+    Schema1,
+    Listing,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tag => "tag",
+            Kind::Manifest => "manifest",
+            Kind::Blob => "blob",
+            Kind::Schema1 => "schema1",
+            Kind::Listing => "listing",
+        }
+    }
+}
+
+/// Where served bytes came from (the `source` label of `regcache_bytes_served`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServedFrom {
+    Cache,
+    Upstream,
+}
+
 /// How a response went out, for [`Metrics::responded`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseVia {
@@ -149,17 +178,17 @@ impl Metrics {
         // One statement per counter: `get_or_create` returns a read guard on the
         // family's map, and a second insert while a guard from the same
         // statement is alive would wait for a write lock forever.
-        let counter = |kind: &'static str| -> Counter {
+        let counter = |kind: Kind| -> Counter {
             let c = lookups.get_or_create(&Lookup {
-                kind,
+                kind: kind.as_str(),
                 result: "hit",
             });
             c.clone()
         };
-        let tag_hit = counter("tag");
-        let manifest_hit = counter("manifest");
-        let blob_hit = counter("blob");
-        let schema1_hit = counter("schema1");
+        let tag_hit = counter(Kind::Tag);
+        let manifest_hit = counter(Kind::Manifest);
+        let blob_hit = counter(Kind::Blob);
+        let schema1_hit = counter(Kind::Schema1);
         let from_cache = {
             let c = bytes_served.get_or_create(&Source { source: "cache" });
             c.clone()
@@ -238,59 +267,50 @@ impl Metrics {
         };
     }
 
-    pub fn hit(&self, kind: &'static str) {
-        match kind {
-            "tag" => self.hot.tag_hit.inc(),
-            "manifest" => self.hot.manifest_hit.inc(),
-            "blob" => self.hot.blob_hit.inc(),
-            "schema1" => self.hot.schema1_hit.inc(),
-            _ => self
-                .lookups
-                .get_or_create(&Lookup {
-                    kind,
-                    result: "hit",
-                })
-                .inc(),
+    pub fn hit(&self, kind: Kind) {
+        let counter = match kind {
+            Kind::Tag => &self.hot.tag_hit,
+            Kind::Manifest => &self.hot.manifest_hit,
+            Kind::Blob => &self.hot.blob_hit,
+            Kind::Schema1 => &self.hot.schema1_hit,
+            Kind::Listing => return self.lookup(kind, "hit"),
         };
+        counter.inc();
     }
 
-    pub fn miss(&self, kind: &'static str) {
-        self.lookups
-            .get_or_create(&Lookup {
-                kind,
-                result: "miss",
-            })
-            .inc();
+    pub fn miss(&self, kind: Kind) {
+        self.lookup(kind, "miss");
     }
 
-    pub fn stale(&self, kind: &'static str) {
-        self.lookups
-            .get_or_create(&Lookup {
-                kind,
-                result: "stale",
-            })
-            .inc();
+    /// Served past its TTL because the upstream failed (stale-if-error).
+    pub fn stale(&self, kind: Kind) {
+        self.lookup(kind, "stale");
     }
 
     /// Served past its TTL without waiting, a background revalidation started
     /// (or joined); told apart from `stale` (stale-if-error) by its result label.
-    pub fn stale_while_revalidate(&self, kind: &'static str) {
+    pub fn stale_while_revalidate(&self, kind: Kind) {
+        self.lookup(kind, "stale_while_revalidate");
+    }
+
+    fn lookup(&self, kind: Kind, result: &'static str) {
         self.lookups
             .get_or_create(&Lookup {
-                kind,
-                result: "stale_while_revalidate",
+                kind: kind.as_str(),
+                result,
             })
             .inc();
     }
 
-    pub fn served(&self, source: &'static str, bytes: u64) {
-        if source == "cache" {
-            self.hot.from_cache.inc_by(bytes);
-        } else {
-            self.bytes_served
-                .get_or_create(&Source { source })
-                .inc_by(bytes);
-        }
+    /// Body bytes sent to clients, by where they came from.
+    pub fn served(&self, from: ServedFrom, bytes: u64) {
+        match from {
+            ServedFrom::Cache => self.hot.from_cache.inc_by(bytes),
+            ServedFrom::Upstream => self
+                .bytes_served
+                .get_or_create(&Source { source: "upstream" })
+                .inc_by(bytes),
+        };
     }
 
     /// The text exposition format.
@@ -316,15 +336,15 @@ mod tests {
     #[test]
     fn new_does_not_deadlock_and_hot_counters_are_exported() {
         let m = Metrics::new();
-        m.hit("tag");
-        m.hit("blob");
-        m.hit("listing");
-        m.miss("blob");
-        m.stale("tag");
-        m.stale_while_revalidate("tag");
-        m.stale_while_revalidate("tag");
-        m.served("cache", 10);
-        m.served("upstream", 5);
+        m.hit(Kind::Tag);
+        m.hit(Kind::Blob);
+        m.hit(Kind::Listing);
+        m.miss(Kind::Blob);
+        m.stale(Kind::Tag);
+        m.stale_while_revalidate(Kind::Tag);
+        m.stale_while_revalidate(Kind::Tag);
+        m.served(ServedFrom::Cache, 10);
+        m.served(ServedFrom::Upstream, 5);
         m.tls_handshake_failures.inc();
         m.tls_reload_error.inc();
         let text = m.encode();

@@ -1,116 +1,153 @@
-//! The single place where failures become responses: status plus the registry
-//! envelope `{"errors":[{code,message,detail}]}`.
+//! The one place where an [`Error`] becomes a response: status, the registry
+//! envelope `{"errors":[{code,message,detail}]}`, and a log level.
 //!
-//! Client mistakes are answered without a warning in the log; upstream failures
-//! are relayed with their own status and code (429 stays 429, 404 stays 404);
-//! internal errors get a generic message so no path, token or credential leaks,
-//! and are logged once here.
+//! [`classify`] is pure (a table test covers every kind); [`rescue`] logs
+//! at the level it picks and builds the response. Client mistakes are logged
+//! at debug; policy refusals at info, as refusals; upstream errors are relayed
+//! with their own status and code (429 stays 429, 404 stays 404) and logged by
+//! how much they say about the upstream's health; internal errors get a
+//! generic message so no path, token or credential leaks, and their whole
+//! source chain is logged here, once.
 
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
-use regcache_formats::{ErrorCode, ErrorEnvelope, RegistryError, media_type};
+use http::Response;
+use regcache_formats::{ErrorCode, ErrorEnvelope, RegistryError};
+use regcache_upstream::UpstreamError;
+use tracing::Level;
 
-use crate::body::Body;
+use crate::error::{Error, chain};
+use crate::web::body::Body;
+use crate::web::response::error_response;
 
-/// Why a request could not be served.
-#[derive(Debug, Clone)]
-pub enum ServeError {
-    /// The client asked for something invalid or absent; the code decides the status.
-    Client(RegistryError),
-    /// A registry error with an explicit status (e.g. an upstream's, relayed).
-    Relay {
-        status: u16,
-        envelope: ErrorEnvelope,
-        retry_after: Option<String>,
-    },
-    /// The upstream could not be reached or did not answer in time (502 / 504).
-    Unavailable { status: u16, message: String },
-    /// A bug or a local failure (disk, say). Logged; the client sees a generic message.
-    Internal(String),
+/// What an error is answered with, and how loudly it is logged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rescued {
+    pub status: u16,
+    pub envelope: ErrorEnvelope,
+    pub retry_after: Option<String>,
+    pub level: Level,
+    /// Whose failure it is: `client`, `policy`, `upstream` or `regcache`.
+    pub whose: &'static str,
 }
 
-impl ServeError {
-    pub fn code(code: ErrorCode) -> ServeError {
-        ServeError::Client(RegistryError::new(code))
-    }
-
-    pub fn msg(code: ErrorCode, message: impl Into<String>) -> ServeError {
-        ServeError::Client(RegistryError::with_message(code, message))
-    }
-
-    pub fn internal(e: impl std::fmt::Display) -> ServeError {
-        ServeError::Internal(e.to_string())
+/// Status, body and log level for `err`.
+pub fn classify(err: &Error) -> Rescued {
+    let single = |e: RegistryError| ErrorEnvelope::single(e);
+    match err {
+        Error::Client { status, error } => Rescued {
+            status: *status,
+            envelope: single(error.clone()),
+            retry_after: None,
+            level: Level::DEBUG,
+            whose: "client",
+        },
+        Error::Policy { status, error } => Rescued {
+            status: *status,
+            envelope: single(error.clone()),
+            retry_after: None,
+            level: Level::INFO,
+            whose: "policy",
+        },
+        Error::Upstream(e) => upstream(e),
+        Error::BadUpstream { .. } => Rescued {
+            status: 502,
+            envelope: single(RegistryError::with_message(
+                ErrorCode::Unavailable,
+                err.to_string(),
+            )),
+            retry_after: None,
+            level: Level::WARN,
+            whose: "upstream",
+        },
+        Error::Internal { .. } => Rescued {
+            status: 500,
+            envelope: single(RegistryError::with_message(
+                ErrorCode::Unknown,
+                "internal error in regcache; see its log",
+            )),
+            retry_after: None,
+            level: Level::ERROR,
+            whose: "regcache",
+        },
     }
 }
 
-impl From<RegistryError> for ServeError {
-    fn from(e: RegistryError) -> Self {
-        ServeError::Client(e)
-    }
-}
-
-/// Build the error response. `head` drops the body but keeps its length, as
-/// distribution does.
-pub fn rescue(err: ServeError, head: bool) -> Response<Body> {
-    let (status, envelope, retry_after) = match err {
-        ServeError::Client(e) => {
-            tracing::debug!(code = %e.code, message = %e.message, "client error");
-            (e.code.status(), ErrorEnvelope::single(e), None)
-        }
-        ServeError::Relay {
+/// An upstream's registry error is relayed as it came (an envelope it did
+/// not send is made from its status); a transport failure is 502 or 504
+/// naming the upstream.
+fn upstream(e: &UpstreamError) -> Rescued {
+    match e {
+        UpstreamError::Registry {
             status,
             envelope,
             retry_after,
+            ..
         } => {
-            tracing::info!(status, code = ?envelope.errors.first().map(|e| e.code), "relaying upstream error");
-            (status, envelope, retry_after)
+            let envelope = envelope.clone().unwrap_or_else(|| {
+                let code = match status {
+                    404 => ErrorCode::ManifestUnknown,
+                    401 => ErrorCode::Unauthorized,
+                    403 => ErrorCode::Denied,
+                    429 => ErrorCode::TooManyRequests,
+                    _ => ErrorCode::Unknown,
+                };
+                ErrorEnvelope::single(RegistryError::with_message(code, e.to_string()))
+            });
+            let level = match status {
+                404 => Level::DEBUG,
+                s if *s >= 500 || *s == 429 => Level::WARN,
+                _ => Level::INFO,
+            };
+            Rescued {
+                status: *status,
+                envelope,
+                retry_after: retry_after.clone(),
+                level,
+                whose: "upstream",
+            }
         }
-        ServeError::Unavailable { status, message } => {
-            tracing::warn!(status, %message, "upstream unavailable");
-            (
-                status,
-                ErrorEnvelope::single(RegistryError::with_message(ErrorCode::Unavailable, message)),
-                None,
-            )
-        }
-        ServeError::Internal(message) => {
-            tracing::error!(%message, "internal error");
-            (
-                500,
-                ErrorEnvelope::single(RegistryError::with_message(
-                    ErrorCode::Unknown,
-                    "internal error in regcache; see its log",
-                )),
-                None,
-            )
-        }
-    };
-    error_response(status, &envelope, retry_after.as_deref(), head)
+        UpstreamError::Unauthorized { .. } => Rescued {
+            status: 401,
+            envelope: ErrorEnvelope::single(RegistryError::with_message(
+                ErrorCode::Unauthorized,
+                e.to_string(),
+            )),
+            retry_after: None,
+            level: Level::INFO,
+            whose: "upstream",
+        },
+        _ => Rescued {
+            status: e.status_hint(),
+            envelope: ErrorEnvelope::single(RegistryError::with_message(
+                ErrorCode::Unavailable,
+                chain(e),
+            )),
+            retry_after: None,
+            level: Level::WARN,
+            whose: "upstream",
+        },
+    }
 }
 
-/// Serialise an envelope with the given status.
-pub fn error_response(
-    status: u16,
-    envelope: &ErrorEnvelope,
-    retry_after: Option<&str>,
-    head: bool,
-) -> Response<Body> {
-    let body = Bytes::from(envelope.to_body());
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = Response::new(if head {
-        Body::empty()
-    } else {
-        Body::full(body.clone())
-    });
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(media_type::ERROR_JSON),
-    );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    if let Some(ra) = retry_after.and_then(|v| HeaderValue::from_str(v).ok()) {
-        h.insert(header::RETRY_AFTER, ra);
+/// Log `err` at its level and build its response. `head` drops the body but
+/// keeps its length, as distribution does.
+pub fn rescue(err: Error, head: bool) -> Response<Body> {
+    let r = classify(&err);
+    let code = r.envelope.errors.first().map(|e| e.code.as_str());
+    let cause = chain(&err);
+    macro_rules! log {
+        ($lvl:expr) => {
+            tracing::event!($lvl, status = r.status, code, whose = r.whose, error = %cause, "request failed")
+        };
     }
-    resp
+    match r.level {
+        Level::ERROR => log!(Level::ERROR),
+        Level::WARN => log!(Level::WARN),
+        Level::INFO => log!(Level::INFO),
+        _ => log!(Level::DEBUG),
+    }
+    error_response(r.status, &r.envelope, r.retry_after.as_deref(), head)
 }
+
+#[cfg(test)]
+#[path = "rescue_tests.rs"]
+mod tests;

@@ -1,7 +1,8 @@
 //! Turn a request's method and path into a typed [`Route`] before acting on it.
 //!
 //! All name, reference and digest validation happens here, in one pure function,
-//! so malformed input becomes `NAME_INVALID` / `DIGEST_INVALID` / `TAG_INVALID`
+//! so malformed input becomes `NAME_INVALID` / `DIGEST_INVALID` (and a tag that
+//! cannot exist `MANIFEST_UNKNOWN`)
 //! in exactly one place (and the parser can be fuzzed).
 //!
 //! Paths are matched from the right: a repository name may itself contain
@@ -81,8 +82,21 @@ impl Route {
         };
         if n >= 3 && segs[n - 2] == "manifests" {
             let name = name_of(n - 2)?;
-            let reference = Reference::parse(segs[n - 1]).map_err(|e| {
-                RouteError(RegistryError::with_message(e.error_code(), e.to_string()))
+            let reference = Reference::parse(segs[n - 1]).map_err(|e| match e.error_code() {
+                // A tag that can't exist names a manifest that isn't there:
+                // 404, as distribution and the OCI conformance suite expect.
+                // A malformed digest stays 400 DIGEST_INVALID.
+                ErrorCode::TagInvalid => RouteError(
+                    RegistryError::with_message(
+                        ErrorCode::ManifestUnknown,
+                        format!(
+                            "no manifest can be named {:?}: {e} (a tag is 1 to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'; a digest is algorithm:hex)",
+                            truncate(segs[n - 1])
+                        ),
+                    )
+                    .detail(serde_json::json!({ "Tag": truncate(segs[n - 1]) })),
+                ),
+                code => RouteError(RegistryError::with_message(code, e.to_string())),
             })?;
             return Ok(Some(Route::Manifest { name, reference }));
         }
@@ -141,6 +155,19 @@ impl Route {
                 name: f(name),
                 digest,
             },
+        }
+    }
+
+    /// The endpoint's name, for logs and spans.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::Ping => "ping",
+            Route::Catalog => "catalog",
+            Route::Manifest { .. } => "manifest",
+            Route::Blob { .. } => "blob",
+            Route::UploadStart { .. } | Route::Upload { .. } => "upload",
+            Route::Tags { .. } => "tags",
+            Route::Referrers { .. } => "referrers",
         }
     }
 
@@ -234,11 +261,18 @@ mod tests {
         );
         assert_eq!(code("/v2/a/blobs/sha256:1234"), ErrorCode::DigestInvalid);
         assert_eq!(code("/v2/a/blobs/notadigest"), ErrorCode::DigestInvalid);
-        assert_eq!(code("/v2/a/manifests/-bad"), ErrorCode::TagInvalid);
+        // An invalid tag is a manifest that is not there (404), as the OCI
+        // conformance suite expects; a malformed digest stays 400.
+        assert_eq!(code("/v2/a/manifests/-bad"), ErrorCode::ManifestUnknown);
+        assert_eq!(
+            code("/v2/a/manifests/.INVALID_MANIFEST_NAME"),
+            ErrorCode::ManifestUnknown
+        );
         assert_eq!(
             code(&format!("/v2/a/manifests/{}", "t".repeat(129))),
-            ErrorCode::TagInvalid
+            ErrorCode::ManifestUnknown
         );
+        assert_eq!(code("/v2/a/manifests/sha256:abc"), ErrorCode::DigestInvalid);
         assert_eq!(
             code("/v2/a/blobs/uploads/bad%20id"),
             ErrorCode::BlobUploadInvalid

@@ -16,13 +16,14 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use regcache_formats::jws::SigningKey;
 use regcache_store::{Store, StoreConfig};
-use regcache_upstream::{Upstream, UpstreamApi};
+use regcache_upstream::{UpstreamApi, UpstreamClient};
 use tokio::net::TcpListener;
 
-use crate::app::{App, AppConfig, Up};
-use crate::body::Body;
 use crate::config::Settings;
+use crate::handlers::App;
 use crate::listener;
+use crate::request::{Upstream, Upstreams};
+use crate::web::body::Body;
 
 /// Why start-up failed.
 #[derive(Debug, thiserror::Error)]
@@ -125,16 +126,12 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
     tracing::info!(kid = key.kid(), path = %settings.signing_key_path.display(), "schema 1 signing key");
     let mut ups = Vec::new();
     for up in &settings.upstreams {
-        let client: Arc<dyn UpstreamApi> = Arc::new(Upstream::new(up.client_config())?);
-        let host = match up.url.port() {
-            Some(p) => format!("{}:{p}", up.url.host_str().unwrap_or_default()),
-            None => up.url.host_str().unwrap_or_default().to_owned(),
-        };
+        let client: Arc<dyn UpstreamApi> = Arc::new(UpstreamClient::new(up.client_config())?);
         tracing::info!(name = %up.name, url = %up.url, default = std::ptr::eq(up, settings.default_upstream()), "upstream");
-        ups.push(Arc::new(Up {
+        ups.push(Arc::new(Upstream {
             name: up.name.clone(),
             aliases: up.aliases.clone(),
-            host,
+            host: Upstream::host_of(&up.url),
             docker_hub: up.docker_hub,
             client,
             tag_ttl: up.tag_ttl,
@@ -143,13 +140,10 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
         }));
     }
     let app = App::new(
-        AppConfig {
-            policies: settings.policies.clone(),
-        },
         store,
-        ups,
-        settings.default_upstream,
         key,
+        Upstreams::new(ups, settings.default_upstream),
+        settings.policies.clone(),
     );
     if let Some(tls) = &settings.tls {
         tracing::info!(
@@ -202,7 +196,9 @@ pub async fn serve(
     let api_task = tokio::spawn(listener::serve(
         api,
         move |req: Request<hyper::body::Incoming>| {
-            api_app.clone().handle(req.map(crate::body::ReqBody::Hyper))
+            api_app
+                .clone()
+                .handle(req.map(crate::web::body::ReqBody::Hyper))
         },
         Some(fast),
         tls,

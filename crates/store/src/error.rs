@@ -75,9 +75,15 @@ pub enum FillError {
     /// A write went past the length announced at `begin`.
     #[error("fill of {digest} received more than the {expected} bytes announced")]
     TooLong { digest: Digest, expected: u64 },
-    /// The writer called `abort` (for example the upstream body failed).
-    #[error("fill of {digest} aborted: {reason}")]
-    Aborted { digest: Digest, reason: String },
+    /// The writer called `abort` (for example the upstream body failed);
+    /// `cause` is the writer's own typed error, for readers to act on
+    /// ([`FillError::cause`]).
+    #[error("fill of {digest} aborted: {cause}")]
+    Aborted {
+        digest: Digest,
+        #[source]
+        cause: Arc<dyn std::error::Error + Send + Sync + 'static>,
+    },
     /// The writer was dropped without `commit` or `abort` (task cancelled or panicked),
     /// or a write future was dropped mid-way, leaving the file in an unknown state.
     #[error("fill of {digest} abandoned: {why}")]
@@ -106,6 +112,14 @@ impl FillError {
             digest: digest.clone(),
             op,
             source: Arc::new(e),
+        }
+    }
+
+    /// What the writer aborted the fill with, when it did.
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            FillError::Aborted { cause, .. } => Some(&**cause),
+            _ => None,
         }
     }
 

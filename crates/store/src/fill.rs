@@ -468,13 +468,15 @@ impl FillWriter {
         }
     }
 
-    /// Fails the fill with `reason` (for example "upstream body: connection
-    /// reset"). Readers get [`FillError::Aborted`]; nothing is cached.
-    pub fn abort(mut self, reason: impl Into<String>) {
+    /// Fails the fill with `cause` (for example the upstream's error: its
+    /// body broke, or it refused the download). Readers get
+    /// [`FillError::Aborted`] carrying `cause`, typed, so each can decide
+    /// what it means for it; nothing is cached.
+    pub fn abort(mut self, cause: impl std::error::Error + Send + Sync + 'static) {
         let digest = self.digest.clone();
         let _ = self.fail::<()>(FillError::Aborted {
             digest,
-            reason: reason.into(),
+            cause: Arc::new(cause),
         });
     }
 

@@ -40,7 +40,7 @@
 //!             for chunk in chunks {              // the upstream body
 //!                 if writer.write(chunk).await.is_err() { return; }
 //!             }
-//!             let _ = writer.commit().await;    // or writer.abort("upstream: …")
+//!             let _ = writer.commit().await;    // or writer.abort(upstream_error)
 //!         });
 //!         reader
 //!     }

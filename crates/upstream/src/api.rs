@@ -324,7 +324,7 @@ pub(crate) fn header_string(headers: &HeaderMap, name: http::header::HeaderName)
 
 /// Operations the server needs from an upstream registry.
 ///
-/// Implemented by [`crate::Upstream`] (the real client) and by
+/// Implemented by [`crate::UpstreamClient`] (the real client) and by
 /// `FailureUpstream` (feature `mock`). `repo` is the repository
 /// name *on the upstream*; `accept` is the list of manifest media types
 /// for the `Accept` header (empty: none sent).
@@ -386,8 +386,8 @@ pub trait UpstreamApi: Send + Sync + 'static {
 /// are boxed already).
 ///
 /// Used where a type's inherent `async fn`s *are* its implementation
-/// (`Upstream`, the mocks): inherent methods win method resolution, so
-/// `$target.ping()` on `&Upstream` calls `Upstream::ping`. Were an inherent
+/// (`UpstreamClient`, the mocks): inherent methods win method resolution, so
+/// `$target.ping()` on `&UpstreamClient` calls `UpstreamClient::ping`. Were an inherent
 /// method missing, the call would resolve to the trait method itself and
 /// rustc's `unconditional_recursion` lint (an error under `-D warnings`)
 /// would say so.

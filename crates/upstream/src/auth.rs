@@ -1,7 +1,7 @@
 //! Registry authentication (spec §5.9): `WWW-Authenticate` parsing, the
 //! token response, and the per-scope token cache.
 //!
-//! The cache is keyed by [`Scope`] within one [`crate::Upstream`] (so per
+//! The cache is keyed by [`Scope`] within one [`crate::UpstreamClient`] (so per
 //! (upstream, scope)). Each scope has a slot guarded by an async mutex: the
 //! first caller that needs a token fetches it while later callers for the
 //! same scope wait and then reuse it, so a burst of requests for a new

@@ -1,13 +1,13 @@
-//! [`Upstream`]: the real registry client over reqwest + rustls.
+//! [`UpstreamClient`]: the real registry client over reqwest + rustls.
 //!
 //! One request goes through three nested loops:
 //!
-//! 1. **retry** ([`Upstream::run`]): attempts with backoff, per
+//! 1. **retry** ([`UpstreamClient::run`]): attempts with backoff, per
 //!    [`crate::RetryConfig`];
-//! 2. **auth** ([`Upstream::authed_exchange`]): send with the best
+//! 2. **auth** ([`UpstreamClient::authed_exchange`]): send with the best
 //!    credentials we know; on a `401` from the upstream's own origin learn
 //!    the challenge, get a token (or use Basic) and send once more;
-//! 3. **redirects** ([`Upstream::follow`]): reqwest's own redirect handling
+//! 3. **redirects** ([`UpstreamClient::follow`]): reqwest's own redirect handling
 //!    is off; we follow up to `max_redirects` hops and attach
 //!    `Authorization` only on the upstream's own origin (scheme, host and
 //!    port), so a token never reaches a CDN or a signed storage URL.
@@ -37,7 +37,7 @@ use crate::api::{
     ManifestHead, RawRequest, RawResponse, UpstreamApi, collect_limited, header_string,
 };
 use crate::auth::{AuthMode, BearerRealm, Challenge, TokenCache, TokenResponse, parse_challenges};
-use crate::config::{Secret, UpstreamConfig};
+use crate::config::{ClientConfig, Secret};
 use crate::error::{TimeoutPhase, UpstreamError};
 use crate::retry::{RetryAfter, RetryState, parse_retry_after, retryable_status};
 use crate::scope::Scope;
@@ -68,12 +68,12 @@ const DROPPED_REQUEST_HEADERS: [&str; 10] = [
 /// A client for one upstream registry. Cheap to clone (shared state:
 /// connection pool, token cache, counters).
 #[derive(Clone)]
-pub struct Upstream {
+pub struct UpstreamClient {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    config: UpstreamConfig,
+    config: ClientConfig,
     /// `name` or `name (host:port)`: how errors and logs name the upstream.
     label: String,
     /// Scheme, host and port of the registry.
@@ -85,10 +85,10 @@ struct Inner {
     stats: Stats,
 }
 
-impl fmt::Debug for Upstream {
+impl fmt::Debug for UpstreamClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.inner;
-        f.debug_struct("Upstream")
+        f.debug_struct("UpstreamClient")
             .field("config", &i.config)
             .field("auth", &*i.mode.lock())
             .field("tokens", &i.tokens)
@@ -150,10 +150,10 @@ impl Sent {
     }
 }
 
-impl Upstream {
+impl UpstreamClient {
     /// Build a client. Fails on a URL that is not `http(s)://host[:port]`
     /// or that embeds credentials (put them in `credentials`).
-    pub fn new(config: UpstreamConfig) -> Result<Self, UpstreamError> {
+    pub fn new(config: ClientConfig) -> Result<Self, UpstreamError> {
         let invalid = |detail: String| UpstreamError::InvalidRequest {
             upstream: config.name.clone(),
             detail,
@@ -197,7 +197,7 @@ impl Upstream {
         let http = builder
             .build()
             .map_err(|e| invalid(format!("building the HTTP client: {}", e.without_url())))?;
-        Ok(Upstream {
+        Ok(UpstreamClient {
             inner: Arc::new(Inner {
                 origin: base.origin(),
                 base,
@@ -211,7 +211,7 @@ impl Upstream {
         })
     }
 
-    pub fn config(&self) -> &UpstreamConfig {
+    pub fn config(&self) -> &ClientConfig {
         &self.inner.config
     }
 
@@ -1031,6 +1031,6 @@ fn path_only(pq: &str) -> &str {
 }
 
 /// Each method is the inherent one of the same name, boxed.
-impl UpstreamApi for Upstream {
+impl UpstreamApi for UpstreamClient {
     forward_upstream_api!(|this| this, Box::pin);
 }

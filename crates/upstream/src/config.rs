@@ -125,7 +125,7 @@ impl Default for RetryConfig {
 /// `Default` is anonymous Docker Hub (`https://registry-1.docker.io`).
 /// `Debug` redacts the password (and any password embedded in `url`).
 #[derive(Clone)]
-pub struct UpstreamConfig {
+pub struct ClientConfig {
     /// Short name used in logs, errors and metrics (`docker.io`).
     pub name: String,
     /// Base URL of the registry: scheme, host and optional port. Request
@@ -150,13 +150,13 @@ pub struct UpstreamConfig {
     pub use_env_proxy: bool,
 }
 
-impl fmt::Debug for UpstreamConfig {
+impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut url = self.url.clone();
         if url.password().is_some() {
             let _ = url.set_password(Some("redacted"));
         }
-        f.debug_struct("UpstreamConfig")
+        f.debug_struct("ClientConfig")
             .field("name", &self.name)
             .field("url", &url.as_str())
             .field("credentials", &self.credentials)
@@ -170,10 +170,10 @@ impl fmt::Debug for UpstreamConfig {
     }
 }
 
-impl UpstreamConfig {
+impl ClientConfig {
     /// An anonymous upstream with default timeouts and retries.
     pub fn new(name: impl Into<String>, url: Url) -> Self {
-        UpstreamConfig {
+        ClientConfig {
             name: name.into(),
             url,
             credentials: None,
@@ -192,11 +192,11 @@ impl UpstreamConfig {
     }
 }
 
-impl Default for UpstreamConfig {
+impl Default for ClientConfig {
     fn default() -> Self {
         #[allow(clippy::expect_used)]
         let url = Url::parse("https://registry-1.docker.io").expect("constant URL parses");
-        UpstreamConfig::new("docker.io", url)
+        ClientConfig::new("docker.io", url)
     }
 }
 
@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn debug_never_shows_secrets() {
         let creds = Credentials::new("alice", "pw-SECRET-1");
-        let mut config = UpstreamConfig::default().with_credentials(creds.clone());
+        let mut config = ClientConfig::default().with_credentials(creds.clone());
         config.url = Url::parse("https://bob:pw-SECRET-2@registry.example").unwrap();
         let shown = format!("{creds:?} {config:?} {:?}", Secret::new("tok-SECRET-3"));
         assert!(shown.contains("alice"), "{shown}");
@@ -219,7 +219,7 @@ mod tests {
 
     #[test]
     fn defaults_are_docker_hub() {
-        let c = UpstreamConfig::default();
+        let c = ClientConfig::default();
         assert_eq!(c.url.as_str(), "https://registry-1.docker.io/");
         assert_eq!(c.name, "docker.io");
         assert!(c.credentials.is_none());

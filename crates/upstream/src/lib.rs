@@ -18,7 +18,7 @@
 //! * **Secrets** live in [`Secret`], whose `Debug` is `<redacted>`; no
 //!   password or token reaches a log or an error message.
 //!
-//! The server programs against [`UpstreamApi`]; [`Upstream`] is the real
+//! The server programs against [`UpstreamApi`]; [`UpstreamClient`] is the real
 //! implementation. With feature `mock`, the [`mock`] module has test
 //! doubles: `MemoryRegistry`, a registry in memory, and `FailureUpstream`,
 //! which wraps any implementation to inject faults.
@@ -26,9 +26,9 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), regcache_upstream::UpstreamError> {
 //! use regcache_formats::media_type::ALL_MANIFEST_TYPES;
-//! use regcache_upstream::{Upstream, UpstreamConfig};
+//! use regcache_upstream::{UpstreamClient, ClientConfig};
 //!
-//! let hub = Upstream::new(UpstreamConfig::default())?;
+//! let hub = UpstreamClient::new(ClientConfig::default())?;
 //! let head = hub.head_manifest("library/alpine", "latest", &ALL_MANIFEST_TYPES).await?;
 //! println!("{:?}", head.digest);
 //! # Ok(()) }
@@ -49,8 +49,8 @@ pub use api::{
     BlobBody, BlobHead, ByteStream, ManifestBody, ManifestHead, RawRequest, RawResponse,
     RequestBody, UpstreamApi,
 };
-pub use client::{MAX_MANIFEST_SIZE, Upstream};
-pub use config::{Credentials, RetryConfig, Secret, UpstreamConfig};
+pub use client::{MAX_MANIFEST_SIZE, UpstreamClient};
+pub use config::{ClientConfig, Credentials, RetryConfig, Secret};
 pub use error::{BoxError, TimeoutPhase, UpstreamError};
 #[cfg(feature = "mock")]
 pub use mock::{FailureUpstream, Fault, Op};

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::Method;
 use parking_lot::Mutex;
 
-/// Counters of one [`crate::Upstream`]. Every HTTP exchange counts once,
+/// Counters of one [`crate::UpstreamClient`]. Every HTTP exchange counts once,
 /// redirect hops and retries included; token requests are counted apart.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {

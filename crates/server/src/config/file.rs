@@ -136,8 +136,9 @@ pub struct UpstreamSection {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Schema1Section {
-    /// PEM (SEC1 or PKCS#8) or JWK (`.json`/`.jwk`) P-256 key used to sign
-    /// converted manifests; generated and saved here on first start if absent.
+    /// PEM (SEC1 or PKCS#8) or JWK P-256 key (told apart by content) used to
+    /// sign converted manifests; generated and saved here on first start if
+    /// absent (as a JWK when named `.json`/`.jwk`).
     /// Relative paths are under `data_dir`.
     pub signing_key: PathBuf,
 }

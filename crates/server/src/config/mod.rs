@@ -14,7 +14,7 @@
 //!
 //! Names: [`Config`] and the `*Section` types are the file as written;
 //! [`Settings`] and the `*Settings` types are what validation makes of it;
-//! the registry client's `UpstreamConfig` comes from
+//! the registry client's `ClientConfig` comes from
 //! [`UpstreamSettings::client_config`].
 
 mod file;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use regcache_upstream::{Credentials, RetryConfig, UpstreamConfig};
+use regcache_upstream::{ClientConfig, Credentials, RetryConfig};
 
 /// The validated, ready-to-use configuration.
 #[derive(Clone, Debug)]
@@ -101,8 +101,8 @@ impl Settings {
 impl UpstreamSettings {
     /// The registry client's configuration for this upstream: its timeouts,
     /// retries (at least one attempt) and credentials (both, or anonymous).
-    pub fn client_config(&self) -> UpstreamConfig {
-        let mut config = UpstreamConfig::new(self.name.clone(), self.url.clone());
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new(self.name.clone(), self.url.clone());
         config.connect_timeout = self.connect_timeout;
         config.first_byte_timeout = self.first_byte_timeout;
         config.retry = RetryConfig {

@@ -27,7 +27,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use regcache_store::FillFile;
 use tokio::net::TcpStream;
 
-use crate::body::{Body, ReqBody};
+use crate::web::body::{Body, ReqBody};
 
 mod rewind;
 mod send;

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use super::send::{send_file, send_fill, write_all_vectored};
 use super::{Reply, ReplyBody};
-use crate::body::{Body, ReqBody};
+use crate::web::body::{Body, ReqBody};
 
 /// Response bodies up to this size are copied behind the head and sent with
 /// it in one write.
@@ -351,7 +351,7 @@ mod tests {
         (String::from_utf8(raw[..at].to_vec()).unwrap(), &raw[at..])
     }
 
-    fn stream_of(chunks: &[&'static [u8]]) -> crate::body::ChunkStream {
+    fn stream_of(chunks: &[&'static [u8]]) -> crate::web::body::ChunkStream {
         futures_util::stream::iter(
             chunks
                 .iter()

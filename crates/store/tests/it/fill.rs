@@ -236,14 +236,21 @@ async fn a_leader_failing_midway_errors_every_reader_and_frees_the_digest() {
     }
     w.write(content.slice(..100_000)).await.unwrap();
     readers.push(tokio::spawn(collect(follower(&store, &d, len).await)));
-    w.abort("upstream: connection reset");
+    w.abort(std::io::Error::other("upstream: connection reset"));
 
     for r in readers {
         let (got, err) = r.await.unwrap().expect_err("no reader may end cleanly");
         assert!(got.len() <= 100_000);
+        // Readers get the writer's own error, typed.
+        assert!(
+            err.cause()
+                .and_then(|c| c.downcast_ref::<std::io::Error>())
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::Other),
+            "{err:?}"
+        );
         assert_eq!(got, content[..got.len()]);
         assert!(
-            matches!(&err, FillError::Aborted { reason, .. } if reason.contains("connection reset")),
+            matches!(&err, FillError::Aborted { cause, .. } if cause.to_string().contains("connection reset")),
             "{err:?}"
         );
     }
@@ -436,7 +443,7 @@ async fn a_fill_aborted_before_its_length_is_known_fails_wait_len() {
     let mut r = follower(&store, &d, None).await;
     let waiting = tokio::spawn(async move { r.wait_len().await });
     tokio::time::sleep(Duration::from_millis(10)).await;
-    w.abort("upstream answered 404");
+    w.abort(std::io::Error::other("upstream answered 404"));
     let err = waiting.await.unwrap().unwrap_err();
     assert!(err.to_string().contains("upstream answered 404"), "{err}");
     // The digest is free again: the next begin leads.

@@ -1,12 +1,12 @@
 //! [`FailureUpstream`] (feature `mock`): a wrapper around any
-//! [`UpstreamApi`] — the real [`crate::Upstream`] pointed at a real
+//! [`UpstreamApi`] — the real [`crate::UpstreamClient`] pointed at a real
 //! registry, or a [`MemoryRegistry`](super::MemoryRegistry) — that injects faults into chosen calls, after mountpoint-s3's
 //! `failure_client.rs`. Real protocol behaviour is kept for every call that
 //! has no fault.
 //!
 //! ```no_run
 //! # use regcache_upstream::*;
-//! # fn demo(real: Upstream) {
+//! # fn demo(real: UpstreamClient) {
 //! let up = FailureUpstream::new(real);
 //! // The next two manifest HEADs fail as if the upstream were down…
 //! up.inject_times(Op::HeadManifest, Fault::unavailable(), 2);

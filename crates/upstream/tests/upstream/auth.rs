@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::Method;
-use regcache_upstream::{Credentials, RawRequest, RequestBody, Upstream, UpstreamError};
+use regcache_upstream::{Credentials, RawRequest, RequestBody, UpstreamClient, UpstreamError};
 
 use crate::support::*;
 
@@ -86,7 +86,7 @@ async fn bearer_flow_end_to_end_with_cached_token() {
     )
     .await;
     let registry = bearer_registry(format!("{}token", tokens.url()), "tok-1").await;
-    let up = Upstream::new(
+    let up = UpstreamClient::new(
         config(registry.url()).with_credentials(Credentials::new("alice", "s3cret-pw")),
     )
     .unwrap();
@@ -144,7 +144,7 @@ async fn bearer_flow_end_to_end_with_cached_token() {
 async fn anonymous_token_uses_access_token_and_no_credentials() {
     let tokens = token_server(None, r#"{"access_token":"anon-tok"}"#).await;
     let registry = bearer_registry(format!("{}token?x=1", tokens.url()), "anon-tok").await;
-    let up = Upstream::new(config(registry.url())).unwrap();
+    let up = UpstreamClient::new(config(registry.url())).unwrap();
     up.head_manifest("library/alpine", "latest", &[])
         .await
         .unwrap();
@@ -171,7 +171,7 @@ async fn expired_token_is_fetched_again() {
     );
     let tokens = token_server(None, body).await;
     let registry = bearer_registry(format!("{}token", tokens.url()), "tok-1").await;
-    let up = Upstream::new(config(registry.url())).unwrap();
+    let up = UpstreamClient::new(config(registry.url())).unwrap();
     up.head_manifest("a/b", "latest", &[]).await.unwrap();
     up.head_manifest("a/b", "latest", &[]).await.unwrap();
     assert_eq!(tokens.total(), 2, "an expiring token is not reused");
@@ -189,7 +189,7 @@ async fn refused_cached_token_is_replaced_once() {
     })
     .await;
     let registry = bearer_registry(format!("{}token", tokens.url()), "tok-2").await;
-    let up = Upstream::new(config(registry.url())).unwrap();
+    let up = UpstreamClient::new(config(registry.url())).unwrap();
 
     // 401 → tok-1 → 401 again: only one auth retry, the 401 is relayed.
     let err = up.head_manifest("a/b", "1", &[]).await.unwrap_err();
@@ -212,7 +212,7 @@ async fn concurrent_requests_share_one_token_fetch() {
     })
     .await;
     let registry = bearer_registry(format!("{}token", tokens.url()), "tok-1").await;
-    let up = Upstream::new(config(registry.url())).unwrap();
+    let up = UpstreamClient::new(config(registry.url())).unwrap();
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let up = up.clone();
@@ -230,7 +230,7 @@ async fn concurrent_requests_share_one_token_fetch() {
 async fn token_service_rejecting_credentials_is_unauthorized() {
     let tokens = token_server(Some(basic("alice", "right")), r#"{"token":"t"}"#).await;
     let registry = bearer_registry(format!("{}token", tokens.url()), "t").await;
-    let up = Upstream::new(
+    let up = UpstreamClient::new(
         config(registry.url()).with_credentials(Credentials::new("alice", "wrong-pw-XYZ")),
     )
     .unwrap();
@@ -246,7 +246,7 @@ async fn token_service_rejecting_credentials_is_unauthorized() {
 async fn ping_authenticates_without_scope() {
     let tokens = token_server(None, r#"{"token":"tok-1"}"#).await;
     let registry = bearer_registry(format!("{}token", tokens.url()), "tok-1").await;
-    let up = Upstream::new(config(registry.url())).unwrap();
+    let up = UpstreamClient::new(config(registry.url())).unwrap();
     up.ping().await.unwrap();
     assert_eq!(tokens.requests()[0].query(), "service=test-registry");
 }
@@ -273,9 +273,10 @@ async fn basic_registry() -> TestServer {
 #[tokio::test]
 async fn basic_auth_upstream() {
     let registry = basic_registry().await;
-    let up =
-        Upstream::new(config(registry.url()).with_credentials(Credentials::new("bob", "hunter2")))
-            .unwrap();
+    let up = UpstreamClient::new(
+        config(registry.url()).with_credentials(Credentials::new("bob", "hunter2")),
+    )
+    .unwrap();
     let h = up.head_manifest("a", "latest", &[]).await.unwrap();
     assert_eq!(h.size, Some(42));
     assert_eq!(h.media_type.as_deref(), Some(SCHEMA2));
@@ -285,7 +286,7 @@ async fn basic_auth_upstream() {
     assert_eq!(up.stats().token_requests, 0);
 
     // Without credentials the 401 is relayed as a registry error.
-    let anon = Upstream::new(config(registry.url())).unwrap();
+    let anon = UpstreamClient::new(config(registry.url())).unwrap();
     let err = anon.get_manifest("a", "latest", &[]).await.unwrap_err();
     assert_eq!(err.registry_status(), Some(401));
     assert_eq!(
@@ -298,7 +299,7 @@ async fn basic_auth_upstream() {
 async fn push_scope_and_streamed_body_are_authorised_first() {
     let tokens = token_server(None, r#"{"token":"tok-push"}"#).await;
     let registry = bearer_registry(format!("{}token", tokens.url()), "tok-push").await;
-    let up = Upstream::new(config(registry.url())).unwrap();
+    let up = UpstreamClient::new(config(registry.url())).unwrap();
 
     // A streamed PATCH cannot be replayed: the client pings /v2/ to learn
     // the challenge, gets a push token, then sends the body exactly once.
@@ -328,7 +329,7 @@ async fn push_scope_and_streamed_body_are_authorised_first() {
 #[tokio::test]
 async fn client_authorization_header_is_not_forwarded() {
     let registry = TestServer::start(|_req| async { json(200, "{}") }).await;
-    let up = Upstream::new(config(registry.url())).unwrap();
+    let up = UpstreamClient::new(config(registry.url())).unwrap();
     let mut headers = http::HeaderMap::new();
     headers.insert("authorization", "Bearer client-token".parse().unwrap());
     headers.insert("x-keep", "1".parse().unwrap());

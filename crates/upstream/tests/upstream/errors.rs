@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::Method;
 use parking_lot::Mutex;
 use regcache_formats::ErrorCode;
-use regcache_upstream::{Credentials, RawRequest, Upstream, UpstreamError};
+use regcache_upstream::{Credentials, RawRequest, UpstreamClient, UpstreamError};
 
 use crate::support::*;
 
@@ -20,7 +20,7 @@ async fn error_envelope_is_relayed() {
         )
     })
     .await;
-    let up = Upstream::new(config(server.url())).unwrap();
+    let up = UpstreamClient::new(config(server.url())).unwrap();
     let err = up.get_manifest("a", "nosuch", &[]).await.unwrap_err();
     assert!(err.is_not_found());
     assert!(!err.is_unavailable());
@@ -46,7 +46,7 @@ async fn error_envelope_is_relayed() {
     let html = TestServer::start(|_req| async { reply(500, &[], "<html>oops</html>") }).await;
     let mut c = config(html.url());
     c.retry.max_attempts = 1;
-    let err = Upstream::new(c)
+    let err = UpstreamClient::new(c)
         .unwrap()
         .get_blob("a", &sha256(b"x"), None)
         .await
@@ -66,7 +66,7 @@ async fn bad_headers_are_protocol_errors() {
         }
     })
     .await;
-    let up = Upstream::new(config(server.url())).unwrap();
+    let up = UpstreamClient::new(config(server.url())).unwrap();
     let err = up.get_manifest("a", "latest", &[]).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Protocol { .. }), "{err:?}");
     assert_eq!(err.status_hint(), 502);
@@ -77,7 +77,7 @@ async fn bad_headers_are_protocol_errors() {
 #[tokio::test]
 async fn invalid_requests_are_refused_locally() {
     let server = TestServer::start(|_req| async { empty(200) }).await;
-    let up = Upstream::new(config(server.url())).unwrap();
+    let up = UpstreamClient::new(config(server.url())).unwrap();
     for path in [
         "//evil.example/v2/",
         "/notv2",
@@ -108,7 +108,7 @@ async fn invalid_requests_are_refused_locally() {
     bad.url = url::Url::parse(&format!("http://u:p@{}", server.addr)).unwrap();
     assert!(format!("{bad:?}").contains("redacted"));
     assert!(!format!("{bad:?}").contains(":p@"));
-    assert!(Upstream::new(bad).is_err());
+    assert!(UpstreamClient::new(bad).is_err());
 }
 
 #[tokio::test]
@@ -129,7 +129,7 @@ async fn send_passes_status_headers_and_body_through() {
         )
     })
     .await;
-    let up = Upstream::new(config(server.url())).unwrap();
+    let up = UpstreamClient::new(config(server.url())).unwrap();
     let resp = up
         .send(RawRequest::new(Method::POST, "/v2/a/blobs/uploads/?x=1"))
         .await
@@ -190,7 +190,7 @@ async fn secrets_never_reach_logs_debug_or_errors() {
     })
     .await;
     let cfg = config(registry.url()).with_credentials(Credentials::new("carol", PASSWORD));
-    let up = Upstream::new(cfg.clone()).unwrap();
+    let up = UpstreamClient::new(cfg.clone()).unwrap();
     up.get_manifest("a/b", "latest", &[SCHEMA2]).await.unwrap();
     let err = up.get_manifest("a/b", "fail", &[]).await.unwrap_err();
 

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::Method;
 use regcache_formats::ErrorCode;
-use regcache_upstream::{FailureUpstream, Fault, Op, RawRequest, Upstream, UpstreamApi};
+use regcache_upstream::{FailureUpstream, Fault, Op, RawRequest, UpstreamApi, UpstreamClient};
 
 use crate::support::*;
 
@@ -39,7 +39,7 @@ async fn collect(up: &dyn UpstreamApi) -> Result<Vec<u8>, regcache_upstream::Ups
 #[tokio::test]
 async fn injects_errors_a_number_of_times() {
     let server = registry().await;
-    let up = FailureUpstream::new(Upstream::new(config(server.url())).unwrap());
+    let up = FailureUpstream::new(UpstreamClient::new(config(server.url())).unwrap());
     up.inject_times(Op::HeadManifest, Fault::unavailable(), 2);
     for _ in 0..2 {
         let err = up.head_manifest("a", "latest", &[]).await.unwrap_err();
@@ -69,7 +69,7 @@ async fn injects_errors_a_number_of_times() {
 async fn truncates_and_corrupts_bodies() {
     let server = registry().await;
     let up: Arc<dyn UpstreamApi> = {
-        let f = FailureUpstream::new(Upstream::new(config(server.url())).unwrap());
+        let f = FailureUpstream::new(UpstreamClient::new(config(server.url())).unwrap());
         f.inject_times(Op::GetBlob, Fault::TruncateBody { after: 5 }, 1);
         f.inject_times(Op::GetBlob, Fault::CorruptBody { offset: 3 }, 1);
         Arc::new(f)
@@ -85,7 +85,7 @@ async fn truncates_and_corrupts_bodies() {
 #[tokio::test]
 async fn delays_and_send_faults() {
     let server = registry().await;
-    let up = FailureUpstream::new(Upstream::new(config(server.url())).unwrap());
+    let up = FailureUpstream::new(UpstreamClient::new(config(server.url())).unwrap());
     up.inject_times(Op::Send, Fault::Delay(Duration::from_millis(150)), 1);
     up.inject_for_repo(Op::Send, "x", Fault::timeout(), Some(1));
     let started = Instant::now();

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use regcache_upstream::{Credentials, Upstream, UpstreamError};
+use regcache_upstream::{Credentials, UpstreamClient, UpstreamError};
 
 use crate::support::*;
 
@@ -64,9 +64,10 @@ async fn redirect_to_another_origin_drops_authorization() {
     let cdn = cdn().await;
     let target = format!("{}blobs/x?sig=SIGNED-QUERY", cdn.url());
     let registry = redirecting_registry(target).await;
-    let up =
-        Upstream::new(config(registry.url()).with_credentials(Credentials::new("user", "pass")))
-            .unwrap();
+    let up = UpstreamClient::new(
+        config(registry.url()).with_credentials(Credentials::new("user", "pass")),
+    )
+    .unwrap();
 
     let body = up.get_blob("lib/app", &digest(), None).await.unwrap();
     assert_eq!(body.status, 200);
@@ -119,9 +120,10 @@ async fn same_origin_redirect_keeps_authorization() {
         reply(200, &[], Bytes::from_static(BLOB))
     })
     .await;
-    let up =
-        Upstream::new(config(registry.url()).with_credentials(Credentials::new("user", "pass")))
-            .unwrap();
+    let up = UpstreamClient::new(
+        config(registry.url()).with_credentials(Credentials::new("user", "pass")),
+    )
+    .unwrap();
     let body = up.get_blob("a", &digest(), None).await.unwrap();
     let bytes: Vec<Bytes> = body.stream.map(|c| c.unwrap()).collect().await;
     assert_eq!(bytes.concat(), BLOB);
@@ -135,7 +137,7 @@ async fn redirect_loops_are_bounded() {
     let registry =
         TestServer::start(|_req| async { reply(302, &[("location", "/v2/a/blobs/again")], "") })
             .await;
-    let up = Upstream::new(config(registry.url())).unwrap();
+    let up = UpstreamClient::new(config(registry.url())).unwrap();
     let err = up.head_blob("a", &digest()).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Redirect { .. }), "{err:?}");
     assert_eq!(err.status_hint(), 502);
@@ -145,7 +147,7 @@ async fn redirect_loops_are_bounded() {
 #[tokio::test]
 async fn redirect_without_location_is_an_error() {
     let registry = TestServer::start(|_req| async { empty(307) }).await;
-    let up = Upstream::new(config(registry.url())).unwrap();
+    let up = UpstreamClient::new(config(registry.url())).unwrap();
     let err = up.get_blob("a", &digest(), None).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Redirect { .. }), "{err:?}");
 }

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use http::{HeaderMap, Method};
 use regcache_formats::ErrorCode;
 use regcache_formats::media_type::ALL_MANIFEST_TYPES;
-use regcache_upstream::{Credentials, RawRequest, RequestBody, Upstream};
+use regcache_upstream::{Credentials, RawRequest, RequestBody, UpstreamClient};
 
 use crate::support::*;
 
@@ -73,7 +73,7 @@ async fn start_registry(htpasswd: Option<&str>) -> Registry {
 
 /// Wait until the registry answers `/v2/` at all (any status).
 async fn wait_ready(url: &url::Url) {
-    let up = Upstream::new(config(url.clone())).unwrap();
+    let up = UpstreamClient::new(config(url.clone())).unwrap();
     for _ in 0..100 {
         match up.ping().await {
             Ok(()) => return,
@@ -93,7 +93,7 @@ fn path_and_query(location: &str) -> String {
     }
 }
 
-async fn push_blob(up: &Upstream, repo: &str, data: &'static [u8], streamed: bool) {
+async fn push_blob(up: &UpstreamClient, repo: &str, data: &'static [u8], streamed: bool) {
     let start = up
         .send(RawRequest::new(
             Method::POST,
@@ -137,12 +137,12 @@ async fn against_distribution_registry() {
     require_registry();
     let registry = start_registry(None).await;
     wait_ready(&registry.url).await;
-    let up = Upstream::new(config(registry.url.clone())).unwrap();
+    let up = UpstreamClient::new(config(registry.url.clone())).unwrap();
     up.ping().await.unwrap();
     push_and_pull(&up).await;
 }
 
-async fn push_and_pull(up: &Upstream) {
+async fn push_and_pull(up: &UpstreamClient) {
     const CONFIG: &[u8] =
         br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     const LAYER: &[u8] = b"not really a tarball, but a blob all the same";
@@ -224,11 +224,11 @@ async fn against_distribution_registry_with_htpasswd() {
     let registry = start_registry(Some(entry.trim())).await;
     wait_ready(&registry.url).await;
 
-    let anonymous = Upstream::new(config(registry.url.clone())).unwrap();
+    let anonymous = UpstreamClient::new(config(registry.url.clone())).unwrap();
     let err = anonymous.ping().await.unwrap_err();
     assert_eq!(err.registry_status(), Some(401));
 
-    let up = Upstream::new(
+    let up = UpstreamClient::new(
         config(registry.url.clone()).with_credentials(Credentials::new("smoke", "smoke-pw")),
     )
     .unwrap();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::Method;
-use regcache_upstream::{RawRequest, RetryConfig, TimeoutPhase, Upstream, UpstreamError};
+use regcache_upstream::{RawRequest, RetryConfig, TimeoutPhase, UpstreamClient, UpstreamError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -40,7 +40,7 @@ async fn flaky(
 #[tokio::test]
 async fn retries_503_until_success() {
     let server = flaky(2, 503, &[]).await;
-    let up = Upstream::new(config(server.url())).unwrap();
+    let up = UpstreamClient::new(config(server.url())).unwrap();
     let m = up.get_manifest("a", "latest", &[]).await.unwrap();
     assert_eq!(m.bytes, Bytes::from(MANIFEST));
     assert_eq!(server.total(), 3);
@@ -53,7 +53,7 @@ async fn retries_503_until_success() {
 #[tokio::test]
 async fn gives_up_after_max_attempts() {
     let server = flaky(usize::MAX, 503, &[]).await;
-    let up = Upstream::new(config(server.url())).unwrap();
+    let up = UpstreamClient::new(config(server.url())).unwrap();
     let err = up.get_manifest("a", "latest", &[]).await.unwrap_err();
     assert_eq!(server.total(), 3, "max_attempts = 3");
     assert_eq!(err.registry_status(), Some(503));
@@ -65,7 +65,7 @@ async fn gives_up_after_max_attempts() {
 
     let mut c = config(server.url());
     c.retry = RetryConfig::none();
-    let up = Upstream::new(c).unwrap();
+    let up = UpstreamClient::new(c).unwrap();
     up.head_manifest("a", "latest", &[]).await.unwrap_err();
     assert_eq!(server.total(), 4, "no retries");
 }
@@ -73,7 +73,7 @@ async fn gives_up_after_max_attempts() {
 #[tokio::test]
 async fn honours_small_retry_after_on_429() {
     let server = flaky(1, 429, &[("retry-after", "1")]).await;
-    let up = Upstream::new(config(server.url())).unwrap();
+    let up = UpstreamClient::new(config(server.url())).unwrap();
     let started = Instant::now();
     up.head_manifest("a", "latest", &[]).await.unwrap();
     assert!(
@@ -86,7 +86,7 @@ async fn honours_small_retry_after_on_429() {
 #[tokio::test]
 async fn long_retry_after_is_relayed_not_waited() {
     let server = flaky(usize::MAX, 429, &[("retry-after", "3600")]).await;
-    let up = Upstream::new(config(server.url())).unwrap();
+    let up = UpstreamClient::new(config(server.url())).unwrap();
     let err = up.get_manifest("a", "latest", &[]).await.unwrap_err();
     assert_eq!(server.total(), 1);
     assert_eq!(err.registry_status(), Some(429));
@@ -97,7 +97,7 @@ async fn long_retry_after_is_relayed_not_waited() {
 #[tokio::test]
 async fn retries_429_without_retry_after() {
     let server = flaky(2, 429, &[]).await;
-    let up = Upstream::new(config(server.url())).unwrap();
+    let up = UpstreamClient::new(config(server.url())).unwrap();
     up.head_manifest("a", "latest", &[]).await.unwrap();
     assert_eq!(server.total(), 3);
 }
@@ -105,11 +105,11 @@ async fn retries_429_without_retry_after() {
 #[tokio::test]
 async fn does_not_retry_404_or_501() {
     let server = flaky(usize::MAX, 404, &[]).await;
-    let up = Upstream::new(config(server.url())).unwrap();
+    let up = UpstreamClient::new(config(server.url())).unwrap();
     up.get_manifest("a", "latest", &[]).await.unwrap_err();
     assert_eq!(server.total(), 1);
     let server = flaky(usize::MAX, 501, &[]).await;
-    let up = Upstream::new(config(server.url())).unwrap();
+    let up = UpstreamClient::new(config(server.url())).unwrap();
     up.get_manifest("a", "latest", &[]).await.unwrap_err();
     assert_eq!(server.total(), 1);
 }
@@ -118,7 +118,7 @@ async fn does_not_retry_404_or_501() {
 async fn connection_refused_is_retried_then_transport_error() {
     let addr = closed_port().await;
     let url = url::Url::parse(&format!("http://{addr}")).unwrap();
-    let up = Upstream::new(config(url)).unwrap();
+    let up = UpstreamClient::new(config(url)).unwrap();
     let err = up.head_manifest("a", "latest", &[]).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Transport { .. }), "{err:?}");
     assert!(err.is_unavailable());
@@ -132,7 +132,7 @@ async fn connection_refused_is_retried_then_transport_error() {
 #[tokio::test]
 async fn post_is_not_retried() {
     let server = flaky(usize::MAX, 503, &[]).await;
-    let up = Upstream::new(config(server.url())).unwrap();
+    let up = UpstreamClient::new(config(server.url())).unwrap();
     let resp = up
         .send(RawRequest::new(Method::POST, "/v2/a/blobs/uploads/").body(Bytes::from_static(b"x")))
         .await
@@ -162,7 +162,7 @@ async fn post_is_not_retried() {
 async fn post_is_retried_when_the_connection_was_refused() {
     let addr = closed_port().await;
     let url = url::Url::parse(&format!("http://{addr}")).unwrap();
-    let up = Upstream::new(config(url)).unwrap();
+    let up = UpstreamClient::new(config(url)).unwrap();
     up.send(RawRequest::new(Method::POST, "/v2/a/blobs/uploads/"))
         .await
         .unwrap_err();
@@ -183,7 +183,7 @@ async fn first_byte_timeout() {
     let mut c = config(server.url());
     c.first_byte_timeout = Duration::from_millis(200);
     c.retry.max_attempts = 2;
-    let up = Upstream::new(c).unwrap();
+    let up = UpstreamClient::new(c).unwrap();
     let started = Instant::now();
     let err = up.get_manifest("a", "latest", &[]).await.unwrap_err();
     assert!(
@@ -239,7 +239,7 @@ async fn stalled_blob_body_hits_read_timeout() {
     let (url, _) = scripted(vec![(head_of(100, "0123456789"), Duration::from_secs(30))]).await;
     let mut c = config(url);
     c.read_timeout = Duration::from_millis(300);
-    let up = Upstream::new(c).unwrap();
+    let up = UpstreamClient::new(c).unwrap();
     let body = up
         .get_blob("a", &sha256(b"x"), None)
         .await
@@ -275,7 +275,7 @@ async fn truncated_blob_body_is_an_error_not_retried() {
         (head_of(3, "abc"), Duration::ZERO),
     ])
     .await;
-    let up = Upstream::new(config(url)).unwrap();
+    let up = UpstreamClient::new(config(url)).unwrap();
     let body = up.get_blob("a", &sha256(b"x"), None).await.unwrap();
     let items: Vec<_> = body.stream.collect().await;
     let err = items
@@ -294,7 +294,7 @@ async fn truncated_manifest_body_is_retried() {
         (head_of(full.len(), full), Duration::ZERO),
     ])
     .await;
-    let up = Upstream::new(config(url)).unwrap();
+    let up = UpstreamClient::new(config(url)).unwrap();
     let m = up.get_manifest("a", "latest", &[]).await.unwrap();
     assert_eq!(m.bytes, Bytes::from(full));
     assert_eq!(conns.load(Ordering::SeqCst), 2);

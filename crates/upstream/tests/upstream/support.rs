@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
-use regcache_upstream::{RetryConfig, UpstreamConfig};
+use regcache_upstream::{ClientConfig, RetryConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use url::Url;
@@ -143,8 +143,8 @@ pub fn json(status: u16, body: &str) -> Reply {
 }
 
 /// A test config: no env proxy, fast retries, short timeouts.
-pub fn config(url: Url) -> UpstreamConfig {
-    let mut c = UpstreamConfig::new("test", url);
+pub fn config(url: Url) -> ClientConfig {
+    let mut c = ClientConfig::new("test", url);
     c.use_env_proxy = false;
     c.connect_timeout = Duration::from_secs(2);
     c.first_byte_timeout = Duration::from_secs(5);

@@ -11,15 +11,29 @@ use regcache_formats::reference::{RepositoryName, Tag};
 use regcache_formats::schema1;
 use regcache_formats::{Digest, MediaType};
 
-/// Arguments of `regcache convert` (see main.rs for the CLI definition).
-#[derive(Debug, Clone)]
+/// Arguments of `regcache convert`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct ConvertArgs {
+    /// Repository name embedded in the manifest (as in the request path, e.g. library/alpine).
+    #[arg(long)]
     pub name: String,
+    /// Tag embedded in the manifest.
+    #[arg(long)]
     pub tag: String,
+    /// The image configuration blob, byte for byte as stored.
+    #[arg(long, value_name = "CONFIG_FILE")]
     pub config: PathBuf,
+    /// P-256 signing key (PEM or JWK, told apart by content); a fresh key when absent.
+    #[arg(long, value_name = "KEY_FILE")]
     pub key: Option<PathBuf>,
+    /// Print exactly the canonical (unsigned) payload; its sha256 is the Schema 1 digest.
+    #[arg(long)]
     pub payload: bool,
+    /// For a manifest list: the linux/amd64 child manifest file.
+    #[arg(long, value_name = "FILE")]
     pub child: Option<PathBuf>,
+    /// The Schema 2 / OCI manifest (or Docker manifest list).
+    #[arg(value_name = "MANIFEST_FILE")]
     pub manifest: PathBuf,
 }
 

@@ -13,9 +13,9 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
 
-use crate::rescue::ServeError;
+use crate::error::Error;
 
-type Flight<V> = Shared<BoxFuture<'static, Result<V, ServeError>>>;
+type Flight<V> = Shared<BoxFuture<'static, Result<V, Error>>>;
 
 pub struct Coalesce<K, V: Clone> {
     inflight: Mutex<HashMap<K, Flight<V>>>,
@@ -33,9 +33,9 @@ where
     }
 
     /// Join the flight for `key`, or start one with `make()`.
-    pub async fn run<F>(&self, key: K, make: impl FnOnce() -> F) -> Result<V, ServeError>
+    pub async fn run<F>(&self, key: K, make: impl FnOnce() -> F) -> Result<V, Error>
     where
-        F: Future<Output = Result<V, ServeError>> + Send + 'static,
+        F: Future<Output = Result<V, Error>> + Send + 'static,
     {
         let flight = {
             let mut map = self.inflight.lock();
@@ -44,9 +44,9 @@ where
                 None => {
                     let handle = tokio::spawn(make());
                     let f: Flight<V> = async move {
-                        handle.await.unwrap_or_else(|e| {
-                            Err(ServeError::internal(format!("task failed: {e}")))
-                        })
+                        handle
+                            .await
+                            .unwrap_or_else(|e| Err(Error::internal("a coalesced task failed", e)))
                     }
                     .boxed()
                     .shared();

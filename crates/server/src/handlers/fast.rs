@@ -1,0 +1,138 @@
+//! The adapter between the HTTP/1 fast path ([`crate::fastpath`]) and the
+//! handlers: a blob `GET` is answered with its bytes handed to the kernel
+//! (`sendfile` of a cached file, or of the file a fill is writing); every
+//! other request goes through the same handlers hyper uses, routed once.
+
+use futures_util::future::BoxFuture;
+use http::{Method, Request, Response, header};
+use regcache_formats::Digest;
+use regcache_formats::schema1::EMPTY_LAYER_DIGEST;
+use regcache_store::Source;
+use tracing::Instrument;
+
+use super::App;
+use super::blobs::ColdSlice;
+use crate::fastpath::{FastPath, Reply, ReplyBody};
+use crate::metrics::{ResponseVia, ServedFrom};
+use crate::request::{Routed, route};
+use crate::rescue::rescue;
+use crate::routes::Route;
+use crate::web::body::{Body, ReqBody};
+use crate::web::range::BlobSlice;
+use crate::web::response::{blob_headers, range_not_satisfiable, with_api_version};
+use crate::web::stream::fill_body;
+
+impl FastPath for App {
+    fn respond(&self, req: Request<ReqBody>) -> BoxFuture<'_, Reply> {
+        Box::pin(async move {
+            let routed = route(req.uri(), &self.upstreams);
+            if let Ok(r) = &routed
+                && let Some(reply) = self.fast_blob(r, &req).await
+            {
+                self.metrics.responded(match reply.body {
+                    ReplyBody::File { .. } => ResponseVia::Sendfile,
+                    ReplyBody::Fill { .. } => ResponseVia::SendfileFill,
+                    _ => ResponseVia::Fast,
+                });
+                return reply;
+            }
+            self.metrics.responded(ResponseVia::Fast);
+            let head = req.method() == Method::HEAD;
+            Reply::from_response(App::respond(self, routed, req).await, head)
+        })
+    }
+}
+
+impl App {
+    /// A `GET` of a blob, answered as `get_blob` would (same headers, same
+    /// range rules, same errors) but with the bytes handed to the kernel: a
+    /// cached file, or the file of the fill that brings it from the upstream.
+    /// `None` leaves the request to the full handlers (conditional requests,
+    /// the empty layer, content in memory).
+    async fn fast_blob(&self, routed: &Routed, req: &Request<ReqBody>) -> Option<Reply> {
+        let Route::Blob { name, digest } = &routed.route else {
+            return None;
+        };
+        if req.method() != Method::GET
+            || req.headers().contains_key(header::IF_NONE_MATCH)
+            || req.headers().contains_key(header::IF_RANGE)
+            || digest.as_str() == EMPTY_LAYER_DIGEST
+        {
+            return None;
+        }
+        let range = req
+            .headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok());
+        let reply =
+            |resp: Response<Body>| Some(Reply::from_response(with_api_version(resp), false));
+        match self.services.blobs.cached(digest).await {
+            Ok(Some(src)) => {
+                let len = src.len();
+                let Some(slice) = BlobSlice::of(range, len) else {
+                    return reply(range_not_satisfiable(len));
+                };
+                let (start, n) = (slice.start, slice.n);
+                let body = match src {
+                    Source::Bytes(b) => {
+                        ReplyBody::Bytes(b.slice(start as usize..(start + n) as usize))
+                    }
+                    Source::File { file, .. } => ReplyBody::File {
+                        file,
+                        offset: start,
+                        len: n,
+                    },
+                    _ => return None,
+                };
+                self.metrics.served(ServedFrom::Cache, slice.n);
+                Some(blob_reply(slice, digest, body))
+            }
+            Ok(None) => {
+                let span = tracing::info_span!(
+                    "request",
+                    id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    method = "GET",
+                    route = "blob",
+                    repository = name.as_str(),
+                    upstream = %routed.target.upstream.name,
+                );
+                let cold = self
+                    .cold_slice(&routed.target, name, digest, range)
+                    .instrument(span.clone())
+                    .await;
+                let (slice, reader) = match cold {
+                    Ok(ColdSlice::Send(slice, reader)) => (slice, reader),
+                    Ok(ColdSlice::Unsatisfiable(len)) => return reply(range_not_satisfiable(len)),
+                    Err(e) => return reply(span.in_scope(|| rescue(e, false))),
+                };
+                let body = match reader.into_file() {
+                    Ok(fill) => ReplyBody::Fill {
+                        fill,
+                        offset: slice.start,
+                        len: slice.n,
+                    },
+                    Err(reader) => ReplyBody::Body(fill_body(*reader, &slice)),
+                };
+                Some(blob_reply(slice, digest, body))
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// A fast-path blob reply: the headers `get_blob` would send, and `body`.
+fn blob_reply(slice: BlobSlice, digest: &Digest, body: ReplyBody) -> Reply {
+    let (parts, _) = blob_headers(
+        slice.status,
+        digest,
+        slice.n,
+        slice.content_range,
+        Body::empty(),
+    )
+    .into_parts();
+    Reply {
+        status: slice.status,
+        headers: parts.headers,
+        body,
+    }
+}

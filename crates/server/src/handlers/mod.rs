@@ -1,0 +1,208 @@
+//! The registry API over HTTP: [`App`] routes each request once
+//! ([`crate::request::route`]), opens its span, dispatches it to the handler
+//! of its resource, and rescues every error into a registry error response.
+//!
+//! Handlers per resource: [`manifests`] (content negotiation and the Schema 1
+//! policies), [`blobs`], [`listings`] (tags, catalog, referrers), [`push`]
+//! (uploads and manifest pushes forwarded upstream), and [`fast`], the
+//! adapter for the HTTP/1 fast path. They speak HTTP on top of
+//! [`crate::services`], which do the work.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::{Method, Request, Response};
+use regcache_formats::jws::SigningKey;
+use regcache_formats::{ErrorCode, RegistryError};
+use regcache_store::Store;
+use tracing::Instrument;
+
+use crate::error::Error;
+use crate::metrics::{Metrics, ResponseVia, UpstreamCall};
+use crate::policy::Policies;
+use crate::request::{Routed, Upstreams, route};
+use crate::rescue::rescue;
+use crate::routes::Route;
+use crate::services::Services;
+use crate::web::body::{Body, ReqBody};
+use crate::web::response::{ping, with_api_version};
+
+pub mod blobs;
+pub mod fast;
+pub mod listings;
+pub mod manifests;
+pub mod push;
+
+/// Everything a request handler needs; shared by all connections.
+pub struct App {
+    upstreams: Upstreams,
+    policies: Policies,
+    services: Services,
+    pub metrics: Arc<Metrics>,
+    /// The next request's id (its span's `id`).
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("upstreams", &self.upstreams)
+            .field("kid", &self.services.schema1.key().kid())
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    pub fn new(
+        store: Store,
+        key: SigningKey,
+        upstreams: Upstreams,
+        policies: Policies,
+    ) -> Arc<App> {
+        let metrics = Arc::new(Metrics::new());
+        Arc::new(App {
+            services: Services::new(store, key, metrics.clone()),
+            upstreams,
+            policies,
+            metrics,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.services.store
+    }
+
+    pub fn signing_key(&self) -> &SigningKey {
+        self.services.schema1.key()
+    }
+
+    /// Refresh gauges from the store and counters from the upstream clients.
+    pub fn refresh_metrics(&self) {
+        let s = self.store().stats();
+        self.metrics
+            .disk_bytes
+            .set(i64::try_from(s.disk.bytes_used).unwrap_or(i64::MAX));
+        if let Some(m) = &s.memory {
+            self.metrics
+                .memory_bytes
+                .set(i64::try_from(m.bytes_used).unwrap_or(i64::MAX));
+        }
+        let evicted = s.disk.evictions;
+        let counted = self.metrics.evictions.get();
+        if evicted > counted {
+            self.metrics.evictions.inc_by(evicted - counted);
+        }
+        for u in self.upstreams.iter() {
+            let up = u.client.stats();
+            for ((method, status), n) in &up.requests {
+                let c = self.metrics.upstream_requests.get_or_create(&UpstreamCall {
+                    upstream: u.name.clone(),
+                    method: method.clone(),
+                    status: status.to_string(),
+                });
+                let have = c.get();
+                if *n > have {
+                    c.inc_by(n - have);
+                }
+            }
+        }
+    }
+
+    /// Entry point for every request hyper serves.
+    pub async fn handle(self: Arc<Self>, req: Request<ReqBody>) -> Response<Body> {
+        self.metrics.responded(ResponseVia::Hyper);
+        let routed = route(req.uri(), &self.upstreams);
+        self.respond(routed, req).await
+    }
+
+    /// Answer a routed request inside its span: every log line of the
+    /// request carries its id, method, route, repository and upstream.
+    async fn respond(
+        &self,
+        routed: Result<Routed, Error>,
+        req: Request<ReqBody>,
+    ) -> Response<Body> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let span = match &routed {
+            Ok(r) => tracing::info_span!(
+                "request",
+                id,
+                method = %req.method(),
+                route = r.route.kind(),
+                repository = r.route.name().map(|n| n.as_str()),
+                upstream = %r.target.upstream.name,
+            ),
+            Err(_) => tracing::info_span!("request", id, method = %req.method()),
+        };
+        async move {
+            let head = req.method() == Method::HEAD;
+            let resp = match routed {
+                Ok(routed) => self.dispatch(routed, req).await,
+                Err(e) => Err(e),
+            };
+            with_api_version(resp.unwrap_or_else(|e| rescue(e, head)))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The dispatch table: route and method to handler.
+    async fn dispatch(
+        &self,
+        Routed { target, route }: Routed,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Body>, Error> {
+        let target = &target;
+        let method = req.method().clone();
+        let head = method == Method::HEAD;
+        let read = method == Method::GET || head;
+        match route {
+            Route::Ping if read => Ok(ping(head)),
+            Route::Manifest { name, reference } if read => {
+                self.get_manifest(target, &name, &reference, req.headers(), head)
+                    .await
+            }
+            Route::Blob { name, digest } if read => {
+                self.get_blob(target, &name, &digest, req.headers(), head)
+                    .await
+            }
+            Route::Tags { name } if method == Method::GET => {
+                self.listing(target, &req, listings::Listing::Tags(name))
+                    .await
+            }
+            Route::Catalog if method == Method::GET => {
+                self.listing(target, &req, listings::Listing::Catalog).await
+            }
+            Route::Referrers { .. } if method == Method::GET => {
+                self.listing(target, &req, listings::Listing::Referrers)
+                    .await
+            }
+            Route::Manifest { name, reference } if method == Method::PUT => {
+                self.push_manifest(target, req, &name, &reference).await
+            }
+            Route::Manifest { .. } | Route::Blob { .. } if method == Method::DELETE => {
+                self.forward(target, req).await
+            }
+            Route::UploadStart { .. } if method == Method::POST => self.forward(target, req).await,
+            Route::Upload { .. }
+                if matches!(
+                    method,
+                    Method::GET | Method::PATCH | Method::PUT | Method::DELETE
+                ) =>
+            {
+                self.forward(target, req).await
+            }
+            _ => Err(Error::client_status(
+                405,
+                RegistryError::with_message(
+                    ErrorCode::Unsupported,
+                    format!("method {method} is not supported on this endpoint"),
+                ),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,249 @@
+//! Pushes: uploads, deletes and manifest `PUT`s are forwarded to the
+//! upstream with the body streamed and `Location` rewritten to regcache, so
+//! the client continues through it. A pushed manifest the upstream accepts
+//! is kept and its tag updated at once.
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use regcache_formats::reference::{Reference, RepositoryName};
+use regcache_formats::schema1::{EMPTY_LAYER_BYTES, EMPTY_LAYER_DIGEST};
+use regcache_formats::{Digest, ErrorCode, MediaType, RegistryError, media_type};
+use regcache_upstream::{RawRequest, RequestBody};
+
+use super::App;
+use crate::error::Error;
+use crate::policy::Schema2Push;
+use crate::request::Target;
+use crate::web::body::{Body, ReqBody};
+use crate::web::headers::{copy_headers, strip_origin};
+
+/// Largest manifest PUT accepted (distribution reads at most 4 MiB; OCI asks for 413 above).
+const MAX_MANIFEST_PUT: usize = 4 << 20;
+
+impl App {
+    pub(super) async fn push_manifest(
+        &self,
+        target: &Target,
+        req: Request<ReqBody>,
+        name: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<Response<Body>, Error> {
+        let (parts, body) = req.into_parts();
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or_default().trim().to_owned());
+        let bytes = read_limited(body, MAX_MANIFEST_PUT).await?;
+        // What is being pushed: the declared type, else what the bytes say.
+        let kind = content_type
+            .as_deref()
+            .and_then(MediaType::from_manifest_type)
+            .or_else(|| regcache_formats::manifest::classify(&bytes, content_type.as_deref()).ok());
+        let policy = self.policies.resolve(&target.upstream.name, name.as_str());
+        let is_schema1 = kind.is_some_and(MediaType::is_schema1)
+            || content_type.as_deref() == Some(media_type::APPLICATION_JSON);
+        if policy.schema2_push == Schema2Push::Reject && !is_schema1 {
+            return Err(Error::policy(
+                400,
+                RegistryError::with_message(
+                    ErrorCode::ManifestInvalid,
+                    format!(
+                        "regcache accepts only Schema 1 manifests for {name} (policy rule #{}, schema2_push = \"reject\"). Docker 1.10-19.03 fall back to Schema 1 by themselves; Docker 20.10 does so only when its daemon runs with DOCKER_ALLOW_SCHEMA1_PUSH_DONOTUSE=1; other clients can push with skopeo copy --format v2s1.",
+                        policy.rule.map_or(0, |r| r + 1)
+                    ),
+                )
+                .detail(serde_json::json!({
+                    "repository": name.as_str(),
+                    "media_type": kind.map_or("unknown", MediaType::as_str),
+                })),
+            ));
+        }
+        if is_schema1 && references_empty_layer(&bytes) {
+            self.ensure_empty_layer(target, name).await?;
+        }
+        let (resp, digest) = self
+            .forward_parts(target, &parts, RequestBody::bytes(bytes.clone()))
+            .await?;
+        if resp.status() == StatusCode::CREATED {
+            self.services
+                .manifests
+                .keep_pushed(
+                    target,
+                    name,
+                    reference,
+                    bytes,
+                    content_type.as_deref(),
+                    digest.as_ref(),
+                )
+                .await;
+        }
+        Ok(resp)
+    }
+
+    /// distribution makes sure the empty-layer blob exists before it serves a
+    /// Schema 1 document that names it; regcache serves that blob itself, so a
+    /// client pushing Schema 1 through it is told the blob exists and never
+    /// uploads it. Upload it (32 bytes) upstream when the repository lacks it.
+    async fn ensure_empty_layer(
+        &self,
+        target: &Target,
+        name: &RepositoryName,
+    ) -> Result<(), Error> {
+        let up = &target.upstream;
+        let empty = Digest::parse(EMPTY_LAYER_DIGEST)
+            .map_err(|e| Error::internal("empty layer digest", e))?;
+        match up.client.head_blob(name.as_str(), &empty).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(Error::Upstream(e)),
+        }
+        let refused = |what: &str, status: StatusCode| Error::BadUpstream {
+            upstream: up.name.clone(),
+            message: format!("it {what} the empty-layer blob ({status})"),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(media_type::OCTET_STREAM),
+        );
+        let resp = up
+            .client
+            .send(
+                RawRequest::new(Method::POST, format!("/v2/{name}/blobs/uploads/"))
+                    .headers(headers.clone()),
+            )
+            .await?;
+        let location = resp
+            .headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(strip_origin);
+        let Some(location) = location.filter(|_| resp.status == StatusCode::ACCEPTED) else {
+            return Err(refused("refused an upload of", resp.status));
+        };
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let resp = up
+            .client
+            .send(
+                RawRequest::new(
+                    Method::PUT,
+                    format!("{location}{sep}digest={EMPTY_LAYER_DIGEST}"),
+                )
+                .headers(headers)
+                .body(RequestBody::bytes(Bytes::from_static(&EMPTY_LAYER_BYTES))),
+            )
+            .await?;
+        if resp.status != StatusCode::CREATED {
+            return Err(refused("did not accept", resp.status));
+        }
+        tracing::info!(repo = %name, "uploaded the empty-layer blob upstream for a schema 1 push");
+        Ok(())
+    }
+
+    /// Forward a push request (upload, delete) with its body streamed.
+    pub(super) async fn forward(
+        &self,
+        target: &Target,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Body>, Error> {
+        let (parts, body) = req.into_parts();
+        let stream = http_body_util::BodyStream::new(body)
+            .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) });
+        let (resp, _) = self
+            .forward_parts(target, &parts, RequestBody::stream(stream))
+            .await?;
+        Ok(resp)
+    }
+
+    /// Forward a push request upstream; `Location` comes back relative, so the
+    /// client continues through regcache. Also returns the upstream's
+    /// `Docker-Content-Digest`.
+    async fn forward_parts(
+        &self,
+        target: &Target,
+        parts: &http::request::Parts,
+        body: RequestBody,
+    ) -> Result<(Response<Body>, Option<Digest>), Error> {
+        let mut headers = HeaderMap::new();
+        copy_headers(
+            &parts.headers,
+            &mut headers,
+            &[
+                header::CONTENT_TYPE,
+                header::CONTENT_LENGTH,
+                header::CONTENT_RANGE,
+                header::ACCEPT,
+            ],
+        );
+        let resp = target
+            .upstream
+            .client
+            .send(
+                RawRequest::new(parts.method.clone(), target.upstream_path.clone())
+                    .headers(headers)
+                    .body(body)
+                    .idempotent(false),
+            )
+            .await?;
+        let mut out = HeaderMap::new();
+        copy_headers(
+            &resp.headers,
+            &mut out,
+            &[
+                header::CONTENT_TYPE,
+                header::CONTENT_LENGTH,
+                header::RANGE,
+                HeaderName::from_static("docker-upload-uuid"),
+                HeaderName::from_static("docker-content-digest"),
+                HeaderName::from_static("oci-subject"),
+                HeaderName::from_static("oci-chunk-min-length"),
+            ],
+        );
+        if let Some(loc) = resp
+            .headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            && let Ok(v) = HeaderValue::from_str(&target.client_path(&strip_origin(loc)))
+        {
+            out.insert(header::LOCATION, v);
+        }
+        let digest = resp
+            .headers
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| Digest::parse(s).ok());
+        let status = resp.status;
+        let len = resp.content_length;
+        let body = Box::pin(resp.body.map_err(std::io::Error::other));
+        let mut r = Response::new(Body::stream(body, len));
+        *r.status_mut() = status;
+        *r.headers_mut() = out;
+        Ok((r, digest))
+    }
+}
+
+async fn read_limited(body: ReqBody, limit: usize) -> Result<Bytes, Error> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::client_status(
+            413,
+            RegistryError::with_message(
+                ErrorCode::ManifestInvalid,
+                format!("manifest larger than {limit} bytes"),
+            ),
+        )),
+        Err(e) => Err(Error::client(
+            ErrorCode::ManifestInvalid,
+            format!("reading the manifest failed: {e}"),
+        )),
+    }
+}
+
+/// Does a Schema 1 document list the empty-layer blob among its fsLayers?
+fn references_empty_layer(bytes: &[u8]) -> bool {
+    let needle = EMPTY_LAYER_DIGEST.as_bytes();
+    bytes.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,215 @@
+//! Unit tests of the handlers, through [`App::handle`] on in-memory
+//! registries: two upstreams, where only the second has the blobs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use regcache_formats::Digest;
+use regcache_formats::jws::SigningKey;
+use regcache_store::{Store, StoreConfig};
+use regcache_upstream::mock::{MemoryRegistry, Op};
+
+use super::App;
+use crate::policy::Policies;
+use crate::request::Upstreams;
+use crate::services::test_support::upstream_for;
+use crate::web::body::ReqBody;
+
+struct TwoUpstreams {
+    app: Arc<App>,
+    /// Has no blobs.
+    a: Arc<MemoryRegistry>,
+    /// Has every blob, in `team/app` only.
+    b: Arc<MemoryRegistry>,
+    _dir: tempfile::TempDir,
+}
+
+async fn two_upstreams() -> TwoUpstreams {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).await.unwrap();
+    // Small chunks: a fill takes many steps, so waiters really overlap.
+    let a = Arc::new(MemoryRegistry::new("a.test").with_chunk_size(4096));
+    let b = Arc::new(MemoryRegistry::new("b.test").with_chunk_size(4096));
+    let upstreams = Upstreams::new(
+        vec![
+            upstream_for(a.clone(), |_| {}),
+            upstream_for(b.clone(), |_| {}),
+        ],
+        0,
+    );
+    let app = App::new(
+        store,
+        SigningKey::generate(),
+        upstreams,
+        Policies::default(),
+    );
+    TwoUpstreams {
+        app,
+        a,
+        b,
+        _dir: dir,
+    }
+}
+
+/// Random-looking bytes, different for every seed.
+fn blob(seed: u32, len: usize) -> Bytes {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+async fn get(app: &Arc<App>, uri: &str) -> (StatusCode, Bytes) {
+    let req = Request::get(uri).body(ReqBody::Empty).unwrap();
+    let resp = app.clone().handle(req).await;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn blob_uri(digest: &Digest, repo: &str, upstream: &str) -> String {
+    format!("/v2/{repo}/blobs/{digest}?ns={upstream}")
+}
+
+/// The issue-10 bug: a fill is keyed by digest, so a GET through the second
+/// upstream that joins a fill started through the first (which lacks the
+/// blob) must not get the first one's 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_that_fails_on_another_route_is_retried_on_this_one() {
+    let t = two_upstreams().await;
+    let bytes = blob(1, 300_000);
+    let digest = t.b.put_blob("team/app", bytes.clone());
+    // Through A first, held at A's GET: it leads the fill.
+    let gate = t.a.hold(Op::GetBlob);
+    let through_a = tokio::spawn({
+        let app = t.app.clone();
+        let uri = blob_uri(&digest, "team/app", "a.test");
+        async move { get(&app, &uri).await }
+    });
+    gate.until_waiting(1).await;
+    // Through B: joins A's fill, which is still waiting for A's answer.
+    let through_b: Vec<_> = (0..8)
+        .map(|_| {
+            let app = t.app.clone();
+            let uri = blob_uri(&digest, "team/app", "b.test");
+            tokio::spawn(async move { get(&app, &uri).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.release();
+    let (status, body) = through_a.await.unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body:?}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("BLOB_UNKNOWN"),
+        "{body:?}"
+    );
+    for b in through_b {
+        let (status, body) = b.await.unwrap();
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{:?}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(body, bytes);
+    }
+    assert_eq!(t.a.calls(Op::GetBlob), 1);
+    assert_eq!(
+        t.b.calls(Op::GetBlob),
+        1,
+        "B's waiters share one retry fill"
+    );
+}
+
+/// The issue's must-show, in process: 20 rounds of concurrent cold GETs
+/// through both upstreams; every GET through the second gets 200 and the
+/// right bytes, every GET through the first a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_rounds_of_concurrent_cold_gets_through_both_upstreams() {
+    let t = two_upstreams().await;
+    for round in 0..20u32 {
+        let bytes = blob(100 + round, 64_000 + round as usize * 1000);
+        let digest = t.b.put_blob("team/app", bytes.clone());
+        let mut tasks = Vec::new();
+        for i in 0..12 {
+            let upstream = if (i + round) % 2 == 0 {
+                "a.test"
+            } else {
+                "b.test"
+            };
+            let app = t.app.clone();
+            let uri = blob_uri(&digest, "team/app", upstream);
+            tasks.push((upstream, tokio::spawn(async move { get(&app, &uri).await })));
+        }
+        for (upstream, task) in tasks {
+            let (status, body) = task.await.unwrap();
+            if upstream == "b.test" {
+                assert_eq!(status, StatusCode::OK, "round {round}: {body:?}");
+                assert_eq!(body, bytes, "round {round}");
+            } else {
+                // Cached by then (through B), or A's own 404.
+                assert!(
+                    status == StatusCode::NOT_FOUND || (status == StatusCode::OK && body == bytes),
+                    "round {round}: {status} {body:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Right after a failure through the first upstream, the second one's GET
+/// is not answered with that failure (no error is remembered by digest).
+#[tokio::test]
+async fn a_get_right_after_a_failure_on_another_route_succeeds() {
+    let t = two_upstreams().await;
+    for seed in 0..5 {
+        let bytes = blob(200 + seed, 10_000);
+        let digest = t.b.put_blob("team/app", bytes.clone());
+        let (status, _) = get(&t.app, &blob_uri(&digest, "team/app", "a.test")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        // Same upstream, a repository without the blob: its own 404.
+        let (status, _) = get(&t.app, &blob_uri(&digest, "team/other", "b.test")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, body) = get(&t.app, &blob_uri(&digest, "team/app", "b.test")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, bytes);
+    }
+}
+
+#[tokio::test]
+async fn invalid_tags_answer_404_manifest_unknown_without_asking_the_upstream() {
+    let t = two_upstreams().await;
+    for method in ["GET", "HEAD"] {
+        let req = Request::builder()
+            .method(method)
+            .uri("/v2/team/app/manifests/.INVALID_MANIFEST_NAME")
+            .body(ReqBody::Empty)
+            .unwrap();
+        let resp = t.app.clone().handle(req).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{method}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        if method == "GET" {
+            assert!(
+                String::from_utf8_lossy(&body).contains("MANIFEST_UNKNOWN"),
+                "{body:?}"
+            );
+        }
+    }
+    let (status, body) = get(&t.app, "/v2/team/app/manifests/sha256:abc").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("DIGEST_INVALID"));
+    assert_eq!(t.a.calls(Op::HeadManifest) + t.a.calls(Op::GetManifest), 0);
+}

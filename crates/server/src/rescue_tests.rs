@@ -1,0 +1,280 @@
+use std::sync::Arc;
+
+use http::{Method, header};
+use regcache_formats::media_type;
+use regcache_upstream::TimeoutPhase;
+
+use super::*;
+
+fn registry(status: u16, envelope: Option<ErrorEnvelope>) -> Error {
+    Error::Upstream(UpstreamError::Registry {
+        upstream: "up".into(),
+        status,
+        envelope,
+        retry_after: (status == 429).then(|| "7".to_owned()),
+    })
+}
+
+/// Every kind of error: its status, code, log level and whose it is.
+#[test]
+fn every_error_kind_has_one_status_code_and_level() {
+    let io = std::io::Error::other("disk on fire");
+    let table: Vec<(&str, Error, u16, ErrorCode, Level, &str)> = vec![
+        (
+            "malformed name",
+            Error::code(ErrorCode::NameInvalid),
+            400,
+            ErrorCode::NameInvalid,
+            Level::DEBUG,
+            "client",
+        ),
+        (
+            "absent blob",
+            Error::code(ErrorCode::BlobUnknown),
+            404,
+            ErrorCode::BlobUnknown,
+            Level::DEBUG,
+            "client",
+        ),
+        (
+            "method",
+            Error::client_status(405, RegistryError::new(ErrorCode::Unsupported)),
+            405,
+            ErrorCode::Unsupported,
+            Level::DEBUG,
+            "client",
+        ),
+        (
+            "too large",
+            Error::client_status(413, RegistryError::new(ErrorCode::ManifestInvalid)),
+            413,
+            ErrorCode::ManifestInvalid,
+            Level::DEBUG,
+            "client",
+        ),
+        (
+            "no such upstream",
+            Error::policy(403, RegistryError::new(ErrorCode::Denied)),
+            403,
+            ErrorCode::Denied,
+            Level::INFO,
+            "policy",
+        ),
+        (
+            "schema 1 refused",
+            Error::policy(404, RegistryError::new(ErrorCode::Unsupported)),
+            404,
+            ErrorCode::Unsupported,
+            Level::INFO,
+            "policy",
+        ),
+        (
+            "upstream 404 with its envelope",
+            registry(
+                404,
+                Some(ErrorEnvelope::single(RegistryError::new(
+                    ErrorCode::NameUnknown,
+                ))),
+            ),
+            404,
+            ErrorCode::NameUnknown,
+            Level::DEBUG,
+            "upstream",
+        ),
+        (
+            "upstream 404 without a body",
+            registry(404, None),
+            404,
+            ErrorCode::ManifestUnknown,
+            Level::DEBUG,
+            "upstream",
+        ),
+        (
+            "upstream 403",
+            registry(403, None),
+            403,
+            ErrorCode::Denied,
+            Level::INFO,
+            "upstream",
+        ),
+        (
+            "upstream 429",
+            registry(429, None),
+            429,
+            ErrorCode::TooManyRequests,
+            Level::WARN,
+            "upstream",
+        ),
+        (
+            "upstream 503",
+            registry(503, None),
+            503,
+            ErrorCode::Unknown,
+            Level::WARN,
+            "upstream",
+        ),
+        (
+            "token service refused",
+            Error::Upstream(UpstreamError::Unauthorized {
+                upstream: "up".into(),
+                detail: "no".into(),
+            }),
+            401,
+            ErrorCode::Unauthorized,
+            Level::INFO,
+            "upstream",
+        ),
+        (
+            "upstream unreachable",
+            Error::Upstream(UpstreamError::Transport {
+                upstream: "up".into(),
+                source: Arc::new(std::io::Error::other("connection refused")),
+            }),
+            502,
+            ErrorCode::Unavailable,
+            Level::WARN,
+            "upstream",
+        ),
+        (
+            "upstream too slow",
+            Error::Upstream(UpstreamError::Timeout {
+                upstream: "up".into(),
+                phase: TimeoutPhase::FirstByte,
+            }),
+            504,
+            ErrorCode::Unavailable,
+            Level::WARN,
+            "upstream",
+        ),
+        (
+            "upstream sent garbage",
+            Error::BadUpstream {
+                upstream: "up".into(),
+                message: "a manifest regcache cannot read".into(),
+            },
+            502,
+            ErrorCode::Unavailable,
+            Level::WARN,
+            "upstream",
+        ),
+        (
+            "local failure",
+            Error::internal("caching a manifest", io),
+            500,
+            ErrorCode::Unknown,
+            Level::ERROR,
+            "regcache",
+        ),
+        (
+            "bug",
+            Error::bug("an invariant"),
+            500,
+            ErrorCode::Unknown,
+            Level::ERROR,
+            "regcache",
+        ),
+    ];
+    for (what, err, status, code, level, whose) in table {
+        let r = classify(&err);
+        assert_eq!(
+            (r.status, r.envelope.errors[0].code, r.level, r.whose),
+            (status, code, level, whose),
+            "{what}: {err}"
+        );
+        let resp = rescue(err, false);
+        assert_eq!(resp.status().as_u16(), status, "{what}");
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            media_type::ERROR_JSON,
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn upstream_details_are_relayed_and_local_ones_are_not() {
+    let r = classify(&registry(429, None));
+    assert_eq!(r.retry_after.as_deref(), Some("7"));
+    let r = classify(&Error::Upstream(UpstreamError::Transport {
+        upstream: "quay.io".into(),
+        source: Arc::new(std::io::Error::other("connection refused")),
+    }));
+    let msg = &r.envelope.errors[0].message;
+    assert!(
+        msg.contains("quay.io") && msg.contains("connection refused"),
+        "an unreachable upstream is named with the cause: {msg}"
+    );
+    let r = classify(&Error::internal(
+        "caching a manifest",
+        std::io::Error::other("/secret/path: No space left on device"),
+    ));
+    let msg = &r.envelope.errors[0].message;
+    assert!(!msg.contains("/secret/path"), "{msg}");
+    // The log gets the whole chain.
+    let e = Error::internal(
+        "caching a manifest",
+        std::io::Error::other("No space left on device"),
+    );
+    assert_eq!(chain(&e), "caching a manifest: No space left on device");
+}
+
+#[test]
+fn a_bodiless_upstream_404_is_the_resource_the_client_asked_for() {
+    let absent = RegistryError::new(ErrorCode::BlobUnknown);
+    let e = Error::upstream_or_absent(
+        UpstreamError::Registry {
+            upstream: "up".into(),
+            status: 404,
+            envelope: None,
+            retry_after: None,
+        },
+        absent.clone(),
+    );
+    assert_eq!(classify(&e).envelope.errors[0].code, ErrorCode::BlobUnknown);
+    assert_eq!(classify(&e).level, Level::DEBUG);
+    // With the upstream's own envelope, that is relayed.
+    let e = Error::upstream_or_absent(
+        UpstreamError::Registry {
+            upstream: "up".into(),
+            status: 404,
+            envelope: Some(ErrorEnvelope::single(RegistryError::new(
+                ErrorCode::NameUnknown,
+            ))),
+            retry_after: None,
+        },
+        absent,
+    );
+    assert_eq!(classify(&e).envelope.errors[0].code, ErrorCode::NameUnknown);
+}
+
+/// The conformance suite's pair: an invalid tag on manifest GET/HEAD is 404
+/// MANIFEST_UNKNOWN; a malformed digest stays 400 DIGEST_INVALID.
+#[test]
+fn invalid_tags_are_unknown_manifests_and_bad_digests_invalid() {
+    let ups = crate::request::tests::two_upstreams();
+    for method in [Method::GET, Method::HEAD] {
+        for (path, status, code) in [
+            (
+                "/v2/team/app/manifests/.INVALID_MANIFEST_NAME",
+                404,
+                ErrorCode::ManifestUnknown,
+            ),
+            ("/v2/team/app/manifests/-x", 404, ErrorCode::ManifestUnknown),
+            (
+                "/v2/team/app/manifests/sha256:abc",
+                400,
+                ErrorCode::DigestInvalid,
+            ),
+        ] {
+            let err = crate::request::route(&path.parse().unwrap(), &ups).unwrap_err();
+            let r = classify(&err);
+            assert_eq!(
+                (r.status, r.envelope.errors[0].code),
+                (status, code),
+                "{method} {path}"
+            );
+            let resp = rescue(err, method == Method::HEAD);
+            assert_eq!(resp.status().as_u16(), status);
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! What regcache does, without HTTP: tag resolution and revalidation,
+//! manifests by digest, the blob fill pump, Schema 1 rendering and signing.
+//! Each service owns its state (caches, flights in progress); the handlers
+//! in [`crate::handlers`] sit on top and speak HTTP.
+//!
+//! Dependencies point one way: tags → manifests; schema1 → manifests and
+//! blobs. Nothing here knows about hyper.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use regcache_formats::jws::SigningKey;
+use regcache_store::Store;
+
+use crate::metrics::Metrics;
+
+pub mod blobs;
+pub mod coalesce;
+pub mod manifests;
+pub mod schema1;
+pub mod tags;
+
+pub use blobs::BlobService;
+pub use manifests::ManifestService;
+pub use schema1::Schema1Service;
+pub use tags::TagService;
+
+/// Every service, built over one store.
+#[derive(Clone, Debug)]
+pub struct Services {
+    pub store: Store,
+    pub blobs: BlobService,
+    pub manifests: ManifestService,
+    pub tags: TagService,
+    pub schema1: Schema1Service,
+}
+
+impl Services {
+    pub fn new(store: Store, key: SigningKey, metrics: Arc<Metrics>) -> Services {
+        let blobs = BlobService::new(store.clone(), metrics.clone());
+        let manifests = ManifestService::new(store.clone(), metrics.clone());
+        let tags = TagService::new(store.clone(), metrics.clone(), manifests.clone());
+        let schema1 = Schema1Service::new(
+            key,
+            store.clone(),
+            metrics,
+            manifests.clone(),
+            blobs.clone(),
+        );
+        Services {
+            store,
+            blobs,
+            manifests,
+            tags,
+            schema1,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Services over a temporary store, and targets on test upstreams.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use regcache_formats::jws::SigningKey;
+    use regcache_store::{Store, StoreConfig};
+    use regcache_upstream::UpstreamApi;
+
+    use super::Services;
+    use crate::metrics::Metrics;
+    use crate::request::{Target, Upstream};
+
+    pub async fn temp_services() -> (tempfile::TempDir, Services) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path())).await.unwrap();
+        let services = Services::new(store, SigningKey::generate(), Arc::new(Metrics::new()));
+        (dir, services)
+    }
+
+    /// An upstream named after `client`, with `tweak` applied.
+    pub fn upstream_for(
+        client: Arc<dyn UpstreamApi>,
+        tweak: impl FnOnce(&mut Upstream),
+    ) -> Arc<Upstream> {
+        let mut up = Upstream {
+            name: client.name().to_owned(),
+            aliases: vec![],
+            host: format!("{}.test", client.name()),
+            docker_hub: false,
+            client,
+            tag_ttl: Duration::from_secs(10),
+            stale_if_error: Duration::from_secs(60),
+            stale_while_revalidate: Duration::ZERO,
+        };
+        tweak(&mut up);
+        Arc::new(up)
+    }
+
+    /// A request target on `client`, no prefix.
+    pub fn target_for(client: Arc<dyn UpstreamApi>, tweak: impl FnOnce(&mut Upstream)) -> Target {
+        Target {
+            upstream: upstream_for(client, tweak),
+            prefix: None,
+            library_added: false,
+            upstream_path: String::new(),
+        }
+    }
+}

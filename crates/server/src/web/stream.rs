@@ -1,0 +1,126 @@
+//! Streamed bodies: a cached file read in large chunks, and a fill's bytes
+//! held one chunk behind so a failed fill never completes a response.
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use regcache_store::FillReader;
+
+use crate::web::body::{Body, ChunkStream};
+use crate::web::range::BlobSlice;
+
+/// Chunk size for streaming files that are not sent with sendfile.
+const FILE_CHUNK: usize = 1 << 20;
+
+/// Stream `n` bytes of `file` from `start`: one blocking reader `pread`s
+/// large chunks into a channel that holds at most two (bounded memory per
+/// client; a slow client holds back only its own reader).
+pub fn file_stream(file: std::fs::File, start: u64, n: u64) -> ChunkStream {
+    use std::os::unix::fs::FileExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    tokio::task::spawn_blocking(move || {
+        let mut pos = start;
+        let end = start + n;
+        while pos < end {
+            let want = (end - pos).min(FILE_CHUNK as u64) as usize;
+            let mut buf = vec![0u8; want];
+            let result = match file.read_at(&mut buf, pos) {
+                Ok(0) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "cached file shorter than its index entry",
+                )),
+                Ok(got) => {
+                    buf.truncate(got);
+                    pos += got as u64;
+                    Ok(Bytes::from(buf))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = result.is_err();
+            if tx.blocking_send(result).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let mut rx = rx;
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+/// Forward a fill's chunks one step behind: a chunk goes out only once the
+/// next one (or the clean end) has arrived. A response with a Content-Length is
+/// complete for hyper and for the client the moment its last byte is written;
+/// if that happened before the fill's digest check, a corrupt blob would reach
+/// the client as a clean 200. Holding the final chunk back until the reader
+/// ends cleanly (which it does only after verification) means a failed fill
+/// always leaves the client short of bytes, so its transfer fails.
+pub fn hold_last<S>(
+    inner: S,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin + 'static,
+{
+    futures_util::stream::unfold(
+        (inner, None::<Bytes>, false),
+        |(mut inner, mut held, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                match inner.next().await {
+                    Some(Ok(chunk)) => {
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                        if let Some(prev) = held.replace(chunk) {
+                            return Some((Ok(prev), (inner, held, false)));
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e), (inner, None, true))),
+                    None => return held.take().map(|last| (Ok(last), (inner, None, true))),
+                }
+            }
+        },
+    )
+}
+
+/// The part `slice` of a fill as a response body: streamed one chunk behind
+/// (see [`hold_last`]) so it can only complete once the fill is verified.
+pub fn fill_body(reader: FillReader, slice: &BlobSlice) -> Body {
+    let reader = reader.range(slice.start, Some(slice.start + slice.n));
+    Body::stream(
+        hold_last(reader.map_err(std::io::Error::other)).boxed(),
+        Some(slice.n),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failing_fill_never_completes_its_last_chunk() {
+        let chunks = vec![
+            Ok(Bytes::from_static(b"aaaa")),
+            Ok(Bytes::from_static(b"bbbb")),
+            Err(std::io::Error::other("digest mismatch")),
+        ];
+        let out: Vec<_> = hold_last(futures_util::stream::iter(chunks))
+            .collect()
+            .await;
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].as_ref().unwrap(), &Bytes::from_static(b"aaaa"));
+        assert!(
+            out[1].is_err(),
+            "the last good chunk is withheld when the fill fails"
+        );
+        let chunks = vec![
+            Ok(Bytes::from_static(b"aaaa")),
+            Ok(Bytes::from_static(b"bb")),
+        ];
+        let out: Vec<_> = hold_last(futures_util::stream::iter(chunks))
+            .collect()
+            .await;
+        let bytes: Vec<u8> = out.into_iter().flat_map(|c| c.unwrap().to_vec()).collect();
+        assert_eq!(bytes, b"aaaabb");
+    }
+}
