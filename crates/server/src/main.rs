@@ -68,24 +68,8 @@ enum Command {
         /// TOML configuration file (optional; see deploy/regcache.toml).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Address for registry clients, e.g. 0.0.0.0:5000.
-        #[arg(long, value_name = "ADDR")]
-        listen: Option<String>,
-        /// Address for /metrics, /healthz and /readyz, e.g. 127.0.0.1:5001.
-        #[arg(long, value_name = "ADDR")]
-        admin_listen: Option<String>,
-        /// Upstream registry URL, e.g. https://registry-1.docker.io.
-        #[arg(long, value_name = "URL")]
-        upstream: Option<String>,
-        /// Folder for the disk cache, tag index and signing key.
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
-        /// PEM certificate chain for the API listener (with --tls-key-file: TLS only).
-        #[arg(long, value_name = "FILE")]
-        tls_cert_file: Option<PathBuf>,
-        /// PEM private key (PKCS#8, SEC1 or PKCS#1) of that certificate.
-        #[arg(long, value_name = "FILE")]
-        tls_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
     },
     /// Convert a Schema 2 (or OCI) manifest and its config blob into a signed
     /// Schema 1 manifest, as docker/distribution 2.8 served it to old clients.
@@ -123,25 +107,7 @@ fn main() -> ExitCode {
             };
             mappings_export(config.as_deref(), &overrides, &format)
         }
-        Command::Serve {
-            config,
-            listen,
-            admin_listen,
-            upstream,
-            data_dir,
-            tls_cert_file,
-            tls_key_file,
-        } => {
-            let overrides = Overrides {
-                listen,
-                admin_listen,
-                upstream,
-                data_dir,
-                tls_cert_file,
-                tls_key_file,
-            };
-            serve(config.as_deref(), &overrides)
-        }
+        Command::Serve { config, overrides } => serve(config.as_deref(), &overrides),
         Command::Convert(args) => convert(&args),
     };
     match run {

@@ -187,6 +187,7 @@ impl UpstreamError {
 
     /// Name the upstream in an error built without one (an empty
     /// `upstream`, as in an injected fault); a named error is unchanged.
+    #[cfg(feature = "mock")]
     pub(crate) fn or_named(mut self, name: &str) -> Self {
         let upstream = upstream_of!(&mut self);
         if upstream.is_empty() {

@@ -5,14 +5,27 @@ use std::path::PathBuf;
 
 use super::{ByteSize, Config};
 
-/// Overrides from the command line (`None` = not given).
-#[derive(Clone, Debug, Default)]
+/// Overrides from the command line (`None` = not given); `regcache serve`'s
+/// flags.
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct Overrides {
+    /// Address for registry clients, e.g. 0.0.0.0:5000.
+    #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Address for /metrics, /healthz and /readyz, e.g. 127.0.0.1:5001.
+    #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<String>,
+    /// Upstream registry URL, e.g. https://registry-1.docker.io.
+    #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
+    /// Folder for the disk cache, tag index and signing key.
+    #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// PEM certificate chain for the API listener (with --tls-key-file: TLS only).
+    #[arg(long, value_name = "FILE")]
     pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1) of that certificate.
+    #[arg(long, value_name = "FILE")]
     pub tls_key_file: Option<PathBuf>,
 }
 
