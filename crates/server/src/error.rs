@@ -16,6 +16,17 @@ use regcache_upstream::UpstreamError;
 /// a coalesced flight).
 pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
+/// Why the upstream ended a fill, and through which route it was asked: the
+/// cause a fill is aborted with, for its waiters to tell whether it concerns
+/// them.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct UpstreamFillError {
+    pub upstream: String,
+    pub repository: String,
+    pub error: UpstreamError,
+}
+
 /// Why a request could not be served.
 #[derive(Clone, Debug)]
 pub enum Error {
@@ -94,7 +105,7 @@ impl Error {
     /// local failure.
     pub fn fill(e: FillError, upstream: &str) -> Error {
         if let Some(cause) = e.cause()
-            && let Some(up) = cause.downcast_ref::<crate::services::blobs::UpstreamFillError>()
+            && let Some(up) = cause.downcast_ref::<UpstreamFillError>()
         {
             return Error::Upstream(up.error.clone());
         }

@@ -7,7 +7,7 @@
 //! a repository read it, is not content: a fill started through an upstream
 //! that refuses it (404, 401, 403) or that breaks says nothing about another
 //! route. So a fill's failure carries its typed cause and its route
-//! ([`UpstreamFillError`]), and a waiter on another route starts over through
+//! ([`crate::error::UpstreamFillError`]), and a waiter on another route starts over through
 //! its own ([`BlobService::cold`]).
 
 use std::collections::HashMap;
@@ -21,7 +21,7 @@ use regcache_formats::reference::RepositoryName;
 use regcache_store::{Begin, FillReader, FillWriter, Source, Store};
 use regcache_upstream::{BlobBody, UpstreamApi, UpstreamError};
 
-use crate::error::Error;
+use crate::error::{Error, UpstreamFillError};
 use crate::metrics::{Kind, Metrics};
 use crate::request::Target;
 
@@ -32,17 +32,6 @@ const FILL_BATCH_BYTES: usize = 1 << 20;
 /// relays the last failure (each retry needs another route's fill to have
 /// failed in between).
 const ROUTE_RETRIES: usize = 3;
-
-/// Why the upstream ended a fill, and through which route it was asked: the
-/// cause a fill is aborted with, for its waiters to tell whether it concerns
-/// them.
-#[derive(Debug, thiserror::Error)]
-#[error("{error}")]
-pub struct UpstreamFillError {
-    pub upstream: String,
-    pub repository: String,
-    pub error: UpstreamError,
-}
 
 /// A cold blob whose length is known: its fill, ready to stream.
 #[derive(Debug)]
