@@ -18,6 +18,7 @@ use regcache_formats::reference::RepositoryName;
 use regcache_formats::{ErrorCode, RegistryError};
 use regcache_upstream::UpstreamApi;
 
+use crate::config::UpstreamSettings;
 use crate::error::Error;
 use crate::routes::Route;
 
@@ -50,11 +51,22 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// `host[:port]` of an upstream URL, the name its URL routes by.
-    pub fn host_of(url: &url::Url) -> String {
-        match url.port() {
+    /// The upstream its validated settings describe, talking through `client`.
+    pub fn new(settings: &UpstreamSettings, client: Arc<dyn UpstreamApi>) -> Upstream {
+        let url = &settings.url;
+        let host = match url.port() {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
             None => url.host_str().unwrap_or_default().to_owned(),
+        };
+        Upstream {
+            name: settings.name.clone(),
+            aliases: settings.aliases.clone(),
+            host,
+            docker_hub: settings.docker_hub,
+            client,
+            tag_ttl: settings.tag_ttl,
+            stale_if_error: settings.stale_if_error,
+            stale_while_revalidate: settings.stale_while_revalidate,
         }
     }
 

@@ -128,16 +128,7 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
     for up in &settings.upstreams {
         let client: Arc<dyn UpstreamApi> = Arc::new(UpstreamClient::new(up.client_config())?);
         tracing::info!(name = %up.name, url = %up.url, default = std::ptr::eq(up, settings.default_upstream()), "upstream");
-        ups.push(Arc::new(Upstream {
-            name: up.name.clone(),
-            aliases: up.aliases.clone(),
-            host: Upstream::host_of(&up.url),
-            docker_hub: up.docker_hub,
-            client,
-            tag_ttl: up.tag_ttl,
-            stale_if_error: up.stale_if_error,
-            stale_while_revalidate: up.stale_while_revalidate,
-        }));
+        ups.push(Arc::new(Upstream::new(up, client)));
     }
     let app = App::new(
         store,
