@@ -128,6 +128,8 @@ impl Upstreams {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub upstream: Arc<Upstream>,
+    /// The request's span, made on first use ([`Target::span`]).
+    pub span: RequestSpan,
     /// The registry path prefix the client used (`/v2/quay.io/team/app/…`).
     pub prefix: Option<String>,
     /// `library/` was added to a Docker Hub one-component name.
@@ -137,6 +139,18 @@ pub struct Target {
 }
 
 impl Target {
+    /// The request's span (`id`, `method`, `route`, `repository`,
+    /// `upstream`): every log line of the request's slow work runs in it.
+    /// Made on first use: a cache hit logs nothing, and formatting a span's
+    /// fields costs more than the rest of a warm manifest answer.
+    pub fn span(&self) -> &tracing::Span {
+        self.span.get(&self.upstream.name)
+    }
+
+    /// `work`, run in the request's span.
+    pub fn in_span<F: std::future::Future>(&self, work: F) -> tracing::instrument::Instrumented<F> {
+        tracing::Instrument::instrument(work, self.span().clone())
+    }
     /// The repository as the client named it (what Schema 1 documents embed,
     /// spec 03 §3.8: the path the client used).
     pub fn client_name(&self, repo: &RepositoryName) -> String {
@@ -175,6 +189,41 @@ impl Target {
             }
             Err(_) => name,
         }
+    }
+}
+
+/// What a request's span says about it, and the span once made.
+#[derive(Debug, Clone, Default)]
+pub struct RequestSpan {
+    id: u64,
+    method: http::Method,
+    route: &'static str,
+    repository: Option<RepositoryName>,
+    span: std::sync::OnceLock<tracing::Span>,
+}
+
+impl RequestSpan {
+    pub fn new(id: u64, method: &http::Method, route: &Route) -> RequestSpan {
+        RequestSpan {
+            id,
+            method: method.clone(),
+            route: route.kind(),
+            repository: route.name().cloned(),
+            span: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn get(&self, upstream: &str) -> &tracing::Span {
+        self.span.get_or_init(|| {
+            tracing::info_span!(
+                "request",
+                id = self.id,
+                method = %self.method,
+                route = self.route,
+                repository = self.repository.as_ref().map(|r| r.as_str()),
+                upstream = %upstream,
+            )
+        })
     }
 }
 
@@ -241,6 +290,7 @@ fn target(uri: &http::Uri, upstreams: &Upstreams) -> Result<Target, Error> {
     };
     let plain = |upstream| Target {
         upstream,
+        span: RequestSpan::default(),
         prefix: None,
         library_added: false,
         upstream_path: format!("{path}{query}"),
@@ -260,6 +310,7 @@ fn target(uri: &http::Uri, upstreams: &Upstreams) -> Result<Target, Error> {
         tracing::debug!(prefix = first, upstream = %upstream.name, "routed by path prefix");
         return Ok(Target {
             upstream,
+            span: RequestSpan::default(),
             prefix: Some(first.to_owned()),
             library_added: false,
             upstream_path: format!("/v2/{tail}{query}"),

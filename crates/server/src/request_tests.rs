@@ -42,6 +42,7 @@ pub(crate) fn two_upstreams() -> Upstreams {
 fn target(prefix: Option<&str>) -> Target {
     Target {
         upstream: upstream("quay.io", "127.0.0.1:9", false, vec![]),
+        span: RequestSpan::default(),
         prefix: prefix.map(str::to_owned),
         library_added: false,
         upstream_path: String::new(),

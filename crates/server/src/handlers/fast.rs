@@ -8,13 +8,12 @@ use http::{Method, Request, Response, header};
 use regcache_formats::Digest;
 use regcache_formats::schema1::EMPTY_LAYER_DIGEST;
 use regcache_store::Source;
-use tracing::Instrument;
 
 use super::App;
 use super::blobs::ColdSlice;
 use crate::fastpath::{FastPath, Reply, ReplyBody};
 use crate::metrics::{ResponseVia, ServedFrom};
-use crate::request::{Routed, route};
+use crate::request::{RequestSpan, Routed, route};
 use crate::rescue::rescue;
 use crate::routes::Route;
 use crate::web::body::{Body, ReqBody};
@@ -88,22 +87,20 @@ impl App {
                 Some(blob_reply(slice, digest, body))
             }
             Ok(None) => {
-                let span = tracing::info_span!(
-                    "request",
-                    id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                    method = "GET",
-                    route = "blob",
-                    repository = name.as_str(),
-                    upstream = %routed.target.upstream.name,
+                let mut target = routed.target.clone();
+                target.span = RequestSpan::new(
+                    self.next_id
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    req.method(),
+                    &routed.route,
                 );
-                let cold = self
-                    .cold_slice(&routed.target, name, digest, range)
-                    .instrument(span.clone())
+                let cold = target
+                    .in_span(self.cold_slice(&target, name, digest, range))
                     .await;
                 let (slice, reader) = match cold {
                     Ok(ColdSlice::Send(slice, reader)) => (slice, reader),
                     Ok(ColdSlice::Unsatisfiable(len)) => return reply(range_not_satisfiable(len)),
-                    Err(e) => return reply(span.in_scope(|| rescue(e, false))),
+                    Err(e) => return reply(target.span().in_scope(|| rescue(e, false))),
                 };
                 let body = match reader.into_file() {
                     Ok(fill) => ReplyBody::Fill {

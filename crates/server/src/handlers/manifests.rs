@@ -203,9 +203,12 @@ impl App {
             .collect();
         let accept: Vec<&str> = accept.iter().map(String::as_str).collect();
         let body = target
-            .upstream
-            .client
-            .get_manifest(name.as_str(), tag.as_str(), &accept)
+            .in_span(
+                target
+                    .upstream
+                    .client
+                    .get_manifest(name.as_str(), tag.as_str(), &accept),
+            )
             .await?;
         let len = body.bytes.len();
         let digest = body

@@ -15,12 +15,11 @@ use http::{Method, Request, Response};
 use regcache_formats::jws::SigningKey;
 use regcache_formats::{ErrorCode, RegistryError};
 use regcache_store::Store;
-use tracing::Instrument;
 
 use crate::error::Error;
 use crate::metrics::{Metrics, ResponseVia, UpstreamCall};
 use crate::policy::Policies;
-use crate::request::{Routed, Upstreams, route};
+use crate::request::{RequestSpan, Routed, Target, Upstreams, route};
 use crate::rescue::rescue;
 use crate::routes::Route;
 use crate::services::Services;
@@ -116,44 +115,44 @@ impl App {
         self.respond(routed, req).await
     }
 
-    /// Answer a routed request inside its span: every log line of the
-    /// request carries its id, method, route, repository and upstream.
+    /// Answer a routed request. Its span ([`Target::span`]) is made at
+    /// once for requests that always reach the upstream (pushes, listings);
+    /// reads make it only when they leave the cache (the services run their
+    /// upstream work in it) or fail.
     async fn respond(
         &self,
         routed: Result<Routed, Error>,
         req: Request<ReqBody>,
     ) -> Response<Body> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let span = match &routed {
-            Ok(r) => tracing::info_span!(
-                "request",
-                id,
-                method = %req.method(),
-                route = r.route.kind(),
-                repository = r.route.name().map(|n| n.as_str()),
-                upstream = %r.target.upstream.name,
-            ),
-            Err(_) => tracing::info_span!("request", id, method = %req.method()),
+        let head = req.method() == Method::HEAD;
+        let Routed { mut target, route } = match routed {
+            Ok(r) => r,
+            Err(e) => {
+                let span = tracing::info_span!("request", id, method = %req.method());
+                return with_api_version(span.in_scope(|| rescue(e, head)));
+            }
         };
-        async move {
-            let head = req.method() == Method::HEAD;
-            let resp = match routed {
-                Ok(routed) => self.dispatch(routed, req).await,
-                Err(e) => Err(e),
-            };
-            with_api_version(resp.unwrap_or_else(|e| rescue(e, head)))
-        }
-        .instrument(span)
-        .await
+        target.span = RequestSpan::new(id, req.method(), &route);
+        let cached_read = matches!(
+            route,
+            Route::Ping | Route::Manifest { .. } | Route::Blob { .. }
+        ) && (head || req.method() == Method::GET);
+        let resp = if cached_read {
+            self.dispatch(&target, route, req).await
+        } else {
+            target.in_span(self.dispatch(&target, route, req)).await
+        };
+        with_api_version(resp.unwrap_or_else(|e| target.span().in_scope(|| rescue(e, head))))
     }
 
     /// The dispatch table: route and method to handler.
     async fn dispatch(
         &self,
-        Routed { target, route }: Routed,
+        target: &Target,
+        route: Route,
         req: Request<ReqBody>,
     ) -> Result<Response<Body>, Error> {
-        let target = &target;
         let method = req.method().clone();
         let head = method == Method::HEAD;
         let read = method == Method::GET || head;

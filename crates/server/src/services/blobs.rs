@@ -20,6 +20,7 @@ use regcache_formats::Digest;
 use regcache_formats::reference::RepositoryName;
 use regcache_store::{Begin, FillReader, FillWriter, Source, Store};
 use regcache_upstream::{BlobBody, UpstreamApi, UpstreamError};
+use tracing::Instrument;
 
 use crate::error::{Error, UpstreamFillError};
 use crate::metrics::{Kind, Metrics};
@@ -84,6 +85,15 @@ impl BlobService {
     /// length. A fill that failed on another route (another upstream or
     /// repository) is retried through this one.
     pub async fn cold(
+        &self,
+        target: &Target,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<ColdBlob, Error> {
+        target.in_span(self.cold_now(target, name, digest)).await
+    }
+
+    async fn cold_now(
         &self,
         target: &Target,
         name: &RepositoryName,
@@ -163,6 +173,15 @@ impl BlobService {
         name: &RepositoryName,
         digest: &Digest,
     ) -> Result<BlobHeadAnswer, Error> {
+        target.in_span(self.head_now(target, name, digest)).await
+    }
+
+    async fn head_now(
+        &self,
+        target: &Target,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<BlobHeadAnswer, Error> {
         match target
             .upstream
             .client
@@ -223,10 +242,13 @@ impl BlobService {
                     digest: digest.clone(),
                     failed: self.metrics.fills_failed.clone(),
                 };
-                tokio::spawn(async move {
-                    let _observer = observer;
-                    pump.run(writer).await;
-                });
+                tokio::spawn(
+                    async move {
+                        let _observer = observer;
+                        pump.run(writer).await;
+                    }
+                    .in_current_span(),
+                );
                 Ok(reader)
             }
         }

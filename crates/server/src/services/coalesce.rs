@@ -12,6 +12,7 @@ use std::hash::Hash;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
+use tracing::Instrument;
 
 use crate::error::Error;
 
@@ -42,7 +43,8 @@ where
             match map.get(&key) {
                 Some(f) => f.clone(),
                 None => {
-                    let handle = tokio::spawn(make());
+                    // The leader's span goes with the work: its log lines are found.
+                    let handle = tokio::spawn(make().in_current_span());
                     let f: Flight<V> = async move {
                         handle
                             .await

@@ -121,10 +121,10 @@ impl ManifestService {
             repository: repo.clone(),
             digest: digest.clone(),
         };
-        self.flights
-            .run(key, move || async move {
+        target
+            .in_span(self.flights.run(key, move || async move {
                 this.fetch_now(&*upstream, &repo, &d, hint.as_deref()).await
-            })
+            }))
             .await
     }
 

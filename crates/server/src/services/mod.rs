@@ -109,6 +109,7 @@ pub(crate) mod test_support {
     pub fn target_for(client: Arc<dyn UpstreamApi>, tweak: impl FnOnce(&mut Upstream)) -> Target {
         Target {
             upstream: upstream_for(client, tweak),
+            span: Default::default(),
             prefix: None,
             library_added: false,
             upstream_path: String::new(),

@@ -120,6 +120,20 @@ impl Schema1Service {
             self.metrics.hit(Kind::Schema1);
             return Ok(r);
         }
+        target
+            .in_span(self.render_now(target, name, tag, source, key))
+            .await
+    }
+
+    async fn render_now(
+        &self,
+        target: &Target,
+        name: &RepositoryName,
+        tag: &Tag,
+        source: &Manifest,
+        key: RenderingKey,
+    ) -> Result<Rendering, Error> {
+        let client = key.repository.clone();
         self.metrics.miss(Kind::Schema1);
         let image = source
             .as_image()

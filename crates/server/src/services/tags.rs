@@ -21,6 +21,7 @@ use regcache_formats::reference::{RepositoryName, Tag};
 use regcache_formats::{Digest, ErrorCode, RegistryError};
 use regcache_store::{Store, TagRecord};
 use regcache_upstream::UpstreamApi;
+use tracing::Instrument;
 
 use super::coalesce::Coalesce;
 use super::manifests::{ManifestService, verified};
@@ -114,9 +115,11 @@ impl TagService {
         }
         self.metrics.miss(Kind::Tag);
         let revalidation = self.revalidation(target, name, tag, known);
-        let r = self
-            .flights
-            .run(revalidation.key.clone(), move || revalidation.run())
+        let r = target
+            .in_span(
+                self.flights
+                    .run(revalidation.key.clone(), move || revalidation.run()),
+            )
             .await?;
         if r.stale {
             self.metrics.stale(Kind::Tag);
@@ -170,38 +173,41 @@ impl TagService {
         };
         let flights = self.flights.clone();
         let store = self.store.clone();
-        tokio::spawn(async move {
-            let _refreshing = refreshing;
-            let res = flights
-                .run(key.clone(), move || async move {
-                    // A revalidation that ended after this request read the
-                    // record has answered already: no second HEAD.
-                    let k = &revalidation.key;
-                    if let Some(cur) = store.tags().get(&k.upstream, &k.repository, &k.tag)
-                        && cur.fetched_at_unix > known.fetched_at_unix
-                    {
-                        return Ok(Resolved {
-                            digest: cur.digest,
-                            media_type: Some(cur.media_type),
-                            stale: false,
-                        });
-                    }
-                    revalidation.run().await
-                })
-                .await;
-            match res {
-                // The revalidation logged the upstream failure.
-                Ok(r) if r.stale => {}
-                Ok(r) => tracing::debug!(
-                    repo = key.repository, tag = key.tag, digest = %r.digest,
-                    "tag revalidated in the background"
-                ),
-                Err(e) => tracing::info!(
-                    repo = key.repository, tag = key.tag, error = %e,
-                    "background tag revalidation failed"
-                ),
+        tokio::spawn(
+            async move {
+                let _refreshing = refreshing;
+                let res = flights
+                    .run(key.clone(), move || async move {
+                        // A revalidation that ended after this request read the
+                        // record has answered already: no second HEAD.
+                        let k = &revalidation.key;
+                        if let Some(cur) = store.tags().get(&k.upstream, &k.repository, &k.tag)
+                            && cur.fetched_at_unix > known.fetched_at_unix
+                        {
+                            return Ok(Resolved {
+                                digest: cur.digest,
+                                media_type: Some(cur.media_type),
+                                stale: false,
+                            });
+                        }
+                        revalidation.run().await
+                    })
+                    .await;
+                match res {
+                    // The revalidation logged the upstream failure.
+                    Ok(r) if r.stale => {}
+                    Ok(r) => tracing::debug!(
+                        repo = key.repository, tag = key.tag, digest = %r.digest,
+                        "tag revalidated in the background"
+                    ),
+                    Err(e) => tracing::info!(
+                        repo = key.repository, tag = key.tag, error = %e,
+                        "background tag revalidation failed"
+                    ),
+                }
             }
-        });
+            .instrument(target.span().clone()),
+        );
     }
 }
 
