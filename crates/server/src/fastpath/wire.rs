@@ -10,8 +10,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::send::{send_file, send_fill, write_all_vectored};
+
 use super::{Reply, ReplyBody};
 use crate::web::body::{Body, ReqBody};
+use crate::web::response::API_VERSION;
 
 /// Response bodies up to this size are copied behind the head and sent with
 /// it in one write.
@@ -124,7 +126,7 @@ pub(super) async fn write_reply(
     for (name, value) in &headers {
         put_header(&mut out, name.as_str(), value.as_bytes());
     }
-    if !headers.contains_key("docker-distribution-api-version") {
+    if !headers.contains_key(&API_VERSION) {
         put_header(&mut out, "docker-distribution-api-version", b"registry/2.0");
     }
     if !headers.contains_key(header::DATE) {

@@ -18,6 +18,7 @@ use crate::policy::Schema2Push;
 use crate::request::Target;
 use crate::web::body::{Body, ReqBody};
 use crate::web::headers::{copy_headers, strip_origin};
+use crate::web::response::DOCKER_CONTENT_DIGEST;
 
 /// Largest manifest PUT accepted (distribution reads at most 4 MiB; OCI asks for 413 above).
 const MAX_MANIFEST_PUT: usize = 4 << 20;
@@ -197,7 +198,7 @@ impl App {
                 header::CONTENT_LENGTH,
                 header::RANGE,
                 HeaderName::from_static("docker-upload-uuid"),
-                HeaderName::from_static("docker-content-digest"),
+                DOCKER_CONTENT_DIGEST,
                 HeaderName::from_static("oci-subject"),
                 HeaderName::from_static("oci-chunk-min-length"),
             ],
@@ -212,7 +213,7 @@ impl App {
         }
         let digest = resp
             .headers
-            .get("docker-content-digest")
+            .get(DOCKER_CONTENT_DIGEST)
             .and_then(|v| v.to_str().ok())
             .and_then(|s| Digest::parse(s).ok());
         let status = resp.status;

@@ -2,7 +2,7 @@
 //! for GET and HEAD (HEAD sends no body but the same length).
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use regcache_formats::{Digest, ErrorCode, ErrorEnvelope, RegistryError, media_type};
 use regcache_store::Source;
 
@@ -10,6 +10,10 @@ use crate::error::Error;
 use crate::web::body::Body;
 use crate::web::range::BlobSlice;
 use crate::web::stream::file_stream;
+
+/// Header names set on every answer: constants, not parsed each time.
+pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
 pub fn ping(head: bool) -> Response<Body> {
     json_response(StatusCode::OK, Bytes::from_static(b"{}"))
@@ -40,7 +44,7 @@ pub fn not_modified(digest: &Digest) -> Response<Body> {
 
 pub fn digest_headers(h: &mut HeaderMap, digest: &Digest) {
     if let Ok(v) = HeaderValue::from_str(digest.as_str()) {
-        h.insert("docker-content-digest", v);
+        h.insert(DOCKER_CONTENT_DIGEST, v);
     }
     if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
         h.insert(header::ETAG, v);
@@ -148,10 +152,8 @@ pub fn serve_source(
 
 /// Every answer of the registry API says which API it speaks.
 pub fn with_api_version(mut resp: Response<Body>) -> Response<Body> {
-    resp.headers_mut().insert(
-        "docker-distribution-api-version",
-        HeaderValue::from_static("registry/2.0"),
-    );
+    resp.headers_mut()
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     resp
 }
 
