@@ -151,6 +151,7 @@ impl Target {
     pub fn in_span<F: std::future::Future>(&self, work: F) -> tracing::instrument::Instrumented<F> {
         tracing::Instrument::instrument(work, self.span().clone())
     }
+
     /// The repository as the client named it (what Schema 1 documents embed,
     /// spec 03 §3.8: the path the client used).
     pub fn client_name(&self, repo: &RepositoryName) -> String {
