@@ -30,11 +30,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use regcache_tests::image::random_bytes;
 use regcache_tests::{
-    Fault, FaultProxy, Fetched, Regcache, RegcacheOptions, Registry, RegistryClient,
-    RegistryOptions, Target,
+    Fault, FaultProxy, Fetched, Regcache, RegcacheOptions, RegistryClient, Target,
 };
 
-use crate::support::assert_error;
+use crate::support::{ProxiedRegistry, assert_error};
 
 const ROUNDS: usize = 20;
 /// Size of the smallest and (at least) the largest test blob.
@@ -50,25 +49,6 @@ const STALL: Duration = Duration::from_millis(250);
 /// [`STALL`]).
 const HEAD_START: Duration = Duration::from_millis(60);
 
-/// One registry behind a pass-through fault proxy (regcache talks to the
-/// proxy).
-struct Upstream {
-    registry: Registry,
-    proxy: FaultProxy,
-}
-
-impl Upstream {
-    fn start() -> Upstream {
-        let registry = Registry::start(RegistryOptions::default());
-        let proxy = FaultProxy::start(&registry.url());
-        Upstream { registry, proxy }
-    }
-
-    fn direct(&self) -> RegistryClient {
-        RegistryClient::new(self.registry.url())
-    }
-}
-
 /// A blob as pushed.
 struct Blob {
     digest: String,
@@ -78,8 +58,8 @@ struct Blob {
 /// Upstreams `a.example` (without the blobs) and `b.example` (with them in
 /// `fill/data`), and one regcache in front of both.
 struct Fixture {
-    a: Upstream,
-    b: Upstream,
+    a: ProxiedRegistry,
+    b: ProxiedRegistry,
     regcache: Regcache,
     /// `2 * ROUNDS` blobs in `b.example`'s `fill/data` only: the first
     /// `ROUNDS` for the concurrent rounds, the rest for the sequential pairs.
@@ -88,8 +68,8 @@ struct Fixture {
 
 impl Fixture {
     async fn start(seed: u64) -> Fixture {
-        let a = Upstream::start();
-        let b = Upstream::start();
+        let a = ProxiedRegistry::start();
+        let b = ProxiedRegistry::start();
         // The repositories without the blobs exist, so that their 404 is
         // about the blob, not the name.
         a.direct()

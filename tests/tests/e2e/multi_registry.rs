@@ -32,12 +32,14 @@ use regcache_tests::clients::{
 };
 use regcache_tests::image::{ListEntry, media};
 use regcache_tests::{
-    Fault, FaultProxy, Fetched, Image, ManifestFormat, Metrics, Platform, Regcache,
-    RegcacheOptions, Registry, RegistryClient, RegistryOptions, Skopeo, Target,
+    Fault, Fetched, Image, ManifestFormat, Metrics, Platform, Regcache, RegcacheOptions,
+    RegistryClient, Skopeo, Target,
 };
 use serde_json::Value;
 
-use crate::support::{all_upstream_blob_gets, assert_error, dir_contents, settle, small_image};
+use crate::support::{
+    ProxiedRegistry, all_upstream_blob_gets, assert_error, dir_contents, settle, small_image,
+};
 
 /// The dead primary of every client configuration (the discard port: nothing
 /// listens on loopback), so that only the regcache mirror can serve a pull.
@@ -56,26 +58,6 @@ const UPSTREAM_REQUESTS: &str = "regcache_upstream_requests_total";
 // ---------------------------------------------------------------------------
 // Fixture: two registries, the images on them, one regcache
 // ---------------------------------------------------------------------------
-
-/// A registry standing in for a public one, behind a pass-through fault
-/// proxy (regcache talks to the proxy).
-struct Upstream {
-    registry: Registry,
-    proxy: FaultProxy,
-}
-
-impl Upstream {
-    fn start() -> Upstream {
-        let registry = Registry::start(RegistryOptions::default());
-        let proxy = FaultProxy::start(&registry.url());
-        Upstream { registry, proxy }
-    }
-
-    /// A client straight to the registry (pushes, direct pulls).
-    fn direct(&self) -> RegistryClient {
-        RegistryClient::new(self.registry.url())
-    }
-}
 
 /// An image as pushed: what clients must end up with.
 #[derive(Debug, Clone)]
@@ -123,7 +105,7 @@ struct Images {
     cold: Pushed,
 }
 
-async fn push_images(hub: &Upstream, quay: &Upstream) -> Images {
+async fn push_images(hub: &ProxiedRegistry, quay: &ProxiedRegistry) -> Images {
     let hub_client = hub.direct();
     let quay_client = quay.direct();
     let amd64 = Platform::linux_amd64();
@@ -161,8 +143,8 @@ async fn push_images(hub: &Upstream, quay: &Upstream) -> Images {
 
 /// Two upstreams, their images, and one regcache in front of both.
 struct Fixture {
-    hub: Upstream,
-    quay: Upstream,
+    hub: ProxiedRegistry,
+    quay: ProxiedRegistry,
     images: Images,
     regcache: Regcache,
 }
@@ -174,8 +156,8 @@ impl Fixture {
     /// that name no registry (Docker's mirror requests) must still go to
     /// docker.io.
     async fn start(hub_extra: &str) -> Fixture {
-        let hub = Upstream::start();
-        let quay = Upstream::start();
+        let hub = ProxiedRegistry::start();
+        let quay = ProxiedRegistry::start();
         let images = push_images(&hub, &quay).await;
         let upstreams = format!(
             "[[upstream]]\nname = \"quay.io\"\nurl = \"{quay}\"\n\n\

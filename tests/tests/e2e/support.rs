@@ -10,7 +10,7 @@ use regcache_tests::image::{config, default_history, media};
 use regcache_tests::registry::Credentials;
 use regcache_tests::skopeo::CopyOptions;
 use regcache_tests::{
-    Fetched, Image, ImageGen, Layer, ManifestFormat, OciLayout, Platform, Regcache,
+    FaultProxy, Fetched, Image, ImageGen, Layer, ManifestFormat, OciLayout, Platform, Regcache,
     RegcacheOptions, Registry, RegistryClient, RegistryOptions, Skopeo, SkopeoFormat, TokenServer,
     TokenServerOptions,
 };
@@ -58,6 +58,26 @@ pub enum Mode {
     Plain,
     Htpasswd,
     Token,
+}
+
+/// A registry behind a pass-through fault proxy: regcache talks to the
+/// proxy, the test pushes straight to the registry.
+pub struct ProxiedRegistry {
+    pub registry: Registry,
+    pub proxy: FaultProxy,
+}
+
+impl ProxiedRegistry {
+    pub fn start() -> ProxiedRegistry {
+        let registry = Registry::start(RegistryOptions::default());
+        let proxy = FaultProxy::start(&registry.url());
+        ProxiedRegistry { registry, proxy }
+    }
+
+    /// A client straight to the registry (pushes, direct pulls).
+    pub fn direct(&self) -> RegistryClient {
+        RegistryClient::new(self.registry.url())
+    }
 }
 
 /// The real registry in one [`Mode`], with what it takes to talk to it.
