@@ -56,11 +56,6 @@ impl Error {
         Error::from(RegistryError::with_message(code, message))
     }
 
-    /// A client error with the code's default message.
-    pub fn code(code: ErrorCode) -> Error {
-        Error::from(RegistryError::new(code))
-    }
-
     /// A client error with an explicit status (405, 413, 416 …).
     pub fn client_status(status: u16, error: RegistryError) -> Error {
         Error::Client { status, error }

@@ -22,7 +22,7 @@ fn every_error_kind_has_one_status_code_and_level() {
     let table: Vec<(&str, Error, u16, ErrorCode, Level, &str)> = vec![
         (
             "malformed name",
-            Error::code(ErrorCode::NameInvalid),
+            Error::from(RegistryError::new(ErrorCode::NameInvalid)),
             400,
             ErrorCode::NameInvalid,
             Level::DEBUG,
@@ -30,7 +30,7 @@ fn every_error_kind_has_one_status_code_and_level() {
         ),
         (
             "absent blob",
-            Error::code(ErrorCode::BlobUnknown),
+            Error::from(RegistryError::new(ErrorCode::BlobUnknown)),
             404,
             ErrorCode::BlobUnknown,
             Level::DEBUG,

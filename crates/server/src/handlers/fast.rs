@@ -13,7 +13,7 @@ use super::App;
 use super::blobs::ColdSlice;
 use crate::fastpath::{FastPath, Reply, ReplyBody};
 use crate::metrics::{ResponseVia, ServedFrom};
-use crate::request::{RequestSpan, Routed, route};
+use crate::request::{Routed, route};
 use crate::rescue::rescue;
 use crate::routes::Route;
 use crate::web::body::{Body, ReqBody};
@@ -88,12 +88,7 @@ impl App {
             }
             Ok(None) => {
                 let mut target = routed.target.clone();
-                target.span = RequestSpan::new(
-                    self.next_id
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                    req.method(),
-                    &routed.route,
-                );
+                target.span = self.request_span(req.method(), &routed.route);
                 let cold = target
                     .in_span(self.cold_slice(&target, name, digest, range))
                     .await;

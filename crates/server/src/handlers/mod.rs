@@ -124,16 +124,16 @@ impl App {
         routed: Result<Routed, Error>,
         req: Request<ReqBody>,
     ) -> Response<Body> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let head = req.method() == Method::HEAD;
         let Routed { mut target, route } = match routed {
             Ok(r) => r,
             Err(e) => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let span = tracing::info_span!("request", id, method = %req.method());
                 return with_api_version(span.in_scope(|| rescue(e, head)));
             }
         };
-        target.span = RequestSpan::new(id, req.method(), &route);
+        target.span = self.request_span(req.method(), &route);
         let cached_read = matches!(
             route,
             Route::Ping | Route::Manifest { .. } | Route::Blob { .. }
@@ -144,6 +144,12 @@ impl App {
             target.in_span(self.dispatch(&target, route, req)).await
         };
         with_api_version(resp.unwrap_or_else(|e| target.span().in_scope(|| rescue(e, head))))
+    }
+
+    /// A new request's span fields, with the next id (the span itself is
+    /// made on first use).
+    fn request_span(&self, method: &Method, route: &Route) -> RequestSpan {
+        RequestSpan::new(self.next_id.fetch_add(1, Ordering::Relaxed), method, route)
     }
 
     /// The dispatch table: route and method to handler.

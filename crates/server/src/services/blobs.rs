@@ -70,15 +70,19 @@ impl BlobService {
 
     /// The cached blob, from memory or disk; counted as a hit.
     pub async fn cached(&self, digest: &Digest) -> Result<Option<Source>, Error> {
-        let src = self
-            .store
-            .get(digest)
-            .await
-            .map_err(|e| Error::internal("reading the blob cache", e))?;
+        let src = self.stored(digest).await?;
         if src.is_some() {
             self.metrics.hit(Kind::Blob);
         }
         Ok(src)
+    }
+
+    /// The store's copy, uncounted.
+    async fn stored(&self, digest: &Digest) -> Result<Option<Source>, Error> {
+        self.store
+            .get(digest)
+            .await
+            .map_err(|e| Error::internal("reading the blob cache", e))
     }
 
     /// A blob the cache lacks: join or start its fill and wait for its
@@ -135,12 +139,7 @@ impl BlobService {
             upstream: target.upstream.name.clone(),
             message: format!("blob {digest} is larger than {max} bytes"),
         };
-        if let Some(src) = self
-            .store
-            .get(digest)
-            .await
-            .map_err(|e| Error::internal("reading the blob cache", e))?
-        {
+        if let Some(src) = self.stored(digest).await? {
             if src.len() > max {
                 return Err(too_large());
             }
@@ -191,11 +190,7 @@ impl BlobService {
             Ok(h) => Ok(BlobHeadAnswer::Upstream(h.size)),
             Err(e) => {
                 if e.is_unavailable()
-                    && let Some(src) = self
-                        .store
-                        .get(digest)
-                        .await
-                        .map_err(|e| Error::internal("reading the blob cache", e))?
+                    && let Some(src) = self.stored(digest).await?
                 {
                     self.metrics.stale(Kind::Blob);
                     return Ok(BlobHeadAnswer::Cached(src));
