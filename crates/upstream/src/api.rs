@@ -18,6 +18,7 @@ use http::{HeaderMap, Method, StatusCode};
 use regcache_formats::{Digest, ErrorEnvelope};
 use url::Url;
 
+use crate::config::Credentials;
 use crate::error::UpstreamError;
 use crate::scope::Scope;
 use crate::stats::UpstreamStats;
@@ -377,6 +378,13 @@ pub trait UpstreamApi: Send + Sync + 'static {
 
     /// Request counters.
     fn stats(&self) -> UpstreamStats;
+
+    /// This upstream acting with a client's `credentials` (`None`:
+    /// anonymous) instead of its own, for `auth = "upstream"`; `None` when
+    /// the implementation can't (the mocks).
+    fn identity(&self, _credentials: Option<Credentials>) -> Option<Arc<dyn UpstreamApi>> {
+        None
+    }
 }
 
 /// The body of an `impl UpstreamApi` that forwards every method to the
@@ -453,4 +461,8 @@ pub(crate) use forward_upstream_api;
 
 impl<T: UpstreamApi + ?Sized> UpstreamApi for Arc<T> {
     forward_upstream_api!(|this| (**this), std::convert::identity);
+
+    fn identity(&self, credentials: Option<Credentials>) -> Option<Arc<dyn UpstreamApi>> {
+        (**self).identity(credentials)
+    }
 }

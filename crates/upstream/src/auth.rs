@@ -140,6 +140,55 @@ pub(crate) struct BearerRealm {
     pub service: Option<String>,
 }
 
+/// Whether a token realm may receive the upstream's credentials (the trust
+/// boundary of [`crate::ClientConfig::auth_realms`]): the upstream's own
+/// origin always may; another host only when the operator listed it, and
+/// then over `https`, or over plain `http` only when the upstream itself is
+/// plain `http` on the same host. `Err` says why not, for the log and for
+/// the error a refused token request turns into.
+pub(crate) fn realm_trust(realm: &Url, upstream: &Url, allowed: &[String]) -> Result<(), String> {
+    if realm.origin() == upstream.origin() {
+        return Ok(());
+    }
+    let host = realm.host_str().unwrap_or_default();
+    let port = realm.port_or_known_default();
+    let listed = allowed.iter().any(|entry| {
+        let (h, p) = split_host_port(entry.trim());
+        h.trim_start_matches('[')
+            .trim_end_matches(']')
+            .eq_ignore_ascii_case(host.trim_start_matches('[').trim_end_matches(']'))
+            && p.is_none_or(|p| p.parse::<u16>().ok() == port)
+    });
+    if !listed {
+        return Err(format!(
+            "token realm {host} is neither the upstream's origin nor listed in auth_realms"
+        ));
+    }
+    if realm.scheme() == "https" {
+        return Ok(());
+    }
+    if upstream.scheme() == "http" && upstream.host_str() == realm.host_str() {
+        return Ok(());
+    }
+    Err(format!(
+        "token realm {host} is plain http (credentials go in clear text only to the upstream's own host, when it is plain http itself)"
+    ))
+}
+
+/// `host` and the optional port of `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn split_host_port(entry: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = entry.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((h, tail)) => (h, tail.strip_prefix(':')),
+            None => (rest, None),
+        };
+    }
+    match entry.split_once(':') {
+        Some((h, p)) if !p.contains(':') => (h, Some(p)),
+        _ => (entry, None),
+    }
+}
+
 /// A token as the client keeps it.
 #[derive(Clone, Debug)]
 pub(crate) struct Token {
@@ -312,6 +361,57 @@ mod tests {
         // Unterminated quote and non-ASCII do not panic.
         assert_eq!(parse_challenges("Bearer realm=\"é").len(), 1);
         assert_eq!(parse_challenges("Bearer é=\"x\"")[0].param("é"), Some("x"));
+    }
+
+    #[test]
+    fn realm_trust_boundary() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let hub = u("https://registry-1.docker.io");
+        let listed = ["auth.docker.io".to_owned()];
+        // The upstream's own origin: always.
+        assert!(realm_trust(&u("https://registry-1.docker.io/token"), &hub, &[]).is_ok());
+        // Another host: only when listed.
+        assert!(realm_trust(&u("https://auth.docker.io/token"), &hub, &[]).is_err());
+        assert!(realm_trust(&u("https://auth.docker.io/token"), &hub, &listed).is_ok());
+        assert!(realm_trust(&u("https://AUTH.docker.io/token"), &hub, &listed).is_ok());
+        assert!(realm_trust(&u("https://evil.example/token"), &hub, &listed).is_err());
+        // Listed but plain http while the upstream is https: refused.
+        assert!(realm_trust(&u("http://auth.docker.io/token"), &hub, &listed).is_err());
+        // Same scheme and host but another port is another origin.
+        let local = u("http://127.0.0.1:5000");
+        assert!(realm_trust(&u("http://127.0.0.1:6000/token"), &local, &[]).is_err());
+        // host:port entries match that port only; plain http on the
+        // upstream's own (plain http) host is allowed once listed.
+        let port_listed = ["127.0.0.1:6000".to_owned()];
+        assert!(realm_trust(&u("http://127.0.0.1:6000/token"), &local, &port_listed).is_ok());
+        assert!(realm_trust(&u("http://127.0.0.1:6001/token"), &local, &port_listed).is_err());
+        // A bare host matches any port.
+        assert!(
+            realm_trust(
+                &u("http://127.0.0.1:6001/token"),
+                &local,
+                &["127.0.0.1".into()]
+            )
+            .is_ok()
+        );
+        // Plain http to another host, even listed: refused.
+        assert!(
+            realm_trust(
+                &u("http://127.0.0.2:6000/token"),
+                &local,
+                &["127.0.0.2".into()]
+            )
+            .is_err()
+        );
+        // Over https another listed host is fine for a plain http upstream.
+        assert!(
+            realm_trust(
+                &u("https://127.0.0.2:6000/token"),
+                &local,
+                &["127.0.0.2".into()]
+            )
+            .is_ok()
+        );
     }
 
     fn response(json: &str) -> TokenResponse {

@@ -36,8 +36,10 @@ use crate::api::{
     BlobBody, BlobHead, BodyInner, ByteStream, Collect, ERROR_BODY_LIMIT, ManifestBody,
     ManifestHead, RawRequest, RawResponse, UpstreamApi, collect_limited, header_string,
 };
-use crate::auth::{AuthMode, BearerRealm, Challenge, TokenCache, TokenResponse, parse_challenges};
-use crate::config::{ClientConfig, Secret};
+use crate::auth::{
+    AuthMode, BearerRealm, Challenge, TokenCache, TokenResponse, parse_challenges, realm_trust,
+};
+use crate::config::{ClientConfig, Credentials, Secret};
 use crate::error::{TimeoutPhase, UpstreamError};
 use crate::retry::{RetryAfter, RetryState, parse_retry_after, retryable_status};
 use crate::scope::Scope;
@@ -82,7 +84,8 @@ struct Inner {
     http: reqwest::Client,
     tokens: TokenCache,
     mode: Mutex<AuthMode>,
-    stats: Stats,
+    /// Shared with the identities made by [`UpstreamClient::acting_as`].
+    stats: Arc<Stats>,
 }
 
 impl fmt::Debug for UpstreamClient {
@@ -205,7 +208,7 @@ impl UpstreamClient {
                 http,
                 tokens: TokenCache::default(),
                 mode: Mutex::new(AuthMode::Unknown),
-                stats: Stats::default(),
+                stats: Arc::default(),
                 config,
             }),
         })
@@ -228,6 +231,29 @@ impl UpstreamClient {
     /// Forget every cached token.
     pub fn clear_tokens(&self) {
         self.inner.tokens.clear();
+    }
+
+    /// The same upstream acting with `credentials` instead of the configured
+    /// ones (`None`: anonymous), for requests made on a client's behalf. It
+    /// shares the connection pool and the request counters, starts from the
+    /// authentication this client has learned, and keeps tokens of its own.
+    pub fn acting_as(&self, credentials: Option<Credentials>) -> UpstreamClient {
+        let i = &self.inner;
+        UpstreamClient {
+            inner: Arc::new(Inner {
+                config: ClientConfig {
+                    credentials,
+                    ..i.config.clone()
+                },
+                label: i.label.clone(),
+                origin: i.origin.clone(),
+                base: i.base.clone(),
+                http: i.http.clone(),
+                tokens: TokenCache::default(),
+                mode: Mutex::new(i.mode.lock().clone()),
+                stats: i.stats.clone(),
+            }),
+        }
     }
 
     /// `GET /v2/`, authenticating if challenged: `Ok` on `200`. With
@@ -718,14 +744,19 @@ impl UpstreamClient {
                 q.append_pair("scope", s);
             }
         }
+        let trust = realm_trust(
+            &realm.realm,
+            &self.inner.base,
+            &self.inner.config.auth_realms,
+        );
         let credentials = self
             .inner
             .config
             .credentials
             .as_ref()
-            .filter(|_| realm.realm.scheme() == "https" || self.inner.base.scheme() == "http");
-        if self.inner.config.credentials.is_some() && credentials.is_none() {
-            warn!(upstream = %self.inner.label, realm = realm.realm.host_str().unwrap_or(""), "token realm is plain http: not sending credentials");
+            .filter(|_| trust.is_ok());
+        if let (Some(_), Err(why)) = (&self.inner.config.credentials, &trust) {
+            warn!(upstream = %self.inner.label, reason = %why, "not sending credentials to the token realm; asking for an anonymous token");
         }
         debug!(
             upstream = %self.inner.label,
@@ -741,7 +772,12 @@ impl UpstreamClient {
         {
             req.headers_mut().insert(AUTHORIZATION, h);
         }
-        let result = self.token_exchange(req, &realm.realm).await;
+        let mut result = self.token_exchange(req, &realm.realm).await;
+        if let (Err(UpstreamError::Unauthorized { detail, .. }), Some(_), Err(why)) =
+            (&mut result, &self.inner.config.credentials, &trust)
+        {
+            detail.push_str(&format!("; credentials were not sent: {why}"));
+        }
         self.inner.stats.token_request(result.is_ok());
         if let Err(e) = &result {
             warn!(upstream = %self.inner.label, error = %e, "token request failed");
@@ -1033,4 +1069,8 @@ fn path_only(pq: &str) -> &str {
 /// Each method is the inherent one of the same name, boxed.
 impl UpstreamApi for UpstreamClient {
     forward_upstream_api!(|this| this, Box::pin);
+
+    fn identity(&self, credentials: Option<Credentials>) -> Option<Arc<dyn UpstreamApi>> {
+        Some(Arc::new(self.acting_as(credentials)))
+    }
 }

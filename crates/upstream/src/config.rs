@@ -148,6 +148,12 @@ pub struct ClientConfig {
     pub max_redirects: usize,
     /// Honour `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` from the environment.
     pub use_env_proxy: bool,
+    /// Token realms, besides the upstream's own origin, that may receive
+    /// `credentials` (`host` or `host:port`; a bare host matches any port).
+    /// A `Bearer` challenge naming any other realm gets an anonymous token
+    /// request. A listed realm gets credentials only over `https`, or over
+    /// plain `http` when the upstream itself is plain `http` on the same host.
+    pub auth_realms: Vec<String>,
 }
 
 impl fmt::Debug for ClientConfig {
@@ -166,6 +172,7 @@ impl fmt::Debug for ClientConfig {
             .field("retry", &self.retry)
             .field("max_redirects", &self.max_redirects)
             .field("use_env_proxy", &self.use_env_proxy)
+            .field("auth_realms", &self.auth_realms)
             .finish()
     }
 }
@@ -183,6 +190,7 @@ impl ClientConfig {
             retry: RetryConfig::default(),
             max_redirects: 5,
             use_env_proxy: true,
+            auth_realms: Vec::new(),
         }
     }
 

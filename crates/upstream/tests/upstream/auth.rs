@@ -86,10 +86,11 @@ async fn bearer_flow_end_to_end_with_cached_token() {
     )
     .await;
     let registry = bearer_registry(format!("{}token", tokens.url()), "tok-1").await;
-    let up = UpstreamClient::new(
-        config(registry.url()).with_credentials(Credentials::new("alice", "s3cret-pw")),
-    )
-    .unwrap();
+    let mut cfg = config(registry.url()).with_credentials(Credentials::new("alice", "s3cret-pw"));
+    // The token server is another origin (another port): it gets the
+    // credentials only because it is listed.
+    cfg.auth_realms = vec![tokens.url().authority().to_owned()];
+    let up = UpstreamClient::new(cfg).unwrap();
 
     let m = up
         .get_manifest("library/alpine", "latest", &[SCHEMA2])
@@ -138,6 +139,97 @@ async fn bearer_flow_end_to_end_with_cached_token() {
     assert_eq!(stats.count("GET", 401), 1);
     assert_eq!(stats.count("GET", 200), 1);
     assert_eq!(stats.count("HEAD", 200), 2);
+}
+
+/// A realm the operator did not list gets no credentials, not even over
+/// loopback on the same host: the token request goes out anonymously, and
+/// the refusal says why.
+#[tokio::test]
+async fn unlisted_realm_gets_no_credentials() {
+    let tokens = token_server(
+        Some(basic("alice", "s3cret-pw")),
+        r#"{"token":"tok-1","expires_in":300}"#,
+    )
+    .await;
+    let registry = bearer_registry(format!("{}token", tokens.url()), "tok-1").await;
+    let up = UpstreamClient::new(
+        config(registry.url()).with_credentials(Credentials::new("alice", "s3cret-pw")),
+    )
+    .unwrap();
+    let err = up
+        .get_manifest("library/alpine", "latest", &[SCHEMA2])
+        .await
+        .unwrap_err();
+    let tok = tokens.requests();
+    assert!(!tok.is_empty());
+    assert!(
+        tok.iter().all(|r| r.authorization().is_none()),
+        "no Authorization reached the unlisted realm"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("auth_realms"), "{msg}");
+    assert!(!msg.contains("s3cret"), "{msg}");
+    // Listed, but plain http to another host than the upstream's: still no.
+    let mut cfg = config(registry.url()).with_credentials(Credentials::new("alice", "s3cret-pw"));
+    cfg.auth_realms = vec!["localhost".into()];
+    let realm_elsewhere = bearer_registry(
+        format!("http://localhost:{}/token", tokens.url().port().unwrap()),
+        "tok-1",
+    )
+    .await;
+    cfg.url = realm_elsewhere.url();
+    let up = UpstreamClient::new(cfg).unwrap();
+    let before = tokens.total();
+    up.get_manifest("a/b", "c", &[]).await.unwrap_err();
+    let tok = tokens.requests();
+    assert!(tok.len() > before);
+    assert!(tok[before..].iter().all(|r| r.authorization().is_none()));
+}
+
+/// An identity made by `acting_as` sends its own credentials (and keeps its
+/// own tokens), never the configured ones; the counters are shared.
+#[tokio::test]
+async fn identities_use_their_own_credentials() {
+    let tokens = TestServer::start(|req| async move {
+        let token = if req.authorization() == Some(basic("bob", "bob-pw").as_str()) {
+            "tok-bob"
+        } else if req.authorization() == Some(basic("robot", "robot-pw").as_str()) {
+            "tok-robot"
+        } else if req.authorization().is_none() {
+            "tok-anon"
+        } else {
+            return json(401, "{}");
+        };
+        json(200, &format!(r#"{{"token":"{token}","expires_in":300}}"#))
+    })
+    .await;
+    let registry = bearer_registry(format!("{}token", tokens.url()), "tok-bob").await;
+    let mut cfg = config(registry.url()).with_credentials(Credentials::new("robot", "robot-pw"));
+    cfg.auth_realms = vec![tokens.url().authority().to_owned()];
+    let up = UpstreamClient::new(cfg).unwrap();
+    // The robot's token is refused by this registry.
+    assert!(up.head_manifest("a/b", "latest", &[]).await.is_err());
+    let bob = up.acting_as(Some(Credentials::new("bob", "bob-pw")));
+    bob.head_manifest("a/b", "latest", &[]).await.unwrap();
+    let anonymous = up.acting_as(None);
+    assert!(anonymous.head_manifest("a/b", "latest", &[]).await.is_err());
+    let sent: Vec<Option<String>> = tokens
+        .requests()
+        .iter()
+        .map(|r| r.authorization().map(str::to_owned))
+        .collect();
+    assert!(sent.contains(&Some(basic("bob", "bob-pw"))));
+    assert!(sent.contains(&None), "the anonymous identity sends nothing");
+    assert_eq!(
+        registry
+            .requests()
+            .iter()
+            .filter(|r| r.authorization() == Some("Bearer tok-bob"))
+            .count(),
+        1
+    );
+    // One set of counters for the upstream, whoever acted.
+    assert!(up.stats().count("HEAD", 200) >= 1);
 }
 
 #[tokio::test]
