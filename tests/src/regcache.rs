@@ -135,6 +135,9 @@ pub struct RegcacheOptions {
     pub upstream_name: String,
     /// Passed as `REGCACHE_UPSTREAM_USERNAME` / `REGCACHE_UPSTREAM_PASSWORD`.
     pub credentials: Option<Credentials>,
+    /// `auth_realms` of the `[upstream]` table: token realm hosts that may
+    /// receive `credentials` besides the upstream's own origin.
+    pub auth_realms: Vec<String>,
     /// `data_dir` (in the file and as `--data-dir`); a fresh temporary
     /// directory when `None`.
     pub data_dir: Option<PathBuf>,
@@ -170,6 +173,7 @@ impl RegcacheOptions {
             upstream_url: upstream_url.into(),
             upstream_name: "e2e-upstream".into(),
             credentials: None,
+            auth_realms: Vec::new(),
             data_dir: None,
             tag_ttl_secs: None,
             stale_if_error_secs: None,
@@ -278,6 +282,10 @@ impl RegcacheOptions {
                 if let Some(value) = value {
                     writeln!(toml, "{key} = {value}").unwrap();
                 }
+            }
+            if !self.auth_realms.is_empty() {
+                let realms: Vec<String> = self.auth_realms.iter().map(|r| quote(r)).collect();
+                writeln!(toml, "auth_realms = [{}]", realms.join(", ")).unwrap();
             }
         }
         if !self.extra_toml.trim().is_empty() {

@@ -63,6 +63,12 @@ pub struct TokenServerOptions {
     pub users: Vec<Credentials>,
     /// Whether requests without credentials get `pull`.
     pub anonymous_pull: bool,
+    /// Per-user repository grants, `(user, repository)`; a repository
+    /// ending in `/*` covers every name under that prefix. `None`: every
+    /// user gets every repository. With grants, a user gets no action on a
+    /// repository not granted to them (the token is issued, its `access`
+    /// empty, so the registry answers 401 `insufficient_scope`).
+    pub grants: Option<Vec<(String, String)>>,
     pub signing: TokenSigning,
     /// `expires_in` of issued tokens, seconds.
     pub expires_in: u64,
@@ -77,6 +83,7 @@ impl Default for TokenServerOptions {
             issuer: "regcache-tests-token-issuer".into(),
             users: Vec::new(),
             anonymous_pull: false,
+            grants: None,
             signing: TokenSigning::KeyId,
             expires_in: 300,
             key_seed: 0x70_6b_65_6e,
@@ -203,6 +210,13 @@ impl TokenServer {
     /// `http://127.0.0.1:PORT/token`.
     pub fn realm(&self) -> String {
         format!("http://{}/token", self.server.addr())
+    }
+
+    /// `host:port` of [`TokenServer::realm`].
+    pub fn authority(&self) -> String {
+        let realm = self.realm();
+        let rest = realm.split_once("://").map_or(realm.as_str(), |(_, r)| r);
+        rest.split('/').next().unwrap_or(rest).to_owned()
     }
 
     pub fn service(&self) -> &str {
@@ -354,8 +368,27 @@ fn answer(
         record(requests, user, service, scopes, 400);
         return response;
     }
+    let granted = |scope: &str| -> bool {
+        let (Some(grants), Some(user)) = (&issuer.options.grants, &user) else {
+            return true;
+        };
+        let name = scope
+            .split_once(':')
+            .and_then(|(_, rest)| rest.rsplit_once(':'))
+            .map_or("", |(name, _)| name);
+        grants.iter().any(|(u, repo)| {
+            u == user
+                && match repo.strip_suffix("/*") {
+                    Some(prefix) => name
+                        .strip_prefix(prefix)
+                        .is_some_and(|r| r.starts_with('/')),
+                    None => repo == name,
+                }
+        })
+    };
     let access: Vec<Value> = scopes
         .iter()
+        .filter(|s| !authenticated || granted(s))
         .filter_map(|s| access_entry(s, allowed))
         .collect();
     let subject = user.clone().unwrap_or_default();

@@ -125,7 +125,7 @@ impl Upstreams {
 }
 
 /// Where one request goes: which upstream, and how the client named things.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Target {
     pub upstream: Arc<Upstream>,
     /// The request's span, made on first use ([`Target::span`]).
@@ -136,6 +136,22 @@ pub struct Target {
     pub library_added: bool,
     /// Path and query to send upstream: prefix and `ns=` removed, `library/` added.
     pub upstream_path: String,
+    /// The upstream acting as this request's client (`auth = "upstream"`):
+    /// when set, every upstream call of the request goes through it instead
+    /// of `upstream.client` (regcache's own identity).
+    pub acting_as: Option<Arc<dyn UpstreamApi>>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("upstream", &self.upstream)
+            .field("prefix", &self.prefix)
+            .field("library_added", &self.library_added)
+            .field("upstream_path", &self.upstream_path)
+            .field("acting_as_client", &self.acting_as.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Target {
@@ -145,6 +161,12 @@ impl Target {
     /// fields costs more than the rest of a warm manifest answer.
     pub fn span(&self) -> &tracing::Span {
         self.span.get(&self.upstream.name)
+    }
+
+    /// The client for this request's upstream calls: the client's own
+    /// identity when one was set, else regcache's.
+    pub fn client(&self) -> &Arc<dyn UpstreamApi> {
+        self.acting_as.as_ref().unwrap_or(&self.upstream.client)
     }
 
     /// `work`, run in the request's span.
@@ -295,6 +317,7 @@ fn target(uri: &http::Uri, upstreams: &Upstreams) -> Result<Target, Error> {
         prefix: None,
         library_added: false,
         upstream_path: format!("{path}{query}"),
+        acting_as: None,
     };
     if let Some(ns) = ns {
         let upstream = upstreams.find(&ns)?;
@@ -315,6 +338,7 @@ fn target(uri: &http::Uri, upstreams: &Upstreams) -> Result<Target, Error> {
             prefix: Some(first.to_owned()),
             library_added: false,
             upstream_path: format!("/v2/{tail}{query}"),
+            acting_as: None,
         });
     }
     Ok(plain(upstreams.default_upstream()))

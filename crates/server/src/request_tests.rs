@@ -46,6 +46,7 @@ fn target(prefix: Option<&str>) -> Target {
         prefix: prefix.map(str::to_owned),
         library_added: false,
         upstream_path: String::new(),
+        acting_as: None,
     }
 }
 

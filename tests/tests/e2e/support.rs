@@ -148,7 +148,13 @@ impl Upstream {
 
     /// Options for a regcache in front of this upstream.
     pub fn regcache_options(&self) -> RegcacheOptions {
-        RegcacheOptions::new(self.registry.url()).credentials(self.creds.clone())
+        let mut options = RegcacheOptions::new(self.registry.url()).credentials(self.creds.clone());
+        if let Some(tokens) = &self.tokens {
+            // The token server is another origin (its own port): regcache
+            // sends it the credentials only when told to.
+            options.auth_realms = vec![tokens.authority()];
+        }
+        options
     }
 
     pub fn start_regcache(&self) -> Regcache {

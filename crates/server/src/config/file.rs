@@ -131,6 +131,11 @@ pub struct UpstreamSection {
     pub connect_timeout_secs: u64,
     pub first_byte_timeout_secs: u64,
     pub retry_attempts: u32,
+    /// Token realm hosts (`host` or `host:port`) besides the upstream's own
+    /// origin that may receive its credentials; `["auth.docker.io"]` for
+    /// Docker Hub when unset. A challenge naming any other realm gets an
+    /// anonymous token request.
+    pub auth_realms: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -196,6 +201,7 @@ impl Default for UpstreamSection {
             connect_timeout_secs: 10,
             first_byte_timeout_secs: 30,
             retry_attempts: 3,
+            auth_realms: None,
         }
     }
 }

@@ -73,6 +73,9 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub retry_attempts: u32,
+    /// Token realm hosts besides the upstream's origin that may receive its
+    /// credentials (the client's `auth_realms`).
+    pub auth_realms: Vec<String>,
 }
 
 impl fmt::Debug for UpstreamSettings {
@@ -109,6 +112,7 @@ impl UpstreamSettings {
             max_attempts: self.retry_attempts.max(1),
             ..RetryConfig::default()
         };
+        config.auth_realms = self.auth_realms.clone();
         if let (Some(user), Some(pass)) = (&self.username, &self.password) {
             config = config.with_credentials(Credentials::new(user.clone(), pass.clone()));
         }

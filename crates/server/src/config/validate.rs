@@ -233,6 +233,13 @@ fn validate_upstream(
         connect_timeout: Duration::from_secs(up.connect_timeout_secs),
         first_byte_timeout: Duration::from_secs(up.first_byte_timeout_secs),
         retry_attempts: up.retry_attempts,
+        auth_realms: up.auth_realms.clone().unwrap_or_else(|| {
+            if docker_hub {
+                vec!["auth.docker.io".to_owned()]
+            } else {
+                Vec::new()
+            }
+        }),
     })
 }
 

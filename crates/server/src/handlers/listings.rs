@@ -43,8 +43,7 @@ impl App {
         let mut headers = HeaderMap::new();
         copy_headers(req.headers(), &mut headers, &[header::ACCEPT]);
         let resp = target
-            .upstream
-            .client
+            .client()
             .send(
                 RawRequest::new(Method::GET, target.upstream_path.clone())
                     .headers(headers)
@@ -53,10 +52,16 @@ impl App {
             .await;
         let resp = match resp {
             Ok(r) => r,
-            Err(e) if e.is_unavailable() => return self.local_listing(target, &kind, e),
+            // Acting as the client (`auth = "upstream"`), only the upstream
+            // may say what the client sees: no local fallback.
+            Err(e) if e.is_unavailable() && target.acting_as.is_none() => {
+                return self.local_listing(target, &kind, e);
+            }
             Err(e) => return Err(Error::Upstream(e)),
         };
-        if resp.status.is_server_error() || resp.status == StatusCode::TOO_MANY_REQUESTS {
+        if (resp.status.is_server_error() || resp.status == StatusCode::TOO_MANY_REQUESTS)
+            && target.acting_as.is_none()
+        {
             let e = UpstreamError::Registry {
                 upstream: target.upstream.name.clone(),
                 status: resp.status.as_u16(),

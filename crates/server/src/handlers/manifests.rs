@@ -205,8 +205,7 @@ impl App {
         let body = target
             .in_span(
                 target
-                    .upstream
-                    .client
+                    .client()
                     .get_manifest(name.as_str(), tag.as_str(), &accept),
             )
             .await?;

@@ -181,12 +181,7 @@ impl BlobService {
         name: &RepositoryName,
         digest: &Digest,
     ) -> Result<BlobHeadAnswer, Error> {
-        match target
-            .upstream
-            .client
-            .head_blob(name.as_str(), digest)
-            .await
-        {
+        match target.client().head_blob(name.as_str(), digest).await {
             Ok(h) => Ok(BlobHeadAnswer::Upstream(h.size)),
             Err(e) => {
                 if e.is_unavailable()
@@ -231,7 +226,7 @@ impl BlobService {
                     histogram: self.metrics.fill_waiters.clone(),
                 };
                 let pump = Pump {
-                    upstream: target.upstream.client.clone(),
+                    upstream: target.client().clone(),
                     upstream_name: target.upstream.name.clone(),
                     repository: name.as_str().to_owned(),
                     digest: digest.clone(),

@@ -111,7 +111,7 @@ impl ManifestService {
         hint: Option<&str>,
     ) -> Result<Arc<Manifest>, Error> {
         self.metrics.miss(Kind::Manifest);
-        let upstream = target.upstream.client.clone();
+        let upstream = target.client().clone();
         let this = self.clone();
         let repo = name.as_str().to_owned();
         let d = digest.clone();

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 
 pub mod blobs;
 pub mod coalesce;
+pub mod identity;
 pub mod manifests;
 pub mod schema1;
 pub mod tags;
@@ -113,6 +114,7 @@ pub(crate) mod test_support {
             prefix: None,
             library_added: false,
             upstream_path: String::new(),
+            acting_as: None,
         }
     }
 }

@@ -143,7 +143,7 @@ impl TagService {
                 repository: name.as_str().to_owned(),
                 tag: tag.as_str().to_owned(),
             },
-            upstream: up.client.clone(),
+            upstream: target.client().clone(),
             store: self.store.clone(),
             manifests: self.manifests.clone(),
             known,
