@@ -51,8 +51,18 @@ impl ServerThread {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
-        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .unwrap_or_else(|e| panic!("{name}: cannot bind 127.0.0.1:0: {e}"));
+        ServerThread::spawn_on(name, Ipv4Addr::LOCALHOST, handler)
+    }
+
+    /// As [`ServerThread::spawn`], on `ip:0` (another loopback address, such
+    /// as `127.0.0.2`, stands for another host).
+    pub fn spawn_on<F, Fut>(name: &str, ip: Ipv4Addr, handler: F) -> ServerThread
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let listener = std::net::TcpListener::bind((ip, 0))
+            .unwrap_or_else(|e| panic!("{name}: cannot bind {ip}:0: {e}"));
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, mut stopped) = oneshot::channel::<()>();
@@ -103,7 +113,7 @@ impl ServerThread {
         }
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `IP:PORT` (`127.0.0.1` unless [`ServerThread::spawn_on`] said otherwise).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
