@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use regcache_formats::{Digest, ErrorEnvelope};
 use url::Url;
 
@@ -112,13 +112,17 @@ impl RequestBody {
 
     /// A streamed body (an upload chunk passed through from a client).
     /// Send `Content-Length` in the headers when it is known: some
-    /// registries refuse chunked uploads.
+    /// registries refuse chunked uploads. An error of `stream` fails the
+    /// request with [`UpstreamError::RequestBody`], not counted as an
+    /// upstream exchange.
     pub fn stream<S, E>(stream: S) -> Self
     where
         S: Stream<Item = Result<Bytes, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        RequestBody(BodyInner::Stream(reqwest::Body::wrap_stream(stream)))
+        use futures_util::TryStreamExt as _;
+        let marked = stream.map_err(|e| crate::error::BodyFailed(e.into()));
+        RequestBody(BodyInner::Stream(reqwest::Body::wrap_stream(marked)))
     }
 
     /// True when the body can be sent more than once.
@@ -181,6 +185,33 @@ pub struct RawRequest {
     /// Token scope; `None` infers it from method and path
     /// ([`Scope::infer`]).
     pub scope: Option<Scope>,
+    /// Whose credentials it goes out with: regcache's own (the default) or
+    /// the client's ([`Identity::Client`]).
+    pub identity: Identity,
+}
+
+/// Whose credentials a [`RawRequest`] is sent with.
+#[derive(Clone, Default)]
+pub enum Identity {
+    /// regcache's configured credentials, with the token dance on a `401`.
+    #[default]
+    Stored,
+    /// The client's own `Authorization` value (or none, for an anonymous
+    /// client), passed through: sent only with the first request, to the
+    /// upstream's own origin, never on a redirect hop; no stored credential
+    /// or token is used, and a `401` (with its `WWW-Authenticate`) is the
+    /// answer, for the client to authenticate itself.
+    Client(Option<HeaderValue>),
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Stored => f.write_str("Stored"),
+            Identity::Client(None) => f.write_str("Client(anonymous)"),
+            Identity::Client(Some(_)) => f.write_str("Client(<redacted>)"),
+        }
+    }
 }
 
 impl RawRequest {
@@ -193,7 +224,14 @@ impl RawRequest {
             body: RequestBody::empty(),
             idempotent,
             scope: None,
+            identity: Identity::Stored,
         }
+    }
+
+    /// Send with the client's credentials instead of regcache's.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = identity;
+        self
     }
 
     pub fn headers(mut self, headers: HeaderMap) -> Self {
