@@ -131,6 +131,12 @@ pub struct UpstreamSection {
     pub connect_timeout_secs: u64,
     pub first_byte_timeout_secs: u64,
     pub retry_attempts: u32,
+    /// Pushes, uploads, mounts and deletes: `off` (405), `client-credentials`
+    /// (the client's own `Authorization`, passed through) or
+    /// `stored-credentials` (regcache's; see [`crate::writes`]).
+    pub writes: crate::writes::Forwarding,
+    /// `/v2/_catalog`: the same three values; `off` refuses it (403).
+    pub catalog: crate::writes::Forwarding,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -196,6 +202,8 @@ impl Default for UpstreamSection {
             connect_timeout_secs: 10,
             first_byte_timeout_secs: 30,
             retry_attempts: 3,
+            writes: crate::writes::Forwarding::Off,
+            catalog: crate::writes::Forwarding::Off,
         }
     }
 }

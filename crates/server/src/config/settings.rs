@@ -73,6 +73,10 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub retry_attempts: u32,
+    /// Writes through regcache: off, the client's credentials, or regcache's.
+    pub writes: crate::writes::Forwarding,
+    /// `/v2/_catalog`: off, the client's credentials, or regcache's.
+    pub catalog: crate::writes::Forwarding,
 }
 
 impl fmt::Debug for UpstreamSettings {
@@ -85,6 +89,8 @@ impl fmt::Debug for UpstreamSettings {
             .field("tag_ttl", &self.tag_ttl)
             .field("stale_if_error", &self.stale_if_error)
             .field("stale_while_revalidate", &self.stale_while_revalidate)
+            .field("writes", &self.writes)
+            .field("catalog", &self.catalog)
             .finish_non_exhaustive()
     }
 }
