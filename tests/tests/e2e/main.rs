@@ -18,3 +18,4 @@ mod serve_pull;
 mod serve_tls;
 mod support;
 mod tag_revalidation;
+mod writes;

@@ -1,0 +1,529 @@
+//! Writes and the catalog through regcache, against a real htpasswd-protected
+//! docker-registry 2.8 for which regcache holds credentials (issue 11):
+//!
+//! - by default regcache is read-only: an anonymous `skopeo copy` push, a raw
+//!   upload start, a cross-repository mount, a manifest PUT and a manifest
+//!   DELETE all get 405 `UNSUPPORTED` naming the key that turns writes on;
+//!   `_catalog` gets 403 `DENIED`; the upstream's catalog and tags (read
+//!   directly, with credentials) are unchanged and it saw no write at all;
+//! - with `writes = "client-credentials"`, `skopeo copy --dest-creds` lands
+//!   upstream (same digest upstream, through regcache and in skopeo's digest
+//!   file), and without credentials fails with the upstream's own 401 and
+//!   `Basic` challenge: regcache's stored credentials are never used to write;
+//! - a client's broken upload body (bad chunked framing, a body shorter than
+//!   its Content-Length) is the client's 400 `BLOB_UPLOAD_INVALID`, and
+//!   `regcache_upstream_requests_total` does not move;
+//! - a manifest PUT declaring 10 GiB with `Expect: 100-continue` gets 413
+//!   and never `100 Continue`.
+
+use std::io::{Read as _, Write as _};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use regcache_tests::image::{config, default_history, media};
+use regcache_tests::registry::Credentials;
+use regcache_tests::{
+    Fetched, Image, ImageGen, ManifestFormat, OciLayout, Platform, Regcache, RegcacheOptions,
+    Registry, RegistryClient, RegistryOptions, Skopeo,
+};
+use serde_json::Value;
+
+const UPSTREAM_REQUESTS: &str = "regcache_upstream_requests_total";
+
+fn small_image(seed: u64) -> Image {
+    let mut g = ImageGen::new(seed);
+    let platform = Platform::linux_amd64();
+    let layers = g.layers(2);
+    let cfg = config(&platform, &layers, &default_history(2), Value::Null);
+    Image::new(&cfg, layers, platform)
+}
+
+/// An htpasswd-protected registry (deletes enabled) holding `private/app:v1`,
+/// and its credentials.
+struct Private {
+    registry: Registry,
+    creds: Credentials,
+    direct: RegistryClient,
+    app_digest: String,
+}
+
+impl Private {
+    async fn start() -> Private {
+        let creds = Credentials::new("robot", "robot-secret");
+        let registry = Registry::start(RegistryOptions {
+            htpasswd: Some(creds.clone()),
+            delete_enabled: true,
+            ..RegistryOptions::default()
+        });
+        let direct = RegistryClient::new(registry.url()).with_basic_auth(creds.clone());
+        let app_digest = direct
+            .push_image(
+                "private/app",
+                "v1",
+                &small_image(1101),
+                ManifestFormat::Docker,
+            )
+            .await;
+        Private {
+            registry,
+            creds,
+            direct,
+            app_digest,
+        }
+    }
+
+    /// regcache in front of it, with the upstream credentials, `writes` as given.
+    fn regcache(&self, writes: Option<&str>) -> Regcache {
+        let mut options = RegcacheOptions::new(self.registry.url())
+            .credentials(Some(self.creds.clone()))
+            .retry_attempts(1);
+        if let Some(mode) = writes {
+            options = options.writes(mode);
+        }
+        Regcache::start(options)
+    }
+
+    /// `(catalog, tags of private/app)` as the upstream itself says.
+    async fn state(&self) -> (Value, Value) {
+        let json = async |path: &str| {
+            let got = get(&self.direct, reqwest::Method::GET, path, &[]).await;
+            assert_eq!(got.status, 200, "direct GET {path}: {}", got.text());
+            serde_json::from_slice::<Value>(&got.body).unwrap()
+        };
+        (
+            json("/v2/_catalog").await,
+            json("/v2/private/app/tags/list").await,
+        )
+    }
+
+    /// Write requests the registry saw from regcache (its user agent).
+    fn writes_from_regcache(&self) -> Vec<String> {
+        self.registry
+            .access_entries()
+            .into_iter()
+            .filter(|e| e.user_agent.starts_with("regcache/"))
+            .filter(|e| matches!(e.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE"))
+            .map(|e| format!("{} {} {}", e.method, e.path, e.status))
+            .collect()
+    }
+}
+
+async fn get(
+    client: &RegistryClient,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Fetched {
+    client
+        .request(method.clone(), path, headers, None)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// An OCI layout with one image under `app`.
+fn layout(seed: u64) -> (tempfile::TempDir, String) {
+    let work = tempfile::tempdir().unwrap();
+    let mut layout = OciLayout::create(&work.path().join("layout"));
+    layout.add_image("app", &small_image(seed));
+    let reference = layout.reference("app");
+    (work, reference)
+}
+
+/// `skopeo copy` of `src` to `dst`, with `--dest-creds` or `--dest-no-creds`,
+/// writing the pushed manifest's digest to `digest_file`.
+async fn skopeo_push(
+    src: &str,
+    dst: &str,
+    creds: Option<&Credentials>,
+    digest_file: &std::path::Path,
+) -> Result<(), regcache_tests::skopeo::SkopeoError> {
+    let mut args: Vec<String> = vec![
+        "--insecure-policy".into(),
+        "copy".into(),
+        "--dest-tls-verify=false".into(),
+        "--digestfile".into(),
+        digest_file.display().to_string(),
+    ];
+    match creds {
+        Some(c) => {
+            args.push("--dest-creds".into());
+            args.push(format!("{}:{}", c.username, c.password));
+        }
+        None => args.push("--dest-no-creds".into()),
+    }
+    args.push(src.into());
+    args.push(dst.into());
+    Skopeo::new().run(args).await.map(drop)
+}
+
+fn assert_read_only(answer: &Fetched, context: &str) {
+    assert_eq!(answer.status, 405, "{context}: {}", answer.text());
+    assert_eq!(
+        answer.error_code().as_deref(),
+        Some("UNSUPPORTED"),
+        "{context}: {}",
+        answer.text()
+    );
+    let text = answer.text();
+    assert!(
+        text.contains("writes = \\\"client-credentials\\\"") && text.contains("e2e-upstream"),
+        "{context}: the message says how to enable writes: {text}"
+    );
+}
+
+#[tokio::test]
+async fn a_default_regcache_is_read_only_and_lists_no_catalog() {
+    let private = Private::start().await;
+    let regcache = private.regcache(None);
+    let before = private.state().await;
+    let anonymous = RegistryClient::new(regcache.url());
+
+    // Reads still work, with regcache's stored credentials.
+    let pulled = get(
+        &anonymous,
+        reqwest::Method::GET,
+        "/v2/private/app/manifests/v1",
+        &[("accept", media::DOCKER_MANIFEST)],
+    )
+    .await;
+    assert_eq!(pulled.status, 200, "{}", pulled.text());
+    assert_eq!(pulled.digest(), Some(private.app_digest.as_str()));
+
+    // An anonymous skopeo push fails, with regcache's explanation.
+    let (_work, src) = layout(1102);
+    let digest_file = regcache.work_dir().join("anon.digest");
+    let err = skopeo_push(
+        &src,
+        &format!("docker://{}/private/pushed-anon:v1", regcache.host()),
+        None,
+        &digest_file,
+    )
+    .await
+    .expect_err("an anonymous push through a default regcache must fail");
+    assert!(
+        err.stderr.contains("read-only cache")
+            || err.stderr.contains("UNSUPPORTED")
+            || err.stderr.contains("405"),
+        "{err}"
+    );
+
+    // Raw writes: upload start, mount, manifest PUT, manifest and blob DELETE.
+    let config_digest = small_image(1101).config_digest();
+    for (method, path) in [
+        (
+            reqwest::Method::POST,
+            "/v2/private/app/blobs/uploads/".to_owned(),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v2/private/other/blobs/uploads/?mount={config_digest}&from=private/app"),
+        ),
+        (
+            reqwest::Method::PATCH,
+            "/v2/private/app/blobs/uploads/0d4b5fd6-0000-4000-8000-000000000000".to_owned(),
+        ),
+        (
+            reqwest::Method::PUT,
+            "/v2/private/app/manifests/v2".to_owned(),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/v2/private/app/manifests/{}", private.app_digest),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/v2/private/app/blobs/{config_digest}"),
+        ),
+    ] {
+        let answer = get(&anonymous, method.clone(), &path, &[]).await;
+        assert_read_only(&answer, &format!("{method} {path}"));
+        // A client's own credentials change nothing while writes are off.
+        let authed = RegistryClient::new(regcache.url()).with_basic_auth(private.creds.clone());
+        let answer = get(&authed, method.clone(), &path, &[]).await;
+        assert_read_only(&answer, &format!("{method} {path} with credentials"));
+    }
+
+    // The catalog would list every private repository: refused.
+    let catalog = get(&anonymous, reqwest::Method::GET, "/v2/_catalog", &[]).await;
+    assert_eq!(catalog.status, 403, "{}", catalog.text());
+    assert_eq!(catalog.error_code().as_deref(), Some("DENIED"));
+    assert!(
+        catalog
+            .text()
+            .contains("catalog = \\\"client-credentials\\\""),
+        "{}",
+        catalog.text()
+    );
+    assert!(
+        !catalog.text().contains("private/app"),
+        "{}",
+        catalog.text()
+    );
+
+    // The upstream is untouched, and saw no write from regcache at all.
+    assert_eq!(private.state().await, before);
+    let still = get(
+        &private.direct,
+        reqwest::Method::HEAD,
+        &format!("/v2/private/app/manifests/{}", private.app_digest),
+        &[("accept", media::DOCKER_MANIFEST)],
+    )
+    .await;
+    assert_eq!(still.status, 200, "the image is still there");
+    assert_eq!(private.writes_from_regcache(), Vec::<String>::new());
+    let log = regcache.log();
+    assert!(!log.contains("robot-secret"), "a secret reached the log");
+}
+
+#[tokio::test]
+async fn client_credential_writes_land_upstream_and_anonymous_ones_get_the_upstreams_401() {
+    let private = Private::start().await;
+    let regcache = private.regcache(Some("client-credentials"));
+    let (_work, src) = layout(1103);
+
+    // With the client's own credentials the push lands upstream.
+    let digest_file = regcache.work_dir().join("pushed.digest");
+    skopeo_push(
+        &src,
+        &format!("docker://{}/private/pushed:v1", regcache.host()),
+        Some(&private.creds),
+        &digest_file,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nregcache log:\n{}", regcache.log()));
+    let pushed = std::fs::read_to_string(&digest_file).unwrap();
+    let upstream = get(
+        &private.direct,
+        reqwest::Method::GET,
+        "/v2/private/pushed/manifests/v1",
+        &[
+            ("accept", media::OCI_MANIFEST),
+            ("accept", media::DOCKER_MANIFEST),
+        ],
+    )
+    .await;
+    assert_eq!(upstream.status, 200, "{}", upstream.text());
+    assert_eq!(upstream.digest(), Some(pushed.trim()), "upstream vs skopeo");
+    assert_eq!(regcache_tests::sha256_digest(&upstream.body), pushed.trim());
+    let through = get(
+        &RegistryClient::new(regcache.url()),
+        reqwest::Method::GET,
+        "/v2/private/pushed/manifests/v1",
+        &[
+            ("accept", media::OCI_MANIFEST),
+            ("accept", media::DOCKER_MANIFEST),
+        ],
+    )
+    .await;
+    assert_eq!(through.digest(), Some(pushed.trim()), "through regcache");
+    assert_eq!(through.body, upstream.body);
+
+    // Without credentials: the upstream's own 401 and challenge, and skopeo
+    // fails; regcache's stored credentials are never used for a write.
+    let before = private.state().await;
+    let writes_before = private.writes_from_regcache().len();
+    let anon_file = regcache.work_dir().join("anon.digest");
+    let err = skopeo_push(
+        &src,
+        &format!("docker://{}/private/pushed-anon:v1", regcache.host()),
+        None,
+        &anon_file,
+    )
+    .await
+    .expect_err("an anonymous push must fail");
+    assert!(
+        err.stderr.contains("authentication required")
+            || err.stderr.contains("401")
+            || err.stderr.to_lowercase().contains("unauthorized"),
+        "{err}"
+    );
+    let anonymous = RegistryClient::new(regcache.url());
+    for (method, path) in [
+        (reqwest::Method::GET, "/v2/".to_owned()),
+        (
+            reqwest::Method::POST,
+            "/v2/private/app/blobs/uploads/".to_owned(),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/v2/private/app/manifests/{}", private.app_digest),
+        ),
+    ] {
+        let answer = get(&anonymous, method.clone(), &path, &[]).await;
+        assert_eq!(answer.status, 401, "{method} {path}: {}", answer.text());
+        assert_eq!(
+            answer.header("www-authenticate"),
+            Some("Basic realm=\"regcache-tests\""),
+            "{method} {path}: the upstream's challenge, unchanged"
+        );
+        assert_eq!(answer.error_code().as_deref(), Some("UNAUTHORIZED"));
+    }
+    let wrong = RegistryClient::new(regcache.url())
+        .with_basic_auth(Credentials::new("robot", "not-the-password"));
+    let answer = get(
+        &wrong,
+        reqwest::Method::POST,
+        "/v2/private/app/blobs/uploads/",
+        &[],
+    )
+    .await;
+    assert_eq!(answer.status, 401, "{}", answer.text());
+    assert_eq!(private.state().await, before, "nothing landed");
+    let refused: Vec<String> = private.writes_from_regcache()[writes_before..]
+        .iter()
+        .filter(|w| !w.ends_with(" 401"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        refused,
+        Vec::<String>::new(),
+        "every anonymous write got 401"
+    );
+
+    // The catalog has its own key, still off.
+    let catalog = get(&anonymous, reqwest::Method::GET, "/v2/_catalog", &[]).await;
+    assert_eq!(catalog.status, 403, "{}", catalog.text());
+}
+
+/// `request` on a fresh connection; the raw answer until the peer closes or
+/// 3 s pass.
+fn raw_exchange(addr: SocketAddr, request: &[u8], half_close: bool) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    if half_close {
+        stream.shutdown(Shutdown::Write).unwrap();
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn regcache_addr(regcache: &Regcache) -> SocketAddr {
+    regcache.host().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_broken_upload_body_is_the_clients_400_and_no_upstream_metric_moves() {
+    let registry = Registry::start(RegistryOptions::default());
+    let regcache = Regcache::start(
+        RegcacheOptions::new(registry.url())
+            .writes("client-credentials")
+            .retry_attempts(1),
+    );
+    let client = RegistryClient::new(regcache.url());
+    let addr = regcache_addr(&regcache);
+    let cases: [(&str, &dyn Fn(&str) -> String, bool); 2] = [
+        (
+            "a garbage chunk size",
+            &|location: &str| {
+                format!(
+                    "PATCH {location} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\n\
+                     Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZZ-not-hex\r\nmore\r\n0\r\n\r\n"
+                )
+            },
+            false,
+        ),
+        (
+            "a body shorter than its Content-Length",
+            &|location: &str| {
+                format!(
+                    "PATCH {location} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\n\
+                     Content-Length: 100000\r\n\r\nonly a few bytes"
+                )
+            },
+            true,
+        ),
+    ];
+    for (what, request, half_close) in cases {
+        let started = get(
+            &client,
+            reqwest::Method::POST,
+            "/v2/broken/body/blobs/uploads/",
+            &[],
+        )
+        .await;
+        assert_eq!(started.status, 202, "{what}: {}", started.text());
+        let location = started.header("location").unwrap().to_owned();
+        assert!(
+            location.starts_with("/v2/broken/body/blobs/uploads/"),
+            "{location}"
+        );
+
+        let before = regcache.metrics().await;
+        let log_before = regcache.log().len();
+        let answer = raw_exchange(addr, request(&location).as_bytes(), half_close);
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{what}: {answer}\nregcache log:\n{}",
+            &regcache.log()[log_before..]
+        );
+        assert!(answer.contains("BLOB_UPLOAD_INVALID"), "{what}: {answer}");
+        let after = regcache.metrics().await;
+        assert_eq!(
+            after.sum(UPSTREAM_REQUESTS, &[]),
+            before.sum(UPSTREAM_REQUESTS, &[]),
+            "{what}: regcache_upstream_requests_total moved:\n{}",
+            after.text
+        );
+        assert_eq!(
+            after.sum(UPSTREAM_REQUESTS, &[("status", "0")]),
+            0.0,
+            "{what}"
+        );
+        let log = &regcache.log()[log_before..];
+        let failed: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("request failed"))
+            .collect();
+        assert!(
+            !failed.is_empty()
+                && failed
+                    .iter()
+                    .all(|l| l.contains("whose=\"client\"") || l.contains("whose=client")),
+            "{what}: logged as the client's failure:\n{log}"
+        );
+        assert!(
+            !log.lines().any(|l| l.contains("WARN")),
+            "{what}: nothing at WARN:\n{log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_declared_oversize_manifest_gets_413_and_never_100_continue() {
+    let registry = Registry::start(RegistryOptions::default());
+    let regcache =
+        Regcache::start(RegcacheOptions::new(registry.url()).writes("client-credentials"));
+    let read_only = Regcache::start(RegcacheOptions::new(registry.url()));
+    for (regcache, status, code) in [
+        (&regcache, "413", "MANIFEST_INVALID"),
+        (&read_only, "405", "UNSUPPORTED"),
+    ] {
+        let addr = regcache_addr(regcache);
+        let request = format!(
+            "PUT /v2/big/manifest/manifests/v1 HTTP/1.1\r\nHost: {addr}\r\n\
+             Content-Type: {}\r\nContent-Length: 10737418240\r\nExpect: 100-continue\r\n\r\n",
+            media::DOCKER_MANIFEST
+        );
+        let answer = raw_exchange(addr, request.as_bytes(), false);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "first line should be {status}: {answer}"
+        );
+        assert!(!answer.contains("100 Continue"), "{answer}");
+        assert!(answer.contains(code), "{answer}");
+    }
+    assert!(
+        !registry.access_entries().iter().any(|e| e.method == "PUT"),
+        "nothing reached the registry"
+    );
+}
