@@ -719,6 +719,28 @@ mod tests {
     }
 
     #[test]
+    fn writes_and_catalog_go_into_the_generated_upstream_table() {
+        let plain = RegcacheOptions::new("http://127.0.0.1:1").render_config();
+        assert!(
+            !plain.contains("writes") && !plain.contains("catalog"),
+            "{plain}"
+        );
+        let toml = RegcacheOptions::new("http://127.0.0.1:1")
+            .writes("client-credentials")
+            .catalog("stored-credentials")
+            .render_config();
+        let table = &toml[toml.find("[upstream]").unwrap()..];
+        assert!(
+            table.contains("\nwrites = \"client-credentials\"\n"),
+            "{toml}"
+        );
+        assert!(
+            table.contains("\ncatalog = \"stored-credentials\"\n"),
+            "{toml}"
+        );
+    }
+
+    #[test]
     fn extra_toml_follows_the_upstreams_and_the_file_names_the_data_dir() {
         let extra = "[[policy]]\nrepositories = [\"a/*\"]\n";
         for options in [

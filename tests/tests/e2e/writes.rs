@@ -421,7 +421,9 @@ async fn a_broken_upload_body_is_the_clients_400_and_no_upstream_metric_moves() 
     );
     let client = RegistryClient::new(regcache.url());
     let addr = regcache_addr(&regcache);
-    let cases: [(&str, &dyn Fn(&str) -> String, bool); 2] = [
+    // (what, the raw request for an upload's Location, half-close after it)
+    type Case<'a> = (&'a str, &'a dyn Fn(&str) -> String, bool);
+    let cases: [Case<'_>; 2] = [
         (
             "a garbage chunk size",
             &|location: &str| {
