@@ -10,6 +10,9 @@
 //!   upstream (same digest upstream, through regcache and in skopeo's digest
 //!   file), and without credentials fails with the upstream's own 401 and
 //!   `Basic` challenge: regcache's stored credentials are never used to write;
+//! - the same against a token-auth registry: the client gets the upstream's
+//!   `Bearer` challenge through regcache, fetches its own push token from the
+//!   token service and regcache forwards it; regcache asks for no push token;
 //! - a client's broken upload body (bad chunked framing, a body shorter than
 //!   its Content-Length) is the client's 400 `BLOB_UPLOAD_INVALID`, and
 //!   `regcache_upstream_requests_total` does not move;
@@ -24,7 +27,7 @@ use regcache_tests::image::{config, default_history, media};
 use regcache_tests::registry::Credentials;
 use regcache_tests::{
     Fetched, Image, ImageGen, ManifestFormat, OciLayout, Platform, Regcache, RegcacheOptions,
-    Registry, RegistryClient, RegistryOptions, Skopeo,
+    Registry, RegistryClient, RegistryOptions, Skopeo, TokenServer, TokenServerOptions,
 };
 use serde_json::Value;
 
@@ -383,6 +386,97 @@ async fn client_credential_writes_land_upstream_and_anonymous_ones_get_the_upstr
     // The catalog has its own key, still off.
     let catalog = get(&anonymous, reqwest::Method::GET, "/v2/_catalog", &[]).await;
     assert_eq!(catalog.status, 403, "{}", catalog.text());
+}
+
+/// Whether a scope (`repository:NAME:ACTIONS`) asks for `push`.
+fn asks_push(scope: &str) -> bool {
+    scope
+        .rsplit(':')
+        .next()
+        .is_some_and(|actions| actions.split(',').any(|a| a == "push" || a == "*"))
+}
+
+#[tokio::test]
+async fn client_credential_writes_carry_the_clients_own_bearer_token() {
+    let alice = Credentials::new("alice", "alice-secret");
+    let robot = Credentials::new("robot", "robot-secret");
+    let mut options = TokenServerOptions::with_user(alice.clone());
+    options.users.push(robot.clone());
+    let tokens = TokenServer::start(options);
+    let registry = Registry::start(RegistryOptions {
+        token_auth: Some(tokens.registry_auth()),
+        ..RegistryOptions::default()
+    });
+    let regcache = Regcache::start(
+        RegcacheOptions::new(registry.url())
+            .credentials(Some(robot.clone()))
+            .writes("client-credentials")
+            .retry_attempts(1),
+    );
+    let (_work, src) = layout(1104);
+    let digest_file = regcache.work_dir().join("bearer.digest");
+    skopeo_push(
+        &src,
+        &format!("docker://{}/team/pushed:v1", regcache.host()),
+        Some(&alice),
+        &digest_file,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nregcache log:\n{}", regcache.log()));
+    let pushed = std::fs::read_to_string(&digest_file).unwrap();
+    let token = tokens.mint("check", &["repository:team/pushed:pull"]);
+    let upstream = get(
+        &RegistryClient::new(registry.url()).with_bearer(token),
+        reqwest::Method::GET,
+        "/v2/team/pushed/manifests/v1",
+        &[
+            ("accept", media::OCI_MANIFEST),
+            ("accept", media::DOCKER_MANIFEST),
+        ],
+    )
+    .await;
+    assert_eq!(upstream.status, 200, "{}", upstream.text());
+    assert_eq!(upstream.digest(), Some(pushed.trim()));
+    let requests = tokens.requests();
+    assert!(
+        requests.iter().any(|r| r.user.as_deref() == Some("alice")
+            && r.status == 200
+            && r.scopes
+                .iter()
+                .any(|s| s.contains("team/pushed") && asks_push(s))),
+        "skopeo fetched alice's own push token: {requests:#?}"
+    );
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.user.as_deref() == Some("robot") && r.scopes.iter().any(|s| asks_push(s))),
+        "regcache asked for no push token of its own: {requests:#?}"
+    );
+
+    // Without credentials the token service refuses skopeo: nothing lands.
+    let anon_file = regcache.work_dir().join("bearer-anon.digest");
+    skopeo_push(
+        &src,
+        &format!("docker://{}/team/anon:v1", regcache.host()),
+        None,
+        &anon_file,
+    )
+    .await
+    .expect_err("an anonymous push must fail");
+    let ping = get(
+        &RegistryClient::new(regcache.url()),
+        reqwest::Method::GET,
+        "/v2/",
+        &[],
+    )
+    .await;
+    assert_eq!(ping.status, 401);
+    assert!(
+        ping.header("www-authenticate")
+            .is_some_and(|h| h.starts_with("Bearer realm=") && h.contains(&tokens.realm())),
+        "the upstream's Bearer challenge: {:?}",
+        ping.headers
+    );
 }
 
 /// `request` on a fresh connection; the raw answer until the peer closes or
