@@ -176,7 +176,7 @@ pub struct RawRequest {
     /// Absolute path on the upstream, starting with `/v2/`, with query.
     pub path_and_query: String,
     /// Headers to send. `Authorization`, `Host` and hop-by-hop headers are
-    /// dropped: the client sets its own credentials.
+    /// dropped: credentials come from [`RawRequest::identity`] only.
     pub headers: HeaderMap,
     pub body: RequestBody,
     /// May the request be retried (and is the body replayable)? Defaults to
@@ -258,8 +258,11 @@ impl RawRequest {
 /// The upstream's answer to a [`RawRequest`], whatever its status: the
 /// server relays it (rewriting `Location`/`Link`, which may name `url`'s
 /// origin). Only failures without a usable HTTP answer are errors.
-/// A final `401` keeps the upstream's `WWW-Authenticate`; don't relay that
-/// header to clients (it names the upstream's realm).
+/// A final `401` keeps the upstream's `WWW-Authenticate`; relay that header
+/// to clients only for a request sent with the client's own identity
+/// ([`Identity::Client`]), which is what lets the client authenticate: to a
+/// request made with regcache's credentials it names a realm that is not
+/// the client's business.
 pub struct RawResponse {
     /// The upstream's configured name (for errors built from this).
     pub upstream: String,
