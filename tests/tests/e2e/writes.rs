@@ -10,6 +10,8 @@
 //!   upstream (same digest upstream, through regcache and in skopeo's digest
 //!   file), and without credentials fails with the upstream's own 401 and
 //!   `Basic` challenge: regcache's stored credentials are never used to write;
+//!   `catalog = "client-credentials"` lists what the client's credentials see
+//!   (401 without), `"stored-credentials"` lists for anyone;
 //! - the same against a token-auth registry: the client gets the upstream's
 //!   `Bearer` challenge through regcache, fetches its own push token from the
 //!   token service and regcache forwards it; regcache asks for no push token;
@@ -378,6 +380,24 @@ async fn client_credential_writes_land_upstream_and_anonymous_ones_get_the_upstr
     // The catalog has its own key, still off.
     let catalog = get(&anonymous, reqwest::Method::GET, "/v2/_catalog", &[]).await;
     assert_eq!(catalog.status, 403, "{}", catalog.text());
+
+    // catalog = "client-credentials": the upstream lists what the client's
+    // own credentials may see; "stored-credentials": regcache's, for anyone.
+    for (mode, anonymous_status) in [("client-credentials", 401), ("stored-credentials", 200)] {
+        let listing = Regcache::start(
+            RegcacheOptions::new(private.registry.url())
+                .credentials(Some(private.creds.clone()))
+                .catalog(mode),
+        );
+        let anonymous = RegistryClient::new(listing.url());
+        let got = get(&anonymous, reqwest::Method::GET, "/v2/_catalog", &[]).await;
+        assert_eq!(got.status, anonymous_status, "{mode}: {}", got.text());
+        let authed = RegistryClient::new(listing.url()).with_basic_auth(private.creds.clone());
+        let got = get(&authed, reqwest::Method::GET, "/v2/_catalog", &[]).await;
+        assert_eq!(got.status, 200, "{mode}: {}", got.text());
+        let repositories: Value = serde_json::from_slice(&got.body).unwrap();
+        assert_eq!(repositories, before.0, "{mode}: the upstream's own catalog");
+    }
 }
 
 /// Whether a scope (`repository:NAME:ACTIONS`) asks for `push`.
