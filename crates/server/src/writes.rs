@@ -16,8 +16,10 @@
 //!   come back unchanged, so Docker, skopeo and podman authenticate with the
 //!   upstream themselves (the sidecar case). regcache's own credentials and
 //!   tokens are never used for these requests. With writes on this mode,
-//!   `GET /v2/` is answered by the upstream too, so clients learn its
-//!   challenge (they send credentials only after a challenge).
+//!   `GET /v2/` (the default upstream's, or the `ns=` one's) is answered by
+//!   the upstream too, so clients learn its challenge: Docker and skopeo send
+//!   credentials only after a challenge, and a `200` from regcache would
+//!   make them push anonymously (the e2e test fails that way without it).
 //! - `stored-credentials`: regcache's configured credentials, as for reads.
 //!   An explicit opt-in: anyone who can reach regcache acts as that account.
 //!
