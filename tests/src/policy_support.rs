@@ -103,6 +103,8 @@ pub struct PolicyRegcacheOptions {
     pub data_dir: Option<PathBuf>,
     /// `REGCACHE_LOG`.
     pub log_level: String,
+    /// `[upstream] writes`; regcache's default (`off`) when `None`.
+    pub writes: Option<String>,
 }
 
 impl PolicyRegcacheOptions {
@@ -115,6 +117,7 @@ impl PolicyRegcacheOptions {
             signing_key: None,
             data_dir: None,
             log_level: defaults.log_level,
+            writes: None,
         }
     }
 
@@ -131,6 +134,13 @@ impl PolicyRegcacheOptions {
 
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// `[upstream] writes`, e.g. `client-credentials` for tests that push
+    /// through regcache.
+    pub fn writes(mut self, mode: &str) -> Self {
+        self.writes = Some(mode.to_owned());
         self
     }
 
@@ -159,6 +169,7 @@ impl PolicyRegcacheOptions {
             .extra_toml(&self.policy_toml());
         options.upstream_name.clone_from(&self.upstream_name);
         options.data_dir.clone_from(&self.data_dir);
+        options.writes.clone_from(&self.writes);
         options
     }
 

@@ -146,6 +146,11 @@ pub struct RegcacheOptions {
     pub connect_timeout_secs: Option<u64>,
     pub first_byte_timeout_secs: Option<u64>,
     pub retry_attempts: Option<u32>,
+    /// `[upstream] writes`: `off` (regcache's default), `client-credentials`
+    /// or `stored-credentials`.
+    pub writes: Option<String>,
+    /// `[upstream] catalog`: the same values.
+    pub catalog: Option<String>,
     /// `[cache]` sizes, as regcache reads them (`"40MiB"`, `"1048576"`).
     pub memory_size: Option<String>,
     pub memory_max_object: Option<String>,
@@ -155,7 +160,7 @@ pub struct RegcacheOptions {
     /// Raw TOML that replaces the generated `[upstream]` table, e.g. several
     /// `[[upstream]]` tables for a multi-registry regcache. When set,
     /// `upstream_url`, `upstream_name`, `credentials` and the per-upstream
-    /// knobs above (`tag_ttl_secs` … `retry_attempts`) are not used.
+    /// knobs above (`tag_ttl_secs` … `catalog`) are not used.
     pub upstreams_toml: Option<String>,
     /// Raw TOML appended to the configuration file after the upstream
     /// table(s), e.g. `[[policy]]` tables or a `[schema1]` table.
@@ -180,6 +185,8 @@ impl RegcacheOptions {
             connect_timeout_secs: None,
             first_byte_timeout_secs: None,
             retry_attempts: None,
+            writes: None,
+            catalog: None,
             memory_size: None,
             memory_max_object: None,
             disk_size: None,
@@ -224,6 +231,18 @@ impl RegcacheOptions {
 
     pub fn retry_attempts(mut self, attempts: u32) -> Self {
         self.retry_attempts = Some(attempts);
+        self
+    }
+
+    /// `[upstream] writes` (`off`, `client-credentials`, `stored-credentials`).
+    pub fn writes(mut self, mode: &str) -> Self {
+        self.writes = Some(mode.to_owned());
+        self
+    }
+
+    /// `[upstream] catalog` (`off`, `client-credentials`, `stored-credentials`).
+    pub fn catalog(mut self, mode: &str) -> Self {
+        self.catalog = Some(mode.to_owned());
         self
     }
 
@@ -286,6 +305,11 @@ impl RegcacheOptions {
             if !self.auth_realms.is_empty() {
                 let realms: Vec<String> = self.auth_realms.iter().map(|r| quote(r)).collect();
                 writeln!(toml, "auth_realms = [{}]", realms.join(", ")).unwrap();
+            }
+            for (key, value) in [("writes", &self.writes), ("catalog", &self.catalog)] {
+                if let Some(value) = value {
+                    writeln!(toml, "{key} = {}", quote(value)).unwrap();
+                }
             }
         }
         if !self.extra_toml.trim().is_empty() {
@@ -700,6 +724,28 @@ mod tests {
         assert!(!toml.contains("\n[upstream]\n"), "{toml}");
         assert!(!toml.contains("tag_ttl_secs = 5"), "{toml}");
         assert_eq!(toml.matches("[[upstream]]").count(), 2, "{toml}");
+    }
+
+    #[test]
+    fn writes_and_catalog_go_into_the_generated_upstream_table() {
+        let plain = RegcacheOptions::new("http://127.0.0.1:1").render_config();
+        assert!(
+            !plain.contains("writes") && !plain.contains("catalog"),
+            "{plain}"
+        );
+        let toml = RegcacheOptions::new("http://127.0.0.1:1")
+            .writes("client-credentials")
+            .catalog("stored-credentials")
+            .render_config();
+        let table = &toml[toml.find("[upstream]").unwrap()..];
+        assert!(
+            table.contains("\nwrites = \"client-credentials\"\n"),
+            "{toml}"
+        );
+        assert!(
+            table.contains("\ncatalog = \"stored-credentials\"\n"),
+            "{toml}"
+        );
     }
 
     #[test]

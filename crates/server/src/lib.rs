@@ -26,3 +26,4 @@ pub mod services;
 pub mod telemetry;
 pub mod tls;
 pub mod web;
+pub mod writes;

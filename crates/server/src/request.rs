@@ -21,6 +21,7 @@ use regcache_upstream::UpstreamApi;
 use crate::config::UpstreamSettings;
 use crate::error::Error;
 use crate::routes::Route;
+use crate::writes::Forwarding;
 
 /// One upstream registry as the server uses it: its names and its client.
 pub struct Upstream {
@@ -40,6 +41,10 @@ pub struct Upstream {
     /// cached tag at once and the revalidating HEAD runs in the background
     /// (zero: off, the request waits for the HEAD).
     pub stale_while_revalidate: Duration,
+    /// Uploads, mounts, manifest PUTs and deletes ([`crate::writes`]).
+    pub writes: Forwarding,
+    /// `/v2/_catalog` ([`crate::writes`]).
+    pub catalog: Forwarding,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -67,6 +72,8 @@ impl Upstream {
             tag_ttl: settings.tag_ttl,
             stale_if_error: settings.stale_if_error,
             stale_while_revalidate: settings.stale_while_revalidate,
+            writes: settings.writes,
+            catalog: settings.catalog,
         }
     }
 

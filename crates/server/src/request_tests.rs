@@ -20,6 +20,8 @@ fn upstream(name: &str, host: &str, hub: bool, aliases: Vec<String>) -> Arc<Upst
         tag_ttl: Duration::from_secs(1),
         stale_if_error: Duration::from_secs(1),
         stale_while_revalidate: Duration::ZERO,
+        writes: Forwarding::Off,
+        catalog: Forwarding::Off,
     })
 }
 

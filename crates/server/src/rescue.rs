@@ -105,6 +105,19 @@ fn upstream(e: &UpstreamError) -> Rescued {
                 whose: "upstream",
             }
         }
+        // The body the client sent broke off while regcache forwarded it
+        // (bad chunked framing, shorter than its Content-Length, a client
+        // gone): the client's error, not the upstream's.
+        UpstreamError::RequestBody { .. } => Rescued {
+            status: 400,
+            envelope: ErrorEnvelope::single(RegistryError::with_message(
+                ErrorCode::BlobUploadInvalid,
+                format!("reading the request body failed: {}", chain(e)),
+            )),
+            retry_after: None,
+            level: Level::DEBUG,
+            whose: "client",
+        },
         UpstreamError::Unauthorized { .. } => Rescued {
             status: 401,
             envelope: ErrorEnvelope::single(RegistryError::with_message(

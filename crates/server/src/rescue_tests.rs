@@ -147,6 +147,39 @@ fn every_error_kind_has_one_status_code_and_level() {
             "upstream",
         ),
         (
+            "the client's body broke off while forwarded",
+            Error::Upstream(UpstreamError::RequestBody {
+                upstream: "up".into(),
+                source: Arc::new(std::io::Error::other("invalid chunk size line")),
+            }),
+            400,
+            ErrorCode::BlobUploadInvalid,
+            Level::DEBUG,
+            "client",
+        ),
+        (
+            "writes off for this upstream",
+            crate::writes::decide(
+                crate::writes::Forwarding::Off,
+                crate::writes::Gated::Write,
+                "up",
+                &http::HeaderMap::new(),
+            )
+            .unwrap_err(),
+            405,
+            ErrorCode::Unsupported,
+            Level::INFO,
+            "policy",
+        ),
+        (
+            "declared manifest over the limit",
+            Error::client_status(413, RegistryError::new(ErrorCode::ManifestInvalid)),
+            413,
+            ErrorCode::ManifestInvalid,
+            Level::DEBUG,
+            "client",
+        ),
+        (
             "upstream sent garbage",
             Error::BadUpstream {
                 upstream: "up".into(),

@@ -127,7 +127,7 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
     let mut ups = Vec::new();
     for up in &settings.upstreams {
         let client: Arc<dyn UpstreamApi> = Arc::new(UpstreamClient::new(up.client_config())?);
-        tracing::info!(name = %up.name, url = %up.url, default = std::ptr::eq(up, settings.default_upstream()), "upstream");
+        tracing::info!(name = %up.name, url = %up.url, default = std::ptr::eq(up, settings.default_upstream()), writes = up.writes.as_str(), catalog = up.catalog.as_str(), "upstream");
         ups.push(Arc::new(Upstream::new(up, client)));
     }
     let app = App::new(

@@ -29,6 +29,8 @@ fn upstream(client: Arc<dyn UpstreamApi>) -> Arc<Upstream> {
         tag_ttl: Duration::from_secs(10),
         stale_if_error: Duration::from_secs(60),
         stale_while_revalidate: Duration::ZERO,
+        writes: regcache_server::writes::Forwarding::Off,
+        catalog: regcache_server::writes::Forwarding::Off,
     })
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use regcache_formats::{Digest, ErrorEnvelope};
 use url::Url;
 
@@ -113,13 +113,17 @@ impl RequestBody {
 
     /// A streamed body (an upload chunk passed through from a client).
     /// Send `Content-Length` in the headers when it is known: some
-    /// registries refuse chunked uploads.
+    /// registries refuse chunked uploads. An error of `stream` fails the
+    /// request with [`UpstreamError::RequestBody`], not counted as an
+    /// upstream exchange.
     pub fn stream<S, E>(stream: S) -> Self
     where
         S: Stream<Item = Result<Bytes, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        RequestBody(BodyInner::Stream(reqwest::Body::wrap_stream(stream)))
+        use futures_util::TryStreamExt as _;
+        let marked = stream.map_err(|e| crate::error::BodyFailed(e.into()));
+        RequestBody(BodyInner::Stream(reqwest::Body::wrap_stream(marked)))
     }
 
     /// True when the body can be sent more than once.
@@ -173,7 +177,7 @@ pub struct RawRequest {
     /// Absolute path on the upstream, starting with `/v2/`, with query.
     pub path_and_query: String,
     /// Headers to send. `Authorization`, `Host` and hop-by-hop headers are
-    /// dropped: the client sets its own credentials.
+    /// dropped: credentials come from [`RawRequest::identity`] only.
     pub headers: HeaderMap,
     pub body: RequestBody,
     /// May the request be retried (and is the body replayable)? Defaults to
@@ -182,6 +186,33 @@ pub struct RawRequest {
     /// Token scope; `None` infers it from method and path
     /// ([`Scope::infer`]).
     pub scope: Option<Scope>,
+    /// Whose credentials it goes out with: regcache's own (the default) or
+    /// the client's ([`Identity::Client`]).
+    pub identity: Identity,
+}
+
+/// Whose credentials a [`RawRequest`] is sent with.
+#[derive(Clone, Default)]
+pub enum Identity {
+    /// regcache's configured credentials, with the token dance on a `401`.
+    #[default]
+    Stored,
+    /// The client's own `Authorization` value (or none, for an anonymous
+    /// client), passed through: sent only with the first request, to the
+    /// upstream's own origin, never on a redirect hop; no stored credential
+    /// or token is used, and a `401` (with its `WWW-Authenticate`) is the
+    /// answer, for the client to authenticate itself.
+    Client(Option<HeaderValue>),
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Stored => f.write_str("Stored"),
+            Identity::Client(None) => f.write_str("Client(anonymous)"),
+            Identity::Client(Some(_)) => f.write_str("Client(<redacted>)"),
+        }
+    }
 }
 
 impl RawRequest {
@@ -194,7 +225,14 @@ impl RawRequest {
             body: RequestBody::empty(),
             idempotent,
             scope: None,
+            identity: Identity::Stored,
         }
+    }
+
+    /// Send with the client's credentials instead of regcache's.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = identity;
+        self
     }
 
     pub fn headers(mut self, headers: HeaderMap) -> Self {
@@ -221,8 +259,11 @@ impl RawRequest {
 /// The upstream's answer to a [`RawRequest`], whatever its status: the
 /// server relays it (rewriting `Location`/`Link`, which may name `url`'s
 /// origin). Only failures without a usable HTTP answer are errors.
-/// A final `401` keeps the upstream's `WWW-Authenticate`; don't relay that
-/// header to clients (it names the upstream's realm).
+/// A final `401` keeps the upstream's `WWW-Authenticate`; relay that header
+/// to clients only for a request sent with the client's own identity
+/// ([`Identity::Client`]), which is what lets the client authenticate: to a
+/// request made with regcache's credentials it names a realm that is not
+/// the client's business.
 pub struct RawResponse {
     /// The upstream's configured name (for errors built from this).
     pub upstream: String,

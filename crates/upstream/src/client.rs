@@ -33,14 +33,14 @@ use url::Url;
 
 use crate::api::forward_upstream_api;
 use crate::api::{
-    BlobBody, BlobHead, BodyInner, ByteStream, Collect, ERROR_BODY_LIMIT, ManifestBody,
+    BlobBody, BlobHead, BodyInner, ByteStream, Collect, ERROR_BODY_LIMIT, Identity, ManifestBody,
     ManifestHead, RawRequest, RawResponse, UpstreamApi, collect_limited, header_string,
 };
 use crate::auth::{
     AuthMode, BearerRealm, Challenge, TokenCache, TokenResponse, parse_challenges, realm_trust,
 };
 use crate::config::{ClientConfig, Credentials, Secret};
-use crate::error::{TimeoutPhase, UpstreamError};
+use crate::error::{BodyFailed, TimeoutPhase, UpstreamError};
 use crate::retry::{RetryAfter, RetryState, parse_retry_after, retryable_status};
 use crate::scope::Scope;
 use crate::stats::{Stats, UpstreamStats};
@@ -135,6 +135,9 @@ struct Prepared {
     body: BodySource,
     scope: Scope,
     idempotent: bool,
+    /// Whose credentials: with [`Identity::Client`], the client's header
+    /// goes with the first hop only and there is no token dance.
+    identity: Identity,
 }
 
 /// What `authed_exchange` sent in `Authorization`.
@@ -437,6 +440,7 @@ impl UpstreamClient {
             body,
             scope,
             idempotent,
+            identity: req.identity,
         };
         self.run(&p, |resp| async move {
             let status = resp.status();
@@ -477,6 +481,7 @@ impl UpstreamClient {
             body: BodySource::Empty,
             scope,
             idempotent: true,
+            identity: Identity::Stored,
         })
     }
 
@@ -588,6 +593,10 @@ impl UpstreamClient {
     // ----- loop 2: authentication -------------------------------------------
 
     async fn authed_exchange(&self, p: &Prepared) -> Result<reqwest::Response, UpstreamError> {
+        if let Identity::Client(auth) = &p.identity {
+            // Pass-through: the client's credentials or none; its 401 is the answer.
+            return self.follow(p, auth.as_ref()).await;
+        }
         if !p.body.replayable() && self.mode() == AuthMode::Unknown {
             // A streamed body can't be sent twice: learn the challenge first.
             self.discover().await?;
@@ -834,7 +843,10 @@ impl UpstreamClient {
         let mut with_body = !p.body.is_empty();
         let max = self.inner.config.max_redirects;
         for hop in 0..=max {
-            let own = url.origin() == self.inner.origin;
+            // A client's own credentials never follow a redirect, not even
+            // to the same origin; regcache's go to its own origin only.
+            let own = url.origin() == self.inner.origin
+                && (hop == 0 || matches!(p.identity, Identity::Stored));
             let mut req = reqwest::Request::new(method.clone(), url.clone());
             *req.headers_mut() = p.headers.clone();
             if own && let Some(a) = auth {
@@ -896,6 +908,15 @@ impl UpstreamClient {
         let timeout = self.inner.config.first_byte_timeout;
         let result = match tokio::time::timeout(timeout, self.inner.http.execute(req)).await {
             Err(_) => Err(self.timeout(TimeoutPhase::FirstByte)),
+            Ok(Err(e)) if BodyFailed::in_chain(&e) => {
+                // The body we were forwarding broke (the client's upload):
+                // not the upstream's doing, so not counted as its exchange.
+                debug!(upstream = %self.inner.label, method = %method, path, "request body failed while forwarding it");
+                return Err(UpstreamError::RequestBody {
+                    upstream: self.inner.label.clone(),
+                    source: Arc::new(e.without_url()),
+                });
+            }
             Ok(Err(e)) => Err(UpstreamError::from_reqwest(&self.inner.label, e, false)),
             Ok(Ok(resp)) => Ok(resp),
         };

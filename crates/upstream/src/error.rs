@@ -80,6 +80,16 @@ pub enum UpstreamError {
     /// digest, unparsable token response, body over the size limit…
     #[error("upstream {upstream}: protocol error ({detail})")]
     Protocol { upstream: String, detail: String },
+    /// The request body being forwarded (a client's upload, streamed through)
+    /// failed while it was sent: bad framing, a short body, a client that
+    /// went away. The client's fault, not the upstream's: the exchange is not
+    /// counted, and nothing is retried.
+    #[error("upstream {upstream}: the request body being forwarded broke off")]
+    RequestBody {
+        upstream: String,
+        #[source]
+        source: BoxError,
+    },
     /// The caller asked for something we refuse to send (invalid repository
     /// name or reference, a path outside `/v2/`, an invalid config).
     #[error("upstream {upstream}: invalid request ({detail})")]
@@ -117,6 +127,7 @@ macro_rules! upstream_of {
             | UpstreamError::Timeout { upstream, .. }
             | UpstreamError::Redirect { upstream, .. }
             | UpstreamError::Protocol { upstream, .. }
+            | UpstreamError::RequestBody { upstream, .. }
             | UpstreamError::InvalidRequest { upstream, .. } => upstream,
         }
     };
@@ -138,13 +149,14 @@ impl UpstreamError {
     /// The status the server should answer with when it relays this error:
     /// the upstream's own status for registry errors, `502` for transport,
     /// redirect and protocol failures, `504` for timeouts, `401` when the
-    /// token service refused us, `400` for an invalid request.
+    /// token service refused us, `400` for an invalid request or a request
+    /// body that broke off.
     pub fn status_hint(&self) -> u16 {
         match self {
             UpstreamError::Registry { status, .. } => *status,
             UpstreamError::Unauthorized { .. } => 401,
             UpstreamError::Timeout { .. } => 504,
-            UpstreamError::InvalidRequest { .. } => 400,
+            UpstreamError::InvalidRequest { .. } | UpstreamError::RequestBody { .. } => 400,
             UpstreamError::Transport { .. }
             | UpstreamError::Redirect { .. }
             | UpstreamError::Protocol { .. } => 502,
@@ -207,6 +219,12 @@ impl UpstreamError {
         }
     }
 
+    /// True when the request body we were forwarding failed (the client's
+    /// fault), not the upstream or the way to it.
+    pub fn is_request_body(&self) -> bool {
+        matches!(self, UpstreamError::RequestBody { .. })
+    }
+
     /// Map a reqwest error, dropping its URL (it may carry a signed query).
     pub(crate) fn from_reqwest(upstream: &str, e: reqwest::Error, in_body: bool) -> Self {
         let e = e.without_url();
@@ -227,6 +245,28 @@ impl UpstreamError {
             upstream: upstream.to_owned(),
             source: Arc::new(e),
         }
+    }
+}
+
+/// The error of a streamed request body ([`crate::RequestBody::stream`]),
+/// wrapped in its own type so that a failed exchange can tell "the body we
+/// were sending broke" from "the upstream broke": hyper and reqwest keep it
+/// in their error's source chain.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the request body failed")]
+pub(crate) struct BodyFailed(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+
+impl BodyFailed {
+    /// Whether `e`'s source chain holds a [`BodyFailed`].
+    pub(crate) fn in_chain(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut next = Some(e);
+        while let Some(cur) = next {
+            if cur.is::<BodyFailed>() {
+                return true;
+            }
+            next = cur.source();
+        }
+        false
     }
 }
 

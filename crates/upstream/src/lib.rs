@@ -46,7 +46,7 @@ mod scope;
 mod stats;
 
 pub use api::{
-    BlobBody, BlobHead, ByteStream, ManifestBody, ManifestHead, RawRequest, RawResponse,
+    BlobBody, BlobHead, ByteStream, Identity, ManifestBody, ManifestHead, RawRequest, RawResponse,
     RequestBody, UpstreamApi,
 };
 pub use client::{MAX_MANIFEST_SIZE, UpstreamClient};

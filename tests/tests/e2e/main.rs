@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod client_bodies;
 mod fill_routes;
 mod harness;
 mod multi_registry;
@@ -19,3 +20,4 @@ mod serve_tls;
 mod support;
 mod tag_revalidation;
 mod upstream_auth;
+mod writes;

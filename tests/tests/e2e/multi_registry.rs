@@ -160,7 +160,7 @@ impl Fixture {
         let quay = ProxiedRegistry::start();
         let images = push_images(&hub, &quay).await;
         let upstreams = format!(
-            "[[upstream]]\nname = \"quay.io\"\nurl = \"{quay}\"\n\n\
+            "[[upstream]]\nname = \"quay.io\"\nurl = \"{quay}\"\ncatalog = \"stored-credentials\"\n\n\
              [[upstream]]\nname = \"docker.io\"\nurl = \"{hub}\"\ndefault = true\n{hub_extra}\n",
             quay = quay.proxy.url(),
             hub = hub.proxy.url(),

@@ -88,7 +88,17 @@ fn image_with_empty_layers(seed: u64) -> Image {
 }
 
 fn regcache_with(upstream: &Registry, rules: Vec<PolicyRule>) -> PolicyRegcache {
-    let mut options = PolicyRegcacheOptions::new(upstream.url());
+    start_with(PolicyRegcacheOptions::new(upstream.url()), rules)
+}
+
+/// [`regcache_with`], with pushes passed through (`writes =
+/// "client-credentials"`; the upstream is open, so they go anonymously).
+fn push_regcache_with(upstream: &Registry, rules: Vec<PolicyRule>) -> PolicyRegcache {
+    let options = PolicyRegcacheOptions::new(upstream.url()).writes("client-credentials");
+    start_with(options, rules)
+}
+
+fn start_with(mut options: PolicyRegcacheOptions, rules: Vec<PolicyRule>) -> PolicyRegcache {
     for rule in rules {
         options = options.rule(rule);
     }
@@ -1176,7 +1186,7 @@ async fn skopeo_pushes_schema1_through_regcache() {
         ..RegistryOptions::default()
     });
     let direct = RegistryClient::new(registry.url());
-    let regcache = regcache_with(
+    let regcache = push_regcache_with(
         &registry,
         vec![PolicyRule::new(&["sidecar/**"]).schema2_push("reject")],
     );
@@ -1329,7 +1339,7 @@ async fn docker_push_schema2_refused_without_the_variable_and_unchanged_when_acc
         ..RegistryOptions::default()
     });
     let direct = RegistryClient::new(registry.url());
-    let regcache = regcache_with(
+    let regcache = push_regcache_with(
         &registry,
         vec![PolicyRule::new(&["s2reject/**"]).schema2_push("reject")],
     );
@@ -1403,6 +1413,7 @@ async fn docker_push_falls_back_to_schema1_when_the_daemon_allows_it() {
     let recorder = PutRecorder::start(&registry.url());
     let regcache = PolicyRegcache::start(
         PolicyRegcacheOptions::new(recorder.url())
+            .writes("client-credentials")
             .rule(PolicyRule::new(&["s2reject/**"]).schema2_push("reject")),
     );
     let docker = DockerDaemon::start(DockerDaemonOptions {

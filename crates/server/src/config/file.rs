@@ -136,6 +136,12 @@ pub struct UpstreamSection {
     /// Docker Hub when unset. A challenge naming any other realm gets an
     /// anonymous token request.
     pub auth_realms: Option<Vec<String>>,
+    /// Pushes, uploads, mounts and deletes: `off` (405), `client-credentials`
+    /// (the client's own `Authorization`, passed through) or
+    /// `stored-credentials` (regcache's; see [`crate::writes`]).
+    pub writes: crate::writes::Forwarding,
+    /// `/v2/_catalog`: the same three values; `off` refuses it (403).
+    pub catalog: crate::writes::Forwarding,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -202,6 +208,8 @@ impl Default for UpstreamSection {
             first_byte_timeout_secs: 30,
             retry_attempts: 3,
             auth_realms: None,
+            writes: crate::writes::Forwarding::Off,
+            catalog: crate::writes::Forwarding::Off,
         }
     }
 }

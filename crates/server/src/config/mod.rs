@@ -11,12 +11,15 @@
 //! - `validate.rs`: checking the result into [`Settings`] (`settings.rs`),
 //!   with the TLS files loaded by `tls.rs`.
 //! - `keys.rs`: unknown keys, found from the serde types in `file.rs`.
+//! - `bounds.rs`: the bounds of every numeric setting, and upstream hosts
+//!   that are no host (`0.0.0.0`, `::`).
 //!
 //! Names: [`Config`] and the `*Section` types are the file as written;
 //! [`Settings`] and the `*Settings` types are what validation makes of it;
 //! the registry client's `ClientConfig` comes from
 //! [`UpstreamSettings::client_config`].
 
+mod bounds;
 mod file;
 mod keys;
 mod layers;

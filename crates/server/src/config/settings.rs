@@ -76,6 +76,10 @@ pub struct UpstreamSettings {
     /// Token realm hosts besides the upstream's origin that may receive its
     /// credentials (the client's `auth_realms`).
     pub auth_realms: Vec<String>,
+    /// Writes through regcache: off, the client's credentials, or regcache's.
+    pub writes: crate::writes::Forwarding,
+    /// `/v2/_catalog`: off, the client's credentials, or regcache's.
+    pub catalog: crate::writes::Forwarding,
 }
 
 impl fmt::Debug for UpstreamSettings {
@@ -88,6 +92,8 @@ impl fmt::Debug for UpstreamSettings {
             .field("tag_ttl", &self.tag_ttl)
             .field("stale_if_error", &self.stale_if_error)
             .field("stale_while_revalidate", &self.stale_while_revalidate)
+            .field("writes", &self.writes)
+            .field("catalog", &self.catalog)
             .finish_non_exhaustive()
     }
 }

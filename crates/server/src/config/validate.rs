@@ -80,9 +80,7 @@ impl Config {
         if self.cache.memory_max_object.0 > self.cache.memory_size.0 {
             problems.push("cache.memory_max_object must not exceed cache.memory_size".into());
         }
-        if self.cache.disk_size.0 < (1 << 20) {
-            problems.push("cache.disk_size must be at least 1MiB".into());
-        }
+        super::bounds::check_cache(&self.cache, &mut problems);
         if self.data_dir.as_os_str().is_empty() {
             problems.push("data_dir must not be empty".into());
         }
@@ -157,6 +155,13 @@ fn validate_upstream(
                     redact_url(&up.url)
                 ));
             }
+            if let Some(why) = u.host().as_ref().and_then(super::bounds::unroutable) {
+                problems.push(format!(
+                    "{label}: url = {:?} is not a registry to connect to: its host {} is {why}; give the registry's name or address (e.g. http://127.0.0.1:5000)",
+                    redact_url(&up.url),
+                    u.host_str().unwrap_or_default()
+                ));
+            }
             Some(u)
         }
         _ => {
@@ -204,9 +209,7 @@ fn validate_upstream(
     if password.is_some() && up.username.is_none() {
         problems.push(format!("{label}: a password needs a username"));
     }
-    if up.connect_timeout_secs == 0 || up.first_byte_timeout_secs == 0 {
-        problems.push(format!("{label}: timeouts must be at least 1 second"));
-    }
+    super::bounds::check_upstream(label, up, problems);
     let url = url?;
     if problems.len() > before {
         return None;
@@ -240,6 +243,8 @@ fn validate_upstream(
                 Vec::new()
             }
         }),
+        writes: up.writes,
+        catalog: up.catalog,
     })
 }
 

@@ -12,7 +12,7 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use regcache_formats::reference::RepositoryName;
-use regcache_upstream::{RawRequest, UpstreamError};
+use regcache_upstream::{Identity, RawRequest, UpstreamError};
 
 use super::App;
 use crate::error::Error;
@@ -39,28 +39,33 @@ impl App {
         target: &Target,
         req: &Request<ReqBody>,
         kind: Listing,
+        identity: Identity,
     ) -> Result<Response<Body>, Error> {
         let mut headers = HeaderMap::new();
         copy_headers(req.headers(), &mut headers, &[header::ACCEPT]);
+        // With the client's own credentials, or acting as the client
+        // (`auth = "upstream"`), the upstream decides what it may see: no
+        // answer from regcache's index in its place, and its challenge goes
+        // back to the client.
+        let clients_own = matches!(identity, Identity::Client(_)) || target.acting_as.is_some();
         let resp = target
             .client()
             .send(
                 RawRequest::new(Method::GET, target.upstream_path.clone())
                     .headers(headers)
-                    .idempotent(true),
+                    .idempotent(true)
+                    .identity(identity),
             )
             .await;
         let resp = match resp {
             Ok(r) => r,
-            // Acting as the client (`auth = "upstream"`), only the upstream
-            // may say what the client sees: no local fallback.
-            Err(e) if e.is_unavailable() && target.acting_as.is_none() => {
+            Err(e) if e.is_unavailable() && !clients_own => {
                 return self.local_listing(target, &kind, e);
             }
             Err(e) => return Err(Error::Upstream(e)),
         };
-        if (resp.status.is_server_error() || resp.status == StatusCode::TOO_MANY_REQUESTS)
-            && target.acting_as.is_none()
+        if !clients_own
+            && (resp.status.is_server_error() || resp.status == StatusCode::TOO_MANY_REQUESTS)
         {
             let e = UpstreamError::Registry {
                 upstream: target.upstream.name.clone(),
@@ -82,6 +87,9 @@ impl App {
                 HeaderName::from_static("oci-filters-applied"),
             ],
         );
+        if clients_own {
+            copy_headers(&resp.headers, &mut out_headers, &[header::WWW_AUTHENTICATE]);
+        }
         if let Some(link) = resp.headers.get(header::LINK).and_then(|v| v.to_str().ok())
             && let Ok(v) = HeaderValue::from_str(&rewrite_link(link, |p| target.client_path(p)))
         {

@@ -6,7 +6,9 @@
 //! policies), [`blobs`], [`listings`] (tags, catalog, referrers), [`push`]
 //! (uploads and manifest pushes forwarded upstream), and [`fast`], the
 //! adapter for the HTTP/1 fast path. They speak HTTP on top of
-//! [`crate::services`], which do the work.
+//! [`crate::services`], which do the work. Writes and the catalog go
+//! upstream only as each upstream's `writes` and `catalog` keys allow
+//! ([`crate::writes`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +17,7 @@ use http::{Method, Request, Response};
 use regcache_formats::jws::SigningKey;
 use regcache_formats::{ErrorCode, RegistryError};
 use regcache_store::Store;
+use regcache_upstream::Identity;
 
 use crate::error::Error;
 use crate::metrics::{Metrics, ResponseVia, UpstreamCall};
@@ -25,9 +28,11 @@ use crate::routes::Route;
 use crate::services::Services;
 use crate::web::body::{Body, ReqBody};
 use crate::web::response::{ping, with_api_version};
+use crate::writes::{Forwarding, Gated, decide};
 
 pub mod blobs;
 pub mod fast;
+mod gated;
 pub mod listings;
 pub mod manifests;
 pub mod push;
@@ -162,7 +167,12 @@ impl App {
         let method = req.method().clone();
         let head = method == Method::HEAD;
         let read = method == Method::GET || head;
+        let up = &target.upstream;
+        let writes = || decide(up.writes, Gated::Write, &up.name, req.headers());
         match route {
+            Route::Ping if read && up.writes == Forwarding::ClientCredentials => {
+                self.relay_ping(target, req).await
+            }
             Route::Ping if read => Ok(ping(head)),
             Route::Manifest { name, reference } if read => {
                 self.get_manifest(target, &name, &reference, req.headers(), head)
@@ -173,30 +183,44 @@ impl App {
                     .await
             }
             Route::Tags { name } if method == Method::GET => {
-                self.listing(target, &req, listings::Listing::Tags(name))
-                    .await
+                self.listing(
+                    target,
+                    &req,
+                    listings::Listing::Tags(name),
+                    Identity::Stored,
+                )
+                .await
             }
             Route::Catalog if method == Method::GET => {
-                self.listing(target, &req, listings::Listing::Catalog).await
+                let identity = decide(up.catalog, Gated::Catalog, &up.name, req.headers())?;
+                self.listing(target, &req, listings::Listing::Catalog, identity)
+                    .await
             }
             Route::Referrers { .. } if method == Method::GET => {
-                self.listing(target, &req, listings::Listing::Referrers)
+                self.listing(target, &req, listings::Listing::Referrers, Identity::Stored)
                     .await
             }
             Route::Manifest { name, reference } if method == Method::PUT => {
-                self.push_manifest(target, req, &name, &reference).await
+                let identity = writes()?;
+                self.push_manifest(target, req, &name, &reference, identity)
+                    .await
             }
             Route::Manifest { .. } | Route::Blob { .. } if method == Method::DELETE => {
-                self.forward(target, req).await
+                let identity = writes()?;
+                self.forward(target, req, identity).await
             }
-            Route::UploadStart { .. } if method == Method::POST => self.forward(target, req).await,
+            Route::UploadStart { .. } if method == Method::POST => {
+                let identity = writes()?;
+                self.forward(target, req, identity).await
+            }
             Route::Upload { .. }
                 if matches!(
                     method,
                     Method::GET | Method::PATCH | Method::PUT | Method::DELETE
                 ) =>
             {
-                self.forward(target, req).await
+                let identity = writes()?;
+                self.forward(target, req, identity).await
             }
             _ => Err(Error::client_status(
                 405,

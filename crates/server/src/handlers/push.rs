@@ -2,6 +2,12 @@
 //! upstream with the body streamed and `Location` rewritten to regcache, so
 //! the client continues through it. A pushed manifest the upstream accepts
 //! is kept and its tag updated at once.
+//!
+//! Every request here goes with the [`Identity`] the upstream's `writes` key
+//! chose ([`crate::writes`]), the helper requests of a Schema 1 push too;
+//! with the client's own credentials, the upstream's `WWW-Authenticate` is
+//! relayed so the client can authenticate. A client body that breaks off is
+//! the client's error ([`regcache_upstream::UpstreamError::RequestBody`]).
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -10,7 +16,7 @@ use http_body_util::BodyExt;
 use regcache_formats::reference::{Reference, RepositoryName};
 use regcache_formats::schema1::{EMPTY_LAYER_BYTES, EMPTY_LAYER_DIGEST};
 use regcache_formats::{Digest, ErrorCode, MediaType, RegistryError, media_type};
-use regcache_upstream::{RawRequest, RequestBody};
+use regcache_upstream::{Identity, RawRequest, RequestBody, UpstreamError};
 
 use super::App;
 use crate::error::Error;
@@ -30,7 +36,9 @@ impl App {
         req: Request<ReqBody>,
         name: &RepositoryName,
         reference: &Reference,
+        identity: Identity,
     ) -> Result<Response<Body>, Error> {
+        refuse_declared_oversize(req.headers())?;
         let (parts, body) = req.into_parts();
         let content_type = parts
             .headers
@@ -63,10 +71,10 @@ impl App {
             ));
         }
         if is_schema1 && references_empty_layer(&bytes) {
-            self.ensure_empty_layer(target, name).await?;
+            self.ensure_empty_layer(target, name, &identity).await?;
         }
         let (resp, digest) = self
-            .forward_parts(target, &parts, RequestBody::bytes(bytes.clone()))
+            .forward_parts(target, &parts, RequestBody::bytes(bytes.clone()), identity)
             .await?;
         if resp.status() == StatusCode::CREATED {
             self.services
@@ -87,24 +95,25 @@ impl App {
     /// distribution makes sure the empty-layer blob exists before it serves a
     /// Schema 1 document that names it; regcache serves that blob itself, so a
     /// client pushing Schema 1 through it is told the blob exists and never
-    /// uploads it. Upload it (32 bytes) upstream when the repository lacks it.
+    /// uploads it. Upload it (32 bytes) upstream when the repository lacks
+    /// it, as `identity` (the push's own).
     async fn ensure_empty_layer(
         &self,
         target: &Target,
         name: &RepositoryName,
+        identity: &Identity,
     ) -> Result<(), Error> {
         let up = &target.upstream;
-        let empty = Digest::parse(EMPTY_LAYER_DIGEST)
-            .map_err(|e| Error::internal("empty layer digest", e))?;
-        match up.client.head_blob(name.as_str(), &empty).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(Error::Upstream(e)),
+        let blob = format!("/v2/{name}/blobs/{EMPTY_LAYER_DIGEST}");
+        let head = up
+            .client
+            .send(RawRequest::new(Method::HEAD, blob).identity(identity.clone()))
+            .await?;
+        match head.status {
+            StatusCode::OK => return Ok(()),
+            StatusCode::NOT_FOUND => {}
+            status => return Err(refused_helper(up.name.as_str(), "HEAD", status)),
         }
-        let refused = |what: &str, status: StatusCode| Error::BadUpstream {
-            upstream: up.name.clone(),
-            message: format!("it {what} the empty-layer blob ({status})"),
-        };
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -114,7 +123,8 @@ impl App {
             .client
             .send(
                 RawRequest::new(Method::POST, format!("/v2/{name}/blobs/uploads/"))
-                    .headers(headers.clone()),
+                    .headers(headers.clone())
+                    .identity(identity.clone()),
             )
             .await?;
         let location = resp
@@ -123,7 +133,7 @@ impl App {
             .and_then(|v| v.to_str().ok())
             .map(strip_origin);
         let Some(location) = location.filter(|_| resp.status == StatusCode::ACCEPTED) else {
-            return Err(refused("refused an upload of", resp.status));
+            return Err(refused_helper(&up.name, "upload start", resp.status));
         };
         let sep = if location.contains('?') { '&' } else { '?' };
         let resp = up
@@ -134,11 +144,12 @@ impl App {
                     format!("{location}{sep}digest={EMPTY_LAYER_DIGEST}"),
                 )
                 .headers(headers)
-                .body(RequestBody::bytes(Bytes::from_static(&EMPTY_LAYER_BYTES))),
+                .body(RequestBody::bytes(Bytes::from_static(&EMPTY_LAYER_BYTES)))
+                .identity(identity.clone()),
             )
             .await?;
         if resp.status != StatusCode::CREATED {
-            return Err(refused("did not accept", resp.status));
+            return Err(refused_helper(&up.name, "upload", resp.status));
         }
         tracing::info!(repo = %name, "uploaded the empty-layer blob upstream for a schema 1 push");
         Ok(())
@@ -149,12 +160,13 @@ impl App {
         &self,
         target: &Target,
         req: Request<ReqBody>,
+        identity: Identity,
     ) -> Result<Response<Body>, Error> {
         let (parts, body) = req.into_parts();
         let stream = http_body_util::BodyStream::new(body)
             .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) });
         let (resp, _) = self
-            .forward_parts(target, &parts, RequestBody::stream(stream))
+            .forward_parts(target, &parts, RequestBody::stream(stream), identity)
             .await?;
         Ok(resp)
     }
@@ -167,7 +179,9 @@ impl App {
         target: &Target,
         parts: &http::request::Parts,
         body: RequestBody,
+        identity: Identity,
     ) -> Result<(Response<Body>, Option<Digest>), Error> {
+        let relay_challenge = matches!(identity, Identity::Client(_));
         let mut headers = HeaderMap::new();
         copy_headers(
             &parts.headers,
@@ -186,10 +200,14 @@ impl App {
                 RawRequest::new(parts.method.clone(), target.upstream_path.clone())
                     .headers(headers)
                     .body(body)
-                    .idempotent(false),
+                    .idempotent(false)
+                    .identity(identity),
             )
             .await?;
         let mut out = HeaderMap::new();
+        if relay_challenge {
+            copy_headers(&resp.headers, &mut out, &[header::WWW_AUTHENTICATE]);
+        }
         copy_headers(
             &resp.headers,
             &mut out,
@@ -223,6 +241,45 @@ impl App {
         *r.status_mut() = status;
         *r.headers_mut() = out;
         Ok((r, digest))
+    }
+}
+
+/// A helper request of a push (the empty-layer blob) that the upstream
+/// refused: its own `401`/`403` (the push's identity may not do it), else
+/// unusable.
+fn refused_helper(upstream: &str, what: &str, status: StatusCode) -> Error {
+    if matches!(status.as_u16(), 401 | 403) {
+        return Error::Upstream(UpstreamError::Registry {
+            upstream: upstream.to_owned(),
+            status: status.as_u16(),
+            envelope: None,
+            retry_after: None,
+        });
+    }
+    Error::BadUpstream {
+        upstream: upstream.to_owned(),
+        message: format!("it refused the empty-layer blob's {what} ({status})"),
+    }
+}
+
+/// 413 for a manifest whose declared length is over the limit, before a
+/// byte of it is read: hyper sends `100 Continue` only when the body is
+/// first read, so a client that asked for it never gets it.
+fn refuse_declared_oversize(headers: &HeaderMap) -> Result<(), Error> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(len) if len > MAX_MANIFEST_PUT as u64 => Err(Error::client_status(
+            413,
+            RegistryError::with_message(
+                ErrorCode::ManifestInvalid,
+                format!("manifest of {len} bytes declared; the limit is {MAX_MANIFEST_PUT} bytes"),
+            )
+            .detail(serde_json::json!({ "limit": MAX_MANIFEST_PUT, "declared": len })),
+        )),
+        _ => Ok(()),
     }
 }
 

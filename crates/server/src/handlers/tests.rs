@@ -213,3 +213,87 @@ async fn invalid_tags_answer_404_manifest_unknown_without_asking_the_upstream() 
     assert!(String::from_utf8_lossy(&body).contains("DIGEST_INVALID"));
     assert_eq!(t.a.calls(Op::HeadManifest) + t.a.calls(Op::GetManifest), 0);
 }
+
+/// Writes and the catalog follow each upstream's keys: `a` has them off (the
+/// default), `b` on with regcache's credentials. A refused request never
+/// reaches its upstream; a manifest declaring more than the limit is refused
+/// before its body is read.
+#[tokio::test]
+async fn writes_and_catalog_follow_each_upstreams_keys() {
+    use crate::writes::Forwarding;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).await.unwrap();
+    let a = Arc::new(MemoryRegistry::new("a.test"));
+    let b = Arc::new(MemoryRegistry::new("b.test"));
+    let upstreams = Upstreams::new(
+        vec![
+            upstream_for(a.clone(), |_| {}),
+            upstream_for(b.clone(), |u| {
+                u.writes = Forwarding::StoredCredentials;
+                u.catalog = Forwarding::StoredCredentials;
+            }),
+        ],
+        0,
+    );
+    let app = App::new(
+        store,
+        SigningKey::generate(),
+        upstreams,
+        Policies::default(),
+    );
+    let send = |method: &str, uri: &str, len: Option<u64>| {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(len) = len {
+            req = req.header("content-length", len);
+        }
+        let app = app.clone();
+        let req = req.body(ReqBody::Empty).unwrap();
+        async move {
+            let resp = app.handle(req).await;
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    for (method, path) in [
+        ("POST", "/v2/team/app/blobs/uploads/"),
+        ("PATCH", "/v2/team/app/blobs/uploads/u-1"),
+        ("PUT", "/v2/team/app/manifests/1"),
+        ("DELETE", "/v2/team/app/manifests/1"),
+        (
+            "DELETE",
+            "/v2/team/app/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ),
+    ] {
+        let (status, body) = send(method, &format!("{path}?ns=a.test"), None).await;
+        assert_eq!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}: {body}"
+        );
+        assert!(
+            body.contains("UNSUPPORTED") && body.contains("writes = \\\"client-credentials\\\""),
+            "{body}"
+        );
+    }
+    let (status, body) = send("GET", "/v2/_catalog?ns=a.test", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(a.calls(Op::Send), 0, "nothing refused reached a");
+
+    let (status, body) = send("POST", "/v2/team/app/blobs/uploads/?ns=b.test", None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, body) = send("GET", "/v2/_catalog?ns=b.test", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(b.calls(Op::Send), 2);
+    let (status, body) = send("PUT", "/v2/team/app/manifests/1?ns=b.test", Some(10 << 30)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(
+        body.contains("MANIFEST_INVALID") && body.contains("10737418240"),
+        "{body}"
+    );
+    assert_eq!(
+        b.calls(Op::Send),
+        2,
+        "the oversize manifest never went upstream"
+    );
+}

@@ -101,6 +101,8 @@ pub(crate) mod test_support {
             tag_ttl: Duration::from_secs(10),
             stale_if_error: Duration::from_secs(60),
             stale_while_revalidate: Duration::ZERO,
+            writes: crate::writes::Forwarding::Off,
+            catalog: crate::writes::Forwarding::Off,
         };
         tweak(&mut up);
         Arc::new(up)

@@ -50,12 +50,14 @@ impl MemoryRegistry {
             });
         }
         self.control().enter(Op::Send).await;
-        let body = collect(req.body)
-            .await
-            .map_err(|source| UpstreamError::Transport {
-                upstream: self.name().to_owned(),
-                source,
-            })?;
+        let body = collect(req.body).await.map_err(|source| {
+            let upstream = self.name().to_owned();
+            if crate::error::BodyFailed::in_chain(&*source) {
+                UpstreamError::RequestBody { upstream, source }
+            } else {
+                UpstreamError::Transport { upstream, source }
+            }
+        })?;
         let (path, query) = pq.split_once('?').unwrap_or((&pq, ""));
         let reply = {
             let mut state = self.state.lock();

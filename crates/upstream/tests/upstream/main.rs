@@ -8,6 +8,7 @@ mod auth;
 mod errors;
 mod memory;
 mod mock;
+mod passthrough;
 mod redirect;
 mod registry_smoke;
 mod retry;
