@@ -419,12 +419,14 @@ async fn client_credential_writes_carry_the_clients_own_bearer_token() {
         token_auth: Some(tokens.registry_auth()),
         ..RegistryOptions::default()
     });
-    let regcache = Regcache::start(
-        RegcacheOptions::new(registry.url())
-            .credentials(Some(robot.clone()))
-            .writes("client-credentials")
-            .retry_attempts(1),
-    );
+    let mut options = RegcacheOptions::new(registry.url())
+        .credentials(Some(robot.clone()))
+        .writes("client-credentials")
+        .retry_attempts(1);
+    // Reads (the blob HEADs of a push) go with the robot's credentials,
+    // which its token server (another origin) gets only when listed.
+    options.auth_realms = vec![tokens.authority()];
+    let regcache = Regcache::start(options);
     let (_work, src) = layout(1104);
     let digest_file = regcache.work_dir().join("bearer.digest");
     skopeo_push(
