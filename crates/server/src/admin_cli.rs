@@ -12,10 +12,52 @@ pub fn store_root(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("cache")
 }
 
-/// `regcache policy explain REPO [--upstream NAME]`.
-pub fn explain(settings: &Settings, repository: &str, upstream: Option<&str>) -> String {
+/// `regcache policy explain REPO [--upstream NAME] [--user NAME] [--action A]`:
+/// the policy rule that applies and, with `--user` (or `--action`), the
+/// access decision for that user (`anonymous`: a client without
+/// credentials) and the access rule that made it. `REPO` `_catalog` means
+/// the catalog.
+pub fn explain(
+    settings: &Settings,
+    repository: &str,
+    upstream: Option<&str>,
+    user: Option<&str>,
+    action: Option<&str>,
+) -> Result<String, String> {
+    use crate::auth::access::{Action, Principal, Resource};
     let up = upstream.unwrap_or(&settings.default_upstream().name);
-    settings.policies.explain(up, repository)
+    let mut out = settings.policies.explain(up, repository);
+    if user.is_none() && action.is_none() {
+        return Ok(out);
+    }
+    let action = match action {
+        None => Action::Pull,
+        Some(a) => Action::parse(a)
+            .ok_or_else(|| format!("--action {a:?}: expected pull, push or delete"))?,
+    };
+    let principal = match user {
+        None | Some(crate::auth::access::ANONYMOUS) => Principal::Anonymous,
+        Some(u) => Principal::User(u.to_owned()),
+    };
+    let resource = if repository == "_catalog" {
+        Resource::Catalog
+    } else {
+        Resource::Repository(repository)
+    };
+    if settings.auth.mode == crate::config::AuthMode::None {
+        out.push_str(&format!(
+            "access: client authentication is off ([auth] mode = \"none\"): every client may {} it\n",
+            action.as_str()
+        ));
+        return Ok(out);
+    }
+    out.push_str(
+        &settings
+            .auth
+            .rules
+            .explain(&principal, up, resource, action),
+    );
+    Ok(out)
 }
 
 /// The mapping records, read without disturbing a running server.

@@ -10,6 +10,7 @@
 //! [`error::Error`] becomes a registry error response in [`rescue`].
 
 pub mod admin_cli;
+pub mod auth;
 pub mod config;
 pub mod convert_cli;
 pub mod error;

@@ -33,6 +33,11 @@ pub struct Config {
     pub schema1: Schema1Section,
     /// Ordered `[[policy]]` rules (see `policy.rs`); first match wins.
     pub policy: Vec<crate::policy::RuleConfig>,
+    /// Client authentication (see `auth/mod.rs`).
+    pub auth: super::auth::AuthSection,
+    /// `[[access]]` rules granting actions to users and groups
+    /// (see `auth/access.rs`); only with client authentication.
+    pub access: Vec<crate::auth::access::AccessRuleConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -156,6 +161,8 @@ impl Default for Config {
             upstream: UpstreamSections(vec![UpstreamSection::default()]),
             schema1: Schema1Section::default(),
             policy: Vec::new(),
+            auth: super::auth::AuthSection::default(),
+            access: Vec::new(),
         }
     }
 }

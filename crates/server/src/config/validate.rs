@@ -93,6 +93,8 @@ impl Config {
                 crate::policy::Policies::default()
             }
         };
+        let auth =
+            super::auth::validate_auth(&self.auth, &self.access, &self.data_dir, &mut problems);
         let tls = match (&self.tls_cert_file, &self.tls_key_file) {
             (None, None) => None,
             (Some(cert), Some(key)) => load_tls(cert, key, &mut problems),
@@ -138,6 +140,7 @@ impl Config {
             signing_key_path,
             policies,
             tls,
+            auth,
         })
     }
 }

@@ -16,6 +16,7 @@ use regcache_formats::jws::SigningKey;
 use regcache_formats::{ErrorCode, RegistryError};
 use regcache_store::Store;
 
+use crate::auth::Auth;
 use crate::error::Error;
 use crate::metrics::{Metrics, ResponseVia, UpstreamCall};
 use crate::policy::Policies;
@@ -37,6 +38,8 @@ pub struct App {
     upstreams: Upstreams,
     policies: Policies,
     services: Services,
+    /// Client authentication and access rules ([`crate::auth`]).
+    auth: Auth,
     pub metrics: Arc<Metrics>,
     /// The next request's id (its span's `id`).
     next_id: AtomicU64,
@@ -58,14 +61,34 @@ impl App {
         upstreams: Upstreams,
         policies: Policies,
     ) -> Arc<App> {
+        let app = App::with_auth(store, key, upstreams, policies, |_| {
+            Ok::<_, std::convert::Infallible>(Auth::disabled())
+        });
+        match app {
+            Ok(app) => app,
+            Err(never) => match never {},
+        }
+    }
+
+    /// An app whose client authentication `auth` makes (it registers its
+    /// counters in the app's metrics).
+    pub fn with_auth<E>(
+        store: Store,
+        key: SigningKey,
+        upstreams: Upstreams,
+        policies: Policies,
+        auth: impl FnOnce(&Metrics) -> Result<Auth, E>,
+    ) -> Result<Arc<App>, E> {
         let metrics = Arc::new(Metrics::new());
-        Arc::new(App {
+        let auth = auth(&metrics)?;
+        Ok(Arc::new(App {
             services: Services::new(store, key, metrics.clone()),
             upstreams,
             policies,
+            auth,
             metrics,
             next_id: AtomicU64::new(1),
-        })
+        }))
     }
 
     pub fn store(&self) -> &Store {
@@ -124,14 +147,48 @@ impl App {
         routed: Result<Routed, Error>,
         req: Request<ReqBody>,
     ) -> Response<Body> {
+        if let Err(e) = self.auth.authorize(&req, routed.as_ref().ok()).await {
+            return self.refused(&req, routed.as_ref().ok(), e);
+        }
+        self.respond_authorized(routed, req).await
+    }
+
+    /// A request refused before dispatch (authentication, routing), rescued
+    /// in its span.
+    fn refused(&self, req: &Request<ReqBody>, routed: Option<&Routed>, e: Error) -> Response<Body> {
+        let head = req.method() == Method::HEAD;
+        let resp = match routed {
+            Some(r) => {
+                let span = self.request_span(req.method(), &r.route);
+                let mut target = r.target.clone();
+                target.span = span;
+                target.span().in_scope(|| rescue(e, head))
+            }
+            None => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let span = tracing::info_span!("request", id, method = %req.method());
+                span.in_scope(|| rescue(e, head))
+            }
+        };
+        with_api_version(resp)
+    }
+
+    /// [`App::respond`] once client authentication let the request through.
+    async fn respond_authorized(
+        &self,
+        routed: Result<Routed, Error>,
+        req: Request<ReqBody>,
+    ) -> Response<Body> {
         let head = req.method() == Method::HEAD;
         let Routed { mut target, route } = match routed {
             Ok(r) => r,
-            Err(e) => {
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                let span = tracing::info_span!("request", id, method = %req.method());
-                return with_api_version(span.in_scope(|| rescue(e, head)));
+            Err(_) if self.auth.serves(req.uri().path()) => {
+                return match self.auth.token_endpoint(&req, &self.upstreams).await {
+                    Ok(resp) => resp,
+                    Err(e) => self.refused(&req, None, e),
+                };
             }
+            Err(e) => return self.refused(&req, None, e),
         };
         target.span = self.request_span(req.method(), &route);
         let cached_read = matches!(
