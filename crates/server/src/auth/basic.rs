@@ -82,6 +82,14 @@ pub fn presented(
     if !scheme.eq_ignore_ascii_case("basic") {
         return Ok(Presented::None);
     }
+    // Some clients answer a Basic challenge with empty credentials when
+    // they have none (containers/image sends `Basic Og==`): anonymous.
+    if base64::engine::general_purpose::STANDARD
+        .decode(rest)
+        .is_ok_and(|raw| raw == b":")
+    {
+        return Ok(Presented::None);
+    }
     if !tls && !allow_insecure_http {
         return Err(BasicError::InsecureTransport);
     }
@@ -163,6 +171,12 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn empty_credentials_are_none() {
+        let h = headers(&format!("Basic {}", b64(":")));
+        assert_eq!(presented(&h, false, false), Ok(Presented::None));
     }
 
     #[test]
