@@ -349,6 +349,8 @@ mod tests {
         assert_eq!(cfg.upstream, d.upstream);
         assert_eq!(cfg.schema1, d.schema1);
         assert_eq!(cfg.policy.len(), 2);
+        assert_eq!(cfg.auth, d.auth);
+        assert!(cfg.access.is_empty());
         let (_dir, file) = config_file(text);
         let s = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap();
         let p = s.policies.resolve("docker.io", "legacy/a/b");
