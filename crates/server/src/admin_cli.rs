@@ -110,6 +110,56 @@ mod tests {
     use regcache_formats::Digest;
 
     #[test]
+    fn explain_shows_the_access_decision_for_a_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("htpasswd");
+        std::fs::write(&pw, format!("alice:{}\n", bcrypt::hash("x", 4).unwrap())).unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[upstream]\nname = \"hub\"\nurl = \"http://127.0.0.1:9\"\n\
+                 [auth]\nmode = \"htpasswd\"\nhtpasswd_file = {:?}\n\
+                 [auth.groups]\ndevs = [\"alice\"]\n\
+                 [[access]]\ngroups = [\"devs\"]\nrepositories = [\"team/**\"]\nactions = [\"pull\"]\n",
+                pw.display().to_string()
+            ),
+        )
+        .unwrap();
+        let env = std::collections::BTreeMap::new();
+        let s = crate::config::Config::load(Some(&file), &env, &Default::default()).unwrap();
+        let text = explain(&s, "team/a/b", None, Some("alice"), None).unwrap();
+        assert!(
+            text.contains(
+                "access: user \"alice\" pull repository \"team/a/b\" via upstream \"hub\""
+            ) && text.contains("allowed by access rule #1"),
+            "{text}"
+        );
+        let text = explain(&s, "team/a", None, Some("alice"), Some("push")).unwrap();
+        assert!(
+            text.contains("denied") && text.contains("rule #1: does not list this action"),
+            "{text}"
+        );
+        let text = explain(&s, "team/a", None, Some("anonymous"), None).unwrap();
+        assert!(
+            text.contains("access: anonymous pull") && text.contains("denied"),
+            "{text}"
+        );
+        let text = explain(&s, "_catalog", None, Some("alice"), None).unwrap();
+        assert!(
+            text.contains("the catalog needs the pattern \"**\""),
+            "{text}"
+        );
+        assert!(explain(&s, "team/a", None, Some("alice"), Some("write")).is_err());
+        // Without --user/--action: the policy explanation only.
+        assert!(
+            !explain(&s, "team/a", None, None, None)
+                .unwrap()
+                .contains("access:")
+        );
+    }
+
+    #[test]
     fn csv_has_red_hat_columns() {
         let r = MappingRecord {
             upstream: "docker.io".into(),
