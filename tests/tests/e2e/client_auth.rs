@@ -1,7 +1,8 @@
 //! Client authentication (`[auth] mode = "htpasswd"`) and `[[access]]`
 //! rules, against a real docker-registry upstream with real clients:
-//! skopeo (`--src-creds`), podman (`podman login`) and the Docker 20.10
-//! daemon (`docker login` to regcache as a registry) pull with the right
+//! skopeo (`--src-creds`), and in `client_auth_clients.rs` podman
+//! (`podman login`), containerd (`ctr --user`) and the Docker 20.10 daemon
+//! (`docker login` to regcache as a registry), pull with the right
 //! credentials, by tag and by digest; without credentials they get 401 with
 //! a `WWW-Authenticate` challenge, and a user outside the rules gets 403
 //! `DENIED`. A warm blob (the sendfile fast path) is refused without
@@ -11,7 +12,6 @@
 //! regcache listens on plain HTTP with `allow_insecure_http = true` (the
 //! clients treat 127.0.0.0/8 as an insecure registry).
 
-use regcache_tests::clients::Podman;
 use regcache_tests::image::Platform;
 use regcache_tests::registry::Credentials;
 use regcache_tests::skopeo::CopyOptions;
@@ -23,17 +23,17 @@ use serde_json::Value;
 
 use crate::support::{FULL_ACCEPT, small_image};
 
-const ALICE: (&str, &str) = ("alice", "alice-secret-7f3a");
-const BOB: (&str, &str) = ("bob", "bob-secret-91c2");
+pub(crate) const ALICE: (&str, &str) = ("alice", "alice-secret-7f3a");
+pub(crate) const BOB: (&str, &str) = ("bob", "bob-secret-91c2");
 
 /// The upstream with `team/app:v1` and `other/app:v1`, and a regcache in
 /// htpasswd mode where alice (group `team`) may pull `team/**` and bob may
 /// pull `other/*`.
-struct Fixture {
-    regcache: Regcache,
+pub(crate) struct Fixture {
+    pub(crate) regcache: Regcache,
     _upstream: Registry,
     /// Manifest digest of `team/app:v1`.
-    team: String,
+    pub(crate) team: String,
     /// Its layer digests.
     team_layers: Vec<String>,
     _dir: tempfile::TempDir,
@@ -43,7 +43,7 @@ fn creds((user, pw): (&str, &str)) -> Credentials {
     Credentials::new(user, pw)
 }
 
-async fn fixture(challenge: &str, seed: u64) -> Fixture {
+pub(crate) async fn fixture(challenge: &str, seed: u64) -> Fixture {
     let upstream = Registry::start(RegistryOptions::default());
     let direct = RegistryClient::new(upstream.url());
     let team_image = small_image(seed, Platform::linux_amd64());
@@ -350,124 +350,4 @@ async fn skopeo_with_bearer_and_basic_challenges() {
         let via_basic = metrics.sum("regcache_auth_failures_total", &[]);
         assert!(via_basic >= 3.0, "{}", metrics.text);
     }
-}
-
-#[tokio::test]
-async fn podman_logs_in_and_pulls() {
-    let fx = fixture("bearer", 0xa1a0).await;
-    let rc = &fx.regcache;
-    let host = rc.host();
-    let podman = Podman::new();
-    let by_tag = format!("{host}/team/app:v1");
-    let by_digest = format!("{host}/team/app@{}", fx.team);
-
-    let out = podman.pull(&by_tag).await;
-    assert!(!out.success(), "an anonymous pull must fail: {out}");
-    assert!(out.output().contains("authentication required"), "{out}");
-
-    podman
-        .podman(&[
-            "login",
-            "--tls-verify=false",
-            "-u",
-            ALICE.0,
-            "-p",
-            ALICE.1,
-            &host,
-        ])
-        .await
-        .expect_success("podman login as alice");
-    for reference in [&by_tag, &by_digest] {
-        podman
-            .pull(reference)
-            .await
-            .expect_success("podman pull as alice");
-    }
-    let inspect = podman.inspect_image(&by_tag).await;
-    assert_eq!(inspect["Digest"], fx.team.as_str(), "{inspect:#}");
-
-    let out = podman
-        .podman(&[
-            "login",
-            "--tls-verify=false",
-            "-u",
-            ALICE.0,
-            "-p",
-            "wrong",
-            &host,
-        ])
-        .await;
-    assert!(!out.success(), "a wrong password must not log in: {out}");
-
-    podman
-        .podman(&[
-            "login",
-            "--tls-verify=false",
-            "-u",
-            BOB.0,
-            "-p",
-            BOB.1,
-            &host,
-        ])
-        .await
-        .expect_success("podman login as bob");
-    let out = podman.pull(&by_digest).await;
-    assert!(!out.success(), "bob may not pull team/app: {out}");
-    assert!(out.output().contains("denied"), "{out}");
-    podman
-        .pull(&format!("{host}/other/app:v1"))
-        .await
-        .expect_success("podman pull other/app as bob");
-}
-
-#[tokio::test]
-async fn docker_20_10_logs_in_and_pulls() {
-    let fx = fixture("bearer", 0xa1b0).await;
-    let rc = &fx.regcache;
-    let host = rc.host();
-    let docker = regcache_tests::clients::DockerDaemon::shared();
-    let by_tag = format!("{host}/team/app:v1");
-    let by_digest = format!("{host}/team/app@{}", fx.team);
-
-    let out = docker.docker(&["pull", &by_tag]).await;
-    assert!(!out.success(), "an anonymous pull must fail: {out}");
-    assert!(
-        out.output().contains("authentication required") || out.output().contains("unauthorized"),
-        "{out}"
-    );
-
-    let out = docker
-        .docker(&["login", "-u", ALICE.0, "-p", "wrong", &host])
-        .await;
-    assert!(!out.success(), "a wrong password must not log in: {out}");
-    docker
-        .docker(&["login", "-u", ALICE.0, "-p", ALICE.1, &host])
-        .await
-        .expect_success("docker login as alice");
-    let out = docker
-        .docker(&["pull", &by_tag])
-        .await
-        .expect_success("docker pull as alice");
-    assert!(out.stdout.contains(&fx.team), "{out}");
-    docker
-        .docker(&["pull", &by_digest])
-        .await
-        .expect_success("docker pull by digest as alice");
-
-    docker
-        .docker(&["login", "-u", BOB.0, "-p", BOB.1, &host])
-        .await
-        .expect_success("docker login as bob");
-    let _ = docker.docker(&["image", "rm", &by_tag, &by_digest]).await;
-    let out = docker.docker(&["pull", &by_digest]).await;
-    assert!(!out.success(), "bob may not pull team/app: {out}");
-    assert!(out.output().contains("denied"), "{out}");
-    docker
-        .docker(&["pull", &format!("{host}/other/app:v1")])
-        .await
-        .expect_success("docker pull other/app as bob");
-    let _ = docker.docker(&["logout", &host]).await;
-    let _ = docker
-        .docker(&["image", "rm", &format!("{host}/other/app:v1")])
-        .await;
 }

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod client_auth;
+mod client_auth_clients;
 mod fill_routes;
 mod harness;
 mod multi_registry;
