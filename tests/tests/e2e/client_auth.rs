@@ -21,7 +21,9 @@ use regcache_tests::{
 };
 use serde_json::Value;
 
-use crate::support::{FULL_ACCEPT, small_image};
+use std::time::Duration;
+
+use crate::support::{FULL_ACCEPT, eventually, small_image};
 
 pub(crate) const ALICE: (&str, &str) = ("alice", "alice-secret-7f3a");
 pub(crate) const BOB: (&str, &str) = ("bob", "bob-secret-91c2");
@@ -36,6 +38,8 @@ pub(crate) struct Fixture {
     pub(crate) team: String,
     /// Its layer digests.
     team_layers: Vec<String>,
+    /// The htpasswd file regcache reads.
+    htpasswd: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -69,18 +73,20 @@ pub(crate) async fn fixture(challenge: &str, seed: u64) -> Fixture {
         ),
     )
     .unwrap();
+    let htpasswd_text = htpasswd.display().to_string();
     let regcache = Regcache::start(RegcacheOptions::new(upstream.url()).extra_toml(&format!(
         "[auth]\nmode = \"htpasswd\"\nhtpasswd_file = {:?}\nallow_insecure_http = true\n\
          challenge = \"{challenge}\"\n\n[auth.groups]\nteam = [\"alice\"]\n\n\
          [[access]]\ngroups = [\"team\"]\nrepositories = [\"team/**\"]\nactions = [\"pull\"]\n\n\
          [[access]]\nusers = [\"bob\"]\nrepositories = [\"other/*\"]\nactions = [\"pull\"]\n",
-        htpasswd.display().to_string()
+        htpasswd_text
     )));
     Fixture {
         regcache,
         _upstream: upstream,
         team,
         team_layers: team_image.layer_digests(),
+        htpasswd,
         _dir: dir,
     }
 }
@@ -350,4 +356,67 @@ async fn skopeo_with_bearer_and_basic_challenges() {
         let via_basic = metrics.sum("regcache_auth_failures_total", &[]);
         assert!(via_basic >= 3.0, "{}", metrics.text);
     }
+}
+
+#[tokio::test]
+async fn a_changed_htpasswd_file_applies_within_seconds() {
+    let fx = fixture("basic", 0xa1d0).await;
+    let rc = &fx.regcache;
+    let status = async |who: (&str, &str)| {
+        RegistryClient::new(rc.url())
+            .with_basic_auth(creds(who))
+            .get_manifest("other/app", "v1", FULL_ACCEPT)
+            .await
+            .unwrap()
+            .status
+    };
+    assert_eq!(status(BOB).await, 200);
+    let new_pw = "bob-rotated-55e0";
+    let alice_line = std::fs::read_to_string(&fx.htpasswd)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("alice:"))
+        .unwrap()
+        .to_owned();
+    std::fs::write(
+        &fx.htpasswd,
+        format!("{alice_line}\nbob:{}\n", bcrypt::hash(new_pw, 5).unwrap()),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), async || status((BOB.0, new_pw))
+            .await
+            == 200)
+        .await,
+        "the new password was not taken within 5 s"
+    );
+    let took = started.elapsed();
+    assert_eq!(
+        status(BOB).await,
+        401,
+        "the old password (cached before) no longer works"
+    );
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // A file that does not load keeps the users, and is counted.
+    std::fs::write(&fx.htpasswd, "bob:$apr1$abc$notbcrypt\n").unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            // The file is looked at when a password is checked.
+            status((BOB.0, new_pw)).await;
+            rc.metrics()
+                .await
+                .sum("regcache_htpasswd_reload_errors_total", &[])
+                >= 1.0
+        })
+        .await,
+        "the bad file was not noticed"
+    );
+    assert_eq!(status((BOB.0, new_pw)).await, 200);
+    let log = rc.log();
+    assert!(log.contains("keeping the previous users"), "{log}");
+    assert!(
+        !log.contains("notbcrypt"),
+        "the file's content is never logged"
+    );
 }
