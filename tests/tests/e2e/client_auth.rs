@@ -48,6 +48,17 @@ fn creds((user, pw): (&str, &str)) -> Credentials {
 }
 
 pub(crate) async fn fixture(challenge: &str, seed: u64) -> Fixture {
+    fixture_with(challenge, seed, true, None).await
+}
+
+/// [`fixture`] with `allow_insecure_http` as given, and TLS on regcache's
+/// listener with these (chain, key) files.
+pub(crate) async fn fixture_with(
+    challenge: &str,
+    seed: u64,
+    allow_insecure_http: bool,
+    tls: Option<(&std::path::Path, &std::path::Path)>,
+) -> Fixture {
     let upstream = Registry::start(RegistryOptions::default());
     let direct = RegistryClient::new(upstream.url());
     let team_image = small_image(seed, Platform::linux_amd64());
@@ -74,8 +85,12 @@ pub(crate) async fn fixture(challenge: &str, seed: u64) -> Fixture {
     )
     .unwrap();
     let htpasswd_text = htpasswd.display().to_string();
-    let regcache = Regcache::start(RegcacheOptions::new(upstream.url()).extra_toml(&format!(
-        "[auth]\nmode = \"htpasswd\"\nhtpasswd_file = {:?}\nallow_insecure_http = true\n\
+    let mut options = RegcacheOptions::new(upstream.url());
+    if let Some((chain, key)) = tls {
+        options = options.tls(chain, key);
+    }
+    let regcache = Regcache::start(options.extra_toml(&format!(
+        "[auth]\nmode = \"htpasswd\"\nhtpasswd_file = {:?}\nallow_insecure_http = {allow_insecure_http}\n\
          challenge = \"{challenge}\"\n\n[auth.groups]\nteam = [\"alice\"]\n\n\
          [[access]]\ngroups = [\"team\"]\nrepositories = [\"team/**\"]\nactions = [\"pull\"]\n\n\
          [[access]]\nusers = [\"bob\"]\nrepositories = [\"other/*\"]\nactions = [\"pull\"]\n",
@@ -297,7 +312,7 @@ async fn http_challenges_tokens_rules_and_the_fast_path() {
 }
 
 /// `skopeo copy` through regcache into `dir:`; the manifest digest.
-async fn skopeo_pull(
+pub(crate) async fn skopeo_pull(
     rc: &Regcache,
     reference: &str,
     who: Option<(&str, &str)>,

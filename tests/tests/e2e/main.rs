@@ -8,6 +8,7 @@
 
 mod client_auth;
 mod client_auth_clients;
+mod client_auth_tls;
 mod fill_routes;
 mod harness;
 mod multi_registry;
