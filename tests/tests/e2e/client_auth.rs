@@ -268,6 +268,39 @@ async fn http_challenges_tokens_rules_and_the_fast_path() {
         .unwrap();
     assert_eq!(got.status, 403, "{}", got.text());
 
+    // The catalog is for principals with pull on "**": nobody here.
+    let got = bob_basic
+        .request(reqwest::Method::GET, "/v2/_catalog", &[], None)
+        .await
+        .unwrap();
+    assert_eq!((got.status, code(&got.body)), (403, "DENIED".into()));
+    assert_eq!(
+        message(&got.body),
+        "access denied: you may not pull the catalog"
+    );
+
+    // The operator asks why, with the same configuration file.
+    let config = rc.config_path().display().to_string();
+    for (user, want) in [
+        ("bob", "denied: no access rule grants it"),
+        ("alice", "allowed by access rule #1"),
+    ] {
+        let (status, stdout, stderr) = regcache_tests::regcache::run_regcache(
+            &[
+                "policy", "explain", "team/app", "--user", user, "--config", &config,
+            ],
+            &[],
+        )
+        .await;
+        assert_eq!(status, Some(0), "{stderr}");
+        assert!(
+            stdout.contains(&format!(
+                "access: user \"{user}\" pull repository \"team/app\""
+            )) && stdout.contains(want),
+            "{user}: {stdout}"
+        );
+    }
+
     // Wrong password and unknown user: the same answer.
     let wrong = RegistryClient::new(rc.url()).with_basic_auth(creds((ALICE.0, "nope")));
     let nobody = RegistryClient::new(rc.url()).with_basic_auth(creds(("mallory", "x")));
