@@ -18,7 +18,8 @@
 //! Rules only grant: a request is allowed when some rule names its
 //! principal, its upstream and its repository and lists its action, and
 //! denied when none does (the default is deny; order does not matter, the
-//! first granting rule is the one named). Globs are those of `[[policy]]`:
+//! first granting rule is the one named). Anonymous clients may only be
+//! granted `pull`. Globs are those of `[[policy]]`:
 //! `*` and `?` stay within one path component, `**` spans components.
 //! The catalog (`/v2/_catalog`) lists every repository of an upstream, so
 //! only a principal granted `pull` on the literal pattern `"**"` for that
@@ -230,9 +231,18 @@ impl AccessRules {
                 ));
             }
             for u in &r.users {
-                if u.is_empty() {
-                    problems.push(format!("{label}: an empty user name matches nobody"));
+                if u.is_empty() || u.contains(':') {
+                    problems.push(format!(
+                        "{label}: {u:?} matches nobody (user names are not empty and hold no ':')"
+                    ));
                 }
+            }
+            if r.users.iter().any(|u| u == ANONYMOUS)
+                && r.actions.iter().any(|a| *a != Action::Pull)
+            {
+                problems.push(format!(
+                    "{label}: anonymous clients may only be granted pull; give push and delete to users or groups in a rule of their own"
+                ));
             }
             for g in &r.groups {
                 if !groups.contains_key(g) {

@@ -146,11 +146,22 @@ groups = ["nope"]
 repositories = ["bad/[z-a", ""]
 upstreams = []
 actions = []
+
+[[access]]
+users = ["anonymous", "a:b"]
+repositories = ["**"]
+actions = ["pull", "push"]
 "#,
     )
     .unwrap_err();
     let text = errs.join("\n");
-    assert_eq!(errs.len(), 8, "{text}");
+    assert_eq!(errs.len(), 10, "{text}");
+    assert!(
+        text.contains("access rule #3")
+            && text.contains("anonymous clients may only be granted pull"),
+        "{text}"
+    );
+    assert!(text.contains("\"a:b\" matches nobody"), "{text}");
     assert!(
         text.contains("access rule #1") && text.contains("names nobody"),
         "{text}"
