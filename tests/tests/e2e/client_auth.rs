@@ -28,9 +28,9 @@ use crate::support::{FULL_ACCEPT, eventually, small_image};
 pub(crate) const ALICE: (&str, &str) = ("alice", "alice-secret-7f3a");
 pub(crate) const BOB: (&str, &str) = ("bob", "bob-secret-91c2");
 
-/// The upstream with `team/app:v1` and `other/app:v1`, and a regcache in
-/// htpasswd mode where alice (group `team`) may pull `team/**` and bob may
-/// pull `other/*`.
+/// The upstream with `team/app:v1`, `other/app:v1` and `public/app:v1`, and
+/// a regcache in htpasswd mode where alice (group `team`) may pull
+/// `team/**`, bob may pull `other/*`, and anyone (anonymous) `public/**`.
 pub(crate) struct Fixture {
     pub(crate) regcache: Regcache,
     _upstream: Registry,
@@ -69,6 +69,10 @@ pub(crate) async fn fixture_with(
     direct
         .push_image("other/app", "v1", &other_image, ManifestFormat::Docker)
         .await;
+    let public_image = small_image(seed + 2, Platform::linux_amd64());
+    direct
+        .push_image("public/app", "v1", &public_image, ManifestFormat::Docker)
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let htpasswd = dir.path().join("htpasswd");
     // The hashes `htpasswd -B` writes ($2y$), made with the bcrypt crate.
@@ -93,7 +97,8 @@ pub(crate) async fn fixture_with(
         "[auth]\nmode = \"htpasswd\"\nhtpasswd_file = {:?}\nallow_insecure_http = {allow_insecure_http}\n\
          challenge = \"{challenge}\"\n\n[auth.groups]\nteam = [\"alice\"]\n\n\
          [[access]]\ngroups = [\"team\"]\nrepositories = [\"team/**\"]\nactions = [\"pull\"]\n\n\
-         [[access]]\nusers = [\"bob\"]\nrepositories = [\"other/*\"]\nactions = [\"pull\"]\n",
+         [[access]]\nusers = [\"bob\"]\nrepositories = [\"other/*\"]\nactions = [\"pull\"]\n\n\
+         [[access]]\nusers = [\"anonymous\"]\nrepositories = [\"public/**\"]\nactions = [\"pull\"]\n",
         htpasswd_text
     )));
     Fixture {
@@ -400,6 +405,10 @@ async fn skopeo_with_bearer_and_basic_challenges() {
         skopeo_pull(rc, "other/app:v1", Some(BOB))
             .await
             .unwrap_or_else(|e| panic!("{challenge}: {e}"));
+        // Anonymous access, where a rule names `anonymous`: pull only.
+        skopeo_pull(rc, "public/app:v1", None)
+            .await
+            .unwrap_or_else(|e| panic!("{challenge} anonymous: {e}"));
         let metrics = rc.metrics().await;
         let via_basic = metrics.sum("regcache_auth_failures_total", &[]);
         assert!(via_basic >= 3.0, "{}", metrics.text);

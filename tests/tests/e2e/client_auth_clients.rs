@@ -123,8 +123,16 @@ async fn docker_20_10_logs_in_and_pulls() {
         .await
         .expect_success("docker pull other/app as bob");
     let _ = docker.docker(&["logout", &host]).await;
+    // Logged out: anonymous access where a rule allows it (an anonymous token).
+    let public = format!("{host}/public/app:v1");
+    docker
+        .docker(&["pull", &public])
+        .await
+        .expect_success("anonymous docker pull of public/app");
+    let out = docker.docker(&["pull", &by_digest]).await;
+    assert!(!out.success(), "logged out, team/app is refused: {out}");
     let _ = docker
-        .docker(&["image", "rm", &format!("{host}/other/app:v1")])
+        .docker(&["image", "rm", &format!("{host}/other/app:v1"), &public])
         .await;
 }
 
