@@ -395,6 +395,12 @@ impl SigningKey {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// The ECDSA key itself, for other P-256 signatures made with a key
+    /// file of this format (regcache's client tokens).
+    pub fn ecdsa(&self) -> &p256::ecdsa::SigningKey {
+        &self.inner
+    }
+
     /// The libtrust key id (spec §4.2).
     pub fn kid(&self) -> &str {
         &self.kid

@@ -12,10 +12,52 @@ pub fn store_root(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("cache")
 }
 
-/// `regcache policy explain REPO [--upstream NAME]`.
-pub fn explain(settings: &Settings, repository: &str, upstream: Option<&str>) -> String {
+/// `regcache policy explain REPO [--upstream NAME] [--user NAME] [--action A]`:
+/// the policy rule that applies and, with `--user` (or `--action`), the
+/// access decision for that user (`anonymous`: a client without
+/// credentials) and the access rule that made it. `REPO` `_catalog` means
+/// the catalog.
+pub fn explain(
+    settings: &Settings,
+    repository: &str,
+    upstream: Option<&str>,
+    user: Option<&str>,
+    action: Option<&str>,
+) -> Result<String, String> {
+    use crate::auth::access::{Action, Principal, Resource};
     let up = upstream.unwrap_or(&settings.default_upstream().name);
-    settings.policies.explain(up, repository)
+    let mut out = settings.policies.explain(up, repository);
+    if user.is_none() && action.is_none() {
+        return Ok(out);
+    }
+    let action = match action {
+        None => Action::Pull,
+        Some(a) => Action::parse(a)
+            .ok_or_else(|| format!("--action {a:?}: expected pull, push or delete"))?,
+    };
+    let principal = match user {
+        None | Some(crate::auth::access::ANONYMOUS) => Principal::Anonymous,
+        Some(u) => Principal::User(u.to_owned()),
+    };
+    let resource = if repository == "_catalog" {
+        Resource::Catalog
+    } else {
+        Resource::Repository(repository)
+    };
+    if settings.auth.mode == crate::config::AuthMode::None {
+        out.push_str(&format!(
+            "access: client authentication is off ([auth] mode = \"none\"): every client may {} it\n",
+            action.as_str()
+        ));
+        return Ok(out);
+    }
+    out.push_str(
+        &settings
+            .auth
+            .rules
+            .explain(&principal, up, resource, action),
+    );
+    Ok(out)
 }
 
 /// The mapping records, read without disturbing a running server.
@@ -66,6 +108,56 @@ pub fn to_json(records: &[MappingRecord]) -> String {
 mod tests {
     use super::*;
     use regcache_formats::Digest;
+
+    #[test]
+    fn explain_shows_the_access_decision_for_a_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("htpasswd");
+        std::fs::write(&pw, format!("alice:{}\n", bcrypt::hash("x", 4).unwrap())).unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[upstream]\nname = \"hub\"\nurl = \"http://127.0.0.1:9\"\n\
+                 [auth]\nmode = \"htpasswd\"\nhtpasswd_file = {:?}\n\
+                 [auth.groups]\ndevs = [\"alice\"]\n\
+                 [[access]]\ngroups = [\"devs\"]\nrepositories = [\"team/**\"]\nactions = [\"pull\"]\n",
+                pw.display().to_string()
+            ),
+        )
+        .unwrap();
+        let env = std::collections::BTreeMap::new();
+        let s = crate::config::Config::load(Some(&file), &env, &Default::default()).unwrap();
+        let text = explain(&s, "team/a/b", None, Some("alice"), None).unwrap();
+        assert!(
+            text.contains(
+                "access: user \"alice\" pull repository \"team/a/b\" via upstream \"hub\""
+            ) && text.contains("allowed by access rule #1"),
+            "{text}"
+        );
+        let text = explain(&s, "team/a", None, Some("alice"), Some("push")).unwrap();
+        assert!(
+            text.contains("denied") && text.contains("rule #1: does not list this action"),
+            "{text}"
+        );
+        let text = explain(&s, "team/a", None, Some("anonymous"), None).unwrap();
+        assert!(
+            text.contains("access: anonymous pull") && text.contains("denied"),
+            "{text}"
+        );
+        let text = explain(&s, "_catalog", None, Some("alice"), None).unwrap();
+        assert!(
+            text.contains("the catalog needs the pattern \"**\""),
+            "{text}"
+        );
+        assert!(explain(&s, "team/a", None, Some("alice"), Some("write")).is_err());
+        // Without --user/--action: the policy explanation only.
+        assert!(
+            !explain(&s, "team/a", None, None, None)
+                .unwrap()
+                .contains("access:")
+        );
+    }
 
     #[test]
     fn csv_has_red_hat_columns() {

@@ -34,6 +34,14 @@ pub enum Error {
     /// there. `status` is the registry code's own unless an endpoint says
     /// otherwise (405 for a method, 413 for a body too large).
     Client { status: u16, error: RegistryError },
+    /// The client is not authenticated: no credentials, wrong ones (the same
+    /// answer, so users cannot be enumerated), credentials regcache refuses
+    /// to take (Basic over plain HTTP), or a token without the scope. 401,
+    /// with `challenge` as `WWW-Authenticate` (how clients learn to log in).
+    Unauthenticated {
+        challenge: String,
+        error: RegistryError,
+    },
     /// regcache's configuration refuses the request: a registry no upstream
     /// names, a Schema 1 or push policy. Not an upstream error.
     Policy { status: u16, error: RegistryError },
@@ -132,7 +140,9 @@ impl From<UpstreamError> for Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::Client { error, .. } | Error::Policy { error, .. } => {
+            Error::Client { error, .. }
+            | Error::Policy { error, .. }
+            | Error::Unauthenticated { error, .. } => {
                 write!(f, "{}: {}", error.code, error.message)
             }
             Error::Upstream(e) => e.fmt(f),

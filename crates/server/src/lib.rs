@@ -5,11 +5,14 @@
 //!
 //! A request's way through: [`listener`] accepts it (plain or TLS; bodiless
 //! HTTP/1 GETs and HEADs on [`fastpath`], the rest on hyper); [`request`]
-//! routes it to an upstream and a typed [`routes::Route`]; a handler in
+//! routes it to an upstream and a typed [`routes::Route`]; [`auth`] checks
+//! who the client is and whether the access rules let it (when client
+//! authentication is on); a handler in
 //! [`handlers`] answers it on top of [`services`], which know no HTTP; any
 //! [`error::Error`] becomes a registry error response in [`rescue`].
 
 pub mod admin_cli;
+pub mod auth;
 pub mod config;
 pub mod convert_cli;
 pub mod error;

@@ -29,6 +29,13 @@ enum PolicyCommand {
         /// Upstream name (defaults to the configured upstream).
         #[arg(long)]
         upstream: Option<String>,
+        /// Also show the access decision for this user ("anonymous": a
+        /// client without credentials) and the [[access]] rule that made it.
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// The action for the access decision: pull (default), push or delete.
+        #[arg(long, value_name = "ACTION")]
+        action: Option<String>,
         /// TOML configuration file.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -90,9 +97,17 @@ fn main() -> ExitCode {
                 PolicyCommand::Explain {
                     repository,
                     upstream,
+                    user,
+                    action,
                     config,
                 },
-        } => policy_explain(config.as_deref(), &repository, upstream.as_deref()),
+        } => policy_explain(
+            config.as_deref(),
+            &repository,
+            upstream.as_deref(),
+            user.as_deref(),
+            action.as_deref(),
+        ),
         Command::Mappings {
             command:
                 MappingsCommand::Export {
@@ -133,12 +148,16 @@ fn policy_explain(
     file: Option<&Path>,
     repository: &str,
     upstream: Option<&str>,
+    user: Option<&str>,
+    action: Option<&str>,
 ) -> Result<(), ExitCode> {
     let settings = load_settings(file, &Overrides::default())?;
-    print!(
-        "{}",
-        regcache_server::admin_cli::explain(&settings, repository, upstream)
-    );
+    let text = regcache_server::admin_cli::explain(&settings, repository, upstream, user, action)
+        .map_err(|e| {
+        eprintln!("regcache policy explain: {e}");
+        usage_error()
+    })?;
+    print!("{text}");
     Ok(())
 }
 

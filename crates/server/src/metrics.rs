@@ -36,6 +36,12 @@ pub struct TlsReload {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthFailure {
+    /// Why a client was refused (never who): see `crate::auth::Failure`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamCall {
     pub upstream: String,
     pub method: String,
@@ -63,6 +69,11 @@ pub struct Metrics {
     pub tls_reloads: Family<TlsReload, Counter>,
     pub tls_reload_ok: Counter,
     pub tls_reload_error: Counter,
+    /// Requests refused by client authentication or the access rules, by
+    /// reason (no user names in labels).
+    pub auth_failures: Family<AuthFailure, Counter>,
+    /// Changed htpasswd files that did not load (the previous users stay).
+    pub htpasswd_reload_errors: Counter,
     /// Counters of the hot paths, resolved once (a `Family` lookup takes a
     /// lock and hashes the labels on every call).
     hot: Hot,
@@ -228,6 +239,18 @@ impl Metrics {
             let c = tls_reloads.get_or_create(&TlsReload { result: "error" });
             c.clone()
         };
+        let auth_failures = Family::<AuthFailure, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Requests refused by client authentication or the access rules, by reason",
+            auth_failures.clone(),
+        );
+        let htpasswd_reload_errors = Counter::default();
+        registry.register(
+            "htpasswd_reload_errors",
+            "Changed htpasswd files that did not load (the previous users stay)",
+            htpasswd_reload_errors.clone(),
+        );
         let hot = Hot {
             via_sendfile,
             via_sendfile_fill,
@@ -255,6 +278,8 @@ impl Metrics {
             tls_reloads,
             tls_reload_ok,
             tls_reload_error,
+            auth_failures,
+            htpasswd_reload_errors,
         }
     }
 

@@ -24,6 +24,8 @@ pub struct Rescued {
     pub status: u16,
     pub envelope: ErrorEnvelope,
     pub retry_after: Option<String>,
+    /// `WWW-Authenticate` of a 401 from regcache's own client authentication.
+    pub challenge: Option<String>,
     pub level: Level,
     /// Whose failure it is: `client`, `policy`, `upstream` or `regcache`.
     pub whose: &'static str,
@@ -37,6 +39,7 @@ pub fn classify(err: &Error) -> Rescued {
             status: *status,
             envelope: single(error.clone()),
             retry_after: None,
+            challenge: None,
             level: Level::DEBUG,
             whose: "client",
         },
@@ -44,8 +47,17 @@ pub fn classify(err: &Error) -> Rescued {
             status: *status,
             envelope: single(error.clone()),
             retry_after: None,
+            challenge: None,
             level: Level::INFO,
             whose: "policy",
+        },
+        Error::Unauthenticated { challenge, error } => Rescued {
+            status: 401,
+            envelope: single(error.clone()),
+            retry_after: None,
+            challenge: Some(challenge.clone()),
+            level: Level::DEBUG,
+            whose: "client",
         },
         Error::Upstream(e) => upstream(e),
         Error::BadUpstream { .. } => Rescued {
@@ -55,6 +67,7 @@ pub fn classify(err: &Error) -> Rescued {
                 err.to_string(),
             )),
             retry_after: None,
+            challenge: None,
             level: Level::WARN,
             whose: "upstream",
         },
@@ -65,6 +78,7 @@ pub fn classify(err: &Error) -> Rescued {
                 "internal error in regcache; see its log",
             )),
             retry_after: None,
+            challenge: None,
             level: Level::ERROR,
             whose: "regcache",
         },
@@ -101,6 +115,7 @@ fn upstream(e: &UpstreamError) -> Rescued {
                 status: *status,
                 envelope,
                 retry_after: retry_after.clone(),
+                challenge: None,
                 level,
                 whose: "upstream",
             }
@@ -115,6 +130,7 @@ fn upstream(e: &UpstreamError) -> Rescued {
                 format!("reading the request body failed: {}", chain(e)),
             )),
             retry_after: None,
+            challenge: None,
             level: Level::DEBUG,
             whose: "client",
         },
@@ -125,6 +141,7 @@ fn upstream(e: &UpstreamError) -> Rescued {
                 e.to_string(),
             )),
             retry_after: None,
+            challenge: None,
             level: Level::INFO,
             whose: "upstream",
         },
@@ -135,6 +152,7 @@ fn upstream(e: &UpstreamError) -> Rescued {
                 chain(e),
             )),
             retry_after: None,
+            challenge: None,
             level: Level::WARN,
             whose: "upstream",
         },
@@ -158,7 +176,15 @@ pub fn rescue(err: Error, head: bool) -> Response<Body> {
         Level::INFO => log!(Level::INFO),
         _ => log!(Level::DEBUG),
     }
-    error_response(r.status, &r.envelope, r.retry_after.as_deref(), head)
+    let mut resp = error_response(r.status, &r.envelope, r.retry_after.as_deref(), head);
+    if let Some(v) = r
+        .challenge
+        .as_deref()
+        .and_then(|c| http::HeaderValue::from_str(c).ok())
+    {
+        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    resp
 }
 
 #[cfg(test)]

@@ -61,6 +61,25 @@ fn every_error_kind_has_one_status_code_and_level() {
             "policy",
         ),
         (
+            "not authenticated",
+            Error::Unauthenticated {
+                challenge: "Bearer realm=\"x\"".into(),
+                error: RegistryError::new(ErrorCode::Unauthorized),
+            },
+            401,
+            ErrorCode::Unauthorized,
+            Level::DEBUG,
+            "client",
+        ),
+        (
+            "outside the access rules",
+            Error::policy(403, RegistryError::new(ErrorCode::Denied)),
+            403,
+            ErrorCode::Denied,
+            Level::INFO,
+            "policy",
+        ),
+        (
             "schema 1 refused",
             Error::policy(404, RegistryError::new(ErrorCode::Unsupported)),
             404,
@@ -310,4 +329,23 @@ fn invalid_tags_are_unknown_manifests_and_bad_digests_invalid() {
             assert_eq!(resp.status().as_u16(), status);
         }
     }
+}
+
+#[test]
+fn a_401_of_regcache_carries_its_challenge() {
+    let e = Error::Unauthenticated {
+        challenge: "Bearer realm=\"http://h/auth/token\",service=\"regcache\"".into(),
+        error: RegistryError::with_message(ErrorCode::Unauthorized, "authentication required"),
+    };
+    let resp = rescue(e, false);
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        resp.headers()[header::WWW_AUTHENTICATE],
+        "Bearer realm=\"http://h/auth/token\",service=\"regcache\""
+    );
+    let resp = rescue(
+        Error::policy(403, RegistryError::new(ErrorCode::Denied)),
+        false,
+    );
+    assert!(!resp.headers().contains_key(header::WWW_AUTHENTICATE));
 }

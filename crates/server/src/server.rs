@@ -37,6 +37,8 @@ pub enum StartError {
     Store(#[from] regcache_store::StoreError),
     #[error("signing key {path}: {message}")]
     Key { path: String, message: String },
+    #[error("client authentication: {0}")]
+    Auth(String),
     #[error("upstream: {0}")]
     Upstream(#[from] regcache_upstream::UpstreamError),
     #[error("cannot listen on {addr}: {source}")]
@@ -130,12 +132,45 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
         tracing::info!(name = %up.name, url = %up.url, default = std::ptr::eq(up, settings.default_upstream()), writes = up.writes.as_str(), catalog = up.catalog.as_str(), "upstream");
         ups.push(Arc::new(Upstream::new(up, client)));
     }
-    let app = App::new(
+    let token_key = match settings.auth.mode {
+        crate::config::AuthMode::None => None,
+        _ => {
+            let k = load_or_create_key(&settings.auth.token_key_path)?;
+            tracing::info!(
+                mode = ?settings.auth.mode,
+                kid = k.kid(),
+                path = %settings.auth.token_key_path.display(),
+                rules = settings.auth.rules.len(),
+                "client authentication on; token signing key"
+            );
+            if settings.tls.is_none() && !settings.auth.allow_insecure_http {
+                tracing::warn!(
+                    "client authentication on a plain-HTTP listener: Basic credentials will be refused (set tls_cert_file/tls_key_file, or [auth] allow_insecure_http = true on a trusted network)"
+                );
+            }
+            Some(crate::auth::token::TokenKey::new(
+                k.ecdsa().clone(),
+                k.kid(),
+            ))
+        }
+    };
+    let app = App::with_auth(
         store,
         key,
         Upstreams::new(ups, settings.default_upstream),
         settings.policies.clone(),
-    );
+        |metrics| match token_key {
+            None => Ok(crate::auth::Auth::disabled()),
+            Some(k) => crate::auth::Auth::new(
+                &settings.auth,
+                k,
+                settings.tls.is_some(),
+                settings.listen,
+                metrics,
+            )
+            .map_err(StartError::Auth),
+        },
+    )?;
     if let Some(tls) = &settings.tls {
         tracing::info!(
             cert = %tls.cert_file.display(),

@@ -6,6 +6,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod client_auth;
+mod client_auth_clients;
+mod client_auth_tls;
 mod client_bodies;
 mod fill_routes;
 mod harness;

@@ -7,9 +7,13 @@ use std::sync::{Arc, Mutex};
 
 use hyper::{Response, StatusCode};
 use regcache_tests::http_server::{ServerThread, full};
-use regcache_tests::{Credentials, Regcache, RegcacheOptions, RegistryClient};
+use regcache_tests::skopeo::CopyOptions;
+use regcache_tests::{
+    Credentials, ManifestFormat, Platform, Regcache, RegcacheOptions, Registry, RegistryClient,
+    RegistryOptions, Skopeo, TokenServer, TokenServerOptions,
+};
 
-use crate::support::FULL_ACCEPT;
+use crate::support::{FULL_ACCEPT, small_image};
 
 /// What one peer saw: a request's path and its `Authorization`, if any.
 type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
@@ -153,5 +157,195 @@ async fn a_foreign_realm_never_receives_the_upstream_credentials() {
             .iter()
             .all(|(_, a)| a.as_deref().is_none_or(|a| !a.starts_with("Basic"))),
         "{upstream_seen:?}"
+    );
+}
+
+/// `auth = "upstream"`: the client's own upstream credentials decide. A
+/// token-auth docker-registry whose token server lets alice into `team/a`
+/// only and bob into `team/b` only; regcache holds no credentials of its
+/// own. Once alice pulled `team/a` (so it is cached), bob and anonymous
+/// clients still get nothing of it, by tag, by digest or blob by blob, and
+/// the upstream only ever issued each user's token to that user.
+#[tokio::test]
+async fn upstream_decides_who_reads_cached_content() {
+    let alice = Credentials::new("alice", "alice-pw-1");
+    let bob = Credentials::new("bob", "bob-pw-2");
+    let pusher = Credentials::new("pusher", "pusher-pw-3");
+    let tokens = TokenServer::start(TokenServerOptions {
+        users: vec![alice.clone(), bob.clone(), pusher.clone()],
+        grants: Some(vec![
+            ("alice".into(), "team/a".into()),
+            ("bob".into(), "team/b".into()),
+            ("pusher".into(), "team/*".into()),
+        ]),
+        ..TokenServerOptions::default()
+    });
+    let registry = Registry::start(RegistryOptions {
+        token_auth: Some(tokens.registry_auth()),
+        ..RegistryOptions::default()
+    });
+    let direct = RegistryClient::new(registry.url()).with_bearer(tokens.mint(
+        "pusher",
+        &["repository:team/a:pull,push", "repository:team/b:pull,push"],
+    ));
+    let image_a = small_image(41, Platform::linux_amd64());
+    let image_b = small_image(42, Platform::linux_amd64());
+    let digest_a = direct
+        .push_image("team/a", "v1", &image_a, ManifestFormat::Docker)
+        .await;
+    let digest_b = direct
+        .push_image("team/b", "v1", &image_b, ManifestFormat::Docker)
+        .await;
+
+    let mut options = RegcacheOptions::new(registry.url());
+    options.auth_realms = vec![tokens.authority()];
+    options.extra_toml = "[auth]\nmode = \"upstream\"\nallow_insecure_http = true\n".into();
+    let regcache = Regcache::start(options);
+    let skopeo = Skopeo::new();
+    let pull = |creds: Option<Credentials>, repo: &'static str| {
+        let skopeo = &skopeo;
+        let host = regcache.host();
+        async move {
+            let out = tempfile::tempdir().unwrap();
+            let dst = format!("dir:{}", out.path().display());
+            let options = CopyOptions {
+                src_creds: creds,
+                ..CopyOptions::default()
+            };
+            skopeo
+                .try_copy(
+                    &format!("docker://{host}/{repo}:v1"),
+                    &dst,
+                    None,
+                    false,
+                    &options,
+                )
+                .await
+        }
+    };
+
+    // alice pulls team/a: now every blob of it is cached.
+    pull(Some(alice.clone()), "team/a").await.unwrap();
+    let layer_a = image_a.blobs()[1].0.clone();
+    let as_user = |c: Option<&Credentials>| {
+        let client = RegistryClient::new(regcache.url());
+        match c {
+            Some(c) => client.with_basic_auth(c.clone()),
+            None => client,
+        }
+    };
+    // Cached, but not for bob, nor for anonymous clients: by tag, by
+    // digest, and the blob (the fast path's warm sendfile included).
+    for (who, creds) in [("bob", Some(&bob)), ("anonymous", None)] {
+        let client = as_user(creds);
+        for path in [
+            "/v2/team/a/manifests/v1".to_owned(),
+            format!("/v2/team/a/manifests/{digest_a}"),
+            format!("/v2/team/a/blobs/{layer_a}"),
+        ] {
+            for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+                let r = client
+                    .request(method.clone(), &path, &[], None)
+                    .await
+                    .unwrap();
+                assert!(
+                    matches!(r.status, 401 | 403),
+                    "{who} {method} {path}: {} {}",
+                    r.status,
+                    r.text()
+                );
+                if r.status == 401 {
+                    assert!(
+                        r.header("www-authenticate").is_some(),
+                        "{who} {method} {path}: a 401 carries a challenge"
+                    );
+                }
+            }
+        }
+        assert!(
+            pull(creds.cloned(), "team/a").await.is_err(),
+            "{who} pulls team/a"
+        );
+    }
+    let anon = as_user(None)
+        .request(reqwest::Method::GET, "/v2/", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(anon.status, 401, "{}", anon.text());
+    assert!(
+        anon.header("www-authenticate")
+            .is_some_and(|c| c.starts_with("Basic")),
+        "{:?}",
+        anon.header("www-authenticate")
+    );
+
+    // bob pulls team/b, which alice cannot.
+    pull(Some(bob.clone()), "team/b").await.unwrap();
+    let r = as_user(Some(&alice))
+        .request(
+            reqwest::Method::GET,
+            &format!("/v2/team/b/manifests/{digest_b}"),
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.status, 401 | 403),
+        "alice on team/b: {}",
+        r.status
+    );
+    assert!(pull(Some(alice.clone()), "team/b").await.is_err());
+    // alice, allowed, still gets team/a (now from the cache) with the same
+    // bytes the upstream has.
+    let r = as_user(Some(&alice))
+        .request(
+            reqwest::Method::GET,
+            &format!("/v2/team/a/blobs/{layer_a}"),
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(regcache_tests::sha256_digest(&r.body), layer_a);
+
+    // The upstream saw each user's own token: every token request carried
+    // that user's credentials and asked for that user's repositories only
+    // when it succeeded with access.
+    let requests = tokens.requests();
+    for r in &requests {
+        assert_ne!(
+            r.user.as_deref(),
+            Some("pusher"),
+            "regcache never acts as another user"
+        );
+    }
+    assert!(requests.iter().any(
+        |r| r.user.as_deref() == Some("alice") && r.scopes.iter().any(|s| s.contains("team/a"))
+    ));
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.user.as_deref() == Some("bob")
+                && r.scopes.iter().any(|s| s.contains("team/b")))
+    );
+    let log = registry.log();
+    assert!(
+        log.contains("alice") && log.contains("bob"),
+        "the registry logs each user's token"
+    );
+    eprintln!(
+        "token requests: {}",
+        requests
+            .iter()
+            .map(|r| format!(
+                "{}:{}:{}",
+                r.user.as_deref().unwrap_or("-"),
+                r.scopes.join(" "),
+                r.status
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 }

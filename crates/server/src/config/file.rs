@@ -33,6 +33,11 @@ pub struct Config {
     pub schema1: Schema1Section,
     /// Ordered `[[policy]]` rules (see `policy.rs`); first match wins.
     pub policy: Vec<crate::policy::RuleConfig>,
+    /// Client authentication (see `auth/mod.rs`).
+    pub auth: super::auth::AuthSection,
+    /// `[[access]]` rules granting actions to users and groups
+    /// (see `auth/access.rs`); only with client authentication.
+    pub access: Vec<crate::auth::access::AccessRuleConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -167,6 +172,8 @@ impl Default for Config {
             upstream: UpstreamSections(vec![UpstreamSection::default()]),
             schema1: Schema1Section::default(),
             policy: Vec::new(),
+            auth: super::auth::AuthSection::default(),
+            access: Vec::new(),
         }
     }
 }
@@ -356,6 +363,8 @@ mod tests {
         assert_eq!(cfg.upstream, d.upstream);
         assert_eq!(cfg.schema1, d.schema1);
         assert_eq!(cfg.policy.len(), 2);
+        assert_eq!(cfg.auth, d.auth);
+        assert!(cfg.access.is_empty());
         let (_dir, file) = config_file(text);
         let s = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap();
         let p = s.policies.resolve("docker.io", "legacy/a/b");

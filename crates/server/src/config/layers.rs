@@ -81,6 +81,19 @@ impl Config {
         if let Some(v) = env.var("REGCACHE_TLS_KEY_FILE") {
             self.tls_key_file = Some(v.into());
         }
+        if let Some(v) = env.var("REGCACHE_AUTH_MODE") {
+            match v.as_str() {
+                "none" => self.auth.mode = super::AuthMode::None,
+                "htpasswd" => self.auth.mode = super::AuthMode::Htpasswd,
+                "upstream" => self.auth.mode = super::AuthMode::Upstream,
+                other => problems.push(format!(
+                    "REGCACHE_AUTH_MODE = {other:?}: expected \"none\" or \"htpasswd\""
+                )),
+            }
+        }
+        if let Some(v) = env.var("REGCACHE_AUTH_HTPASSWD_FILE") {
+            self.auth.htpasswd_file = Some(v.into());
+        }
         let mut size = |name: &str, slot: &mut ByteSize| {
             if let Some(v) = env.var(name) {
                 match ByteSize::parse(&v) {
@@ -120,6 +133,30 @@ impl Config {
 mod tests {
     use crate::config::test_support::{config_file, env};
     use crate::config::{Config, Overrides};
+
+    #[test]
+    fn auth_mode_and_htpasswd_file_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("htpasswd");
+        std::fs::write(&pw, format!("a:{}\n", bcrypt::hash("x", 4).unwrap())).unwrap();
+        let e = env(&[
+            ("REGCACHE_AUTH_MODE", "htpasswd"),
+            ("REGCACHE_AUTH_HTPASSWD_FILE", pw.to_str().unwrap()),
+        ]);
+        let s = Config::load(None, &e, &Overrides::default()).unwrap();
+        assert_eq!(s.auth.mode, crate::config::AuthMode::Htpasswd);
+        assert_eq!(s.auth.htpasswd_file.as_deref(), Some(pw.as_path()));
+        let err = Config::load(
+            None,
+            &env(&[("REGCACHE_AUTH_MODE", "ldap")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("REGCACHE_AUTH_MODE = \"ldap\""),
+            "{err}"
+        );
+    }
 
     #[test]
     fn layers_apply_in_order() {

@@ -10,6 +10,7 @@
 //! - `layers.rs`: the environment and command-line layers over it.
 //! - `validate.rs`: checking the result into [`Settings`] (`settings.rs`),
 //!   with the TLS files loaded by `tls.rs`.
+//! - `auth.rs`: `[auth]` and `[[access]]`, checked into [`AuthSettings`].
 //! - `keys.rs`: unknown keys, found from the serde types in `file.rs`.
 //! - `bounds.rs`: the bounds of every numeric setting, and upstream hosts
 //!   that are no host (`0.0.0.0`, `::`).
@@ -19,6 +20,7 @@
 //! the registry client's `ClientConfig` comes from
 //! [`UpstreamSettings::client_config`].
 
+mod auth;
 mod bounds;
 mod file;
 mod keys;
@@ -30,6 +32,7 @@ mod validate;
 use std::fmt;
 use std::path::Path;
 
+pub use auth::{AuthMode, AuthSection, AuthSettings, ChallengeKind, TOKEN_TTL_SECS};
 pub use file::{
     ByteSize, CacheSection, Config, LogSection, Schema1Section, UpstreamSection, UpstreamSections,
 };

@@ -26,6 +26,8 @@ pub struct Settings {
     pub policies: crate::policy::Policies,
     /// TLS for the API listener; `None`: plain HTTP.
     pub tls: Option<TlsSettings>,
+    /// Client authentication and access rules.
+    pub auth: super::AuthSettings,
 }
 
 /// The API listener's certificate and key, loaded and checked against each

@@ -91,6 +91,23 @@ impl Config {
                 crate::policy::Policies::default()
             }
         };
+        let auth =
+            super::auth::validate_auth(&self.auth, &self.access, &self.data_dir, &mut problems);
+        // With htpasswd client auth, a client's Authorization is its
+        // credential for regcache: passing it upstream would hand regcache's
+        // users' passwords (or regcache's own tokens) to the upstream.
+        if auth.mode == super::AuthMode::Htpasswd {
+            for u in &upstreams {
+                for (key, mode) in [("writes", u.writes), ("catalog", u.catalog)] {
+                    if mode == crate::writes::Forwarding::ClientCredentials {
+                        problems.push(format!(
+                            "upstream {:?}: {key} = \"client-credentials\" would send the credentials clients give regcache ([auth] mode = \"htpasswd\") to the upstream; use \"stored-credentials\" (with [[access]] rules granting push/delete) or \"off\"",
+                            u.name
+                        ));
+                    }
+                }
+            }
+        }
         let tls = match (&self.tls_cert_file, &self.tls_key_file) {
             (None, None) => None,
             (Some(cert), Some(key)) => load_tls(cert, key, &mut problems),
@@ -136,6 +153,7 @@ impl Config {
             signing_key_path,
             policies,
             tls,
+            auth,
         })
     }
 }

@@ -25,6 +25,14 @@ impl FastPath for App {
     fn respond(&self, req: Request<ReqBody>) -> BoxFuture<'_, Reply> {
         Box::pin(async move {
             let routed = route(req.uri(), &self.upstreams);
+            let head = req.method() == Method::HEAD;
+            let routed = match self.admit(&req, routed).await {
+                Ok(routed) => routed,
+                Err(refused) => {
+                    self.metrics.responded(ResponseVia::Fast);
+                    return Reply::from_response(refused, head);
+                }
+            };
             if let Ok(r) = &routed
                 && let Some(reply) = self.fast_blob(r, &req).await
             {
@@ -36,8 +44,7 @@ impl FastPath for App {
                 return reply;
             }
             self.metrics.responded(ResponseVia::Fast);
-            let head = req.method() == Method::HEAD;
-            Reply::from_response(App::respond(self, routed, req).await, head)
+            Reply::from_response(self.respond_authorized(routed, req).await, head)
         })
     }
 }

@@ -26,8 +26,8 @@ impl App {
         let up = &target.upstream;
         let identity = decide(up.writes, Gated::Write, &up.name, req.headers())?;
         let head = req.method() == Method::HEAD;
-        let resp = up
-            .client
+        let resp = target
+            .client()
             .send(RawRequest::new(Method::GET, "/v2/").identity(identity))
             .await?;
         let status = resp.status;

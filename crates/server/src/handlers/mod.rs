@@ -19,6 +19,7 @@ use regcache_formats::{ErrorCode, RegistryError};
 use regcache_store::Store;
 use regcache_upstream::Identity;
 
+use crate::auth::Auth;
 use crate::error::Error;
 use crate::metrics::{Metrics, ResponseVia, UpstreamCall};
 use crate::policy::Policies;
@@ -42,6 +43,8 @@ pub struct App {
     upstreams: Upstreams,
     policies: Policies,
     services: Services,
+    /// Client authentication and access rules ([`crate::auth`]).
+    auth: Auth,
     pub metrics: Arc<Metrics>,
     /// The next request's id (its span's `id`).
     next_id: AtomicU64,
@@ -63,14 +66,34 @@ impl App {
         upstreams: Upstreams,
         policies: Policies,
     ) -> Arc<App> {
+        let app = App::with_auth(store, key, upstreams, policies, |_| {
+            Ok::<_, std::convert::Infallible>(Auth::disabled())
+        });
+        match app {
+            Ok(app) => app,
+            Err(never) => match never {},
+        }
+    }
+
+    /// An app whose client authentication `auth` makes (it registers its
+    /// counters in the app's metrics).
+    pub fn with_auth<E>(
+        store: Store,
+        key: SigningKey,
+        upstreams: Upstreams,
+        policies: Policies,
+        auth: impl FnOnce(&Metrics) -> Result<Auth, E>,
+    ) -> Result<Arc<App>, E> {
         let metrics = Arc::new(Metrics::new());
-        Arc::new(App {
+        let auth = auth(&metrics)?;
+        Ok(Arc::new(App {
             services: Services::new(store, key, metrics.clone()),
             upstreams,
             policies,
+            auth,
             metrics,
             next_id: AtomicU64::new(1),
-        })
+        }))
     }
 
     pub fn store(&self) -> &Store {
@@ -129,14 +152,65 @@ impl App {
         routed: Result<Routed, Error>,
         req: Request<ReqBody>,
     ) -> Response<Body> {
+        match self.admit(&req, routed).await {
+            Ok(routed) => self.respond_authorized(routed, req).await,
+            Err(refused) => refused,
+        }
+    }
+
+    /// Client authentication and access ([`crate::auth`]), once per
+    /// request on both paths: the routed request, acting as its client when
+    /// the grant says so, or the refusal's response.
+    async fn admit(
+        &self,
+        req: &Request<ReqBody>,
+        routed: Result<Routed, Error>,
+    ) -> Result<Result<Routed, Error>, Response<Body>> {
+        match self.auth.authorize(req, routed.as_ref().ok()).await {
+            Ok(grant) => Ok(routed.map(|mut r| {
+                r.target.acting_as = grant.acting_as.map(|a| a.0);
+                r
+            })),
+            Err(e) => Err(self.refused(req, routed.as_ref().ok(), e)),
+        }
+    }
+
+    /// A request refused before dispatch (authentication, routing), rescued
+    /// in its span.
+    fn refused(&self, req: &Request<ReqBody>, routed: Option<&Routed>, e: Error) -> Response<Body> {
+        let head = req.method() == Method::HEAD;
+        let resp = match routed {
+            Some(r) => {
+                let span = self.request_span(req.method(), &r.route);
+                let mut target = r.target.clone();
+                target.span = span;
+                target.span().in_scope(|| rescue(e, head))
+            }
+            None => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let span = tracing::info_span!("request", id, method = %req.method());
+                span.in_scope(|| rescue(e, head))
+            }
+        };
+        with_api_version(resp)
+    }
+
+    /// [`App::respond`] once client authentication let the request through.
+    async fn respond_authorized(
+        &self,
+        routed: Result<Routed, Error>,
+        req: Request<ReqBody>,
+    ) -> Response<Body> {
         let head = req.method() == Method::HEAD;
         let Routed { mut target, route } = match routed {
             Ok(r) => r,
-            Err(e) => {
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                let span = tracing::info_span!("request", id, method = %req.method());
-                return with_api_version(span.in_scope(|| rescue(e, head)));
+            Err(_) if self.auth.serves(req.uri().path()) => {
+                return match self.auth.token_endpoint(&req, &self.upstreams).await {
+                    Ok(resp) => resp,
+                    Err(e) => self.refused(&req, None, e),
+                };
             }
+            Err(e) => return self.refused(&req, None, e),
         };
         target.span = self.request_span(req.method(), &route);
         let cached_read = matches!(
@@ -168,9 +242,18 @@ impl App {
         let head = method == Method::HEAD;
         let read = method == Method::GET || head;
         let up = &target.upstream;
-        let writes = || decide(up.writes, Gated::Write, &up.name, req.headers());
+        let writes = || {
+            acting(
+                target,
+                decide(up.writes, Gated::Write, &up.name, req.headers()),
+            )
+        };
         match route {
-            Route::Ping if read && up.writes == Forwarding::ClientCredentials => {
+            Route::Ping
+                if read
+                    && up.writes == Forwarding::ClientCredentials
+                    && target.acting_as.is_none() =>
+            {
                 self.relay_ping(target, req).await
             }
             Route::Ping if read => Ok(ping(head)),
@@ -192,7 +275,10 @@ impl App {
                 .await
             }
             Route::Catalog if method == Method::GET => {
-                let identity = decide(up.catalog, Gated::Catalog, &up.name, req.headers())?;
+                let identity = acting(
+                    target,
+                    decide(up.catalog, Gated::Catalog, &up.name, req.headers()),
+                )?;
                 self.listing(target, &req, listings::Listing::Catalog, identity)
                     .await
             }
@@ -231,6 +317,18 @@ impl App {
             )),
         }
     }
+}
+
+/// A gated request's identity when the request acts as its client
+/// (`auth = "upstream"`): the client's credentials are already those of
+/// [`Target::client`], which does the token dance with them, so a write that
+/// would pass the client's `Authorization` through goes as that client
+/// instead; regcache's own credentials are never used in that mode.
+fn acting(target: &Target, identity: Result<Identity, Error>) -> Result<Identity, Error> {
+    Ok(match identity? {
+        Identity::Client(_) if target.acting_as.is_some() => Identity::Stored,
+        other => other,
+    })
 }
 
 #[cfg(test)]

@@ -105,8 +105,8 @@ impl App {
     ) -> Result<(), Error> {
         let up = &target.upstream;
         let blob = format!("/v2/{name}/blobs/{EMPTY_LAYER_DIGEST}");
-        let head = up
-            .client
+        let head = target
+            .client()
             .send(RawRequest::new(Method::HEAD, blob).identity(identity.clone()))
             .await?;
         match head.status {
@@ -119,8 +119,8 @@ impl App {
             header::CONTENT_TYPE,
             HeaderValue::from_static(media_type::OCTET_STREAM),
         );
-        let resp = up
-            .client
+        let resp = target
+            .client()
             .send(
                 RawRequest::new(Method::POST, format!("/v2/{name}/blobs/uploads/"))
                     .headers(headers.clone())
@@ -136,8 +136,8 @@ impl App {
             return Err(refused_helper(&up.name, "upload start", resp.status));
         };
         let sep = if location.contains('?') { '&' } else { '?' };
-        let resp = up
-            .client
+        let resp = target
+            .client()
             .send(
                 RawRequest::new(
                     Method::PUT,
@@ -194,8 +194,7 @@ impl App {
             ],
         );
         let resp = target
-            .upstream
-            .client
+            .client()
             .send(
                 RawRequest::new(parts.method.clone(), target.upstream_path.clone())
                     .headers(headers)

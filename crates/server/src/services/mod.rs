@@ -16,7 +16,6 @@ use crate::metrics::Metrics;
 
 pub mod blobs;
 pub mod coalesce;
-pub mod identity;
 pub mod manifests;
 pub mod schema1;
 pub mod tags;
