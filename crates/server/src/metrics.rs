@@ -36,6 +36,20 @@ pub struct TlsReload {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// `api` or `admin`.
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnReason {
+    /// `api` or `admin`.
+    pub listener: &'static str,
+    /// Why; see the metric's help.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamCall {
     pub upstream: String,
     pub method: String,
@@ -63,6 +77,14 @@ pub struct Metrics {
     pub tls_reloads: Family<TlsReload, Counter>,
     pub tls_reload_ok: Counter,
     pub tls_reload_error: Counter,
+    /// Open client connections, by listener.
+    pub open_connections: Family<ListenerLabel, Gauge>,
+    /// Connections closed at accept by a limit, by listener and reason.
+    pub connections_refused: Family<ConnReason, Counter>,
+    /// Connections closed by a timeout, by listener and reason.
+    pub connections_cut: Family<ConnReason, Counter>,
+    /// Requests refused before routing (rate limit, bad `Host`).
+    pub requests_refused: Family<ConnReason, Counter>,
     /// Counters of the hot paths, resolved once (a `Family` lookup takes a
     /// lock and hashes the labels on every call).
     hot: Hot,
@@ -228,6 +250,30 @@ impl Metrics {
             let c = tls_reloads.get_or_create(&TlsReload { result: "error" });
             c.clone()
         };
+        let open_connections = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now, by listener (api, admin)",
+            open_connections.clone(),
+        );
+        let connections_refused = Family::<ConnReason, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept by a limit (per_client: the address already holds limits.max_connections_per_client)",
+            connections_refused.clone(),
+        );
+        let connections_cut = Family::<ConnReason, Counter>::default();
+        registry.register(
+            "connections_cut",
+            "Connections closed by a timeout: first_byte (nothing sent), header (a request head or TLS handshake too slow), idle (kept alive without a request), write (the client stopped reading), body (the client stopped sending a body)",
+            connections_cut.clone(),
+        );
+        let requests_refused = Family::<ConnReason, Counter>::default();
+        registry.register(
+            "requests_refused",
+            "Requests answered with an error before routing: rate_limit (429), host (400, RFC 9112 Host rules)",
+            requests_refused.clone(),
+        );
         let hot = Hot {
             via_sendfile,
             via_sendfile_fill,
@@ -255,6 +301,10 @@ impl Metrics {
             tls_reloads,
             tls_reload_ok,
             tls_reload_error,
+            open_connections,
+            connections_refused,
+            connections_cut,
+            requests_refused,
         }
     }
 

@@ -47,6 +47,17 @@ pub fn classify(err: &Error) -> Rescued {
             level: Level::INFO,
             whose: "policy",
         },
+        // Debug: a client over its rate would otherwise flood the log.
+        Error::Throttled { retry_after_secs } => Rescued {
+            status: 429,
+            envelope: single(RegistryError::with_message(
+                ErrorCode::TooManyRequests,
+                err.to_string(),
+            )),
+            retry_after: Some(retry_after_secs.to_string()),
+            level: Level::DEBUG,
+            whose: "client",
+        },
         Error::Upstream(e) => upstream(e),
         Error::BadUpstream { .. } => Rescued {
             status: 502,

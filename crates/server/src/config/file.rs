@@ -25,6 +25,12 @@ pub struct Config {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key (PKCS#8, SEC1 or PKCS#1) of the leaf in `tls_cert_file`.
     pub tls_key_file: Option<PathBuf>,
+    /// A file holding the bearer token that the admin listener's
+    /// state-changing endpoints (`POST /tls/reload`, …) require when
+    /// `admin_listen` is not a loopback address (`REGCACHE_ADMIN_TOKEN`
+    /// wins over it). Without one, they are refused off loopback.
+    pub admin_token_file: Option<PathBuf>,
+    pub limits: super::LimitsSection,
     pub log: LogSection,
     pub cache: CacheSection,
     /// One `[upstream]` table, or several `[[upstream]]` tables (one may say
@@ -151,6 +157,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./regcache-data"),
             tls_cert_file: None,
             tls_key_file: None,
+            admin_token_file: None,
+            limits: super::LimitsSection::default(),
             log: LogSection::default(),
             cache: CacheSection::default(),
             upstream: UpstreamSections(vec![UpstreamSection::default()]),

@@ -26,6 +26,10 @@ pub struct Settings {
     pub policies: crate::policy::Policies,
     /// TLS for the API listener; `None`: plain HTTP.
     pub tls: Option<TlsSettings>,
+    /// Connection limits and timeouts (`[limits]`).
+    pub limits: super::ConnLimits,
+    /// The admin listener's bearer token (redacted in `Debug`).
+    pub admin_token: Option<super::AdminToken>,
 }
 
 /// The API listener's certificate and key, loaded and checked against each

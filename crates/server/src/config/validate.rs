@@ -111,6 +111,9 @@ impl Config {
                 None
             }
         };
+        let limits = self.limits.validate(&mut problems);
+        let admin_token =
+            super::limits::load_admin_token(self.admin_token_file.as_ref(), env, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -138,6 +141,8 @@ impl Config {
             signing_key_path,
             policies,
             tls,
+            limits,
+            admin_token,
         })
     }
 }
