@@ -5,7 +5,7 @@
 //!
 //! Every request that is not a `GET` or `HEAD` changes state, so it is
 //! protected by default, whatever endpoint it names: with an admin token
-//! configured (`admin_token_file`, `REGCACHE_ADMIN_TOKEN`) it must carry
+//! configured (`[admin] token_file`, `REGCACHE_ADMIN_TOKEN`) it must carry
 //! `Authorization: Bearer <token>`; without one, it is allowed only when
 //! `admin_listen` is a loopback address. The token is compared in constant
 //! time and never logged.
@@ -66,7 +66,7 @@ impl AdminAccess {
                 RegistryError::with_message(
                     ErrorCode::Denied,
                     format!(
-                        "state-changing admin endpoints are off: admin_listen ({listen}) is not a loopback address and no admin token is set; set admin_token_file (or REGCACHE_ADMIN_TOKEN) and send Authorization: Bearer <token>"
+                        "state-changing admin endpoints are off: admin_listen ({listen}) is not a loopback address and no admin token is set; set [admin] token_file (or REGCACHE_ADMIN_TOKEN) and send Authorization: Bearer <token>"
                     ),
                 ),
             )),
@@ -235,10 +235,7 @@ mod tests {
             .unwrap_err();
         let resp = rescue(refused.clone(), false);
         assert_eq!(resp.status(), 403);
-        assert!(
-            refused.to_string().contains("admin_token_file"),
-            "{refused}"
-        );
+        assert!(refused.to_string().contains("token_file"), "{refused}");
         // A token does not help when none is configured.
         assert!(
             AdminAccess::new(any, None)

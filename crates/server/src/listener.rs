@@ -109,8 +109,10 @@ pub async fn serve<H, F>(
             },
         };
         let Some(open) = guard.open(peer) else {
-            // Over its address's share: closed before it costs a task.
+            // Over its address's share: closed before it costs a task, with
+            // a reset (no FIN_WAIT state kept for a client that floods).
             tracing::debug!(%peer, listener = guard.name, "connection refused: too many from this address");
+            let _ = stream.set_zero_linger();
             continue;
         };
         let _ = stream.set_nodelay(true);

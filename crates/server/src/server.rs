@@ -151,7 +151,7 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
         }
         crate::admin::AdminAccess::Refused { listen } => tracing::warn!(
             %listen,
-            "admin_listen is not a loopback address and no admin token is set: state-changing admin endpoints are refused (set admin_token_file or REGCACHE_ADMIN_TOKEN)"
+            "admin_listen is not a loopback address and no admin token is set: state-changing admin endpoints are refused (set [admin] token_file or REGCACHE_ADMIN_TOKEN)"
         ),
     }
     let l = &settings.limits;
@@ -346,19 +346,29 @@ pub fn raise_open_files(limits: &crate::config::ConnLimits) {
     }
 }
 
+/// The accept queue's length (the kernel caps it at `net.core.somaxconn`).
+/// std's (and so tokio's `TcpListener::bind`) is 128: a burst of more
+/// connections than the accept loop takes at once would drop SYNs, and each
+/// dropped one costs its client a one-second retransmission.
+const ACCEPT_BACKLOG: u32 = 1024;
+
+/// A listening socket on `addr` with [`ACCEPT_BACKLOG`].
+fn listen(addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
+    let err = |source| StartError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(ACCEPT_BACKLOG).map_err(err)
+}
+
 /// Bind both listeners (after the configuration validated).
 pub async fn bind(settings: &Settings) -> Result<(TcpListener, TcpListener), StartError> {
-    let api = TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
-    let admin = TcpListener::bind(settings.admin_listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: settings.admin_listen,
-            source,
-        })?;
+    let api = listen(settings.listen)?;
+    let admin = listen(settings.admin_listen)?;
     Ok((api, admin))
 }

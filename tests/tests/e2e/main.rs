@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod connections;
 mod fill_routes;
 mod harness;
 mod multi_registry;

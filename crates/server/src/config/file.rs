@@ -25,11 +25,7 @@ pub struct Config {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key (PKCS#8, SEC1 or PKCS#1) of the leaf in `tls_cert_file`.
     pub tls_key_file: Option<PathBuf>,
-    /// A file holding the bearer token that the admin listener's
-    /// state-changing endpoints (`POST /tls/reload`, …) require when
-    /// `admin_listen` is not a loopback address (`REGCACHE_ADMIN_TOKEN`
-    /// wins over it). Without one, they are refused off loopback.
-    pub admin_token_file: Option<PathBuf>,
+    pub admin: super::AdminSection,
     pub limits: super::LimitsSection,
     pub log: LogSection,
     pub cache: CacheSection,
@@ -157,7 +153,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./regcache-data"),
             tls_cert_file: None,
             tls_key_file: None,
-            admin_token_file: None,
+            admin: super::AdminSection::default(),
             limits: super::LimitsSection::default(),
             log: LogSection::default(),
             cache: CacheSection::default(),

@@ -59,6 +59,17 @@ impl Default for LimitsSection {
     }
 }
 
+/// `[admin]` as written.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSection {
+    /// A file holding the bearer token that the admin listener's
+    /// state-changing endpoints (`POST /tls/reload`, …) require
+    /// (`REGCACHE_ADMIN_TOKEN` wins over it). Without a token they are
+    /// allowed only when `admin_listen` is a loopback address.
+    pub token_file: Option<PathBuf>,
+}
+
 /// The validated limits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnLimits {
@@ -220,7 +231,7 @@ impl fmt::Debug for AdminToken {
     }
 }
 
-/// The admin token from `REGCACHE_ADMIN_TOKEN` (first) or `admin_token_file`.
+/// The admin token from `REGCACHE_ADMIN_TOKEN` (first) or `[admin] token_file`.
 pub(super) fn load_admin_token(
     file: Option<&PathBuf>,
     env: &dyn EnvSource,
@@ -229,7 +240,7 @@ pub(super) fn load_admin_token(
     let (what, text) = if let Some(v) = env.var("REGCACHE_ADMIN_TOKEN") {
         ("REGCACHE_ADMIN_TOKEN".to_owned(), v)
     } else if let Some(path) = file {
-        let what = format!("admin_token_file {}", path.display());
+        let what = format!("admin.token_file {}", path.display());
         match std::fs::read_to_string(path) {
             Ok(s) => (what, s),
             Err(e) => {
@@ -295,7 +306,7 @@ mod tests {
         let tok = dir.path().join("token");
         std::fs::write(&tok, "0123456789abcdef0123\n").unwrap();
         let (_d, f) = config_file(&format!(
-            "admin_token_file = {:?}\n",
+            "[admin]\ntoken_file = {:?}\n",
             tok.display().to_string()
         ));
         let s = Config::load(Some(&f), &env(&[]), &Overrides::default()).unwrap();
@@ -313,7 +324,7 @@ mod tests {
         let err = Config::load(None, &e, &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("shorter than 16"), "{err}");
         assert!(!err.to_string().contains("short\""), "{err}");
-        let (_d, f) = config_file("admin_token_file = \"/nonexistent/token\"\n");
+        let (_d, f) = config_file("[admin]\ntoken_file = \"/nonexistent/token\"\n");
         let err = Config::load(Some(&f), &env(&[]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("cannot read"), "{err}");
     }

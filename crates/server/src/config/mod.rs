@@ -32,7 +32,7 @@ pub use file::{
     ByteSize, CacheSection, Config, LogSection, Schema1Section, UpstreamSection, UpstreamSections,
 };
 pub use layers::{EnvSource, Overrides, ProcessEnv};
-pub use limits::{AdminToken, ConnLimits, LimitsSection};
+pub use limits::{AdminSection, AdminToken, ConnLimits, LimitsSection};
 pub use settings::{Settings, TlsSettings, UpstreamSettings};
 
 /// Exit status for a bad configuration (sysexits `EX_USAGE`).

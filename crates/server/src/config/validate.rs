@@ -113,7 +113,7 @@ impl Config {
         };
         let limits = self.limits.validate(&mut problems);
         let admin_token =
-            super::limits::load_admin_token(self.admin_token_file.as_ref(), env, &mut problems);
+            super::limits::load_admin_token(self.admin.token_file.as_ref(), env, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
