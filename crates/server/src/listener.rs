@@ -224,15 +224,17 @@ impl Conn<'_> {
         let peer = self.peer;
         let service_state = state.clone();
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            let admitted = guard.admit_or_answer(&req, peer);
             let state = service_state.clone();
-            let started = admitted.map(|()| {
-                req.extensions_mut().insert(ConnInfo { peer, tls });
-                // Reads are timed (`body_timeout`) while a handler may be
-                // waiting for this request's body.
-                let body = (!req.body().is_end_stream()).then(|| state.body_started());
-                (handler(req), body)
-            });
+            let started = match guard.refusal(&req, peer) {
+                Some(refused) => Err(refused),
+                None => {
+                    req.extensions_mut().insert(ConnInfo { peer, tls });
+                    // Reads are timed (`body_timeout`) while a handler may
+                    // be waiting for this request's body.
+                    let body = (!req.body().is_end_stream()).then(|| state.body_started());
+                    Ok((handler(req), body))
+                }
+            };
             let body_timeout = guard.limits.body_timeout;
             async move {
                 let (fut, body) = match started {

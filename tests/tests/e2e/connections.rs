@@ -445,9 +445,8 @@ async fn host_rules_of_rfc_9112_on_both_paths() {
         ),
         (
             "two Hosts, hyper",
-            format!(
-                "POST /v2/conn/host/blobs/uploads/ HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 0\r\n\r\n"
-            ),
+            "POST /v2/conn/host/blobs/uploads/ HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 0\r\n\r\n"
+                .to_string(),
             "400 Bad Request",
         ),
         (

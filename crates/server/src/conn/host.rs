@@ -89,7 +89,8 @@ mod tests {
     #[test]
     fn host_rules_per_rfc_9112() {
         use HostProblem::*;
-        let table: &[(Version, &[&[u8]], Result<(), HostProblem>)] = &[
+        type Case = (Version, &'static [&'static [u8]], Result<(), HostProblem>);
+        let table: &[Case] = &[
             (Version::HTTP_11, &[b"registry.example:5000"], Ok(())),
             (Version::HTTP_11, &[b"127.0.0.1"], Ok(())),
             (Version::HTTP_11, &[b"[::1]:5000"], Ok(())),

@@ -237,17 +237,12 @@ impl Guard {
         }
     }
 
-    /// [`Guard::admit`], with a refusal made into its response.
-    pub fn admit_or_answer<B>(
-        &self,
-        req: &Request<B>,
-        peer: SocketAddr,
-    ) -> Result<(), Response<Body>> {
-        self.admit(req, peer).map_err(|e| {
-            let head = req.method() == http::Method::HEAD;
-            let span = tracing::debug_span!("refused", listener = self.name, %peer);
-            with_api_version(span.in_scope(|| rescue(e, head)))
-        })
+    /// [`Guard::admit`]'s refusal made into its response; `None`: admitted.
+    pub fn refusal<B>(&self, req: &Request<B>, peer: SocketAddr) -> Option<Response<Body>> {
+        let e = self.admit(req, peer).err()?;
+        let head = req.method() == http::Method::HEAD;
+        let span = tracing::debug_span!("refused", listener = self.name, %peer);
+        Some(with_api_version(span.in_scope(|| rescue(e, head))))
     }
 }
 
@@ -288,7 +283,7 @@ mod tests {
         assert_eq!(retry_after_secs, 1);
         // Another address has its own bucket.
         guard.admit(&get(Some("x")), b).unwrap();
-        let resp = guard.admit_or_answer(&get(Some("x")), a).unwrap_err();
+        let resp = guard.refusal(&get(Some("x")), a).unwrap();
         assert_eq!(resp.status(), 429);
         assert_eq!(resp.headers()[http::header::RETRY_AFTER], "1");
         let text = metrics.encode();
@@ -310,7 +305,7 @@ mod tests {
         let metrics = Metrics::new();
         let guard = Guard::new("api", limits(None), &metrics, true);
         let a: SocketAddr = "10.0.0.1:1000".parse().unwrap();
-        let resp = guard.admit_or_answer(&get(None), a).unwrap_err();
+        let resp = guard.refusal(&get(None), a).unwrap();
         assert_eq!(resp.status(), 400);
         guard.admit(&get(Some("registry:5000")), a).unwrap();
     }

@@ -186,15 +186,15 @@ pub async fn run(
         let is_head = req.method() == Method::HEAD;
         let http10 = req.version() == Version::HTTP_10;
         let mut close = head.close;
-        let reply = match conn.guard.admit_or_answer(&req, conn.peer) {
-            Ok(()) => {
+        let reply = match conn.guard.refusal(&req, conn.peer) {
+            None => {
                 req.extensions_mut().insert(ConnInfo {
                     peer: conn.peer,
                     tls: false,
                 });
                 fast.respond(req).await
             }
-            Err(refused) => {
+            Some(refused) => {
                 // A request that breaks the Host rules says nothing
                 // trustworthy about where the next one starts.
                 close |= refused.status() == StatusCode::BAD_REQUEST;
