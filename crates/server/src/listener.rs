@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, header};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use prometheus_client::metrics::counter::Counter;
@@ -34,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use crate::conn::{ConnInfo, ConnState, Cut, Guard, IoCut, Watched};
+use crate::conn::{ConnInfo, ConnState, Cut, Guard, IoCut, TrackedBody, Watched};
 use crate::error::Error;
 use crate::web::body::Body;
 
@@ -76,7 +76,7 @@ pub async fn serve<H, F>(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<TrackedBody>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let max = guard.limits.max_connections;
@@ -214,7 +214,7 @@ impl Conn<'_> {
         stop_rx: &mut watch::Receiver<bool>,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+        H: Fn(Request<TrackedBody>) -> F + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
     {
         let limits = &self.guard.limits;
@@ -229,20 +229,17 @@ impl Conn<'_> {
                 Some(refused) => Err(refused),
                 None => {
                     req.extensions_mut().insert(ConnInfo { peer, tls });
-                    // Reads are timed (`body_timeout`) while a handler may
-                    // be waiting for this request's body.
-                    let body = (!req.body().is_end_stream()).then(|| state.body_started());
-                    Ok((handler(req), body))
+                    // Reads are timed (`body_timeout`) until the body is in.
+                    Ok(handler(req.map(|b| TrackedBody::new(b, &state))))
                 }
             };
             let body_timeout = guard.limits.body_timeout;
             async move {
-                let (fut, body) = match started {
-                    Ok(x) => x,
+                let fut = match started {
+                    Ok(fut) => fut,
                     Err(refused) => return Ok::<_, Infallible>(refused),
                 };
                 let resp = fut.await;
-                drop(body);
                 if state.cut() == Some(IoCut::Body) {
                     return Ok(body_timed_out(body_timeout));
                 }
@@ -367,7 +364,7 @@ mod tests {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(
             listener,
-            |_req: Request<Incoming>| async { Response::new(Body::full("ok")) },
+            |_req: Request<TrackedBody>| async { Response::new(Body::full("ok")) },
             None,
             Some(Tls::new(server, failures.clone())),
             test_guard(),

@@ -234,7 +234,7 @@ pub async fn serve(
         .map(|t| listener::Tls::new(t.server_config, app.metrics.tls_handshake_failures.clone()));
     let api_task = tokio::spawn(listener::serve(
         api,
-        move |req: Request<hyper::body::Incoming>| {
+        move |req: Request<crate::conn::TrackedBody>| {
             api_app
                 .clone()
                 .handle(req.map(crate::web::body::ReqBody::Hyper))

@@ -10,6 +10,7 @@ mod connections;
 mod fill_routes;
 mod harness;
 mod multi_registry;
+mod request_rules;
 mod schema1_differential;
 mod schema1_policy;
 mod schema1_signature;

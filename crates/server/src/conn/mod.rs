@@ -30,7 +30,7 @@ pub mod host;
 pub mod watched;
 
 pub use clients::{ClientSlot, ClientSlots};
-pub use watched::{ConnState, IoCut, Watched};
+pub use watched::{ConnState, IoCut, TrackedBody, Watched};
 
 /// The connection a request came on; in every request's extensions (the
 /// fast path's and hyper's), for handlers that need the client's address.

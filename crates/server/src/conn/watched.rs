@@ -6,8 +6,10 @@
 //! flush) that stays `Pending` for the timeout fails with `TimedOut`; the
 //! timer is polled with the same waker as the socket, so it fires even when
 //! the socket never becomes writable again. Reads are timed only while a
-//! request with a body is being handled ([`ConnState::body_started`]): an
-//! idle kept-alive connection is hyper's header timeout's business.
+//! request body is still to come ([`TrackedBody`] holds a
+//! [`ConnState::body_started`] guard until its end): an idle kept-alive
+//! connection is hyper's header timeout's business, and hyper's reads that
+//! watch for a hang-up while a handler works after the body are not timed.
 
 use std::future::Future;
 use std::io;
@@ -69,6 +71,47 @@ pub struct BodyGuard(Arc<ConnState>);
 impl Drop for BodyGuard {
     fn drop(&mut self) {
         self.0.bodies.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// hyper's request body, which keeps its connection's reads timed until it
+/// has been read to its end (or dropped).
+#[derive(Debug)]
+pub struct TrackedBody {
+    inner: hyper::body::Incoming,
+    guard: Option<BodyGuard>,
+}
+
+impl TrackedBody {
+    pub fn new(inner: hyper::body::Incoming, state: &Arc<ConnState>) -> TrackedBody {
+        use hyper::body::Body as _;
+        let guard = (!inner.is_end_stream()).then(|| state.body_started());
+        TrackedBody { inner, guard }
+    }
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || this.inner.is_end_stream() {
+            this.guard = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
