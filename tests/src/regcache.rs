@@ -168,6 +168,11 @@ pub struct RegcacheOptions {
     /// `tls_cert_file` and `tls_key_file` (PEM files): the API listener
     /// speaks TLS only, and [`Regcache::url`] is `https://…`.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Bind the admin listener to `0.0.0.0` (same port) instead of
+    /// `127.0.0.1`: not a loopback address, so its state-changing endpoints
+    /// need the admin token. [`Regcache::admin_url`] still connects via
+    /// 127.0.0.1.
+    pub admin_on_all_addresses: bool,
 }
 
 impl RegcacheOptions {
@@ -196,6 +201,7 @@ impl RegcacheOptions {
             upstreams_toml: None,
             extra_toml: String::new(),
             tls: None,
+            admin_on_all_addresses: false,
         }
     }
 
@@ -423,7 +429,11 @@ impl Regcache {
                 .arg("--listen")
                 .arg(self.addr.to_string())
                 .arg("--admin-listen")
-                .arg(self.admin_addr.to_string())
+                .arg(if self.options.admin_on_all_addresses {
+                    format!("0.0.0.0:{}", self.admin_addr.port())
+                } else {
+                    self.admin_addr.to_string()
+                })
                 .arg("--data-dir")
                 .arg(&self.data_dir)
                 .env("REGCACHE_LOG", &self.options.log_level)

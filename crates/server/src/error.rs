@@ -45,6 +45,10 @@ pub enum Error {
     /// regcache's configuration refuses the request: a registry no upstream
     /// names, a Schema 1 or push policy. Not an upstream error.
     Policy { status: u16, error: RegistryError },
+    /// The client made more requests than its address's rate allows
+    /// (`limits.requests_per_second_per_client`); it may retry after
+    /// `retry_after_secs`.
+    Throttled { retry_after_secs: u64 },
     /// The upstream answered with an error, or could not be reached.
     Upstream(UpstreamError),
     /// The upstream answered, with something regcache cannot use (a manifest
@@ -145,6 +149,10 @@ impl std::fmt::Display for Error {
             | Error::Unauthenticated { error, .. } => {
                 write!(f, "{}: {}", error.code, error.message)
             }
+            Error::Throttled { retry_after_secs } => write!(
+                f,
+                "too many requests from this address; retry after {retry_after_secs}s"
+            ),
             Error::Upstream(e) => e.fmt(f),
             Error::BadUpstream { upstream, message } => {
                 write!(f, "upstream {upstream} sent unusable content: {message}")

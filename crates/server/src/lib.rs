@@ -11,9 +11,11 @@
 //! [`handlers`] answers it on top of [`services`], which know no HTTP; any
 //! [`error::Error`] becomes a registry error response in [`rescue`].
 
+pub mod admin;
 pub mod admin_cli;
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod convert_cli;
 pub mod error;
 pub mod fastpath;

@@ -1,14 +1,22 @@
-//! Accept loops for the client and admin listeners, with a connection limit and
-//! graceful shutdown (after mini-redis `server.rs`).
+//! Accept loops for the client and admin listeners, with connection limits,
+//! timeouts and graceful shutdown (after mini-redis `server.rs`).
 //!
-//! `serve` takes an already-bound listener and a shutdown future, so tests bind
-//! `127.0.0.1:0`, read the port, and stop the server when they like.
+//! `serve` takes an already-bound listener, its [`Guard`] (the `[limits]`
+//! it applies) and a shutdown future, so tests bind `127.0.0.1:0`, read the
+//! port, and stop the server when they like.
 //!
-//! With [`Tls`], every connection must finish a TLS handshake (within
-//! [`TLS_HANDSHAKE_TIMEOUT`]) and is then served by hyper, HTTP/1.1 or HTTP/2
-//! as ALPN chose; the fast path is for plain connections only (`sendfile`
-//! writes file bytes to the socket, past any TLS layer). A connection holds
-//! its slot of the connection limit from accept, handshake included.
+//! At accept, a connection takes a slot of `max_connections` (beyond it the
+//! accept loop waits: overload shows as accept latency, and `/readyz` says
+//! so) and one of its address's `max_connections_per_client` (beyond it, it
+//! is closed at once). It holds both, counted in
+//! `regcache_open_connections`, until it ends.
+//!
+//! With [`Tls`], every connection must finish a TLS handshake within
+//! `header_timeout` of accept and is then served by hyper, HTTP/1.1 or
+//! HTTP/2 as ALPN chose; the fast path is for plain connections only
+//! (`sendfile` writes file bytes to the socket, past any TLS layer).
+//! hyper's IO is [`Watched`]: write and body timeouts; its header timeout
+//! runs from accept and from the end of each response.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,24 +24,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use prometheus_client::metrics::counter::Counter;
+use regcache_formats::{ErrorCode, RegistryError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use crate::conn::{ConnInfo, ConnState, Cut, Guard, IoCut, TrackedBody, Watched};
+use crate::error::Error;
 use crate::web::body::Body;
-
-/// Most connections served at once; the accept loop waits for a free slot beyond it,
-/// so overload shows up as accept latency rather than memory growth.
-pub const MAX_CONNECTIONS: usize = 4096;
-
-/// How long a client has to complete the TLS handshake after connecting; a
-/// connection that sends nothing must not hold a slot for long.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// TLS for a listener.
 #[derive(Clone)]
@@ -69,19 +72,23 @@ pub async fn serve<H, F>(
     handler: H,
     fast: Option<Arc<dyn crate::fastpath::FastPath>>,
     tls: Option<Tls>,
+    guard: Arc<Guard>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<TrackedBody>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let max = guard.limits.max_connections;
+    let limit = Arc::new(Semaphore::new(max));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        // hyper 1.x starts this clock when it waits for a request head: at
+        // the start of the connection and after each response.
+        .header_read_timeout(guard.limits.header_timeout);
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
@@ -101,52 +108,80 @@ pub async fn serve<H, F>(
                 }
             },
         };
+        let Some(open) = guard.open(peer) else {
+            // Over its address's share: closed before it costs a task, with
+            // a reset (no FIN_WAIT state kept for a client that floods).
+            tracing::debug!(%peer, listener = guard.name, "connection refused: too many from this address");
+            let _ = stream.set_zero_linger();
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let builder = builder.clone();
         let mut stop_rx = stop_rx.clone();
         let fast = fast.clone();
         let tls = tls.clone();
+        let guard = guard.clone();
         tokio::spawn(async move {
+            let conn = Conn {
+                guard: &guard,
+                peer,
+                builder: &builder,
+            };
             if let Some(tls) = tls {
-                if let Some(io) = handshake(&tls, stream, peer, &mut stop_rx).await {
-                    serve_hyper(io, &builder, handler, &mut stop_rx, peer).await;
+                if let Some(io) = handshake(&tls, stream, &conn, &mut stop_rx).await {
+                    conn.serve_hyper(io, true, handler, &mut stop_rx).await;
                 }
-                drop(permit);
+                drop((open, permit));
                 return;
             }
             // GETs and HEADs without a body are answered on the fast path
             // (blobs with sendfile); the first request that is anything
             // else hands the connection to hyper.
             let io = match fast {
-                Some(fast) => match crate::fastpath::run(stream, fast, &mut stop_rx).await {
-                    crate::fastpath::Outcome::Done => {
-                        drop(permit);
-                        return;
+                Some(fast) => {
+                    let fconn = crate::fastpath::Conn {
+                        guard: &guard,
+                        peer,
+                    };
+                    match crate::fastpath::run(stream, fast, &mut stop_rx, fconn).await {
+                        crate::fastpath::Outcome::Done => {
+                            drop((open, permit));
+                            return;
+                        }
+                        crate::fastpath::Outcome::Handoff(io) => io,
                     }
-                    crate::fastpath::Outcome::Handoff(io) => io,
-                },
+                }
                 None => crate::fastpath::Rewind::new(stream, bytes::Bytes::new()),
             };
-            serve_hyper(io, &builder, handler, &mut stop_rx, peer).await;
-            drop(permit);
+            conn.serve_hyper(io, false, handler, &mut stop_rx).await;
+            drop((open, permit));
         });
     }
     let _ = stop_tx.send(true);
     // Wait for connections to drain (each holds a permit), bounded by `grace`.
-    let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(grace, limit.acquire_many(all)).await;
 }
 
-/// The server side of a TLS handshake, bounded by [`TLS_HANDSHAKE_TIMEOUT`];
-/// `None` when it failed (logged at debug, counted) or shutdown began.
+/// One accepted connection.
+struct Conn<'a> {
+    guard: &'a Arc<Guard>,
+    peer: SocketAddr,
+    builder: &'a Builder<TokioExecutor>,
+}
+
+/// The server side of a TLS handshake, bounded by `header_timeout`; `None`
+/// when it failed (logged at debug, counted) or shutdown began.
 async fn handshake(
     tls: &Tls,
     stream: TcpStream,
-    peer: SocketAddr,
+    conn: &Conn<'_>,
     stop_rx: &mut watch::Receiver<bool>,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let accept = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream));
+    let peer = conn.peer;
+    let limit = conn.guard.limits.header_timeout;
+    let accept = tokio::time::timeout(limit, tls.acceptor.accept(stream));
     tokio::select! {
         res = accept => match res {
             Ok(Ok(io)) => Some(io),
@@ -157,7 +192,8 @@ async fn handshake(
             }
             Err(_) => {
                 tls.handshake_failures.inc();
-                tracing::debug!(%peer, timeout = ?TLS_HANDSHAKE_TIMEOUT, "tls handshake timed out");
+                conn.guard.metrics.cut(Cut::Header);
+                tracing::debug!(%peer, timeout = ?limit, "tls handshake timed out");
                 None
             }
         },
@@ -166,36 +202,100 @@ async fn handshake(
     }
 }
 
-/// Serve one connection with hyper (HTTP/1 or HTTP/2) until it ends, or
-/// shut it down gracefully once `stop_rx` changes.
-async fn serve_hyper<I, H, F>(
-    io: I,
-    builder: &Builder<TokioExecutor>,
-    handler: H,
-    stop_rx: &mut watch::Receiver<bool>,
-    peer: SocketAddr,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
-{
-    let service = hyper::service::service_fn(move |req| {
-        let fut = handler(req);
-        async move { Ok::<_, Infallible>(fut.await) }
-    });
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+impl Conn<'_> {
+    /// Serve one connection with hyper (HTTP/1 or HTTP/2) until it ends, or
+    /// shut it down gracefully once `stop_rx` changes. Every request passes
+    /// the guard's checks first and carries a [`ConnInfo`].
+    async fn serve_hyper<I, H, F>(
+        &self,
+        io: I,
+        tls: bool,
+        handler: H,
+        stop_rx: &mut watch::Receiver<bool>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(Request<TrackedBody>) -> F + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let limits = &self.guard.limits;
+        let state = Arc::new(ConnState::default());
+        let io = Watched::new(io, state.clone(), limits.write_timeout, limits.body_timeout);
+        let guard = self.guard.clone();
+        let peer = self.peer;
+        let service_state = state.clone();
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let state = service_state.clone();
+            let started = match guard.refusal(&req, peer) {
+                Some(refused) => Err(refused),
+                None => {
+                    req.extensions_mut().insert(ConnInfo { peer, tls });
+                    // Reads are timed (`body_timeout`) until the body is in.
+                    Ok(handler(req.map(|b| TrackedBody::new(b, &state))))
+                }
+            };
+            let body_timeout = guard.limits.body_timeout;
+            async move {
+                let fut = match started {
+                    Ok(fut) => fut,
+                    Err(refused) => return Ok::<_, Infallible>(refused),
+                };
+                let resp = fut.await;
+                if state.cut() == Some(IoCut::Body) {
+                    return Ok(body_timed_out(body_timeout));
+                }
+                Ok(resp)
+            }
+        });
+        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let ended = tokio::select! {
+            res = conn.as_mut() => res,
+            _ = stop_rx.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        match state.cut() {
+            Some(IoCut::Write) => {
+                self.guard.metrics.cut(Cut::Write);
+                tracing::debug!(%peer, "client stopped reading; response cut");
+            }
+            Some(IoCut::Body) => {
+                self.guard.metrics.cut(Cut::Body);
+                tracing::debug!(%peer, "client stopped sending its body; request abandoned");
+            }
+            None => {
+                if let Err(e) = ended {
+                    let timeout = e
+                        .downcast_ref::<hyper::Error>()
+                        .is_some_and(hyper::Error::is_timeout);
+                    if timeout {
+                        self.guard.metrics.cut(Cut::Header);
+                    }
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
             }
         }
-        _ = stop_rx.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
     }
+}
+
+/// 408 for a request whose body stopped arriving: the client's fault, and
+/// the connection ends with it.
+fn body_timed_out(after: Duration) -> Response<Body> {
+    let err = Error::client_status(
+        408,
+        RegistryError::with_message(
+            ErrorCode::Unknown,
+            format!(
+                "the request body stopped arriving ({}s without a byte); request abandoned",
+                after.as_secs()
+            ),
+        ),
+    );
+    let mut resp = crate::web::response::with_api_version(crate::rescue::rescue(err, false));
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 #[cfg(test)]
@@ -238,6 +338,16 @@ mod tests {
         (Arc::new(server), Arc::new(client))
     }
 
+    fn test_guard() -> Arc<Guard> {
+        let metrics = crate::metrics::Metrics::new();
+        Arc::new(Guard::new(
+            "api",
+            crate::config::ConnLimits::default(),
+            &metrics,
+            true,
+        ))
+    }
+
     /// `serve` with TLS on a loopback port answering 200 "ok" to everything:
     /// (address, handshake failures, stop sender, the serve task).
     async fn start(
@@ -254,9 +364,10 @@ mod tests {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(
             listener,
-            |_req: Request<Incoming>| async { Response::new(Body::full("ok")) },
+            |_req: Request<TrackedBody>| async { Response::new(Body::full("ok")) },
             None,
             Some(Tls::new(server, failures.clone())),
+            test_guard(),
             async move {
                 let _ = stopped.await;
             },
@@ -338,7 +449,7 @@ mod tests {
         // The server closes the connection once the handshake timed out.
         let n = silent.read(&mut buf).await.unwrap_or(0);
         assert_eq!(n, 0);
-        assert!(started.elapsed() >= TLS_HANDSHAKE_TIMEOUT);
+        assert!(started.elapsed() >= crate::config::ConnLimits::default().header_timeout);
         assert_eq!(failures.get(), 1);
         let _ = stop.send(());
         task.await.unwrap();

@@ -186,6 +186,7 @@ fn serve(file: Option<&Path>, overrides: &Overrides) -> Result<(), ExitCode> {
     // Configuration is loaded and validated before anything is bound.
     let settings = load_settings(file, overrides)?;
     telemetry::init(settings.log_json, &settings.log_level);
+    server::raise_open_files(&settings.limits);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -42,6 +42,20 @@ pub struct AuthFailure {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// `api` or `admin`.
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnReason {
+    /// `api` or `admin`.
+    pub listener: &'static str,
+    /// Why; see the metric's help.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamCall {
     pub upstream: String,
     pub method: String,
@@ -74,6 +88,14 @@ pub struct Metrics {
     pub auth_failures: Family<AuthFailure, Counter>,
     /// Changed htpasswd files that did not load (the previous users stay).
     pub htpasswd_reload_errors: Counter,
+    /// Open client connections, by listener.
+    pub open_connections: Family<ListenerLabel, Gauge>,
+    /// Connections closed at accept by a limit, by listener and reason.
+    pub connections_refused: Family<ConnReason, Counter>,
+    /// Connections closed by a timeout, by listener and reason.
+    pub connections_cut: Family<ConnReason, Counter>,
+    /// Requests refused before routing (rate limit, bad `Host`).
+    pub requests_refused: Family<ConnReason, Counter>,
     /// Counters of the hot paths, resolved once (a `Family` lookup takes a
     /// lock and hashes the labels on every call).
     hot: Hot,
@@ -251,6 +273,30 @@ impl Metrics {
             "Changed htpasswd files that did not load (the previous users stay)",
             htpasswd_reload_errors.clone(),
         );
+        let open_connections = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now, by listener (api, admin)",
+            open_connections.clone(),
+        );
+        let connections_refused = Family::<ConnReason, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept by a limit (per_client: the address already holds limits.max_connections_per_client)",
+            connections_refused.clone(),
+        );
+        let connections_cut = Family::<ConnReason, Counter>::default();
+        registry.register(
+            "connections_cut",
+            "Connections closed by a timeout: first_byte (nothing sent), header (a request head or TLS handshake too slow), idle (kept alive without a request), write (the client stopped reading), body (the client stopped sending a body)",
+            connections_cut.clone(),
+        );
+        let requests_refused = Family::<ConnReason, Counter>::default();
+        registry.register(
+            "requests_refused",
+            "Requests answered with an error before routing: rate_limit (429), host (400, RFC 9112 Host rules)",
+            requests_refused.clone(),
+        );
         let hot = Hot {
             via_sendfile,
             via_sendfile_fill,
@@ -280,6 +326,10 @@ impl Metrics {
             tls_reload_error,
             auth_failures,
             htpasswd_reload_errors,
+            open_connections,
+            connections_refused,
+            connections_cut,
+            requests_refused,
         }
     }
 

@@ -59,6 +59,18 @@ pub fn classify(err: &Error) -> Rescued {
             level: Level::DEBUG,
             whose: "client",
         },
+        // Debug: a client over its rate would otherwise flood the log.
+        Error::Throttled { retry_after_secs } => Rescued {
+            status: 429,
+            envelope: single(RegistryError::with_message(
+                ErrorCode::TooManyRequests,
+                err.to_string(),
+            )),
+            retry_after: Some(retry_after_secs.to_string()),
+            challenge: None,
+            level: Level::DEBUG,
+            whose: "client",
+        },
         Error::Upstream(e) => upstream(e),
         Error::BadUpstream { .. } => Rescued {
             status: 502,

@@ -53,6 +53,16 @@ fn every_error_kind_has_one_status_code_and_level() {
             "client",
         ),
         (
+            "over the per-client rate",
+            Error::Throttled {
+                retry_after_secs: 2,
+            },
+            429,
+            ErrorCode::TooManyRequests,
+            Level::DEBUG,
+            "client",
+        ),
+        (
             "no such upstream",
             Error::policy(403, RegistryError::new(ErrorCode::Denied)),
             403,
@@ -241,6 +251,22 @@ fn every_error_kind_has_one_status_code_and_level() {
             "{what}"
         );
     }
+}
+
+#[test]
+fn a_throttled_client_is_told_when_to_retry() {
+    let r = classify(&Error::Throttled {
+        retry_after_secs: 3,
+    });
+    assert_eq!(r.retry_after.as_deref(), Some("3"));
+    let resp = rescue(
+        Error::Throttled {
+            retry_after_secs: 3,
+        },
+        false,
+    );
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(resp.headers()[header::RETRY_AFTER], "3");
 }
 
 #[test]

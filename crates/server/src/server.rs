@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
+use http::Request;
 use regcache_formats::jws::SigningKey;
 use regcache_store::{Store, StoreConfig};
 use regcache_upstream::{UpstreamApi, UpstreamClient};
@@ -23,7 +21,6 @@ use crate::config::Settings;
 use crate::handlers::App;
 use crate::listener;
 use crate::request::{Upstream, Upstreams};
-use crate::web::body::Body;
 
 /// Why start-up failed.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +100,8 @@ pub struct Running {
     ready: Arc<AtomicBool>,
     /// The API listener's TLS configuration (validated with the settings).
     tls: Option<crate::config::TlsSettings>,
+    limits: crate::config::ConnLimits,
+    admin_access: crate::admin::AdminAccess,
 }
 
 impl std::fmt::Debug for Running {
@@ -178,10 +177,34 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
             "tls on the api listener (TLS 1.2 and 1.3; h2, http/1.1)"
         );
     }
+    let admin_access =
+        crate::admin::AdminAccess::new(settings.admin_listen, settings.admin_token.clone());
+    match &admin_access {
+        crate::admin::AdminAccess::Loopback => {}
+        crate::admin::AdminAccess::Token(_) => {
+            tracing::info!("admin endpoints that change state require the admin token")
+        }
+        crate::admin::AdminAccess::Refused { listen } => tracing::warn!(
+            %listen,
+            "admin_listen is not a loopback address and no admin token is set: state-changing admin endpoints are refused (set [admin] token_file or REGCACHE_ADMIN_TOKEN)"
+        ),
+    }
+    let l = &settings.limits;
+    tracing::info!(
+        max_connections = l.max_connections,
+        per_client = ?l.max_connections_per_client,
+        rate = ?l.rate,
+        header_timeout = ?l.header_timeout,
+        write_timeout = ?l.write_timeout,
+        body_timeout = ?l.body_timeout,
+        "connection limits"
+    );
     Ok(Running {
         app,
         ready: Arc::new(AtomicBool::new(false)),
         tls: settings.tls.clone(),
+        limits: settings.limits.clone(),
+        admin_access,
     })
 }
 
@@ -193,7 +216,32 @@ pub async fn serve(
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let Running { app, ready, tls } = running;
+    let Running {
+        app,
+        ready,
+        tls,
+        limits,
+        admin_access,
+    } = running;
+    let api_guard = Arc::new(crate::conn::Guard::new(
+        "api",
+        limits.clone(),
+        &app.metrics,
+        true,
+    ));
+    // The admin listener: the same timeouts, no rate limit (probes and
+    // scrapers poll it), a small connection cap of its own.
+    let admin_limits = crate::config::ConnLimits {
+        max_connections: 64,
+        max_connections_per_client: None,
+        ..limits
+    };
+    let admin_guard = Arc::new(crate::conn::Guard::new(
+        "admin",
+        admin_limits,
+        &app.metrics,
+        false,
+    ));
     let reloader = tls.as_ref().map(|t| {
         Arc::new(crate::tls::Reloader::new(
             t.cert_file.clone(),
@@ -221,32 +269,36 @@ pub async fn serve(
         .map(|t| listener::Tls::new(t.server_config, app.metrics.tls_handshake_failures.clone()));
     let api_task = tokio::spawn(listener::serve(
         api,
-        move |req: Request<hyper::body::Incoming>| {
+        move |req: Request<crate::conn::TrackedBody>| {
             api_app
                 .clone()
                 .handle(req.map(crate::web::body::ReqBody::Hyper))
         },
         Some(fast),
         tls,
+        api_guard.clone(),
         async move {
             let _ = rx1.changed().await;
         },
         grace,
     ));
-    let admin_app = app.clone();
-    let admin_ready = ready.clone();
-    let admin_reloader = reloader;
+    let admin_state = Arc::new(crate::admin::Admin {
+        app: app.clone(),
+        ready: ready.clone(),
+        reloader,
+        api: api_guard,
+        access: admin_access,
+    });
     let mut rx2 = stop_rx.clone();
     let admin_task = tokio::spawn(listener::serve(
         admin,
         move |req| {
-            let app = admin_app.clone();
-            let ready = admin_ready.clone();
-            let reloader = admin_reloader.clone();
-            async move { admin_handle(&app, &ready, reloader.as_deref(), req) }
+            let admin = admin_state.clone();
+            async move { admin.handle(req) }
         },
         None,
         None,
+        admin_guard,
         async move {
             let _ = rx2.changed().await;
         },
@@ -264,86 +316,6 @@ pub async fn serve(
     let _ = api_task.await;
     let _ = admin_task.await;
     tracing::info!("stopped");
-}
-
-fn admin_handle(
-    app: &App,
-    ready: &AtomicBool,
-    reloader: Option<&crate::tls::Reloader>,
-    req: Request<Incoming>,
-) -> Response<Body> {
-    let text = |status: StatusCode, ct: &'static str, body: Bytes| {
-        let mut r = Response::new(Body::full(body));
-        *r.status_mut() = status;
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-        r
-    };
-    match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
-        "/readyz" if ready.load(Ordering::SeqCst) => {
-            text(StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"))
-        }
-        "/readyz" => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            Bytes::from_static(b"not ready\n"),
-        ),
-        "/mappings" => {
-            let records = app.store().mappings().list();
-            text(
-                StatusCode::OK,
-                "application/json",
-                Bytes::from(crate::admin_cli::to_json(&records)),
-            )
-        }
-        "/tls/reload" if req.method() != http::Method::POST => {
-            let mut r = text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                Bytes::from_static(b"POST to reload the tls certificate\n"),
-            );
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            r
-        }
-        "/tls/reload" => match reloader {
-            None => text(
-                StatusCode::CONFLICT,
-                "text/plain",
-                Bytes::from_static(b"tls is not configured: nothing to reload\n"),
-            ),
-            // Two small files; the admin listener can wait for them.
-            Some(reloader) => match reloader.reload() {
-                Ok(n) => text(
-                    StatusCode::OK,
-                    "text/plain",
-                    Bytes::from(format!("reloaded ({n} certificate(s))\n")),
-                ),
-                // The problems name files, never key bytes.
-                Err(e) => text(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "text/plain",
-                    Bytes::from(format!(
-                        "not reloaded, still serving the previous certificate: {e}\n"
-                    )),
-                ),
-            },
-        },
-        "/metrics" => {
-            app.refresh_metrics();
-            text(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                Bytes::from(app.metrics.encode()),
-            )
-        }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            Bytes::from_static(b"not found\n"),
-        ),
-    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -377,19 +349,61 @@ pub async fn reload_on_hangup(
     }
 }
 
+/// Raise the soft limit on open files to the hard limit: each connection is
+/// a descriptor, and a soft limit of 1,024 (a common default) would make
+/// `max_connections = 4096` a promise regcache cannot keep. Logged when it
+/// stays below what the limits need.
+pub fn raise_open_files(limits: &crate::config::ConnLimits) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let have = getrlimit(Resource::Nofile);
+    let mut now = have.current;
+    if let Some(hard) = have.maximum
+        && have.current.is_some_and(|soft| soft < hard)
+    {
+        let raised = rustix::process::Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => now = Some(hard),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+        }
+    }
+    // Connections on both listeners, cache files, upstream sockets.
+    let need = (limits.max_connections as u64).saturating_add(256);
+    match now {
+        Some(n) if n < need => tracing::warn!(
+            open_files = n,
+            max_connections = limits.max_connections,
+            "the open-files limit is below limits.max_connections; accepts will fail with EMFILE before the connection limit is reached"
+        ),
+        _ => tracing::debug!(open_files = ?now, "open-files limit"),
+    }
+}
+
+/// The accept queue's length (the kernel caps it at `net.core.somaxconn`).
+/// std's (and so tokio's `TcpListener::bind`) is 128: a burst of more
+/// connections than the accept loop takes at once would drop SYNs, and each
+/// dropped one costs its client a one-second retransmission.
+const ACCEPT_BACKLOG: u32 = 1024;
+
+/// A listening socket on `addr` with [`ACCEPT_BACKLOG`].
+fn listen(addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
+    let err = |source| StartError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(ACCEPT_BACKLOG).map_err(err)
+}
+
 /// Bind both listeners (after the configuration validated).
 pub async fn bind(settings: &Settings) -> Result<(TcpListener, TcpListener), StartError> {
-    let api = TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
-    let admin = TcpListener::bind(settings.admin_listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: settings.admin_listen,
-            source,
-        })?;
+    let api = listen(settings.listen)?;
+    let admin = listen(settings.admin_listen)?;
     Ok((api, admin))
 }

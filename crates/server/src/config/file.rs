@@ -25,6 +25,8 @@ pub struct Config {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key (PKCS#8, SEC1 or PKCS#1) of the leaf in `tls_cert_file`.
     pub tls_key_file: Option<PathBuf>,
+    pub admin: super::AdminSection,
+    pub limits: super::LimitsSection,
     pub log: LogSection,
     pub cache: CacheSection,
     /// One `[upstream]` table, or several `[[upstream]]` tables (one may say
@@ -167,6 +169,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./regcache-data"),
             tls_cert_file: None,
             tls_key_file: None,
+            admin: super::AdminSection::default(),
+            limits: super::LimitsSection::default(),
             log: LogSection::default(),
             cache: CacheSection::default(),
             upstream: UpstreamSections(vec![UpstreamSection::default()]),

@@ -25,6 +25,7 @@ mod bounds;
 mod file;
 mod keys;
 mod layers;
+mod limits;
 mod settings;
 mod tls;
 mod validate;
@@ -37,6 +38,7 @@ pub use file::{
     ByteSize, CacheSection, Config, LogSection, Schema1Section, UpstreamSection, UpstreamSections,
 };
 pub use layers::{EnvSource, Overrides, ProcessEnv};
+pub use limits::{AdminSection, AdminToken, ConnLimits, LimitsSection};
 pub use settings::{Settings, TlsSettings, UpstreamSettings};
 
 /// Exit status for a bad configuration (sysexits `EX_USAGE`).

@@ -28,6 +28,10 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// Client authentication and access rules.
     pub auth: super::AuthSettings,
+    /// Connection limits and timeouts (`[limits]`).
+    pub limits: super::ConnLimits,
+    /// The admin listener's bearer token (redacted in `Debug`).
+    pub admin_token: Option<super::AdminToken>,
 }
 
 /// The API listener's certificate and key, loaded and checked against each

@@ -126,6 +126,9 @@ impl Config {
                 None
             }
         };
+        let limits = self.limits.validate(&mut problems);
+        let admin_token =
+            super::limits::load_admin_token(self.admin.token_file.as_ref(), env, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -154,6 +157,8 @@ impl Config {
             policies,
             tls,
             auth,
+            limits,
+            admin_token,
         })
     }
 }

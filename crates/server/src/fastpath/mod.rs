@@ -18,7 +18,6 @@
 //! this loop never has to parse a request body.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
@@ -27,6 +26,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use regcache_store::FillFile;
 use tokio::net::TcpStream;
 
+use crate::conn::{ConnInfo, Cut, Guard};
 use crate::web::body::{Body, ReqBody};
 
 mod rewind;
@@ -39,11 +39,6 @@ use wire::{Parsed, parse, write_reply};
 /// Largest request head the fast path reads before giving up (hyper's default
 /// is larger; such requests go to hyper).
 const MAX_HEAD: usize = 16 << 10;
-/// How long to wait for a (next) request on a kept-alive connection.
-const IDLE: Duration = Duration::from_secs(90);
-/// How long a request head may take once its first byte has arrived (hyper's
-/// `header_read_timeout` for the connections it serves).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Answers requests parsed by the fast path.
 pub trait FastPath: Send + Sync + 'static {
@@ -117,17 +112,36 @@ pub enum Outcome {
     Handoff(Rewind),
 }
 
+/// The connection the fast path serves: its listener's limits and metrics,
+/// and its peer.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn<'a> {
+    pub guard: &'a Guard,
+    pub peer: std::net::SocketAddr,
+}
+
 /// Serve requests on `stream` while they can take the fast path.
+///
+/// Timeouts (`[limits]`): the first request head must be complete within
+/// `header_timeout` of accept (a connection that sends nothing is closed
+/// then, not when a first byte would start a clock); a kept-alive
+/// connection waits `idle_timeout` for the next request's first byte, then
+/// `header_timeout` for the rest of its head; a response the client stops
+/// reading for `write_timeout` is cut.
 pub async fn run(
     stream: TcpStream,
     fast: Arc<dyn FastPath>,
     stop: &mut tokio::sync::watch::Receiver<bool>,
+    conn: Conn<'_>,
 ) -> Outcome {
+    let limits = &conn.guard.limits;
     let mut stream = stream;
     let mut buf = BytesMut::with_capacity(4096);
+    // The first request's head is due `header_timeout` after accept.
+    let mut deadline = Some(tokio::time::Instant::now() + limits.header_timeout);
+    let mut first = true;
     loop {
         // Read until one full request head is buffered.
-        let mut deadline = None;
         let (head, consumed) = loop {
             match parse(&buf) {
                 Parsed::Complete(head, n) => break (head, n),
@@ -138,11 +152,11 @@ pub async fn run(
                 Parsed::Partial => {}
             }
             let wait = match deadline {
-                None if buf.is_empty() => IDLE,
+                None if buf.is_empty() => limits.idle_timeout,
                 None => {
-                    let d = tokio::time::Instant::now() + HEAD_TIMEOUT;
+                    let d = tokio::time::Instant::now() + limits.header_timeout;
                     deadline = Some(d);
-                    HEAD_TIMEOUT
+                    limits.header_timeout
                 }
                 Some(d) => d.saturating_duration_since(tokio::time::Instant::now()),
             };
@@ -151,24 +165,64 @@ pub async fn run(
                 _ = stop.changed() => return Outcome::Done,
             };
             match read {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Outcome::Done,
+                Ok(Ok(0)) | Ok(Err(_)) => return Outcome::Done,
+                Err(_) => {
+                    conn.guard
+                        .metrics
+                        .cut(match (first, buf.is_empty(), deadline) {
+                            (true, true, _) => Cut::FirstByte,
+                            (false, true, None) => Cut::Idle,
+                            _ => Cut::Header,
+                        });
+                    return Outcome::Done;
+                }
                 Ok(Ok(_)) => {}
             }
         };
         buf.advance(consumed);
-        let is_head = head.req.method() == Method::HEAD;
-        let http10 = head.req.version() == Version::HTTP_10;
+        first = false;
+        deadline = None;
+        let mut req = head.req;
+        let is_head = req.method() == Method::HEAD;
+        let http10 = req.version() == Version::HTTP_10;
         let mut close = head.close;
-        let reply = fast.respond(head.req).await;
+        let reply = match conn.guard.refusal(&req, conn.peer) {
+            None => {
+                req.extensions_mut().insert(ConnInfo {
+                    peer: conn.peer,
+                    tls: false,
+                });
+                fast.respond(req).await
+            }
+            Some(refused) => {
+                // A request that breaks the Host rules says nothing
+                // trustworthy about where the next one starts.
+                close |= refused.status() == StatusCode::BAD_REQUEST;
+                Reply::from_response(refused, is_head)
+            }
+        };
         if reply.is_close_delimited(http10) {
             close = true;
         }
-        if write_reply(&mut stream, reply, close, is_head, http10)
-            .await
-            .is_err()
-            || close
+        match write_reply(
+            &mut stream,
+            reply,
+            close,
+            is_head,
+            http10,
+            limits.write_timeout,
+        )
+        .await
         {
-            return Outcome::Done;
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    conn.guard.metrics.cut(Cut::Write);
+                    tracing::debug!(peer = %conn.peer, "client stopped reading; response cut");
+                }
+                return Outcome::Done;
+            }
+            Ok(()) if close => return Outcome::Done,
+            Ok(()) => {}
         }
         if *stop.borrow() {
             return Outcome::Done;
@@ -206,9 +260,29 @@ mod tests {
         }
     }
 
+    pub(super) fn test_guard() -> Guard {
+        Guard::new(
+            "api",
+            crate::config::ConnLimits::default(),
+            &crate::metrics::Metrics::new(),
+            false,
+        )
+    }
+
     async fn serve_one(server: TcpStream) -> Outcome {
         let (_tx, mut rx) = tokio::sync::watch::channel(false);
-        run(server, Arc::new(Echo), &mut rx).await
+        let guard = test_guard();
+        let peer = server.peer_addr().unwrap();
+        run(
+            server,
+            Arc::new(Echo),
+            &mut rx,
+            Conn {
+                guard: &guard,
+                peer,
+            },
+        )
+        .await
     }
 
     #[tokio::test]
@@ -217,7 +291,7 @@ mod tests {
         let task = tokio::spawn(serve_one(server));
         client
             .write_all(
-                b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\nHEAD /v2/a/manifests/1 HTTP/1.1\r\n\r\nGET /v2/b HTTP/1.1\r\n\r\nPUT /v2/a/manifests/1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+                b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\nHEAD /v2/a/manifests/1 HTTP/1.1\r\nHost: x\r\n\r\nGET /v2/b HTTP/1.0\r\nConnection: keep-alive\r\n\r\nPUT /v2/a/manifests/1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
             )
             .await
             .unwrap();
@@ -247,20 +321,100 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_head_that_stops_half_way_is_dropped_after_the_head_timeout() {
+    async fn a_head_that_stops_half_way_is_dropped_at_the_header_timeout_from_accept() {
+        let limits = crate::config::ConnLimits::default();
         let (server, mut client) = pair().await;
-        let task = tokio::spawn(serve_one(server));
-        client.write_all(b"GET /v2/ HTTP/1.1\r\nHos").await.unwrap();
         let started = tokio::time::Instant::now();
+        let task = tokio::spawn(serve_one(server));
+        tokio::time::sleep(limits.header_timeout / 2).await;
+        client.write_all(b"GET /v2/ HTTP/1.1\r\nHos").await.unwrap();
         assert!(matches!(task.await.unwrap(), Outcome::Done));
-        let waited = started.elapsed();
-        assert!(
-            waited >= HEAD_TIMEOUT && waited < IDLE,
-            "closed after {waited:?}"
-        );
+        // The clock ran from accept, not from the first byte.
+        assert_eq!(started.elapsed(), limits.header_timeout);
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
         assert!(got.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_and_idle_connections_are_closed_and_counted() {
+        let limits = crate::config::ConnLimits::default();
+        let metrics = crate::metrics::Metrics::new();
+        let guard = Guard::new("api", limits.clone(), &metrics, false);
+        let (_tx, mut rx) = tokio::sync::watch::channel(false);
+        // Silent from accept: closed at the header timeout.
+        let (server, _client) = pair().await;
+        let peer = server.peer_addr().unwrap();
+        let started = tokio::time::Instant::now();
+        let out = run(
+            server,
+            Arc::new(Echo),
+            &mut rx,
+            Conn {
+                guard: &guard,
+                peer,
+            },
+        )
+        .await;
+        assert!(matches!(out, Outcome::Done));
+        assert_eq!(started.elapsed(), limits.header_timeout);
+        // One request, then nothing: closed after the idle timeout.
+        let (server, mut client) = pair().await;
+        client
+            .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let out = run(
+            server,
+            Arc::new(Echo),
+            &mut rx,
+            Conn {
+                guard: &guard,
+                peer,
+            },
+        )
+        .await;
+        assert!(matches!(out, Outcome::Done));
+        assert_eq!(started.elapsed(), limits.idle_timeout);
+        let text = metrics.encode();
+        for reason in ["first_byte", "idle"] {
+            let series =
+                format!("regcache_connections_cut_total{{listener=\"api\",reason=\"{reason}\"}} 1");
+            assert!(text.contains(&series), "{series} in {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn http11_without_one_host_is_400_and_closes() {
+        for raw in [
+            &b"GET /v2/ HTTP/1.1\r\n\r\nGET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            &b"GET /v2/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..],
+            &b"GET /v2/ HTTP/1.1\r\nHost: u@h\r\n\r\n"[..],
+        ] {
+            let (server, mut client) = pair().await;
+            let task = tokio::spawn(serve_one(server));
+            client.write_all(raw).await.unwrap();
+            assert!(matches!(task.await.unwrap(), Outcome::Done));
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            let text = String::from_utf8(got).unwrap();
+            assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+            assert!(text.contains("connection: close\r\n"), "{text}");
+            assert!(text.contains("\"code\":\"UNSUPPORTED\""), "{text}");
+            assert_eq!(text.matches("HTTP/1.1 4").count(), 1, "{text}");
+        }
+        // HTTP/1.0 may leave it out.
+        let (server, mut client) = pair().await;
+        let task = tokio::spawn(serve_one(server));
+        client
+            .write_all(b"GET /v2/ HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        task.await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
     }
 
     #[tokio::test]

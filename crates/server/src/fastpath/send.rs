@@ -2,6 +2,7 @@
 //! still being written, and vectored writes for chunked framing.
 
 use std::io;
+use std::time::Duration;
 
 use regcache_store::{FillFile, FillProgress};
 use tokio::io::{AsyncWriteExt, Interest};
@@ -13,12 +14,42 @@ const SENDFILE_CHUNK: usize = 2 << 20;
 /// A sender yields to other tasks after this many bytes without blocking.
 const YIELD_EVERY: u64 = 8 << 20;
 
+/// `TimedOut` when the socket took no byte for `wt`: the client stopped
+/// reading (`limits.write_timeout_secs`).
+fn stalled(_: tokio::time::error::Elapsed) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the client read nothing for the write timeout",
+    )
+}
+
+/// `write_all`, failing with `TimedOut` when one write waits longer than `wt`.
+pub(super) async fn write_all(
+    stream: &mut TcpStream,
+    mut buf: &[u8],
+    wt: Duration,
+) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = tokio::time::timeout(wt, stream.write(buf))
+            .await
+            .map_err(stalled)??;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
 pub(super) async fn write_all_vectored(
     stream: &mut TcpStream,
     mut bufs: &mut [io::IoSlice<'_>],
+    wt: Duration,
 ) -> io::Result<()> {
     while !bufs.is_empty() {
-        let n = stream.write_vectored(bufs).await?;
+        let n = tokio::time::timeout(wt, stream.write_vectored(bufs))
+            .await
+            .map_err(stalled)??;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -28,12 +59,13 @@ pub(super) async fn write_all_vectored(
 }
 
 /// `sendfile(2)` the range onto the non-blocking socket, waiting for
-/// writability whenever the socket buffer is full.
+/// writability whenever the socket buffer is full (at most `wt` each time).
 pub(super) async fn send_file(
     stream: &TcpStream,
     file: &std::fs::File,
     offset: u64,
     len: u64,
+    wt: Duration,
 ) -> io::Result<()> {
     let mut off = offset;
     let end = offset + len;
@@ -50,7 +82,9 @@ pub(super) async fn send_file(
         let want = usize::try_from(end - off)
             .unwrap_or(usize::MAX)
             .min(SENDFILE_CHUNK);
-        stream.writable().await?;
+        tokio::time::timeout(wt, stream.writable())
+            .await
+            .map_err(stalled)??;
         match stream.try_io(Interest::WRITABLE, || {
             rustix::fs::sendfile(stream, file, Some(&mut off), want).map_err(io::Error::from)
         }) {
@@ -80,6 +114,7 @@ pub(super) async fn send_fill(
     fill: &mut FillFile,
     offset: u64,
     len: u64,
+    wt: Duration,
 ) -> io::Result<()> {
     let end = offset + len;
     let mut off = offset;
@@ -97,7 +132,7 @@ pub(super) async fn send_fill(
             FillProgress::Writing { written } => written.min(end - 1),
         };
         if limit > off {
-            send_file(stream, fill.file(), off, limit - off).await?;
+            send_file(stream, fill.file(), off, limit - off, wt).await?;
             off = limit;
         }
     }
@@ -110,8 +145,6 @@ pub(super) async fn send_fill(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use std::time::Duration;
 
     use bytes::Bytes;
     use regcache_formats::Digest;
@@ -145,7 +178,7 @@ mod tests {
         let (server, mut client) = pair().await;
         let send = tokio::spawn(async move {
             let mut fill = fill;
-            send_fill(&server, &mut fill, 1000, 299_000).await
+            send_fill(&server, &mut fill, 1000, 299_000, Duration::from_secs(5)).await
         });
         w.write(Bytes::copy_from_slice(&content[..200_000]))
             .await
@@ -177,7 +210,7 @@ mod tests {
         let (server, mut client) = pair().await;
         let send = tokio::spawn(async move {
             let mut fill = fill;
-            let r = send_fill(&server, &mut fill, 0, 50_000).await;
+            let r = send_fill(&server, &mut fill, 0, 50_000, Duration::from_secs(5)).await;
             drop(server);
             r
         });

@@ -2,14 +2,14 @@
 //! bodies framed behind them) out.
 
 use std::io;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, StatusCode, Version};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::send::{send_file, send_fill, write_all_vectored};
+use super::send::{send_file, send_fill, write_all, write_all_vectored};
 
 use super::{Reply, ReplyBody};
 use crate::web::body::{Body, ReqBody};
@@ -107,6 +107,7 @@ pub(super) async fn write_reply(
     close: bool,
     is_head: bool,
     http10: bool,
+    wt: Duration,
 ) -> io::Result<()> {
     let Reply {
         status,
@@ -168,25 +169,25 @@ pub(super) async fn write_reply(
     }
     out.extend_from_slice(b"\r\n");
     if bodiless {
-        return stream.write_all(&out).await;
+        return write_all(stream, &out, wt).await;
     }
     match body {
-        ReplyBody::Empty => stream.write_all(&out).await,
+        ReplyBody::Empty => write_all(stream, &out, wt).await,
         ReplyBody::Bytes(b) if b.len() <= INLINE_BODY => {
             out.extend_from_slice(&b);
-            stream.write_all(&out).await
+            write_all(stream, &out, wt).await
         }
         ReplyBody::Bytes(b) => {
-            stream.write_all(&out).await?;
-            stream.write_all(&b).await
+            write_all(stream, &out, wt).await?;
+            write_all(stream, &b, wt).await
         }
         ReplyBody::File { file, offset, len } => {
             // Corked (nginx's `tcp_nopush`): the head rides in the first full
             // segment and the kernel builds full-sized segments from the
             // file; uncorking pushes the tail.
             let corked = rustix::net::sockopt::set_tcp_cork(&*stream, true).is_ok();
-            stream.write_all(&out).await?;
-            let sent = send_file(stream, &file, offset, len).await;
+            write_all(stream, &out, wt).await?;
+            let sent = send_file(stream, &file, offset, len, wt).await;
             if corked {
                 let _ = rustix::net::sockopt::set_tcp_cork(&*stream, false);
             }
@@ -197,18 +198,18 @@ pub(super) async fn write_reply(
             offset,
             len,
         } => {
-            stream.write_all(&out).await?;
-            send_fill(stream, &mut fill, offset, len).await
+            write_all(stream, &out, wt).await?;
+            send_fill(stream, &mut fill, offset, len, wt).await
         }
         ReplyBody::Body(Body::Full(b)) => {
             out.extend_from_slice(b.as_deref().unwrap_or_default());
-            stream.write_all(&out).await
+            write_all(stream, &out, wt).await
         }
         ReplyBody::Body(Body::Stream {
             stream: mut body,
             len,
         }) => {
-            stream.write_all(&out).await?;
+            write_all(stream, &out, wt).await?;
             let mut sent = 0u64;
             while let Some(chunk) = body.next().await {
                 let chunk = chunk?;
@@ -228,10 +229,11 @@ pub(super) async fn write_reply(
                             io::IoSlice::new(&chunk),
                             io::IoSlice::new(b"\r\n"),
                         ],
+                        wt,
                     )
                     .await?;
                 } else {
-                    stream.write_all(&chunk).await?;
+                    write_all(stream, &chunk, wt).await?;
                 }
             }
             if len.is_some_and(|n| sent != n) {
@@ -239,7 +241,7 @@ pub(super) async fn write_reply(
                 return Err(io::Error::other("response body shorter than declared"));
             }
             if chunked {
-                stream.write_all(b"0\r\n\r\n").await?;
+                write_all(stream, b"0\r\n\r\n", wt).await?;
             }
             Ok(())
         }
@@ -339,9 +341,16 @@ mod tests {
 
     async fn exchange(reply: Reply, close: bool, is_head: bool, http10: bool) -> (Vec<u8>, bool) {
         let (mut server, mut client) = pair().await;
-        let ok = write_reply(&mut server, reply, close, is_head, http10)
-            .await
-            .is_ok();
+        let ok = write_reply(
+            &mut server,
+            reply,
+            close,
+            is_head,
+            http10,
+            Duration::from_secs(5),
+        )
+        .await
+        .is_ok();
         drop(server);
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();

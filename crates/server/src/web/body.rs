@@ -88,7 +88,8 @@ impl http_body::Body for Body {
 /// (`crate::fastpath`) parsed itself (which only takes requests without one).
 #[derive(Debug)]
 pub enum ReqBody {
-    Hyper(hyper::body::Incoming),
+    /// hyper's body, tracked for the connection's body timeout.
+    Hyper(crate::conn::TrackedBody),
     Empty,
 }
 
