@@ -51,6 +51,13 @@ pub fn explain(
         ));
         return Ok(out);
     }
+    if settings.auth.mode == crate::config::AuthMode::Upstream {
+        out.push_str(&format!(
+            "access: the upstream decides ([auth] mode = \"upstream\"): regcache asks it with the client's own credentials before serving anything cached, and remembers a yes for {} s\n",
+            settings.auth.upstream_decision_ttl.as_secs()
+        ));
+        return Ok(out);
+    }
     out.push_str(
         &settings
             .auth
@@ -151,6 +158,19 @@ mod tests {
             "{text}"
         );
         assert!(explain(&s, "team/a", None, Some("alice"), Some("write")).is_err());
+        let upstream_mode = dir.path().join("u.toml");
+        std::fs::write(
+            &upstream_mode,
+            "[upstream]\nname = \"hub\"\nurl = \"http://127.0.0.1:9\"\n[auth]\nmode = \"upstream\"\nupstream_decision_ttl_secs = 30\n",
+        )
+        .unwrap();
+        let s =
+            crate::config::Config::load(Some(&upstream_mode), &env, &Default::default()).unwrap();
+        let text = explain(&s, "team/a", None, Some("alice"), None).unwrap();
+        assert!(
+            text.contains("the upstream decides") && text.contains("for 30 s"),
+            "{text}"
+        );
         // Without --user/--action: the policy explanation only.
         assert!(
             !explain(&s, "team/a", None, None, None)
