@@ -296,6 +296,22 @@ async fn upstream_decides_who_reads_cached_content() {
         r.status
     );
     assert!(pull(Some(alice.clone()), "team/b").await.is_err());
+    // Content is cached by digest, shared by repositories; alice, let into
+    // team/a, must not read team/b's (cached) manifest or layer by naming
+    // its digest under team/a.
+    let layer_b = image_b.blobs()[1].0.clone();
+    for path in [
+        format!("/v2/team/a/blobs/{layer_b}"),
+        format!("/v2/team/a/manifests/{digest_b}"),
+    ] {
+        for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+            let r = as_user(Some(&alice))
+                .request(method.clone(), &path, &[], None)
+                .await
+                .unwrap();
+            assert_eq!(r.status, 404, "alice {method} {path}: {}", r.text());
+        }
+    }
     // alice, allowed, still gets team/a (now from the cache) with the same
     // bytes the upstream has.
     let r = as_user(Some(&alice))

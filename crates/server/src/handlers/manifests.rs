@@ -19,6 +19,7 @@ use super::App;
 use crate::error::Error;
 use crate::policy::{Policy, Schema1Digests, Schema1Mode};
 use crate::request::Target;
+use crate::services::links::Object;
 use crate::web::body::Body;
 use crate::web::response::{digest_headers, manifest_response, not_modified};
 
@@ -37,6 +38,10 @@ impl App {
             Reference::Tag(t) => (self.services.tags.resolve(target, name, t).await?, Some(t)),
             Reference::Digest(d) => (self.by_digest(target, name, d).await?, None),
         };
+        if self.access_controlled() {
+            // Served through this repository: it and what it names belong here.
+            self.services.links.link_manifest(target, name, &stored);
+        }
         if tag.is_none()
             && stored.media_type.is_schema1()
             && policy.schema1_digests == Schema1Digests::Reject
@@ -114,7 +119,20 @@ impl App {
     ) -> Result<Arc<Manifest>, Error> {
         let manifests = &self.services.manifests;
         if let Some(m) = manifests.cached(digest, None).await? {
-            return Ok(m);
+            // Cached through some repository; with client auth on, served
+            // here only if it belongs here. If not (or the upstream can't
+            // say), this repository's own Schema 1 renderings and then the
+            // upstream answer for it.
+            if !self.access_controlled()
+                || self
+                    .services
+                    .links
+                    .check(target, name, digest, Object::Manifest)
+                    .await
+                    .is_ok()
+            {
+                return Ok(m);
+            }
         }
         if let Some(m) = self
             .services

@@ -27,6 +27,7 @@ use crate::request::{RequestSpan, Routed, Target, Upstreams, route};
 use crate::rescue::rescue;
 use crate::routes::Route;
 use crate::services::Services;
+use crate::services::links::Object;
 use crate::web::body::{Body, ReqBody};
 use crate::web::response::{ping, with_api_version};
 use crate::writes::{Forwarding, Gated, decide};
@@ -166,13 +167,39 @@ impl App {
         req: &Request<ReqBody>,
         routed: Result<Routed, Error>,
     ) -> Result<Result<Routed, Error>, Response<Body>> {
-        match self.auth.authorize(req, routed.as_ref().ok()).await {
-            Ok(grant) => Ok(routed.map(|mut r| {
-                r.target.acting_as = grant.acting_as.map(|a| a.0);
-                r
-            })),
-            Err(e) => Err(self.refused(req, routed.as_ref().ok(), e)),
+        let grant = match self.auth.authorize(req, routed.as_ref().ok()).await {
+            Ok(grant) => grant,
+            Err(e) => return Err(self.refused(req, routed.as_ref().ok(), e)),
+        };
+        let routed = routed.map(|mut r| {
+            r.target.acting_as = grant.acting_as.map(|a| a.0);
+            r
+        });
+        // A blob is shared by digest across repositories; a client let into
+        // this one reads it here only if it belongs here ([`links`]).
+        if let Ok(Routed {
+            target,
+            route: Route::Blob { name, digest },
+        }) = &routed
+            && self.access_controlled()
+            && (req.method() == Method::GET || req.method() == Method::HEAD)
+            && let Err(e) = target
+                .in_span(
+                    self.services
+                        .links
+                        .check(target, name, digest, Object::Blob),
+                )
+                .await
+        {
+            return Err(self.refused(req, routed.as_ref().ok(), e));
         }
+        Ok(routed)
+    }
+
+    /// Client authentication is on: what a client may read depends on the
+    /// repository, so content shared by digest is served per repository.
+    fn access_controlled(&self) -> bool {
+        self.auth.mode() != crate::config::AuthMode::None
     }
 
     /// A request refused before dispatch (authentication, routing), rescued

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 
 pub mod blobs;
 pub mod coalesce;
+pub mod links;
 pub mod manifests;
 pub mod schema1;
 pub mod tags;
@@ -33,6 +34,8 @@ pub struct Services {
     pub manifests: ManifestService,
     pub tags: TagService,
     pub schema1: Schema1Service,
+    /// Which content belongs to which repository (with client auth on).
+    pub links: links::Links,
 }
 
 impl Services {
@@ -53,6 +56,7 @@ impl Services {
             manifests,
             tags,
             schema1,
+            links: links::Links::default(),
         }
     }
 }
