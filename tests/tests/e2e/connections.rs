@@ -315,6 +315,69 @@ async fn a_client_that_stops_reading_is_cut_after_the_write_timeout() {
     }
 }
 
+/// A reader that does read, but at 1 KiB/s, holds a connection (and a
+/// 100 MiB blob's worth of time) for a day unless cut. The write timeout is
+/// "no progress for write_timeout_secs", as nginx's send_timeout, yet such a
+/// reader is cut: the kernel reports the socket writable again only when
+/// much of its full send buffer has drained, which takes this reader far
+/// longer than the timeout.
+#[tokio::test]
+async fn a_reader_trickling_at_one_kib_per_second_is_cut() {
+    let upstream = Upstream::start(Mode::Plain);
+    let layer = big_layer();
+    let repo = "conn/trickle";
+    let digest = upstream
+        .client(&[repo])
+        .push_blob(repo, layer.blob.clone())
+        .await;
+    let regcache = Regcache::start(
+        upstream
+            .regcache_options()
+            .extra_toml("[limits]\nwrite_timeout_secs = 2\n"),
+    );
+    let client = RegistryClient::new(regcache.url());
+    let got = client
+        .get_compared(&format!("/v2/{repo}/blobs/{digest}"), &[], &layer.blob)
+        .await
+        .unwrap();
+    assert!(got.is_exact(), "{:?}", got.error);
+    let host = regcache.addr();
+    let mut conn = TcpStream::connect(host).await.unwrap();
+    let request = format!("GET /v2/{repo}/blobs/{digest} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let head = read_head(&mut conn).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let started = Instant::now();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1024];
+    // 1 KiB a second for 8 s, four times the write timeout.
+    while started.elapsed() < Duration::from_secs(8) {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "the trickling reader saw the end after {total} bytes"
+        );
+        total += n;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let cut = metric(&regcache, CUT, &[("listener", "api"), ("reason", "write")]).await;
+    assert_eq!(cut, 1.0, "a 1 KiB/s reader is cut within 8 s");
+    // What the kernel had buffered still arrives; then the connection ends
+    // short of the blob.
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut rest)).await;
+    assert!(end.is_ok(), "the connection was not closed");
+    assert!(
+        total + rest.len() < layer.blob.len(),
+        "the whole blob arrived"
+    );
+    println!(
+        "trickling reader: cut within 8 s, {} of {} bytes delivered",
+        total + rest.len(),
+        layer.blob.len()
+    );
+}
+
 #[tokio::test]
 async fn a_client_that_stops_sending_its_body_gets_408() {
     let upstream = Upstream::start(Mode::Plain);
