@@ -101,6 +101,58 @@ fn compile(pattern: &str) -> Result<GlobMatcher, globset::Error> {
         .compile_matcher())
 }
 
+/// The repository and upstream globs of one rule (`[[policy]]` and
+/// `[[access]]` alike), compiled; every problem goes to `problems`, named
+/// with `label`. `*` stays within a path component, `**` crosses them.
+pub(crate) fn compile_scope(
+    label: &str,
+    repositories: &[String],
+    upstreams: Option<&[String]>,
+    problems: &mut Vec<String>,
+) -> (Vec<GlobMatcher>, Option<Vec<GlobMatcher>>) {
+    if repositories.is_empty() {
+        problems.push(format!(
+            "{label}: `repositories` must list at least one glob"
+        ));
+    }
+    let mut patterns = Vec::new();
+    for p in repositories {
+        if p.is_empty() {
+            problems.push(format!(
+                "{label}: an empty repository pattern matches nothing"
+            ));
+            continue;
+        }
+        match compile(p) {
+            Ok(m) => patterns.push(m),
+            Err(e) => problems.push(format!("{label}: invalid glob {p:?}: {}", e.kind())),
+        }
+    }
+    let upstreams = match upstreams {
+        None => None,
+        Some([]) => {
+            problems.push(format!(
+                "{label}: `upstreams = []` matches nothing; leave it out to match every upstream"
+            ));
+            None
+        }
+        Some(list) => {
+            let mut ms = Vec::new();
+            for u in list {
+                match Glob::new(u) {
+                    Ok(g) => ms.push(g.compile_matcher()),
+                    Err(e) => problems.push(format!(
+                        "{label}: invalid upstream glob {u:?}: {}",
+                        e.kind()
+                    )),
+                }
+            }
+            Some(ms)
+        }
+    };
+    (patterns, upstreams)
+}
+
 impl Policies {
     /// Compile the rules; every invalid rule is reported, naming it by number and
     /// by its first repository pattern.
@@ -113,47 +165,12 @@ impl Policies {
                 i + 1,
                 r.repositories
             );
-            if r.repositories.is_empty() {
-                problems.push(format!(
-                    "{label}: `repositories` must list at least one glob"
-                ));
-                continue;
-            }
-            let mut patterns = Vec::new();
-            for p in &r.repositories {
-                if p.is_empty() {
-                    problems.push(format!(
-                        "{label}: an empty repository pattern matches nothing"
-                    ));
-                    continue;
-                }
-                match compile(p) {
-                    Ok(m) => patterns.push(m),
-                    Err(e) => problems.push(format!("{label}: invalid glob {p:?}: {}", e.kind())),
-                }
-            }
-            let upstreams = match &r.upstreams {
-                None => None,
-                Some(list) if list.is_empty() => {
-                    problems.push(format!(
-                        "{label}: `upstreams = []` matches nothing; leave it out to match every upstream"
-                    ));
-                    None
-                }
-                Some(list) => {
-                    let mut ms = Vec::new();
-                    for u in list {
-                        match Glob::new(u) {
-                            Ok(g) => ms.push(g.compile_matcher()),
-                            Err(e) => problems.push(format!(
-                                "{label}: invalid upstream glob {u:?}: {}",
-                                e.kind()
-                            )),
-                        }
-                    }
-                    Some(ms)
-                }
-            };
+            let (patterns, upstreams) = compile_scope(
+                &label,
+                &r.repositories,
+                r.upstreams.as_deref(),
+                &mut problems,
+            );
             if r.schema1.is_none() && r.schema1_digests.is_none() && r.schema2_push.is_none() {
                 problems.push(format!(
                     "{label}: sets none of schema1, schema1_digests, schema2_push"

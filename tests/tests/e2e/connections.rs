@@ -236,25 +236,10 @@ async fn read_head(conn: &mut TcpStream) -> String {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_after_the_write_timeout() {
-    let upstream = Upstream::start(Mode::Plain);
-    let layer = big_layer();
     let repo = "conn/slow-reader";
-    let digest = upstream
-        .client(&[repo])
-        .push_blob(repo, layer.blob.clone())
-        .await;
-    let regcache = Regcache::start(
-        upstream
-            .regcache_options()
-            .extra_toml("[limits]\nwrite_timeout_secs = 2\n"),
-    );
-    // Cache it first: the slow readers below get it with sendfile / hyper.
-    let client = RegistryClient::new(regcache.url());
-    let got = client
-        .get_compared(&format!("/v2/{repo}/blobs/{digest}"), &[], &layer.blob)
-        .await
-        .unwrap();
-    assert!(got.is_exact(), "{:?}", got.error);
+    // Cached first: the slow readers below get it with sendfile / hyper.
+    let (_upstream, regcache, digest) = cached_big_blob(repo).await;
+    let layer = big_layer();
 
     let host = regcache.addr();
     // The fast path (sendfile), then hyper (a chunked request body makes the
@@ -315,17 +300,11 @@ async fn a_client_that_stops_reading_is_cut_after_the_write_timeout() {
     }
 }
 
-/// A reader that does read, but at 1 KiB/s, holds a connection (and a
-/// 100 MiB blob's worth of time) for a day unless cut. The write timeout is
-/// "no progress for write_timeout_secs", as nginx's send_timeout, yet such a
-/// reader is cut: the kernel reports the socket writable again only when
-/// much of its full send buffer has drained, which takes this reader far
-/// longer than the timeout.
-#[tokio::test]
-async fn a_reader_trickling_at_one_kib_per_second_is_cut() {
+/// The 100 MiB test blob pushed to `repo` upstream and pulled once through a
+/// regcache whose write timeout is 2 s, so it is cached; its digest.
+async fn cached_big_blob(repo: &str) -> (Upstream, Regcache, String) {
     let upstream = Upstream::start(Mode::Plain);
     let layer = big_layer();
-    let repo = "conn/trickle";
     let digest = upstream
         .client(&[repo])
         .push_blob(repo, layer.blob.clone())
@@ -335,12 +314,25 @@ async fn a_reader_trickling_at_one_kib_per_second_is_cut() {
             .regcache_options()
             .extra_toml("[limits]\nwrite_timeout_secs = 2\n"),
     );
-    let client = RegistryClient::new(regcache.url());
-    let got = client
+    let got = RegistryClient::new(regcache.url())
         .get_compared(&format!("/v2/{repo}/blobs/{digest}"), &[], &layer.blob)
         .await
         .unwrap();
     assert!(got.is_exact(), "{:?}", got.error);
+    (upstream, regcache, digest)
+}
+
+/// A reader that does read, but at 1 KiB/s, holds a connection (and a
+/// 100 MiB blob's worth of time) for a day unless cut. The write timeout is
+/// "no progress for write_timeout_secs", as nginx's send_timeout, yet such a
+/// reader is cut: the kernel reports the socket writable again only when
+/// much of its full send buffer has drained, which takes this reader far
+/// longer than the timeout.
+#[tokio::test]
+async fn a_reader_trickling_at_one_kib_per_second_is_cut() {
+    let repo = "conn/trickle";
+    let (_upstream, regcache, digest) = cached_big_blob(repo).await;
+    let layer = big_layer();
     let host = regcache.addr();
     let mut conn = TcpStream::connect(host).await.unwrap();
     let request = format!("GET /v2/{repo}/blobs/{digest} HTTP/1.1\r\nHost: {host}\r\n\r\n");

@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use globset::{Glob, GlobBuilder, GlobMatcher};
+use globset::GlobMatcher;
 use serde::Deserialize;
 
 /// What a request does to a repository.
@@ -188,14 +188,6 @@ fn names_resource(rule: &Rule, resource: Resource<'_>) -> bool {
     }
 }
 
-fn compile(pattern: &str) -> Result<GlobMatcher, globset::Error> {
-    Ok(GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .backslash_escape(true)
-        .build()?
-        .compile_matcher())
-}
-
 impl AccessRules {
     /// Compile `rules` against `groups` (`[auth.groups]`); every problem is
     /// reported, naming the rule by number.
@@ -256,44 +248,12 @@ impl AccessRules {
                     "{label}: `actions` must list at least one of pull, push, delete"
                 ));
             }
-            if r.repositories.is_empty() {
-                problems.push(format!(
-                    "{label}: `repositories` must list at least one glob"
-                ));
-            }
-            let mut patterns = Vec::new();
-            for p in &r.repositories {
-                match compile(p) {
-                    Ok(m) if !p.is_empty() => patterns.push(m),
-                    Ok(_) => problems.push(format!(
-                        "{label}: an empty repository pattern matches nothing"
-                    )),
-                    Err(e) => problems.push(format!("{label}: invalid glob {p:?}: {}", e.kind())),
-                }
-            }
-            let upstreams = match &r.upstreams {
-                None => None,
-                Some(list) if list.is_empty() => {
-                    problems.push(format!(
-                        "{label}: `upstreams = []` matches nothing; leave it out to match every upstream"
-                    ));
-                    None
-                }
-                Some(list) => Some(
-                    list.iter()
-                        .filter_map(|u| match Glob::new(u) {
-                            Ok(g) => Some(g.compile_matcher()),
-                            Err(e) => {
-                                problems.push(format!(
-                                    "{label}: invalid upstream glob {u:?}: {}",
-                                    e.kind()
-                                ));
-                                None
-                            }
-                        })
-                        .collect(),
-                ),
-            };
+            let (patterns, upstreams) = crate::policy::compile_scope(
+                &label,
+                &r.repositories,
+                r.upstreams.as_deref(),
+                &mut problems,
+            );
             out.push(Rule {
                 config: r.clone(),
                 patterns,

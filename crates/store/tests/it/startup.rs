@@ -37,5 +37,8 @@ fn opens_100k_entries_quickly() {
     let stats = store.stats().disk;
     assert_eq!(stats.entries, 100_000);
     assert_eq!(stats.bytes_used, bytes);
-    assert!(elapsed.as_secs_f64() < 2.0, "start-up took {elapsed:?}");
+    // A guard against pathological (say quadratic) opening, not a speed
+    // test: speed is measured by the benchmarks. ~0.2 s alone, ~3 s on a
+    // loaded 2-core machine.
+    assert!(elapsed.as_secs_f64() < 20.0, "start-up took {elapsed:?}");
 }
