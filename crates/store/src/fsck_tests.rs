@@ -6,7 +6,11 @@ use crate::{DiskTier, StoreConfig};
 
 fn digest_of(bytes: &[u8]) -> Digest {
     use sha2::Digest as _;
-    Digest::parse(&format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))).unwrap()
+    Digest::parse(&format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(bytes))
+    ))
+    .unwrap()
 }
 
 /// Bytes that differ from one seed to the next, `len` long.
@@ -53,7 +57,10 @@ fn flip_byte(path: &Path, at: u64) {
 fn check(root: &Path, repair: bool) -> FsckReport {
     let mut seen = Vec::new();
     let report = fsck_blocking(root, repair, |p| seen.push(p.clone())).unwrap();
-    assert_eq!(seen, report.problems, "the callback sees every problem once");
+    assert_eq!(
+        seen, report.problems,
+        "the callback sees every problem once"
+    );
     report
 }
 
@@ -121,9 +128,16 @@ fn finds_each_kind_of_damage_and_leaves_it_without_repair() {
         matches!(&cut.kind, ProblemKind::DigestMismatch { len: 1234, actual } if actual.starts_with("sha256:")),
         "{cut:#?}"
     );
-    assert!(cut.to_string().starts_with("found digest-mismatch "), "{cut}");
+    assert!(
+        cut.to_string().starts_with("found digest-mismatch "),
+        "{cut}"
+    );
     assert!(report.problems.iter().all(|p| p.path.exists()));
-    assert_eq!(check(root, false), report, "a check without repair changes nothing");
+    assert_eq!(
+        check(root, false),
+        report,
+        "a check without repair changes nothing"
+    );
 }
 
 #[test]
