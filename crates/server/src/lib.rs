@@ -19,6 +19,7 @@ pub mod conn;
 pub mod convert_cli;
 pub mod error;
 pub mod fastpath;
+pub mod fsck_cli;
 pub mod handlers;
 pub mod listener;
 pub mod metrics;

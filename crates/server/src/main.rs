@@ -78,6 +78,20 @@ enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Verify every cached blob and manifest against its digest and remove the
+    /// bad ones (and leftover temp files). Refuses while a regcache runs on the
+    /// data dir. Exit status: 0 clean, 1 problems found and removed, 2 problems
+    /// left, 64 bad flags or config, 66 no cache there, 74 I/O error, 75 in use.
+    Fsck {
+        /// TOML configuration file (for its data_dir).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Report only: remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Convert a Schema 2 (or OCI) manifest and its config blob into a signed
     /// Schema 1 manifest, as docker/distribution 2.8 served it to old clients.
     Convert(convert_cli::ConvertArgs),
@@ -124,6 +138,17 @@ fn main() -> ExitCode {
         }
         Command::Serve { config, overrides } => serve(config.as_deref(), &overrides),
         Command::Convert(args) => convert(&args),
+        Command::Fsck {
+            config,
+            data_dir,
+            dry_run,
+        } => {
+            let overrides = Overrides {
+                data_dir,
+                ..Overrides::default()
+            };
+            fsck(config.as_deref(), &overrides, !dry_run)
+        }
     };
     match run {
         Ok(()) => ExitCode::SUCCESS,
@@ -216,6 +241,20 @@ fn serve(file: Option<&Path>, overrides: &Overrides) -> Result<(), ExitCode> {
         server::serve(running, api, admin, server::shutdown_signal()).await;
         Ok(())
     })
+}
+
+fn fsck(file: Option<&Path>, overrides: &Overrides, repair: bool) -> Result<(), ExitCode> {
+    let settings = load_settings(file, overrides)?;
+    let mut stdout = std::io::stdout().lock();
+    let (code, error) = regcache_server::fsck_cli::run(&settings.data_dir, repair, &mut stdout);
+    let _ = stdout.flush();
+    if let Some(error) = error {
+        eprintln!("regcache fsck: {error}");
+    }
+    match code {
+        0 => Ok(()),
+        code => Err(ExitCode::from(code)),
+    }
 }
 
 fn convert(args: &convert_cli::ConvertArgs) -> Result<(), ExitCode> {
