@@ -23,9 +23,18 @@
 //!   the registry never sees the request.
 //! * [`Fault::Stall`]: the request waits that long before it is forwarded.
 //! * [`Fault::Throttle`]: the response body is forwarded slowly.
+//! * [`Fault::ResetAt`]: like `Truncate`, cut after that percentage of the
+//!   body (as a mid-body connection reset looks to the client).
+//! * [`Fault::StallAt`]: that percentage of the body goes out, then nothing
+//!   for that long, then the rest.
 //!
-//! Every request is recorded (method, path with query, the status sent back)
-//! before any fault applies, so injected answers are counted too.
+//! With [`FaultProxy::inject_times`]`(…, 1)` a fault hits one request only
+//! (a once-only reset), and the requests after it pass or meet the next rule.
+//!
+//! Every request is recorded (method, path with query, its `Range` header,
+//! the status sent back) before any fault applies, so injected answers are
+//! counted too; [`FaultProxy::blob_gets`] and [`FaultProxy::ranged_blob_gets`]
+//! count a blob's GETs.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,6 +64,26 @@ pub enum Fault {
     /// Forward the response body at about this many bytes per second (GET
     /// only): a slow upstream, so a fill is still running when a test acts.
     Throttle(u64),
+    /// Send this percentage (0–100) of the body, then abort the connection
+    /// (GET only).
+    ResetAt(u8),
+    /// Send this percentage (0–100) of the body, then pause this long before
+    /// the rest (GET only).
+    StallAt(u8, Duration),
+}
+
+impl Fault {
+    /// Faults that damage a response body: they apply to GETs only.
+    fn body_only(&self) -> bool {
+        matches!(
+            self,
+            Fault::Corrupt
+                | Fault::Truncate
+                | Fault::Throttle(_)
+                | Fault::ResetAt(_)
+                | Fault::StallAt(..)
+        )
+    }
 }
 
 /// Which requests a fault applies to.
@@ -91,6 +120,8 @@ pub struct Seen {
     pub method: String,
     /// Path and query.
     pub path: String,
+    /// The request's `Range` header, if it had one.
+    pub range: Option<String>,
     /// The status sent back (0 when forwarding failed before a response).
     pub status: u16,
     /// The fault that applied, if any.
@@ -117,11 +148,7 @@ impl State {
         let rule = self.rules.iter_mut().find(|rule| {
             rule.remaining != Some(0)
                 && rule.target.matches(path)
-                && (method == "GET"
-                    || !matches!(
-                        rule.fault,
-                        Fault::Corrupt | Fault::Truncate | Fault::Throttle(_)
-                    ))
+                && (method == "GET" || !rule.fault.body_only())
         })?;
         if let Some(n) = &mut rule.remaining {
             *n -= 1;
@@ -230,6 +257,17 @@ impl FaultProxy {
             .count()
     }
 
+    /// `GET /v2/<any name>/blobs/<digest>` requests with a `Range` header.
+    pub fn ranged_blob_gets(&self, digest: &str) -> usize {
+        self.lock()
+            .seen
+            .iter()
+            .filter(|s| {
+                s.method == "GET" && s.range.is_some() && blob_digest(&s.path) == Some(digest)
+            })
+            .count()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -247,12 +285,17 @@ async fn handle(
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
+    let range = request
+        .headers()
+        .get(hyper::header::RANGE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let (index, fault) = {
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         let fault = state.take_fault(&method, &path);
         state.seen.push(Seen {
             method: method.clone(),
             path: path.clone(),
+            range,
             status: 0,
             fault: fault.clone(),
         });
@@ -286,26 +329,22 @@ async fn handle(
         }
     };
     record(response.status().as_u16());
-    let damage = match fault {
-        Some(Fault::Corrupt) if response.status().is_success() => Some(Damage::Corrupt),
-        Some(Fault::Truncate) if response.status().is_success() => Some(Damage::Truncate),
-        _ => None,
-    };
+    let success = response.status().is_success();
     let (parts, body) = response.into_parts();
-    if let Some(Fault::Throttle(rate)) = fault {
-        return Response::from_parts(parts, throttled(body, rate));
-    }
-    let body = match damage {
-        None => body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
-        Some(damage) => {
-            let length = parts
-                .headers
-                .get(hyper::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(2);
-            damaged(body, damage, length / 2)
-        }
+    let length = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(2);
+    let percent = |p: u8| length * u64::from(p.min(100)) / 100;
+    let body = match fault {
+        Some(Fault::Throttle(rate)) => throttled(body, rate),
+        Some(Fault::Corrupt) if success => damaged(body, Damage::Corrupt, length / 2),
+        Some(Fault::Truncate) if success => damaged(body, Damage::Truncate, length / 2),
+        Some(Fault::ResetAt(p)) if success => damaged(body, Damage::Truncate, percent(p)),
+        Some(Fault::StallAt(p, pause)) if success => stalled(body, percent(p), pause),
+        _ => body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
     };
     Response::from_parts(parts, body)
 }
@@ -355,6 +394,41 @@ fn damaged(body: Incoming, damage: Damage, at: u64) -> Body {
         cut: matches!(damage, Damage::Truncate),
         finished: false,
     };
+    BodyExt::boxed_unsync(StreamBody::new(stream))
+}
+
+/// `body` with a pause of `pause` once `at` bytes went out.
+fn stalled(body: Incoming, at: u64, pause: Duration) -> Body {
+    let mut offset = 0u64;
+    let mut paused = false;
+    let stream = body
+        .into_data_stream()
+        .map(move |chunk| -> Vec<Result<(Bytes, bool), BoxError>> {
+            match chunk {
+                Err(e) => vec![Err(Box::new(e))],
+                Ok(chunk) => {
+                    let start = offset;
+                    offset += chunk.len() as u64;
+                    if paused || offset <= at {
+                        return vec![Ok((chunk, false))];
+                    }
+                    paused = true;
+                    let keep = at.saturating_sub(start) as usize;
+                    vec![
+                        Ok((chunk.slice(..keep), false)),
+                        Ok((chunk.slice(keep..), true)),
+                    ]
+                }
+            }
+        })
+        .flat_map(futures_util::stream::iter)
+        .then(move |piece| async move {
+            let (bytes, pause_first) = piece?;
+            if pause_first {
+                tokio::time::sleep(pause).await;
+            }
+            Ok::<_, BoxError>(Frame::data(bytes))
+        });
     BodyExt::boxed_unsync(StreamBody::new(stream))
 }
 

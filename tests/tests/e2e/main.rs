@@ -15,6 +15,7 @@ mod fill_routes;
 mod harness;
 mod multi_registry;
 mod request_rules;
+mod resume;
 mod schema1_differential;
 mod schema1_policy;
 mod schema1_signature;
