@@ -921,6 +921,9 @@ impl UpstreamClient {
         };
         let status = result.as_ref().map_or(0, |r| r.status().as_u16());
         self.inner.stats.record(&method, status);
+        if let Err(e) = &result {
+            self.inner.stats.failure(e.cause());
+        }
         debug!(
             upstream = %self.inner.label,
             method = %method,
@@ -976,6 +979,7 @@ impl UpstreamClient {
     /// by reqwest's `read_timeout`, which also bounds the wait for headers).
     fn body_stream(&self, resp: reqwest::Response) -> ByteStream {
         let label = self.inner.label.clone();
+        let stats = self.inner.stats.clone();
         let stall = self.inner.config.body_stall_timeout;
         let stalled = self.timeout(TimeoutPhase::Body);
         let inner = resp
@@ -991,11 +995,14 @@ impl UpstreamClient {
                 }
             },
         );
-        Box::pin(timed.scan(false, |failed, item| {
+        Box::pin(timed.scan(false, move |failed, item| {
             let out = if *failed {
                 None
             } else {
-                *failed = item.is_err();
+                if let Err(e) = &item {
+                    *failed = true;
+                    stats.failure(e.cause());
+                }
                 Some(item)
             };
             std::future::ready(out)

@@ -75,6 +75,7 @@ async fn refused() {
     assert_eq!(err.cause(), Cause::Refused, "{err:?}");
     assert!(err.to_string().ends_with(": connection refused"), "{err}");
     assert_eq!(err.cause().label(), "refused");
+    assert_eq!(up.stats().failures.get("refused"), Some(&1), "counted");
 }
 
 #[tokio::test]
@@ -113,6 +114,9 @@ async fn body_reset() {
     let err = body_error(&up).await;
     assert_eq!(err.cause(), Cause::Reset, "{err:?}");
     assert!(err.to_string().ends_with(": connection reset"), "{err}");
+    let failures = up.stats().failures;
+    assert_eq!(failures.get("reset"), Some(&1), "{failures:?}");
+    assert_eq!(failures.len(), 1, "{failures:?}");
 }
 
 #[tokio::test]
