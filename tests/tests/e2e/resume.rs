@@ -267,3 +267,37 @@ async fn a_resumed_body_that_does_not_match_the_digest_fails_every_client_and_ca
         fx.upstream_gets()
     );
 }
+
+#[tokio::test]
+async fn an_upstream_that_ignores_range_is_read_again_from_the_start() {
+    let fx = setup("resume/norange", |o| o).await;
+    let target = Target::Blob(fx.digest.clone());
+    fx.px
+        .proxy
+        .inject_times(target.clone(), Fault::ResetAt(50), 1);
+    fx.px.proxy.inject_times(target, Fault::IgnoreRange, 1);
+
+    let (results, elapsed) = fx.concurrent_gets(CLIENTS).await;
+    let what = format!("reset at 50%, Range ignored ({CLIENTS} clients, {elapsed:?})");
+    fx.assert_all_exact(&what, &results);
+    let statuses: Vec<(Option<String>, u16)> = fx
+        .px
+        .proxy
+        .requests()
+        .into_iter()
+        .filter(|s| s.path.contains(&fx.digest))
+        .map(|s| (s.range, s.status))
+        .collect();
+    assert_eq!(statuses.len(), 2, "{what}: {}", fx.upstream_gets());
+    assert_eq!(statuses[0], (None, 200), "{what}");
+    assert!(
+        statuses[1].0.is_some() && statuses[1].1 == 200,
+        "{what}: the resume asks for a range and gets the whole blob: {statuses:?}"
+    );
+    let log = fx.regcache.log();
+    assert!(
+        log.contains("the upstream ignored Range"),
+        "{what}: not logged:\n{log}"
+    );
+    fx.assert_cached_and_served_warm(&what).await;
+}
