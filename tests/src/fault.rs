@@ -23,23 +23,35 @@
 //!   the registry never sees the request.
 //! * [`Fault::Stall`]: the request waits that long before it is forwarded.
 //! * [`Fault::Throttle`]: the response body is forwarded slowly.
+//! * [`Fault::ResetAt`]: like `Truncate`, cut after that percentage of the
+//!   body (as a mid-body connection reset looks to the client).
+//! * [`Fault::StallAt`]: that percentage of the body goes out, then nothing
+//!   for that long, then the rest.
+//! * [`Fault::IgnoreRange`]: the request's `Range` header is dropped before it
+//!   is forwarded (an upstream that ignores `Range`: `200`, the whole body).
 //!
-//! Every request is recorded (method, path with query, the status sent back)
-//! before any fault applies, so injected answers are counted too.
+//! With [`FaultProxy::inject_times`]`(…, 1)` a fault hits one request only
+//! (a once-only reset), and the requests after it pass or meet the next rule.
+//!
+//! Every request is recorded (method, path with query, its `Range` header,
+//! the status sent back) before any fault applies, so injected answers are
+//! counted too; [`FaultProxy::blob_gets`] and [`FaultProxy::ranged_blob_gets`]
+//! count a blob's GETs.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::StreamExt as _;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::http_server::{Body, BoxError, ServerThread, full};
+
+mod bodies;
+use bodies::{Damage, damaged, stalled, throttled};
 
 /// What to do to a matching exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +67,29 @@ pub enum Fault {
     /// Forward the response body at about this many bytes per second (GET
     /// only): a slow upstream, so a fill is still running when a test acts.
     Throttle(u64),
+    /// Send this percentage (0–100) of the body, then abort the connection
+    /// (GET only).
+    ResetAt(u8),
+    /// Send this percentage (0–100) of the body, then pause this long before
+    /// the rest (GET only).
+    StallAt(u8, Duration),
+    /// Forward without the `Range` header (GET only).
+    IgnoreRange,
+}
+
+impl Fault {
+    /// Faults that damage a response body: they apply to GETs only.
+    fn body_only(&self) -> bool {
+        matches!(
+            self,
+            Fault::Corrupt
+                | Fault::Truncate
+                | Fault::Throttle(_)
+                | Fault::ResetAt(_)
+                | Fault::StallAt(..)
+                | Fault::IgnoreRange
+        )
+    }
 }
 
 /// Which requests a fault applies to.
@@ -91,6 +126,8 @@ pub struct Seen {
     pub method: String,
     /// Path and query.
     pub path: String,
+    /// The request's `Range` header, if it had one.
+    pub range: Option<String>,
     /// The status sent back (0 when forwarding failed before a response).
     pub status: u16,
     /// The fault that applied, if any.
@@ -117,11 +154,7 @@ impl State {
         let rule = self.rules.iter_mut().find(|rule| {
             rule.remaining != Some(0)
                 && rule.target.matches(path)
-                && (method == "GET"
-                    || !matches!(
-                        rule.fault,
-                        Fault::Corrupt | Fault::Truncate | Fault::Throttle(_)
-                    ))
+                && (method == "GET" || !rule.fault.body_only())
         })?;
         if let Some(n) = &mut rule.remaining {
             *n -= 1;
@@ -230,6 +263,17 @@ impl FaultProxy {
             .count()
     }
 
+    /// `GET /v2/<any name>/blobs/<digest>` requests with a `Range` header.
+    pub fn ranged_blob_gets(&self, digest: &str) -> usize {
+        self.lock()
+            .seen
+            .iter()
+            .filter(|s| {
+                s.method == "GET" && s.range.is_some() && blob_digest(&s.path) == Some(digest)
+            })
+            .count()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -247,12 +291,17 @@ async fn handle(
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
+    let range = request
+        .headers()
+        .get(hyper::header::RANGE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let (index, fault) = {
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         let fault = state.take_fault(&method, &path);
         state.seen.push(Seen {
             method: method.clone(),
             path: path.clone(),
+            range,
             status: 0,
             fault: fault.clone(),
         });
@@ -270,6 +319,9 @@ async fn handle(
             return error_response(*status);
         }
         Some(Fault::Stall(duration)) => tokio::time::sleep(*duration).await,
+        Some(Fault::IgnoreRange) => {
+            request.headers_mut().remove(hyper::header::RANGE);
+        }
         _ => {}
     }
     let uri: Uri = format!("http://{authority}{path}")
@@ -286,143 +338,24 @@ async fn handle(
         }
     };
     record(response.status().as_u16());
-    let damage = match fault {
-        Some(Fault::Corrupt) if response.status().is_success() => Some(Damage::Corrupt),
-        Some(Fault::Truncate) if response.status().is_success() => Some(Damage::Truncate),
-        _ => None,
-    };
+    let success = response.status().is_success();
     let (parts, body) = response.into_parts();
-    if let Some(Fault::Throttle(rate)) = fault {
-        return Response::from_parts(parts, throttled(body, rate));
-    }
-    let body = match damage {
-        None => body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
-        Some(damage) => {
-            let length = parts
-                .headers
-                .get(hyper::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(2);
-            damaged(body, damage, length / 2)
-        }
+    let length = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(2);
+    let percent = |p: u8| length * u64::from(p.min(100)) / 100;
+    let body = match fault {
+        Some(Fault::Throttle(rate)) => throttled(body, rate),
+        Some(Fault::Corrupt) if success => damaged(body, Damage::Corrupt, length / 2),
+        Some(Fault::Truncate) if success => damaged(body, Damage::Truncate, length / 2),
+        Some(Fault::ResetAt(p)) if success => damaged(body, Damage::Truncate, percent(p)),
+        Some(Fault::StallAt(p, pause)) if success => stalled(body, percent(p), pause),
+        _ => body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
     };
     Response::from_parts(parts, body)
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Damage {
-    Corrupt,
-    Truncate,
-}
-
-/// `body` with the byte at `at` flipped, or cut off (with an error, which
-/// makes hyper abort the connection) once `at` bytes went out.
-fn damaged(body: Incoming, damage: Damage, at: u64) -> Body {
-    let mut offset = 0u64;
-    let mut done = false;
-    let stream = body.into_data_stream().map(move |chunk| {
-        if done {
-            return Err::<Frame<Bytes>, BoxError>("fault proxy: body already cut".into());
-        }
-        let chunk = chunk.map_err(|e| -> BoxError { Box::new(e) })?;
-        let start = offset;
-        let end = start + chunk.len() as u64;
-        offset = end;
-        match damage {
-            Damage::Corrupt if (start..end).contains(&at) => {
-                let mut bytes = chunk.to_vec();
-                bytes[(at - start) as usize] ^= 0xff;
-                Ok(Frame::data(Bytes::from(bytes)))
-            }
-            Damage::Truncate if end > at => {
-                done = true;
-                let keep = (at - start) as usize;
-                if keep == 0 {
-                    Err("fault proxy: truncated on purpose".into())
-                } else {
-                    Ok(Frame::data(chunk.slice(..keep)))
-                }
-            }
-            _ => Ok(Frame::data(chunk)),
-        }
-    });
-    // After a truncation, one more poll yields the error that aborts the
-    // connection (the stream above errors on the next chunk; if the upstream
-    // body had no next chunk, `Truncated` adds the error).
-    let stream = Truncated {
-        inner: futures_util::StreamExt::boxed(stream),
-        cut: matches!(damage, Damage::Truncate),
-        finished: false,
-    };
-    BodyExt::boxed_unsync(StreamBody::new(stream))
-}
-
-/// `body` forwarded at about `rate` bytes per second, in pieces of at most
-/// 64 KiB.
-fn throttled(body: Incoming, rate: u64) -> Body {
-    let rate = rate.max(1);
-    let started = tokio::time::Instant::now();
-    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let stream = body
-        .into_data_stream()
-        .map(|chunk| match chunk {
-            Ok(chunk) => {
-                let pieces: Vec<Bytes> = (0..chunk.len())
-                    .step_by(64 << 10)
-                    .map(|at| chunk.slice(at..(at + (64 << 10)).min(chunk.len())))
-                    .collect();
-                futures_util::stream::iter(pieces.into_iter().map(Ok)).left_stream()
-            }
-            Err(e) => futures_util::stream::iter(vec![Err(e)]).right_stream(),
-        })
-        .flatten()
-        .then(move |piece| {
-            let sent = Arc::clone(&sent);
-            async move {
-                let piece = piece.map_err(|e| -> BoxError { Box::new(e) })?;
-                let total = sent
-                    .fetch_add(piece.len() as u64, std::sync::atomic::Ordering::Relaxed)
-                    + piece.len() as u64;
-                let due = started + Duration::from_secs_f64(total as f64 / rate as f64);
-                tokio::time::sleep_until(due).await;
-                Ok::<_, BoxError>(Frame::data(piece))
-            }
-        });
-    BodyExt::boxed_unsync(StreamBody::new(stream))
-}
-
-/// Ends a truncated body with an error even when the inner stream ends
-/// cleanly right after the cut.
-struct Truncated {
-    inner: futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, BoxError>>,
-    cut: bool,
-    finished: bool,
-}
-
-impl futures_util::Stream for Truncated {
-    type Item = Result<Frame<Bytes>, BoxError>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
-        if self.finished {
-            return Poll::Ready(None);
-        }
-        match self.inner.poll_next_unpin(cx) {
-            Poll::Ready(None) if self.cut => {
-                self.finished = true;
-                Poll::Ready(Some(Err("fault proxy: truncated on purpose".into())))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                self.finished = true;
-                Poll::Ready(Some(Err(e)))
-            }
-            other => other,
-        }
-    }
 }
 
 fn error_response(status: u16) -> Response<Body> {

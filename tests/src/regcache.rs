@@ -145,6 +145,8 @@ pub struct RegcacheOptions {
     pub stale_if_error_secs: Option<u64>,
     pub connect_timeout_secs: Option<u64>,
     pub first_byte_timeout_secs: Option<u64>,
+    /// `[upstream] body_stall_timeout_secs`.
+    pub body_stall_timeout_secs: Option<u64>,
     pub retry_attempts: Option<u32>,
     /// `[upstream] writes`: `off` (regcache's default), `client-credentials`
     /// or `stored-credentials`.
@@ -189,6 +191,7 @@ impl RegcacheOptions {
             stale_if_error_secs: None,
             connect_timeout_secs: None,
             first_byte_timeout_secs: None,
+            body_stall_timeout_secs: None,
             retry_attempts: None,
             writes: None,
             catalog: None,
@@ -252,6 +255,11 @@ impl RegcacheOptions {
         self
     }
 
+    pub fn body_stall_timeout_secs(mut self, secs: u64) -> Self {
+        self.body_stall_timeout_secs = Some(secs);
+        self
+    }
+
     pub fn connect_timeout_secs(mut self, secs: u64) -> Self {
         self.connect_timeout_secs = Some(secs);
         self
@@ -302,6 +310,7 @@ impl RegcacheOptions {
                 ("stale_if_error_secs", self.stale_if_error_secs),
                 ("connect_timeout_secs", self.connect_timeout_secs),
                 ("first_byte_timeout_secs", self.first_byte_timeout_secs),
+                ("body_stall_timeout_secs", self.body_stall_timeout_secs),
                 ("retry_attempts", self.retry_attempts.map(u64::from)),
             ] {
                 if let Some(value) = value {

@@ -56,6 +56,13 @@ pub struct ConnReason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamFailure {
+    pub upstream: String,
+    /// `regcache_upstream::Cause::label`: a dozen fixed values.
+    pub cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamCall {
     pub upstream: String,
     pub method: String,
@@ -69,6 +76,7 @@ pub struct Metrics {
     pub lookups: Family<Lookup, Counter>,
     pub bytes_served: Family<Source, Counter>,
     pub upstream_requests: Family<UpstreamCall, Counter>,
+    pub upstream_failures: Family<UpstreamFailure, Counter>,
     pub fill_waiters: Histogram,
     pub disk_bytes: Gauge,
     pub memory_bytes: Gauge,
@@ -177,6 +185,13 @@ impl Metrics {
             "upstream_requests",
             "Requests made to upstream registries, by method and status",
             upstream_requests.clone(),
+        );
+        let upstream_failures = Family::<UpstreamFailure, Counter>::default();
+        registry.register(
+            "upstream_failures",
+            "Upstream requests that got no response and response bodies that broke off, \
+             by cause (dns, refused, tls, reset, closed, timeout_<phase>, …)",
+            upstream_failures.clone(),
         );
         let fill_waiters = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]);
         registry.register(
@@ -314,6 +329,7 @@ impl Metrics {
             lookups,
             bytes_served,
             upstream_requests,
+            upstream_failures,
             fill_waiters,
             disk_bytes,
             memory_bytes,

@@ -64,7 +64,7 @@ pub struct BlobHead {
 
 /// A blob download in progress. The body has not been read: `stream`
 /// yields it as it arrives and ends with an error if the connection breaks,
-/// stalls longer than `read_timeout` or ends before `Content-Length`.
+/// stalls longer than `body_stall_timeout` or ends before `Content-Length`.
 /// Nothing is retried once this value exists.
 pub struct BlobBody {
     /// `200`, or `206` for a range request the upstream honoured.

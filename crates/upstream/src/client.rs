@@ -193,7 +193,6 @@ impl UpstreamClient {
             .use_rustls_tls()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
-            .read_timeout(config.read_timeout)
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .tcp_nodelay(true)
             .user_agent(concat!("regcache/", env!("CARGO_PKG_VERSION")));
@@ -922,6 +921,9 @@ impl UpstreamClient {
         };
         let status = result.as_ref().map_or(0, |r| r.status().as_u16());
         self.inner.stats.record(&method, status);
+        if let Err(e) = &result {
+            self.inner.stats.failure(e.cause());
+        }
         debug!(
             upstream = %self.inner.label,
             method = %method,
@@ -971,21 +973,40 @@ impl UpstreamClient {
     /// The body as a [`ByteStream`] that ends right after its first error
     /// (reqwest may keep yielding after a read timeout; a consumer that
     /// drains to the end must not hang on a dead connection).
+    ///
+    /// A pause longer than `body_stall_timeout` between two chunks ends it
+    /// with [`UpstreamError::Timeout`] in phase `Body` (timed here rather than
+    /// by reqwest's `read_timeout`, which also bounds the wait for headers).
     fn body_stream(&self, resp: reqwest::Response) -> ByteStream {
         let label = self.inner.label.clone();
-        Box::pin(
-            resp.bytes_stream()
-                .map_err(move |e| UpstreamError::from_reqwest(&label, e, true))
-                .scan(false, |failed, item| {
-                    let out = if *failed {
-                        None
-                    } else {
-                        *failed = item.is_err();
-                        Some(item)
-                    };
-                    std::future::ready(out)
-                }),
-        )
+        let stats = self.inner.stats.clone();
+        let stall = self.inner.config.body_stall_timeout;
+        let stalled = self.timeout(TimeoutPhase::Body);
+        let inner = resp
+            .bytes_stream()
+            .map_err(move |e| UpstreamError::from_reqwest(&label, e, true));
+        let timed = futures_util::stream::unfold(
+            (Box::pin(inner), stalled),
+            move |(mut inner, stalled)| async move {
+                match tokio::time::timeout(stall, inner.next()).await {
+                    Ok(Some(item)) => Some((item, (inner, stalled))),
+                    Ok(None) => None,
+                    Err(_) => Some((Err(stalled.clone()), (inner, stalled))),
+                }
+            },
+        );
+        Box::pin(timed.scan(false, move |failed, item| {
+            let out = if *failed {
+                None
+            } else {
+                if let Err(e) = &item {
+                    *failed = true;
+                    stats.failure(e.cause());
+                }
+                Some(item)
+            };
+            std::future::ready(out)
+        }))
     }
 
     fn digest_header(&self, h: &HeaderMap) -> Result<Option<Digest>, UpstreamError> {

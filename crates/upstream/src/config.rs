@@ -139,9 +139,11 @@ pub struct ClientConfig {
     /// (connecting included). A stalled upstream fails with
     /// [`crate::UpstreamError::Timeout`] after this long.
     pub first_byte_timeout: Duration,
-    /// Longest pause between two chunks of a response body. Bounds a stalled
-    /// blob download without bounding a large but moving one.
-    pub read_timeout: Duration,
+    /// Longest pause between two chunks of a response body: a body that
+    /// stalls longer fails with [`crate::UpstreamError::Timeout`] (phase
+    /// `Body`). Bounds a stalled blob download without bounding a large but
+    /// moving one.
+    pub body_stall_timeout: Duration,
     /// Retry policy; see [`RetryConfig`].
     pub retry: RetryConfig,
     /// Redirects followed per request (blob downloads go to a CDN: 1 hop).
@@ -168,7 +170,7 @@ impl fmt::Debug for ClientConfig {
             .field("credentials", &self.credentials)
             .field("connect_timeout", &self.connect_timeout)
             .field("first_byte_timeout", &self.first_byte_timeout)
-            .field("read_timeout", &self.read_timeout)
+            .field("body_stall_timeout", &self.body_stall_timeout)
             .field("retry", &self.retry)
             .field("max_redirects", &self.max_redirects)
             .field("use_env_proxy", &self.use_env_proxy)
@@ -186,7 +188,7 @@ impl ClientConfig {
             credentials: None,
             connect_timeout: Duration::from_secs(10),
             first_byte_timeout: Duration::from_secs(30),
-            read_timeout: Duration::from_secs(60),
+            body_stall_timeout: Duration::from_secs(60),
             retry: RetryConfig::default(),
             max_redirects: 5,
             use_env_proxy: true,

@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use regcache_formats::ErrorEnvelope;
 
+use crate::cause::Cause;
+
 /// A boxed, shareable error source (`Arc` so [`UpstreamError`] is `Clone`
 /// and one failure can be handed to every waiter of a coalesced request).
 pub type BoxError = Arc<dyn std::error::Error + Send + Sync + 'static>;
@@ -24,7 +26,7 @@ pub enum TimeoutPhase {
     Connect,
     /// Waiting for response headers (`first_byte_timeout`).
     FirstByte,
-    /// A pause between body chunks (`read_timeout`).
+    /// A pause between body chunks (`body_stall_timeout`).
     Body,
 }
 
@@ -60,7 +62,7 @@ pub enum UpstreamError {
     Unauthorized { upstream: String, detail: String },
     /// No HTTP response: connection refused or reset, DNS, TLS, or the
     /// connection broke while reading a body.
-    #[error("upstream {upstream}: transport failure")]
+    #[error("upstream {upstream}: {}", Cause::of_error(source.as_ref()))]
     Transport {
         upstream: String,
         #[source]
@@ -189,6 +191,20 @@ impl UpstreamError {
         match self {
             UpstreamError::Registry { retry_after, .. } => retry_after.as_deref(),
             _ => None,
+        }
+    }
+
+    /// What failed, for log lines and metric labels: for a transport
+    /// failure, read from its source chain (DNS, refused, TLS, reset…).
+    pub fn cause(&self) -> Cause {
+        match self {
+            UpstreamError::Registry { status, .. } => Cause::Status(*status),
+            UpstreamError::Unauthorized { .. } => Cause::Unauthorized,
+            UpstreamError::Transport { source, .. } => Cause::of_error(source.as_ref()),
+            UpstreamError::Timeout { phase, .. } => Cause::Timeout(*phase),
+            UpstreamError::Redirect { .. } | UpstreamError::Protocol { .. } => Cause::Protocol,
+            UpstreamError::RequestBody { .. } => Cause::RequestBody,
+            UpstreamError::InvalidRequest { .. } => Cause::Invalid,
         }
     }
 

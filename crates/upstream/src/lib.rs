@@ -36,6 +36,7 @@
 
 mod api;
 mod auth;
+mod cause;
 mod client;
 mod config;
 mod error;
@@ -49,6 +50,7 @@ pub use api::{
     BlobBody, BlobHead, ByteStream, Identity, ManifestBody, ManifestHead, RawRequest, RawResponse,
     RequestBody, UpstreamApi,
 };
+pub use cause::Cause;
 pub use client::{MAX_MANIFEST_SIZE, UpstreamClient};
 pub use config::{ClientConfig, Credentials, RetryConfig, Secret};
 pub use error::{BoxError, TimeoutPhase, UpstreamError};

@@ -17,6 +17,8 @@ pub(crate) struct Stats {
     retries: AtomicU64,
     token_requests: AtomicU64,
     token_failures: AtomicU64,
+    /// [`crate::Cause::label`] → exchanges or bodies that failed with it.
+    failures: Mutex<HashMap<&'static str, u64>>,
 }
 
 impl Stats {
@@ -26,6 +28,11 @@ impl Stats {
             .lock()
             .entry((method.clone(), status))
             .or_insert(0) += 1;
+    }
+
+    /// An exchange without a response, or a body that broke off.
+    pub fn failure(&self, cause: crate::Cause) {
+        *self.failures.lock().entry(cause.label()).or_insert(0) += 1;
     }
 
     pub fn retry(&self) {
@@ -51,6 +58,7 @@ impl Stats {
             retries: self.retries.load(Ordering::Relaxed),
             token_requests: self.token_requests.load(Ordering::Relaxed),
             token_failures: self.token_failures.load(Ordering::Relaxed),
+            failures: self.failures.lock().iter().map(|(c, n)| (*c, *n)).collect(),
         }
     }
 }
@@ -69,6 +77,9 @@ pub struct UpstreamStats {
     /// Requests to token realms, and how many of them failed.
     pub token_requests: u64,
     pub token_failures: u64,
+    /// Cause label ([`crate::Cause::label`], a dozen values) → exchanges
+    /// that got no response and response bodies that broke off.
+    pub failures: BTreeMap<&'static str, u64>,
 }
 
 impl UpstreamStats {

@@ -17,6 +17,7 @@ mod fsck;
 mod harness;
 mod multi_registry;
 mod request_rules;
+mod resume;
 mod schema1_differential;
 mod schema1_policy;
 mod schema1_signature;

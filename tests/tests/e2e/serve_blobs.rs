@@ -131,9 +131,10 @@ async fn client_disconnect_does_not_stop_the_fill() {
     assert_eq!(metrics.sum("regcache_fills_failed_total", &[]), 0.0);
 }
 
-/// Three clients wait on a cold blob that the upstream damages. None may get
-/// a clean 200 with wrong bytes; nothing is cached; with the fault gone the
-/// blob is fetched again and served right.
+/// Three clients wait on a cold blob that the upstream damages on every GET
+/// (so a truncation outlasts the fill's resumes: see `resume.rs` for one
+/// that doesn't). None may get a clean 200 with wrong bytes; nothing is
+/// cached; with the fault gone the blob is fetched again and served right.
 async fn damaged_upstream_blob_is_never_served(fault: Fault, size: usize, seed: u64) {
     let upstream = Upstream::start(Mode::Plain);
     let proxy = FaultProxy::start(&upstream.registry.url());

@@ -14,12 +14,13 @@ const TIB: u64 = 1 << 40;
 const DAY: u64 = 24 * 3600;
 
 /// `(key, min, max)` of the per-upstream numbers, in seconds or counts.
-pub(super) const UPSTREAM_BOUNDS: [(&str, u64, u64); 6] = [
+pub(super) const UPSTREAM_BOUNDS: [(&str, u64, u64); 7] = [
     ("tag_ttl_secs", 0, 7 * DAY),
     ("stale_if_error_secs", 0, 30 * DAY),
     ("stale_while_revalidate_secs", 0, 7 * DAY),
     ("connect_timeout_secs", 1, 300),
     ("first_byte_timeout_secs", 1, 3600),
+    ("body_stall_timeout_secs", 1, 3600),
     ("retry_attempts", 0, 10),
 ];
 
@@ -30,13 +31,14 @@ pub(super) const CACHE_BOUNDS: [(&str, u64, u64); 3] = [
     ("cache.disk_size", MIB, 1 << 50),
 ];
 
-fn upstream_values(up: &UpstreamSection) -> [u64; 6] {
+fn upstream_values(up: &UpstreamSection) -> [u64; 7] {
     [
         up.tag_ttl_secs,
         up.stale_if_error_secs,
         up.stale_while_revalidate_secs,
         up.connect_timeout_secs,
         up.first_byte_timeout_secs,
+        up.body_stall_timeout_secs,
         u64::from(up.retry_attempts),
     ]
 }

@@ -137,6 +137,9 @@ pub struct UpstreamSection {
     pub stale_while_revalidate_secs: u64,
     pub connect_timeout_secs: u64,
     pub first_byte_timeout_secs: u64,
+    /// Longest pause between two chunks of a response body; a blob download
+    /// that stalls longer resumes from the byte it reached.
+    pub body_stall_timeout_secs: u64,
     pub retry_attempts: u32,
     /// Token realm hosts (`host` or `host:port`) besides the upstream's own
     /// origin that may receive its credentials; `["auth.docker.io"]` for
@@ -217,6 +220,7 @@ impl Default for UpstreamSection {
             stale_while_revalidate_secs: 0,
             connect_timeout_secs: 10,
             first_byte_timeout_secs: 30,
+            body_stall_timeout_secs: 60,
             retry_attempts: 3,
             auth_realms: None,
             writes: crate::writes::Forwarding::Off,

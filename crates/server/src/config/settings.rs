@@ -78,6 +78,8 @@ pub struct UpstreamSettings {
     pub stale_while_revalidate: Duration,
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
+    /// A body pausing longer fails (and a blob fill resumes).
+    pub body_stall_timeout: Duration,
     pub retry_attempts: u32,
     /// Token realm hosts besides the upstream's origin that may receive its
     /// credentials (the client's `auth_realms`).
@@ -120,6 +122,7 @@ impl UpstreamSettings {
         let mut config = ClientConfig::new(self.name.clone(), self.url.clone());
         config.connect_timeout = self.connect_timeout;
         config.first_byte_timeout = self.first_byte_timeout;
+        config.body_stall_timeout = self.body_stall_timeout;
         config.retry = RetryConfig {
             max_attempts: self.retry_attempts.max(1),
             ..RetryConfig::default()
@@ -144,6 +147,7 @@ mod tests {
         let (_dir, file) = config_file(
             "[upstream]\nname = \"mirror\"\nurl = \"http://127.0.0.1:9\"\n\
              connect_timeout_secs = 2\nfirst_byte_timeout_secs = 3\nretry_attempts = 0\n\
+             body_stall_timeout_secs = 4\n\
              username = \"bob\"\npassword_env = \"RC_PW\"\n",
         );
         let e = env(&[("RC_PW", "s3cret")]);
@@ -153,6 +157,7 @@ mod tests {
         assert_eq!(c.url.as_str(), "http://127.0.0.1:9/");
         assert_eq!(c.connect_timeout, Duration::from_secs(2));
         assert_eq!(c.first_byte_timeout, Duration::from_secs(3));
+        assert_eq!(c.body_stall_timeout, Duration::from_secs(4));
         assert_eq!(c.retry.max_attempts, 1, "0 attempts still means one");
         let creds = c.credentials.unwrap();
         assert_eq!(creds.username, "bob");
@@ -162,5 +167,6 @@ mod tests {
         let c = s.default_upstream().client_config();
         assert!(c.credentials.is_none());
         assert_eq!(c.retry.max_attempts, 3);
+        assert_eq!(c.body_stall_timeout, Duration::from_secs(60));
     }
 }

@@ -258,6 +258,7 @@ fn validate_upstream(
         stale_while_revalidate: Duration::from_secs(up.stale_while_revalidate_secs),
         connect_timeout: Duration::from_secs(up.connect_timeout_secs),
         first_byte_timeout: Duration::from_secs(up.first_byte_timeout_secs),
+        body_stall_timeout: Duration::from_secs(up.body_stall_timeout_secs),
         retry_attempts: up.retry_attempts,
         auth_realms: up.auth_realms.clone().unwrap_or_else(|| {
             if docker_hub {

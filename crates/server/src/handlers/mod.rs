@@ -21,7 +21,7 @@ use regcache_upstream::Identity;
 
 use crate::auth::Auth;
 use crate::error::Error;
-use crate::metrics::{Metrics, ResponseVia, UpstreamCall};
+use crate::metrics::{Metrics, ResponseVia, UpstreamCall, UpstreamFailure};
 use crate::policy::Policies;
 use crate::request::{RequestSpan, Routed, Target, Upstreams, route};
 use crate::rescue::rescue;
@@ -129,6 +129,19 @@ impl App {
                     method: method.clone(),
                     status: status.to_string(),
                 });
+                let have = c.get();
+                if *n > have {
+                    c.inc_by(n - have);
+                }
+            }
+            for (cause, n) in &up.failures {
+                let c = self
+                    .metrics
+                    .upstream_failures
+                    .get_or_create(&UpstreamFailure {
+                        upstream: u.name.clone(),
+                        cause,
+                    });
                 let have = c.get();
                 if *n > have {
                     c.inc_by(n - have);

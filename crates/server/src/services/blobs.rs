@@ -245,12 +245,13 @@ impl BlobService {
     }
 }
 
-/// One fill's download: the upstream body into the store's writer.
-struct Pump {
-    upstream: Arc<dyn UpstreamApi>,
-    upstream_name: String,
-    repository: String,
-    digest: Digest,
+/// One fill's download: the upstream body into the store's writer (resumed
+/// from where it stopped when it breaks off: [`super::resume`]).
+pub(super) struct Pump {
+    pub(super) upstream: Arc<dyn UpstreamApi>,
+    pub(super) upstream_name: String,
+    pub(super) repository: String,
+    pub(super) digest: Digest,
     failed: prometheus_client::metrics::counter::Counter,
 }
 
@@ -265,13 +266,14 @@ impl Pump {
                 return;
             }
         };
-        if let Some(len) = body.len
+        let total = body.len;
+        if let Some(len) = total
             && writer.set_len(len).is_err()
         {
             self.failed.inc();
             return;
         }
-        if let Err(e) = self.copy(body, &mut writer).await {
+        if let Err(e) = self.copy_resuming(body, total, &mut writer).await {
             if let Some(e) = e {
                 tracing::warn!(digest = %d, error = %e, "upstream blob body failed");
                 self.abort(writer, e);
@@ -291,7 +293,7 @@ impl Pump {
     /// together: one trip to the blocking pool per batch, not per (often
     /// 16 KiB) chunk. `Err(Some(e))`: the upstream body failed; `Err(None)`:
     /// the writer failed (and has told its readers).
-    async fn copy(
+    pub(super) async fn copy(
         &self,
         body: BlobBody,
         writer: &mut FillWriter,

@@ -18,6 +18,7 @@ pub mod blobs;
 pub mod coalesce;
 pub mod links;
 pub mod manifests;
+mod resume;
 pub mod schema1;
 pub mod tags;
 

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod causes;
 mod errors;
 mod memory;
 mod mock;

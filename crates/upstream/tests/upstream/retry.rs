@@ -235,10 +235,10 @@ fn head_of(len: usize, body: &str) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn stalled_blob_body_hits_read_timeout() {
+async fn stalled_blob_body_hits_body_stall_timeout() {
     let (url, _) = scripted(vec![(head_of(100, "0123456789"), Duration::from_secs(30))]).await;
     let mut c = config(url);
-    c.read_timeout = Duration::from_millis(300);
+    c.body_stall_timeout = Duration::from_millis(300);
     let up = UpstreamClient::new(c).unwrap();
     let body = up
         .get_blob("a", &sha256(b"x"), None)

@@ -148,7 +148,7 @@ pub fn config(url: Url) -> ClientConfig {
     c.use_env_proxy = false;
     c.connect_timeout = Duration::from_secs(2);
     c.first_byte_timeout = Duration::from_secs(5);
-    c.read_timeout = Duration::from_secs(5);
+    c.body_stall_timeout = Duration::from_secs(5);
     c.retry = RetryConfig {
         max_attempts: 3,
         base_backoff: Duration::from_millis(1),
