@@ -62,6 +62,18 @@ pub struct UpstreamCall {
     pub status: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamState {
+    pub upstream: String,
+    /// `closed`, `open` or `half_open` ([`crate::breaker::State`]).
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    pub upstream: String,
+}
+
 /// Every metric regcache exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -69,6 +81,10 @@ pub struct Metrics {
     pub lookups: Family<Lookup, Counter>,
     pub bytes_served: Family<Source, Counter>,
     pub upstream_requests: Family<UpstreamCall, Counter>,
+    /// 1 for each upstream's circuit breaker state now, 0 for the others.
+    pub upstream_state: Family<UpstreamState, Gauge>,
+    /// Requests answered without contacting the upstream (breaker open).
+    pub upstream_short_circuits: Family<UpstreamLabel, Counter>,
     pub fill_waiters: Histogram,
     pub disk_bytes: Gauge,
     pub memory_bytes: Gauge,
@@ -177,6 +193,18 @@ impl Metrics {
             "upstream_requests",
             "Requests made to upstream registries, by method and status",
             upstream_requests.clone(),
+        );
+        let upstream_state = Family::<UpstreamState, Gauge>::default();
+        registry.register(
+            "upstream_state",
+            "Circuit breaker state of each upstream: 1 for the current state (closed, open, half_open), 0 for the others",
+            upstream_state.clone(),
+        );
+        let upstream_short_circuits = Family::<UpstreamLabel, Counter>::default();
+        registry.register(
+            "upstream_short_circuits",
+            "Upstream calls not made because the upstream's circuit breaker was open (answered from the cache, or 503)",
+            upstream_short_circuits.clone(),
         );
         let fill_waiters = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]);
         registry.register(
@@ -314,6 +342,8 @@ impl Metrics {
             lookups,
             bytes_served,
             upstream_requests,
+            upstream_state,
+            upstream_short_circuits,
             fill_waiters,
             disk_bytes,
             memory_bytes,

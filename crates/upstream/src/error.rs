@@ -94,6 +94,18 @@ pub enum UpstreamError {
     /// name or reference, a path outside `/v2/`, an invalid config).
     #[error("upstream {upstream}: invalid request ({detail})")]
     InvalidRequest { upstream: String, detail: String },
+    /// Not sent: the upstream is known to be down (the server's circuit
+    /// breaker is open after consecutive failures, `reason`), and is checked
+    /// again in the background within `retry_after_secs`. Unavailable, so
+    /// stale-if-error applies at once.
+    #[error(
+        "upstream {upstream} is down ({reason}); regcache did not contact it and checks it again within {retry_after_secs}s"
+    )]
+    Down {
+        upstream: String,
+        reason: String,
+        retry_after_secs: u64,
+    },
 }
 
 fn describe(envelope: &Option<ErrorEnvelope>) -> String {
@@ -128,7 +140,8 @@ macro_rules! upstream_of {
             | UpstreamError::Redirect { upstream, .. }
             | UpstreamError::Protocol { upstream, .. }
             | UpstreamError::RequestBody { upstream, .. }
-            | UpstreamError::InvalidRequest { upstream, .. } => upstream,
+            | UpstreamError::InvalidRequest { upstream, .. }
+            | UpstreamError::Down { upstream, .. } => upstream,
         }
     };
 }
@@ -140,7 +153,9 @@ impl UpstreamError {
     /// answer, not an outage, and is `false`.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            UpstreamError::Transport { .. } | UpstreamError::Timeout { .. } => true,
+            UpstreamError::Transport { .. }
+            | UpstreamError::Timeout { .. }
+            | UpstreamError::Down { .. } => true,
             UpstreamError::Registry { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }
@@ -156,6 +171,7 @@ impl UpstreamError {
             UpstreamError::Registry { status, .. } => *status,
             UpstreamError::Unauthorized { .. } => 401,
             UpstreamError::Timeout { .. } => 504,
+            UpstreamError::Down { .. } => 503,
             UpstreamError::InvalidRequest { .. } | UpstreamError::RequestBody { .. } => 400,
             UpstreamError::Transport { .. }
             | UpstreamError::Redirect { .. }
