@@ -124,6 +124,7 @@ struct Hot {
     blob_hit: Counter,
     schema1_hit: Counter,
     from_cache: Counter,
+    from_upstream: Counter,
     via_sendfile: Counter,
     via_sendfile_fill: Counter,
     via_fast: Counter,
@@ -254,6 +255,10 @@ impl Metrics {
             let c = bytes_served.get_or_create(&Source { source: "cache" });
             c.clone()
         };
+        let from_upstream = {
+            let c = bytes_served.get_or_create(&Source { source: "upstream" });
+            c.clone()
+        };
         let responses = Family::<Via, Counter>::default();
         registry.register(
             "responses",
@@ -335,6 +340,7 @@ impl Metrics {
             blob_hit,
             schema1_hit,
             from_cache,
+            from_upstream,
         };
         Metrics {
             hot,
@@ -407,15 +413,18 @@ impl Metrics {
             .inc();
     }
 
-    /// Body bytes sent to clients, by where they came from.
-    pub fn served(&self, from: ServedFrom, bytes: u64) {
-        match from {
-            ServedFrom::Cache => self.hot.from_cache.inc_by(bytes),
-            ServedFrom::Upstream => self
-                .bytes_served
-                .get_or_create(&Source { source: "upstream" })
-                .inc_by(bytes),
+    /// A meter for one response's body bytes from `from`: whoever writes
+    /// the body adds what was written, and the total goes to
+    /// `regcache_bytes_served_total` once (see [`Meter`]).
+    pub fn meter(&self, from: ServedFrom) -> Meter {
+        let counter = match from {
+            ServedFrom::Cache => &self.hot.from_cache,
+            ServedFrom::Upstream => &self.hot.from_upstream,
         };
+        Meter {
+            counter: counter.clone(),
+            bytes: 0,
+        }
     }
 
     /// The text exposition format.
@@ -425,6 +434,34 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// Body bytes written for one response. Adding is a plain `u64` addition;
+/// the total reaches its counter once, when the meter is flushed or dropped
+/// (no atomic operation per chunk).
+#[derive(Debug)]
+pub struct Meter {
+    counter: Counter,
+    bytes: u64,
+}
+
+impl Meter {
+    pub fn add(&mut self, bytes: u64) {
+        self.bytes += bytes;
+    }
+
+    /// Hand what was counted so far to the counter.
+    pub fn flush(&mut self) {
+        if self.bytes > 0 {
+            self.counter.inc_by(std::mem::take(&mut self.bytes));
+        }
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -448,8 +485,20 @@ mod tests {
         m.stale(Kind::Tag);
         m.stale_while_revalidate(Kind::Tag);
         m.stale_while_revalidate(Kind::Tag);
-        m.served(ServedFrom::Cache, 10);
-        m.served(ServedFrom::Upstream, 5);
+        let mut cache = m.meter(ServedFrom::Cache);
+        cache.add(4);
+        cache.add(6);
+        let mut upstream = m.meter(ServedFrom::Upstream);
+        upstream.add(5);
+        upstream.flush();
+        assert!(
+            m.encode()
+                .contains("regcache_bytes_served_total{source=\"cache\"} 0"),
+            "counted once, when the meter goes"
+        );
+        drop(cache);
+        upstream.add(0);
+        drop(upstream);
         m.tls_handshake_failures.inc();
         m.tls_reload_error.inc();
         let text = m.encode();

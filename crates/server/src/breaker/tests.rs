@@ -31,7 +31,10 @@ async fn failures_open_probe_half_opens_trial_closes() {
     up.inject(Op::HeadManifest, Fault::connect_refused());
     up.inject(Op::Ping, Fault::connect_refused());
     for _ in 0..2 {
-        assert!(matches!(head(&g).await, Err(UpstreamError::Transport { .. })));
+        assert!(matches!(
+            head(&g).await,
+            Err(UpstreamError::Transport { .. })
+        ));
         assert_eq!(breaker.state(), State::Closed);
     }
     // A 404 is an answer: the count starts over.
@@ -40,7 +43,10 @@ async fn failures_open_probe_half_opens_trial_closes() {
     up.inject(Op::HeadManifest, Fault::connect_refused());
     up.inject(Op::Ping, Fault::connect_refused());
     for _ in 0..3 {
-        assert!(matches!(head(&g).await, Err(UpstreamError::Transport { .. })));
+        assert!(matches!(
+            head(&g).await,
+            Err(UpstreamError::Transport { .. })
+        ));
     }
     assert_eq!(breaker.state(), State::Open);
     let calls = up.calls(Op::HeadManifest);
@@ -97,7 +103,11 @@ async fn five_hundreds_count_429_does_not_and_two_probes_close_without_traffic()
     head(&g).await.unwrap_err();
     head(&g).await.unwrap_err();
     assert_eq!(breaker.state(), State::Open);
-    assert!(breaker.report().contains("open for"), "{}", breaker.report());
+    assert!(
+        breaker.report().contains("open for"),
+        "{}",
+        breaker.report()
+    );
     up.clear();
     tokio::time::sleep(PROBE + Duration::from_millis(10)).await;
     assert_eq!(breaker.state(), State::HalfOpen);
@@ -138,7 +148,10 @@ async fn threshold_zero_is_off() {
     let (up, breaker, g) = setup(0);
     up.inject(Op::HeadManifest, Fault::connect_refused());
     for _ in 0..50 {
-        assert!(matches!(head(&g).await, Err(UpstreamError::Transport { .. })));
+        assert!(matches!(
+            head(&g).await,
+            Err(UpstreamError::Transport { .. })
+        ));
     }
     assert_eq!(breaker.state(), State::Closed);
     assert_eq!(up.calls(Op::Ping), 0);

@@ -24,10 +24,8 @@ pub(super) const UPSTREAM_BOUNDS: [(&str, u64, u64); 6] = [
 ];
 
 /// `(key, min, max)` of the per-upstream circuit breaker's numbers.
-pub(super) const BREAKER_BOUNDS: [(&str, u64, u64); 2] = [
-    ("breaker_failures", 0, 100),
-    ("breaker_probe_secs", 1, 300),
-];
+pub(super) const BREAKER_BOUNDS: [(&str, u64, u64); 2] =
+    [("breaker_failures", 0, 100), ("breaker_probe_secs", 1, 300)];
 
 /// `(key, min, max)` of the `[cache]` sizes, in bytes.
 pub(super) const CACHE_BOUNDS: [(&str, u64, u64); 3] = [

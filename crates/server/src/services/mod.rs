@@ -95,12 +95,8 @@ pub(crate) mod test_support {
         client: Arc<dyn UpstreamApi>,
         tweak: impl FnOnce(&mut Upstream),
     ) -> Arc<Upstream> {
-        let breaker = crate::breaker::Breaker::new(
-            client.name(),
-            0,
-            Duration::from_secs(2),
-            client.clone(),
-        );
+        let breaker =
+            crate::breaker::Breaker::new(client.name(), 0, Duration::from_secs(2), client.clone());
         let mut up = Upstream {
             breaker,
             name: client.name().to_owned(),
