@@ -148,7 +148,7 @@ macro_rules! upstream_of {
 
 impl UpstreamError {
     /// True when the upstream is (temporarily) not serving: no connection,
-    /// a timeout, a `5xx` or a `429`. This is what stale-if-error keys on:
+    /// a timeout, a `5xx` or a `429`, or known down ([`UpstreamError::Down`]). This is what stale-if-error keys on:
     /// a cached answer may be served instead. A `404` or `401` is an
     /// answer, not an outage, and is `false`.
     pub fn is_unavailable(&self) -> bool {
@@ -163,7 +163,8 @@ impl UpstreamError {
 
     /// The status the server should answer with when it relays this error:
     /// the upstream's own status for registry errors, `502` for transport,
-    /// redirect and protocol failures, `504` for timeouts, `401` when the
+    /// redirect and protocol failures, `504` for timeouts, `503` for an
+    /// upstream known down, `401` when the
     /// token service refused us, `400` for an invalid request or a request
     /// body that broke off.
     pub fn status_hint(&self) -> u16 {
