@@ -180,3 +180,56 @@ impl http_body::Body for ReqBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::metrics::{Metrics, ServedFrom};
+
+    fn cache_served(m: &Metrics) -> String {
+        m.encode()
+            .lines()
+            .find(|l| l.starts_with("regcache_bytes_served_total{source=\"cache\"}"))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_metered_body_counts_what_was_taken_once() {
+        let m = Metrics::new();
+        let full = Body::full(vec![7u8; 600 << 10]).metered(m.meter(ServedFrom::Cache));
+        assert_eq!(full.size_hint().exact(), Some(600 << 10));
+        let mut body = full;
+        // hyper takes one slice, then the client goes away.
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.len(), METERED_SLICE);
+        assert!(cache_served(&m).ends_with(" 0"), "{}", cache_served(&m));
+        drop(body);
+        assert!(
+            cache_served(&m).ends_with(&format!(" {METERED_SLICE}")),
+            "{}",
+            cache_served(&m)
+        );
+
+        // Read to the end: counted when the stream ends, before the body goes.
+        let body = Body::full(vec![1u8; 1000]).metered(m.meter(ServedFrom::Cache));
+        let mut body = std::pin::pin!(body);
+        let all = body.as_mut().collect().await.unwrap().to_bytes();
+        assert_eq!(all.len(), 1000);
+        let want = METERED_SLICE + 1000;
+        assert!(
+            cache_served(&m).ends_with(&format!(" {want}")),
+            "{}",
+            cache_served(&m)
+        );
+        // An empty body stays empty.
+        assert!(
+            Body::empty()
+                .metered(m.meter(ServedFrom::Cache))
+                .is_end_stream()
+        );
+    }
+}
