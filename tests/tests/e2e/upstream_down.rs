@@ -261,3 +261,70 @@ async fn bytes_served_counts_what_a_client_that_leaves_after_one_mib_got() {
         assert_eq!(after, responses + 1.0, "{via}: answered that way");
     }
 }
+
+/// The same for a blob still coming from the upstream (counted as
+/// `source="upstream"`): the fill's file with sendfile, and hyper's body.
+#[tokio::test]
+async fn bytes_served_from_a_fill_count_what_a_client_that_leaves_got() {
+    let repo = "down/cold";
+    let upstream = Upstream::start(Mode::Plain);
+    let layer = big_layer();
+    let digest = upstream
+        .client(&[repo])
+        .push_blob(repo, layer.blob.clone())
+        .await;
+    const MIB: usize = 1 << 20;
+    for (via, chunked) in [("sendfile_fill", false), ("hyper", true)] {
+        // A fresh cache each time: the blob is cold.
+        let regcache = upstream.start_regcache();
+        let host = regcache.addr();
+        let body = if chunked {
+            "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        } else {
+            "\r\n"
+        };
+        let request = format!("GET /v2/{repo}/blobs/{digest} HTTP/1.1\r\nHost: {host}\r\n{body}");
+        let mut conn = TcpStream::connect(host).await.unwrap();
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let head = read_head(&mut conn).await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        let mut got = vec![0u8; MIB];
+        conn.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..], &layer.blob[..MIB]);
+        drop(conn);
+        let served = async || {
+            regcache
+                .metrics()
+                .await
+                .sum("regcache_bytes_served_total", &[("source", "upstream")])
+        };
+        let mut last = f64::NAN;
+        let settled = eventually(Duration::from_secs(20), async || {
+            let now = served().await;
+            let same = now == last && now > 0.0;
+            last = now;
+            if !same {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            same
+        })
+        .await;
+        assert!(settled, "{via}: the counter never settled ({last})");
+        println!(
+            "{via}: a client that read 1 MiB of a cold {} byte blob moved regcache_bytes_served_total{{source=\"upstream\"}} by {:.2} MiB",
+            layer.blob.len(),
+            last / MIB as f64
+        );
+        assert!(
+            last >= MIB as f64 && last < (16 * MIB) as f64,
+            "{via}: moved by {last}"
+        );
+        let m = regcache.metrics().await;
+        assert_eq!(
+            m.sum("regcache_responses_total", &[("via", via)]),
+            1.0,
+            "{via}: {}",
+            m.text
+        );
+    }
+}
