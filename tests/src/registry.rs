@@ -242,6 +242,33 @@ impl Registry {
         let _ = self.child.wait();
     }
 
+    /// Starts a killed registry again: the same config, port and storage,
+    /// so it comes back with everything it held. Blocks until `GET /v2/` is
+    /// answered.
+    ///
+    /// # Panics
+    /// When it does not come up (with its log).
+    pub fn revive(&mut self) {
+        self.kill();
+        let program = require_program("docker-registry", "docker-registry");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        self.child = Command::new(program)
+            .arg("serve")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn docker-registry again: {e}"));
+        if let Err(log) = self.wait_until_ready() {
+            panic!("docker-registry did not come back on {}: {log}", self.addr);
+        }
+    }
+
     fn wait_until_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {

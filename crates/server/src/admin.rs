@@ -160,7 +160,9 @@ impl Admin {
 
     /// 200 once serving; 503 while starting or stopping, and while the API
     /// listener's open connections are at 90% of `max_connections` or more
-    /// (new clients would wait in the accept queue).
+    /// (new clients would wait in the accept queue). The body lists each
+    /// upstream's circuit breaker; an open one does not make regcache
+    /// unready (it still serves what it has cached).
     fn readyz(&self) -> Response<Body> {
         if !self.ready.load(Ordering::SeqCst) {
             return text(
@@ -180,7 +182,13 @@ impl Admin {
                 )),
             );
         }
-        text(StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"))
+        // Ready while regcache can serve from its cache, whatever the
+        // upstreams' breakers say: they are listed, not counted against it.
+        let mut body = String::from("ready\n");
+        for u in self.app.upstreams().iter() {
+            body.push_str(&u.breaker.report());
+        }
+        text(StatusCode::OK, "text/plain", Bytes::from(body))
     }
 
     fn tls_reload(&self) -> Response<Body> {

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod admin_cli;
 pub mod auth;
+pub mod breaker;
 pub mod config;
 pub mod conn;
 pub mod convert_cli;

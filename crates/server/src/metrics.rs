@@ -69,6 +69,18 @@ pub struct UpstreamCall {
     pub status: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamState {
+    pub upstream: String,
+    /// `closed`, `open` or `half_open` ([`crate::breaker::State`]).
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    pub upstream: String,
+}
+
 /// Every metric regcache exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -77,6 +89,10 @@ pub struct Metrics {
     pub bytes_served: Family<Source, Counter>,
     pub upstream_requests: Family<UpstreamCall, Counter>,
     pub upstream_failures: Family<UpstreamFailure, Counter>,
+    /// 1 for each upstream's circuit breaker state now, 0 for the others.
+    pub upstream_state: Family<UpstreamState, Gauge>,
+    /// Requests answered without contacting the upstream (breaker open).
+    pub upstream_short_circuits: Family<UpstreamLabel, Counter>,
     pub fill_waiters: Histogram,
     pub disk_bytes: Gauge,
     pub memory_bytes: Gauge,
@@ -116,6 +132,7 @@ struct Hot {
     blob_hit: Counter,
     schema1_hit: Counter,
     from_cache: Counter,
+    from_upstream: Counter,
     via_sendfile: Counter,
     via_sendfile_fill: Counter,
     via_fast: Counter,
@@ -193,6 +210,18 @@ impl Metrics {
              by cause (dns, refused, tls, reset, closed, timeout_<phase>, …)",
             upstream_failures.clone(),
         );
+        let upstream_state = Family::<UpstreamState, Gauge>::default();
+        registry.register(
+            "upstream_state",
+            "Circuit breaker state of each upstream: 1 for the current state (closed, open, half_open), 0 for the others",
+            upstream_state.clone(),
+        );
+        let upstream_short_circuits = Family::<UpstreamLabel, Counter>::default();
+        registry.register(
+            "upstream_short_circuits",
+            "Upstream calls not made because the upstream's circuit breaker was open (answered from the cache, or 503)",
+            upstream_short_circuits.clone(),
+        );
         let fill_waiters = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]);
         registry.register(
             "fill_waiters",
@@ -239,6 +268,10 @@ impl Metrics {
         let schema1_hit = counter(Kind::Schema1);
         let from_cache = {
             let c = bytes_served.get_or_create(&Source { source: "cache" });
+            c.clone()
+        };
+        let from_upstream = {
+            let c = bytes_served.get_or_create(&Source { source: "upstream" });
             c.clone()
         };
         let responses = Family::<Via, Counter>::default();
@@ -322,6 +355,7 @@ impl Metrics {
             blob_hit,
             schema1_hit,
             from_cache,
+            from_upstream,
         };
         Metrics {
             hot,
@@ -330,6 +364,8 @@ impl Metrics {
             bytes_served,
             upstream_requests,
             upstream_failures,
+            upstream_state,
+            upstream_short_circuits,
             fill_waiters,
             disk_bytes,
             memory_bytes,
@@ -393,15 +429,18 @@ impl Metrics {
             .inc();
     }
 
-    /// Body bytes sent to clients, by where they came from.
-    pub fn served(&self, from: ServedFrom, bytes: u64) {
-        match from {
-            ServedFrom::Cache => self.hot.from_cache.inc_by(bytes),
-            ServedFrom::Upstream => self
-                .bytes_served
-                .get_or_create(&Source { source: "upstream" })
-                .inc_by(bytes),
+    /// A meter for one response's body bytes from `from`: whoever writes
+    /// the body adds what was written, and the total goes to
+    /// `regcache_bytes_served_total` once (see [`Meter`]).
+    pub fn meter(&self, from: ServedFrom) -> Meter {
+        let counter = match from {
+            ServedFrom::Cache => &self.hot.from_cache,
+            ServedFrom::Upstream => &self.hot.from_upstream,
         };
+        Meter {
+            counter: counter.clone(),
+            bytes: 0,
+        }
     }
 
     /// The text exposition format.
@@ -411,6 +450,34 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// Body bytes written for one response. Adding is a plain `u64` addition;
+/// the total reaches its counter once, when the meter is flushed or dropped
+/// (no atomic operation per chunk).
+#[derive(Debug)]
+pub struct Meter {
+    counter: Counter,
+    bytes: u64,
+}
+
+impl Meter {
+    pub fn add(&mut self, bytes: u64) {
+        self.bytes += bytes;
+    }
+
+    /// Hand what was counted so far to the counter.
+    pub fn flush(&mut self) {
+        if self.bytes > 0 {
+            self.counter.inc_by(std::mem::take(&mut self.bytes));
+        }
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -434,8 +501,20 @@ mod tests {
         m.stale(Kind::Tag);
         m.stale_while_revalidate(Kind::Tag);
         m.stale_while_revalidate(Kind::Tag);
-        m.served(ServedFrom::Cache, 10);
-        m.served(ServedFrom::Upstream, 5);
+        let mut cache = m.meter(ServedFrom::Cache);
+        cache.add(4);
+        cache.add(6);
+        let mut upstream = m.meter(ServedFrom::Upstream);
+        upstream.add(5);
+        upstream.flush();
+        assert!(
+            m.encode()
+                .contains("regcache_bytes_served_total{source=\"cache\"} 0"),
+            "counted once, when the meter goes"
+        );
+        drop(cache);
+        upstream.add(0);
+        drop(upstream);
         m.tls_handshake_failures.inc();
         m.tls_reload_error.inc();
         let text = m.encode();

@@ -18,6 +18,7 @@ use regcache_formats::reference::RepositoryName;
 use regcache_formats::{ErrorCode, RegistryError};
 use regcache_upstream::UpstreamApi;
 
+use crate::breaker::{Breaker, Guarded};
 use crate::config::UpstreamSettings;
 use crate::error::Error;
 use crate::routes::Route;
@@ -45,6 +46,9 @@ pub struct Upstream {
     pub writes: Forwarding,
     /// `/v2/_catalog` ([`crate::writes`]).
     pub catalog: Forwarding,
+    /// The upstream's circuit breaker; `client` (and every identity made
+    /// from it) goes through it ([`crate::breaker`]).
+    pub breaker: Arc<Breaker>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -56,8 +60,13 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// The upstream its validated settings describe, talking through `client`.
-    pub fn new(settings: &UpstreamSettings, client: Arc<dyn UpstreamApi>) -> Upstream {
+    /// The upstream its validated settings describe, talking through `client`
+    /// behind `breaker`.
+    pub fn new(
+        settings: &UpstreamSettings,
+        client: Arc<dyn UpstreamApi>,
+        breaker: Arc<Breaker>,
+    ) -> Upstream {
         let url = &settings.url;
         let host = match url.port() {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
@@ -68,7 +77,8 @@ impl Upstream {
             aliases: settings.aliases.clone(),
             host,
             docker_hub: settings.docker_hub,
-            client,
+            client: Arc::new(Guarded::new(client, breaker.clone())),
+            breaker,
             tag_ttl: settings.tag_ttl,
             stale_if_error: settings.stale_if_error,
             stale_while_revalidate: settings.stale_while_revalidate,

@@ -11,12 +11,14 @@ fn upstream(name: &str, host: &str, hub: bool, aliases: Vec<String>) -> Arc<Upst
         url::Url::parse(&format!("http://{host}")).unwrap(),
     ))
     .unwrap();
+    let client: Arc<dyn UpstreamApi> = Arc::new(client);
     Arc::new(Upstream {
+        breaker: crate::breaker::Breaker::new(name, 0, Duration::from_secs(2), client.clone()),
         name: name.into(),
         aliases,
         host: host.into(),
         docker_hub: hub,
-        client: Arc::new(client),
+        client,
         tag_ttl: Duration::from_secs(1),
         stale_if_error: Duration::from_secs(1),
         stale_while_revalidate: Duration::ZERO,

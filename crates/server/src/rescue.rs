@@ -146,6 +146,23 @@ fn upstream(e: &UpstreamError) -> Rescued {
             level: Level::DEBUG,
             whose: "client",
         },
+        // The breaker is open: nothing was sent. Debug: the breaker logged
+        // the outage once, when it opened.
+        UpstreamError::Down {
+            upstream,
+            retry_after_secs,
+            ..
+        } => Rescued {
+            status: 503,
+            envelope: ErrorEnvelope::single(
+                RegistryError::with_message(ErrorCode::Unavailable, e.to_string())
+                    .detail(serde_json::json!({ "upstream": upstream })),
+            ),
+            retry_after: Some(retry_after_secs.to_string()),
+            challenge: None,
+            level: Level::DEBUG,
+            whose: "upstream",
+        },
         UpstreamError::Unauthorized { .. } => Rescued {
             status: 401,
             envelope: ErrorEnvelope::single(RegistryError::with_message(

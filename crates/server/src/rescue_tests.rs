@@ -165,6 +165,18 @@ fn every_error_kind_has_one_status_code_and_level() {
             "upstream",
         ),
         (
+            "upstream known down (breaker open): nothing sent",
+            Error::Upstream(UpstreamError::Down {
+                upstream: "up".into(),
+                reason: "unreachable for 5s".into(),
+                retry_after_secs: 2,
+            }),
+            503,
+            ErrorCode::Unavailable,
+            Level::DEBUG,
+            "upstream",
+        ),
+        (
             "upstream too slow",
             Error::Upstream(UpstreamError::Timeout {
                 upstream: "up".into(),
@@ -251,6 +263,25 @@ fn every_error_kind_has_one_status_code_and_level() {
             "{what}"
         );
     }
+}
+
+#[test]
+fn a_known_down_upstream_is_503_with_retry_after() {
+    let err = Error::Upstream(UpstreamError::Down {
+        upstream: "hub".into(),
+        reason: "unreachable for 5s; last failure: connection refused".into(),
+        retry_after_secs: 2,
+    });
+    let r = classify(&err);
+    assert_eq!(r.retry_after.as_deref(), Some("2"));
+    assert!(
+        r.envelope.errors[0]
+            .message
+            .contains("upstream hub is down")
+    );
+    let resp = rescue(err, false);
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
 }
 
 #[test]

@@ -128,8 +128,18 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
     let mut ups = Vec::new();
     for up in &settings.upstreams {
         let client: Arc<dyn UpstreamApi> = Arc::new(UpstreamClient::new(up.client_config())?);
-        tracing::info!(name = %up.name, url = %up.url, default = std::ptr::eq(up, settings.default_upstream()), writes = up.writes.as_str(), catalog = up.catalog.as_str(), "upstream");
-        ups.push(Arc::new(Upstream::new(up, client)));
+        // The breaker's probe: regcache's own identity, one attempt a probe.
+        let mut probe_config = up.client_config();
+        probe_config.retry = regcache_upstream::RetryConfig::none();
+        let probe: Arc<dyn UpstreamApi> = Arc::new(UpstreamClient::new(probe_config)?);
+        let breaker = crate::breaker::Breaker::new(
+            up.name.clone(),
+            up.breaker_failures,
+            up.breaker_probe,
+            probe,
+        );
+        tracing::info!(name = %up.name, url = %up.url, default = std::ptr::eq(up, settings.default_upstream()), writes = up.writes.as_str(), catalog = up.catalog.as_str(), breaker_failures = up.breaker_failures, "upstream");
+        ups.push(Arc::new(Upstream::new(up, client, breaker)));
     }
     let token_key = match settings.auth.mode {
         crate::config::AuthMode::None => None,

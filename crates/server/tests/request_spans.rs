@@ -21,6 +21,12 @@ use regcache_upstream::mock::MemoryRegistry;
 
 fn upstream(client: Arc<dyn UpstreamApi>) -> Arc<Upstream> {
     Arc::new(Upstream {
+        breaker: regcache_server::breaker::Breaker::new(
+            client.name(),
+            0,
+            Duration::from_secs(2),
+            client.clone(),
+        ),
         name: client.name().to_owned(),
         aliases: vec![],
         host: format!("{}.test", client.name()),

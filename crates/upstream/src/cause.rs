@@ -42,6 +42,8 @@ pub enum Cause {
     RequestBody,
     /// We refused to send the request (invalid name, path, configuration).
     Invalid,
+    /// Not sent: the upstream's circuit breaker is open (it is known down).
+    BreakerOpen,
     /// A transport failure none of the above describes.
     Other,
 }
@@ -125,6 +127,7 @@ impl Cause {
             Cause::Protocol => "protocol",
             Cause::RequestBody => "request_body",
             Cause::Invalid => "invalid",
+            Cause::BreakerOpen => "breaker_open",
             Cause::Other => "other",
         }
     }
@@ -145,6 +148,7 @@ impl fmt::Display for Cause {
             Cause::Protocol => f.write_str("protocol error"),
             Cause::RequestBody => f.write_str("the request body being forwarded broke off"),
             Cause::Invalid => f.write_str("invalid request"),
+            Cause::BreakerOpen => f.write_str("known down (circuit breaker open), not contacted"),
             Cause::Other => f.write_str("transport failure"),
         }
     }

@@ -96,6 +96,18 @@ pub enum UpstreamError {
     /// name or reference, a path outside `/v2/`, an invalid config).
     #[error("upstream {upstream}: invalid request ({detail})")]
     InvalidRequest { upstream: String, detail: String },
+    /// Not sent: the upstream is known to be down (the server's circuit
+    /// breaker is open after consecutive failures, `reason`), and is checked
+    /// again in the background within `retry_after_secs`. Unavailable, so
+    /// stale-if-error applies at once.
+    #[error(
+        "upstream {upstream} is down ({reason}); regcache did not contact it and checks it again within {retry_after_secs}s"
+    )]
+    Down {
+        upstream: String,
+        reason: String,
+        retry_after_secs: u64,
+    },
 }
 
 fn describe(envelope: &Option<ErrorEnvelope>) -> String {
@@ -130,19 +142,22 @@ macro_rules! upstream_of {
             | UpstreamError::Redirect { upstream, .. }
             | UpstreamError::Protocol { upstream, .. }
             | UpstreamError::RequestBody { upstream, .. }
-            | UpstreamError::InvalidRequest { upstream, .. } => upstream,
+            | UpstreamError::InvalidRequest { upstream, .. }
+            | UpstreamError::Down { upstream, .. } => upstream,
         }
     };
 }
 
 impl UpstreamError {
     /// True when the upstream is (temporarily) not serving: no connection,
-    /// a timeout, a `5xx` or a `429`. This is what stale-if-error keys on:
+    /// a timeout, a `5xx` or a `429`, or known down ([`UpstreamError::Down`]). This is what stale-if-error keys on:
     /// a cached answer may be served instead. A `404` or `401` is an
     /// answer, not an outage, and is `false`.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            UpstreamError::Transport { .. } | UpstreamError::Timeout { .. } => true,
+            UpstreamError::Transport { .. }
+            | UpstreamError::Timeout { .. }
+            | UpstreamError::Down { .. } => true,
             UpstreamError::Registry { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }
@@ -150,7 +165,8 @@ impl UpstreamError {
 
     /// The status the server should answer with when it relays this error:
     /// the upstream's own status for registry errors, `502` for transport,
-    /// redirect and protocol failures, `504` for timeouts, `401` when the
+    /// redirect and protocol failures, `504` for timeouts, `503` for an
+    /// upstream known down, `401` when the
     /// token service refused us, `400` for an invalid request or a request
     /// body that broke off.
     pub fn status_hint(&self) -> u16 {
@@ -158,6 +174,7 @@ impl UpstreamError {
             UpstreamError::Registry { status, .. } => *status,
             UpstreamError::Unauthorized { .. } => 401,
             UpstreamError::Timeout { .. } => 504,
+            UpstreamError::Down { .. } => 503,
             UpstreamError::InvalidRequest { .. } | UpstreamError::RequestBody { .. } => 400,
             UpstreamError::Transport { .. }
             | UpstreamError::Redirect { .. }
@@ -205,6 +222,7 @@ impl UpstreamError {
             UpstreamError::Redirect { .. } | UpstreamError::Protocol { .. } => Cause::Protocol,
             UpstreamError::RequestBody { .. } => Cause::RequestBody,
             UpstreamError::InvalidRequest { .. } => Cause::Invalid,
+            UpstreamError::Down { .. } => Cause::BreakerOpen,
         }
     }
 

@@ -28,4 +28,5 @@ mod serve_tls;
 mod support;
 mod tag_revalidation;
 mod upstream_auth;
+mod upstream_down;
 mod writes;

@@ -24,6 +24,10 @@ pub(super) const UPSTREAM_BOUNDS: [(&str, u64, u64); 7] = [
     ("retry_attempts", 0, 10),
 ];
 
+/// `(key, min, max)` of the per-upstream circuit breaker's numbers.
+pub(super) const BREAKER_BOUNDS: [(&str, u64, u64); 2] =
+    [("breaker_failures", 0, 100), ("breaker_probe_secs", 1, 300)];
+
 /// `(key, min, max)` of the `[cache]` sizes, in bytes.
 pub(super) const CACHE_BOUNDS: [(&str, u64, u64); 3] = [
     ("cache.memory_size", 0, TIB),
@@ -45,7 +49,12 @@ fn upstream_values(up: &UpstreamSection) -> [u64; 7] {
 
 /// A problem for every per-upstream number out of its bounds.
 pub(super) fn check_upstream(label: &str, up: &UpstreamSection, problems: &mut Vec<String>) {
-    for ((key, min, max), value) in UPSTREAM_BOUNDS.iter().zip(upstream_values(up)) {
+    let breaker = [u64::from(up.breaker_failures), up.breaker_probe_secs];
+    let numbers = UPSTREAM_BOUNDS
+        .iter()
+        .zip(upstream_values(up))
+        .chain(BREAKER_BOUNDS.iter().zip(breaker));
+    for ((key, min, max), value) in numbers {
         if !(*min..=*max).contains(&value) {
             problems.push(format!(
                 "{label}: {key} = {value} is out of range: give {min} to {max}"
@@ -171,7 +180,7 @@ mod tests {
     #[test]
     fn every_number_has_bounds_and_the_message_names_them() {
         // Each bound, one past it: one problem naming the key and the range.
-        for (key, min, max) in UPSTREAM_BOUNDS {
+        for (key, min, max) in UPSTREAM_BOUNDS.into_iter().chain(BREAKER_BOUNDS) {
             let mut bad = vec![max + 1];
             if min > 0 {
                 bad.push(min - 1);

@@ -152,6 +152,12 @@ pub struct UpstreamSection {
     pub writes: crate::writes::Forwarding,
     /// `/v2/_catalog`: the same three values; `off` refuses it (403).
     pub catalog: crate::writes::Forwarding,
+    /// Consecutive failed upstream calls (no connection, timeout, 5xx; each
+    /// after its retries) that open the circuit breaker; 0 turns it off.
+    pub breaker_failures: u32,
+    /// While the breaker is open, `GET /v2/` probes the upstream this often
+    /// (and a refused request's `Retry-After`).
+    pub breaker_probe_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -225,6 +231,8 @@ impl Default for UpstreamSection {
             auth_realms: None,
             writes: crate::writes::Forwarding::Off,
             catalog: crate::writes::Forwarding::Off,
+            breaker_failures: 3,
+            breaker_probe_secs: 2,
         }
     }
 }

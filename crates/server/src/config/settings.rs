@@ -88,6 +88,10 @@ pub struct UpstreamSettings {
     pub writes: crate::writes::Forwarding,
     /// `/v2/_catalog`: off, the client's credentials, or regcache's.
     pub catalog: crate::writes::Forwarding,
+    /// Consecutive failed calls that open the circuit breaker (0: off).
+    pub breaker_failures: u32,
+    /// How often the open breaker probes the upstream.
+    pub breaker_probe: Duration,
 }
 
 impl fmt::Debug for UpstreamSettings {
@@ -102,6 +106,8 @@ impl fmt::Debug for UpstreamSettings {
             .field("stale_while_revalidate", &self.stale_while_revalidate)
             .field("writes", &self.writes)
             .field("catalog", &self.catalog)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_probe", &self.breaker_probe)
             .finish_non_exhaustive()
     }
 }

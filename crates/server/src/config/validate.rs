@@ -269,6 +269,8 @@ fn validate_upstream(
         }),
         writes: up.writes,
         catalog: up.catalog,
+        breaker_failures: up.breaker_failures,
+        breaker_probe: Duration::from_secs(up.breaker_probe_secs),
     })
 }
 

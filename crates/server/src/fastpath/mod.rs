@@ -52,6 +52,8 @@ pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: ReplyBody,
+    /// Counts the body bytes the writes wrote (`regcache_bytes_served_total`).
+    pub meter: Option<crate::metrics::Meter>,
 }
 
 #[derive(Debug)]
@@ -79,7 +81,8 @@ pub enum ReplyBody {
 impl Reply {
     /// A handler's response, sent as it is (its body not at all for `HEAD`).
     pub fn from_response(resp: Response<Body>, head: bool) -> Reply {
-        let (parts, body) = resp.into_parts();
+        let (parts, mut body) = resp.into_parts();
+        let meter = body.take_meter();
         let body = match body {
             _ if head => ReplyBody::Empty,
             Body::Full(None) => ReplyBody::Empty,
@@ -90,6 +93,7 @@ impl Reply {
             status: parts.status,
             headers: parts.headers,
             body,
+            meter,
         }
     }
 }
@@ -255,6 +259,7 @@ mod tests {
                     status: StatusCode::OK,
                     headers: HeaderMap::new(),
                     body: ReplyBody::Bytes(Bytes::from(text)),
+                    meter: None,
                 }
             })
         }

@@ -41,6 +41,26 @@ pub(super) async fn write_all(
     Ok(())
 }
 
+/// [`write_all`] of body bytes, adding what each write took to `written`.
+pub(super) async fn write_counted(
+    stream: &mut TcpStream,
+    mut buf: &[u8],
+    wt: Duration,
+    written: &mut u64,
+) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = tokio::time::timeout(wt, stream.write(buf))
+            .await
+            .map_err(stalled)??;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        *written += n as u64;
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
 pub(super) async fn write_all_vectored(
     stream: &mut TcpStream,
     mut bufs: &mut [io::IoSlice<'_>],
@@ -60,12 +80,14 @@ pub(super) async fn write_all_vectored(
 
 /// `sendfile(2)` the range onto the non-blocking socket, waiting for
 /// writability whenever the socket buffer is full (at most `wt` each time).
+/// Adds the bytes the socket took to `written`.
 pub(super) async fn send_file(
     stream: &TcpStream,
     file: &std::fs::File,
     offset: u64,
     len: u64,
     wt: Duration,
+    written: &mut u64,
 ) -> io::Result<()> {
     let mut off = offset;
     let end = offset + len;
@@ -96,7 +118,10 @@ pub(super) async fn send_file(
                     "cached file shorter than expected",
                 ));
             }
-            Ok(_) => since_yield += off - before,
+            Ok(_) => {
+                since_yield += off - before;
+                *written += off - before;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -115,6 +140,7 @@ pub(super) async fn send_fill(
     offset: u64,
     len: u64,
     wt: Duration,
+    written: &mut u64,
 ) -> io::Result<()> {
     let end = offset + len;
     let mut off = offset;
@@ -132,7 +158,7 @@ pub(super) async fn send_fill(
             FillProgress::Writing { written } => written.min(end - 1),
         };
         if limit > off {
-            send_file(stream, fill.file(), off, limit - off, wt).await?;
+            send_file(stream, fill.file(), off, limit - off, wt, written).await?;
             off = limit;
         }
     }
@@ -178,7 +204,18 @@ mod tests {
         let (server, mut client) = pair().await;
         let send = tokio::spawn(async move {
             let mut fill = fill;
-            send_fill(&server, &mut fill, 1000, 299_000, Duration::from_secs(5)).await
+            let mut written = 0;
+            let r = send_fill(
+                &server,
+                &mut fill,
+                1000,
+                299_000,
+                Duration::from_secs(5),
+                &mut written,
+            )
+            .await;
+            assert_eq!(written, 299_000, "every byte counted once");
+            r
         });
         w.write(Bytes::copy_from_slice(&content[..200_000]))
             .await
@@ -210,7 +247,17 @@ mod tests {
         let (server, mut client) = pair().await;
         let send = tokio::spawn(async move {
             let mut fill = fill;
-            let r = send_fill(&server, &mut fill, 0, 50_000, Duration::from_secs(5)).await;
+            let mut written = 0;
+            let r = send_fill(
+                &server,
+                &mut fill,
+                0,
+                50_000,
+                Duration::from_secs(5),
+                &mut written,
+            )
+            .await;
+            assert!(written < 50_000, "{written} bytes counted");
             drop(server);
             r
         });

@@ -9,7 +9,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, StatusCode, Version};
 use tokio::net::TcpStream;
 
-use super::send::{send_file, send_fill, write_all, write_all_vectored};
+use super::send::{send_file, send_fill, write_all, write_all_vectored, write_counted};
 
 use super::{Reply, ReplyBody};
 use crate::web::body::{Body, ReqBody};
@@ -113,6 +113,7 @@ pub(super) async fn write_reply(
         status,
         headers,
         body,
+        meter,
     } = reply;
     let bodiless = is_head
         || status.is_informational()
@@ -171,15 +172,36 @@ pub(super) async fn write_reply(
     if bodiless {
         return write_all(stream, &out, wt).await;
     }
+    // Body bytes the writes took, for the meter however the writing ends.
+    let mut written = 0u64;
+    let result = write_body(stream, out, body, chunked, wt, &mut written).await;
+    if let Some(mut meter) = meter {
+        meter.add(written);
+    }
+    result
+}
+
+/// Write `head` (the response head) and then `body`, adding the body bytes
+/// the socket took to `written`.
+async fn write_body(
+    stream: &mut TcpStream,
+    mut out: Vec<u8>,
+    body: ReplyBody,
+    chunked: bool,
+    wt: Duration,
+    written: &mut u64,
+) -> io::Result<()> {
     match body {
         ReplyBody::Empty => write_all(stream, &out, wt).await,
         ReplyBody::Bytes(b) if b.len() <= INLINE_BODY => {
             out.extend_from_slice(&b);
-            write_all(stream, &out, wt).await
+            write_all(stream, &out, wt).await?;
+            *written += b.len() as u64;
+            Ok(())
         }
         ReplyBody::Bytes(b) => {
             write_all(stream, &out, wt).await?;
-            write_all(stream, &b, wt).await
+            write_counted(stream, &b, wt, written).await
         }
         ReplyBody::File { file, offset, len } => {
             // Corked (nginx's `tcp_nopush`): the head rides in the first full
@@ -187,7 +209,7 @@ pub(super) async fn write_reply(
             // file; uncorking pushes the tail.
             let corked = rustix::net::sockopt::set_tcp_cork(&*stream, true).is_ok();
             write_all(stream, &out, wt).await?;
-            let sent = send_file(stream, &file, offset, len, wt).await;
+            let sent = send_file(stream, &file, offset, len, wt, written).await;
             if corked {
                 let _ = rustix::net::sockopt::set_tcp_cork(&*stream, false);
             }
@@ -199,15 +221,19 @@ pub(super) async fn write_reply(
             len,
         } => {
             write_all(stream, &out, wt).await?;
-            send_fill(stream, &mut fill, offset, len, wt).await
+            send_fill(stream, &mut fill, offset, len, wt, written).await
         }
         ReplyBody::Body(Body::Full(b)) => {
-            out.extend_from_slice(b.as_deref().unwrap_or_default());
-            write_all(stream, &out, wt).await
+            let b = b.unwrap_or_default();
+            out.extend_from_slice(&b);
+            write_all(stream, &out, wt).await?;
+            *written += b.len() as u64;
+            Ok(())
         }
         ReplyBody::Body(Body::Stream {
             stream: mut body,
             len,
+            ..
         }) => {
             write_all(stream, &out, wt).await?;
             let mut sent = 0u64;
@@ -232,8 +258,9 @@ pub(super) async fn write_reply(
                         wt,
                     )
                     .await?;
+                    *written += chunk.len() as u64;
                 } else {
-                    write_all(stream, &chunk, wt).await?;
+                    write_counted(stream, &chunk, wt, written).await?;
                 }
             }
             if len.is_some_and(|n| sent != n) {
@@ -379,6 +406,7 @@ mod tests {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body: ReplyBody::Body(Body::stream(stream_of(&[b"hello ", b"", b"world"]), None)),
+            meter: None,
         };
         let (raw, ok) = exchange(reply, false, false, false).await;
         assert!(ok);
@@ -393,6 +421,7 @@ mod tests {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body: ReplyBody::Body(Body::stream(stream_of(&[b"abc"]), None)),
+            meter: None,
         };
         assert!(reply.is_close_delimited(true));
         let (raw, _) = exchange(reply, true, false, true).await;
@@ -405,6 +434,7 @@ mod tests {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body: ReplyBody::Bytes(Bytes::from_static(b"{}")),
+            meter: None,
         };
         let (raw, _) = exchange(reply, false, false, false).await;
         let (head, body) = split(&raw);
@@ -416,6 +446,7 @@ mod tests {
             status: StatusCode::OK,
             headers,
             body: ReplyBody::Empty,
+            meter: None,
         };
         let (raw, _) = exchange(reply, false, true, false).await;
         let (head, body) = split(&raw);
@@ -427,6 +458,7 @@ mod tests {
             status: StatusCode::NOT_MODIFIED,
             headers: HeaderMap::new(),
             body: ReplyBody::Empty,
+            meter: None,
         };
         let (raw, _) = exchange(reply, false, false, false).await;
         assert!(!String::from_utf8_lossy(&raw).contains("content-length"));
@@ -438,6 +470,7 @@ mod tests {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body: ReplyBody::Body(Body::stream(stream_of(&[b"abc"]), Some(10))),
+            meter: None,
         };
         let (raw, ok) = exchange(reply, false, false, false).await;
         assert!(!ok);
@@ -451,6 +484,7 @@ mod tests {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body: ReplyBody::Body(Body::stream(failing, None)),
+            meter: None,
         };
         let (raw, ok) = exchange(reply, false, false, false).await;
         assert!(!ok);

@@ -48,12 +48,13 @@ impl App {
             return self.head_blob(target, name, digest, range).await;
         }
         if let Some(src) = self.services.blobs.cached(digest).await? {
-            self.metrics.served(ServedFrom::Cache, src.len());
-            return serve_source(src, digest, range, head);
+            let meter = self.metrics.meter(ServedFrom::Cache);
+            return Ok(serve_source(src, digest, range, head)?.map(|b| b.metered(meter)));
         }
         match self.cold_slice(target, name, digest, range).await? {
             ColdSlice::Send(slice, reader) => {
-                let body = fill_body(reader, &slice);
+                let body =
+                    fill_body(reader, &slice).metered(self.metrics.meter(ServedFrom::Upstream));
                 Ok(blob_headers(
                     slice.status,
                     digest,
@@ -66,8 +67,8 @@ impl App {
         }
     }
 
-    /// A blob the cache lacks: its fill and the part of it to send.
-    /// Counted as bytes from the upstream when the whole blob goes out.
+    /// A blob the cache lacks: its fill and the part of it to send. Its
+    /// bytes are counted as they are written (a meter on the response).
     pub(super) async fn cold_slice(
         &self,
         target: &Target,
@@ -79,9 +80,6 @@ impl App {
         let Some(slice) = BlobSlice::of(range, len) else {
             return Ok(ColdSlice::Unsatisfiable(len));
         };
-        if slice.status == StatusCode::OK {
-            self.metrics.served(ServedFrom::Upstream, len);
-        }
         Ok(ColdSlice::Send(slice, reader))
     }
 

@@ -90,8 +90,9 @@ impl App {
                     },
                     _ => return None,
                 };
-                self.metrics.served(ServedFrom::Cache, slice.n);
-                Some(blob_reply(slice, digest, body))
+                let mut reply = blob_reply(slice, digest, body);
+                reply.meter = Some(self.metrics.meter(ServedFrom::Cache));
+                Some(reply)
             }
             Ok(None) => {
                 let mut target = routed.target.clone();
@@ -112,7 +113,9 @@ impl App {
                     },
                     Err(reader) => ReplyBody::Body(fill_body(*reader, &slice)),
                 };
-                Some(blob_reply(slice, digest, body))
+                let mut reply = blob_reply(slice, digest, body);
+                reply.meter = Some(self.metrics.meter(ServedFrom::Upstream));
+                Some(reply)
             }
             Err(_) => None,
         }
@@ -133,5 +136,6 @@ fn blob_reply(slice: BlobSlice, digest: &Digest, body: ReplyBody) -> Reply {
         status: slice.status,
         headers: parts.headers,
         body,
+        meter: None,
     }
 }

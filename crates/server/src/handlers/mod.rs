@@ -97,6 +97,11 @@ impl App {
         }))
     }
 
+    /// The configured upstreams (their breakers, for `/readyz`).
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
     pub fn store(&self) -> &Store {
         &self.services.store
     }
@@ -122,6 +127,29 @@ impl App {
             self.metrics.evictions.inc_by(evicted - counted);
         }
         for u in self.upstreams.iter() {
+            let now = u.breaker.state();
+            for s in crate::breaker::State::ALL {
+                let g = self
+                    .metrics
+                    .upstream_state
+                    .get_or_create(&crate::metrics::UpstreamState {
+                        upstream: u.name.clone(),
+                        state: s.as_str(),
+                    })
+                    .clone();
+                g.set(i64::from(s == now));
+            }
+            let c = self
+                .metrics
+                .upstream_short_circuits
+                .get_or_create(&crate::metrics::UpstreamLabel {
+                    upstream: u.name.clone(),
+                })
+                .clone();
+            let (n, have) = (u.breaker.short_circuits(), c.get());
+            if n > have {
+                c.inc_by(n - have);
+            }
             let up = u.client.stats();
             for ((method, status), n) in &up.requests {
                 let c = self.metrics.upstream_requests.get_or_create(&UpstreamCall {

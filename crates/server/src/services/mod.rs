@@ -96,7 +96,10 @@ pub(crate) mod test_support {
         client: Arc<dyn UpstreamApi>,
         tweak: impl FnOnce(&mut Upstream),
     ) -> Arc<Upstream> {
+        let breaker =
+            crate::breaker::Breaker::new(client.name(), 0, Duration::from_secs(2), client.clone());
         let mut up = Upstream {
+            breaker,
             name: client.name().to_owned(),
             aliases: vec![],
             host: format!("{}.test", client.name()),

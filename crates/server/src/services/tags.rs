@@ -20,7 +20,7 @@ use regcache_formats::media_type::ALL_MANIFEST_TYPES;
 use regcache_formats::reference::{RepositoryName, Tag};
 use regcache_formats::{Digest, ErrorCode, RegistryError};
 use regcache_store::{Store, TagRecord};
-use regcache_upstream::UpstreamApi;
+use regcache_upstream::{UpstreamApi, UpstreamError};
 use tracing::Instrument;
 
 use super::coalesce::Coalesce;
@@ -287,7 +287,12 @@ impl Revalidation {
                 Some(rec)
                     if now.saturating_sub(rec.fetched_at_unix) < self.stale_limit.as_secs() =>
                 {
-                    tracing::info!(repo, tag, error = %e, "upstream unavailable; serving the cached tag");
+                    if matches!(e, UpstreamError::Down { .. }) {
+                        // Known down: the breaker logged it once.
+                        tracing::debug!(repo, tag, "upstream down; serving the cached tag");
+                    } else {
+                        tracing::info!(repo, tag, error = %e, "upstream unavailable; serving the cached tag");
+                    }
                     Ok(Resolved {
                         digest: rec.digest,
                         media_type: None,
