@@ -87,7 +87,13 @@ async fn kill_9_during_cold_fills_never_serves_a_corrupt_body() {
     let proxy = FaultProxy::start(&upstream.registry.url());
     let repo = "crash/fills";
     let direct = upstream.client(&[repo]);
-    let mut regcache = Regcache::start(RegcacheOptions::new(proxy.url()).retry_attempts(0));
+    // The outage of each round opens the upstream's circuit breaker; a 1 s
+    // probe lets it see the upstream back soon after.
+    let mut regcache = Regcache::start(
+        RegcacheOptions::new(proxy.url())
+            .retry_attempts(0)
+            .extra_toml("breaker_probe_secs = 1\n"),
+    );
     // One random MiB; each blob is a slice of it behind its own 16-byte stamp
     // (generating fresh random bytes per blob dominated the run in a debug build).
     let base = random_bytes(0xc0de, 1 << 20);
@@ -166,10 +172,19 @@ async fn kill_9_during_cold_fills_never_serves_a_corrupt_body() {
         served_down += count_exact(&format!("round {round}, upstream down"), &down, &blobs);
 
         let t_down = t0.elapsed();
-        // Upstream back: everything is pulled whole.
+        // Upstream back: everything is pulled whole, once the upstream's
+        // circuit breaker (opened by the outage) has seen it answer again:
+        // its probe runs every breaker_probe_secs (1 s here).
         proxy.clear();
-        let back = get_all(&client, repo, &blobs).await;
-        let exact = count_exact(&format!("round {round}, upstream back"), &back, &blobs);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (back, exact) = loop {
+            let back = get_all(&client, repo, &blobs).await;
+            let exact = count_exact(&format!("round {round}, upstream back"), &back, &blobs);
+            if exact == BLOBS_PER_ROUND || Instant::now() > deadline {
+                break (back, exact);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
         assert_eq!(
             exact,
             BLOBS_PER_ROUND,
