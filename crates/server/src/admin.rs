@@ -180,7 +180,23 @@ impl Admin {
                 )),
             );
         }
-        text(StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"))
+        // A cache that can't write still proxies (fills pass through), so
+        // readiness stays 200: a load balancer should keep sending traffic
+        // to a proxy that proxies. The body says the cache is degraded, for
+        // people and probes that read it; metrics carry the same state.
+        match self.app.store().disk().health().state() {
+            regcache_store::CacheState::Ok => {
+                text(StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"))
+            }
+            state => text(
+                StatusCode::OK,
+                "text/plain",
+                Bytes::from(format!(
+                    "ready; cache {}: new content is served through from the upstream without being cached\n",
+                    state.as_str()
+                )),
+            ),
+        }
     }
 
     fn tls_reload(&self) -> Response<Body> {

@@ -22,6 +22,7 @@ pub mod fastpath;
 pub mod handlers;
 pub mod listener;
 pub mod metrics;
+pub mod metrics_cache;
 pub mod policy;
 pub mod request;
 pub mod rescue;

@@ -100,6 +100,9 @@ struct DiskInner {
     blobs: PathBuf,
     tmp: PathBuf,
     max_bytes: u64,
+    /// Size of the file system holding the cache: no single write larger
+    /// than this is even tried (it would evict everything and still fail).
+    fs_bytes: u64,
     /// Throttle for persisting access times, in clock nanoseconds.
     persist_interval_ns: u64,
     index: Mutex<Index>,
@@ -365,11 +368,15 @@ impl DiskTier {
             index.insert(f.digest, f.size, tick, f.mtime);
         }
 
+        let fs_bytes = rustix::fs::statvfs(&base)
+            .map(|s| s.f_blocks.saturating_mul(s.f_frsize))
+            .unwrap_or(u64::MAX);
         let inner = DiskInner {
             base,
             blobs,
             tmp,
             max_bytes: config.disk_max_bytes,
+            fs_bytes,
             persist_interval_ns: u64::try_from(config.access_persist_interval.as_nanos())
                 .unwrap_or(u64::MAX),
             index: Mutex::new(index),
@@ -430,6 +437,13 @@ impl DiskTier {
         };
         let path = inner.blob_path(digest);
         match File::open(&path) {
+            Ok(file) if file.metadata().is_ok_and(|m| m.len() != size) => {
+                // Truncated or replaced behind our back: not the content the
+                // index promised. Dropped, so the caller fetches it again.
+                tracing::warn!(%digest, expected = size, "cache file has the wrong length; dropping it");
+                let _ = self.remove_blocking(digest);
+                Ok(None)
+            }
             Ok(file) => {
                 if let Some(stamp) = stamp {
                     persist_access(&file, digest, stamp);
@@ -535,7 +549,7 @@ impl DiskTier {
     /// `install`.
     pub(crate) fn reserve(&self, bytes: u64) -> bool {
         let inner = &self.inner;
-        if bytes > inner.max_bytes {
+        if bytes > inner.max_bytes || bytes > inner.fs_bytes {
             return false;
         }
         let mut index = inner.index.lock();

@@ -11,6 +11,7 @@ mod client_auth_clients;
 mod client_auth_tls;
 mod client_bodies;
 mod connections;
+mod disk_faults;
 mod fill_routes;
 mod harness;
 mod multi_registry;
