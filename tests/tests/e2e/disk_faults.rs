@@ -63,13 +63,6 @@ impl Tmpfs {
         self.dir.path()
     }
 
-    fn remount(&self, mode: &str) {
-        run(
-            "mount",
-            &["-o", &format!("remount,{mode}"), path_str(self.path())],
-        );
-    }
-
     /// Writes a filler file taking all but `leave` bytes of free space.
     fn fill(&self, name: &str, leave: u64) -> PathBuf {
         let free = free_bytes(self.path());
@@ -90,6 +83,53 @@ impl Tmpfs {
 }
 
 impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// A bind mount of a folder, switched between read-write and read-only.
+///
+/// The kernel refuses `mount -o remount,ro` while a process has files open
+/// for writing (regcache's lock and logs), so "remounted read-only after
+/// start" is made by replacing the bind with a read-only one: every path
+/// regcache opens from then on is on a read-only file system (`EROFS`).
+struct Bind {
+    dir: tempfile::TempDir,
+    src: PathBuf,
+}
+
+impl Bind {
+    fn new(src: PathBuf) -> Bind {
+        std::fs::create_dir_all(&src).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("regcache-data-")
+            .tempdir()
+            .unwrap();
+        run("mount", &["--bind", path_str(&src), path_str(dir.path())]);
+        Bind { dir, src }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn set_read_only(&self, ro: bool) {
+        run("umount", &["-l", path_str(self.path())]);
+        run(
+            "mount",
+            &["--bind", path_str(&self.src), path_str(self.path())],
+        );
+        if ro {
+            run("mount", &["-o", "remount,bind,ro", path_str(self.path())]);
+        }
+    }
+}
+
+impl Drop for Bind {
     fn drop(&mut self) {
         let _ = Command::new("umount")
             .arg("-l")
@@ -369,7 +409,8 @@ async fn a_full_disk_passes_through_and_caching_resumes_when_space_is_freed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_read_only_data_dir_passes_through_and_start_up_still_works() {
     let fs = Tmpfs::mount("60m");
-    let data = fs.path().join("data");
+    let bind = Bind::new(fs.path().join("data"));
+    let data = bind.path().to_owned();
     let up = upstream_with_big_image().await;
     let small: Vec<(Bytes, String)> = (0..3)
         .map(|i| {
@@ -388,7 +429,11 @@ async fn a_read_only_data_dir_passes_through_and_start_up_still_works() {
     pull_blob(&client, "disk/small", &small[0].1).await;
     assert!(file_named_exists(&blobs, &small[0].1));
 
-    fs.remount("ro");
+    bind.set_read_only(true);
+    assert!(
+        std::fs::write(data.join("probe"), b"x").is_err(),
+        "the data dir should be read-only now"
+    );
     for _ in 0..3 {
         skopeo_pull(&regcache, "disk/big", work.path()).await;
     }
@@ -426,7 +471,7 @@ async fn a_read_only_data_dir_passes_through_and_start_up_still_works() {
     assert_eq!(m.status, 200);
 
     // Read-write again: the next fill caches, without a restart.
-    fs.remount("rw");
+    bind.set_read_only(false);
     pull_blob(&client, "disk/small", &small[2].1).await;
     assert!(
         file_named_exists(&blobs, &small[2].1),
