@@ -532,7 +532,7 @@ impl DiskTier {
             if WriteErrorKind::of(&e) != WriteErrorKind::NoSpace || self.free_space_for(len) == 0 {
                 return Err(StoreError::io("write", &path)(e));
             }
-            (&*temp.file)
+            temp.file
                 .write_all_at(bytes, 0)
                 .map_err(StoreError::io("write", &path))?;
         }

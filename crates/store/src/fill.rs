@@ -896,12 +896,25 @@ fn read_at_exact(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
 enum ReadSource {
     /// A fill in progress: its current file (see [`FillShared::file`]); read
     /// with `pread`, so readers share one descriptor without sharing a file
-    /// position.
-    Fill(Arc<FillShared>),
-    /// A committed entry.
-    File(Arc<File>),
+    /// position. The cursor is this reader's position as the writer sees it
+    /// (pass-through keeps only what readers still need).
+    File(FileRef),
     /// A committed entry found in the memory tier.
     Bytes(Bytes),
+}
+
+/// Two kinds of file in one variant of [`ReadSource`]: `Bytes` offers a
+/// single niche, so a third variant would make every reader 8 bytes larger.
+enum FileRef {
+    /// A fill in progress. Boxed: it keeps `FillReader` small.
+    Filling(Box<Following>),
+    /// A committed entry.
+    Committed(Arc<File>),
+}
+
+struct Following {
+    shared: Arc<FillShared>,
+    cursor: Cursor,
 }
 
 struct ReadState {
@@ -912,9 +925,6 @@ struct ReadState {
     /// Exclusive end requested by a range, if any.
     end: Option<u64>,
     chunk: usize,
-    /// This reader's position as the fill's writer sees it (pass-through
-    /// keeps only what readers still need).
-    cursor: Option<Cursor>,
 }
 
 type Step = (ReadState, Option<Result<Bytes, FillError>>);
@@ -944,17 +954,16 @@ pub struct FillReader {
 
 impl FillReader {
     fn following(shared: &Arc<FillShared>, chunk: usize) -> Self {
-        let mut reader = FillReader::new(
+        FillReader::new(
             &shared.digest,
             shared.expected_len.get().copied(),
             shared.progress.subscribe(),
-            ReadSource::Fill(shared.clone()),
+            ReadSource::File(FileRef::Filling(Box::new(Following {
+                shared: shared.clone(),
+                cursor: shared.relay.cursor(0),
+            }))),
             chunk,
-        );
-        if let Some(state) = reader.state.as_mut() {
-            state.cursor = Some(shared.relay.cursor(0));
-        }
-        reader
+        )
     }
 
     fn complete_bytes(digest: &Digest, bytes: Bytes, chunk: usize) -> Self {
@@ -965,7 +974,13 @@ impl FillReader {
 
     fn complete_file(digest: &Digest, file: Arc<File>, len: u64, chunk: usize) -> Self {
         let (_, rx) = watch::channel(Progress::Done { len });
-        FillReader::new(digest, Some(len), rx, ReadSource::File(file), chunk)
+        FillReader::new(
+            digest,
+            Some(len),
+            rx,
+            ReadSource::File(FileRef::Committed(file)),
+            chunk,
+        )
     }
 
     fn failed(digest: &Digest, error: FillError) -> Self {
@@ -990,7 +1005,6 @@ impl FillReader {
                 pos: 0,
                 end: None,
                 chunk,
-                cursor: None,
             }),
             pending: None,
         }
@@ -1060,8 +1074,8 @@ impl FillReader {
         {
             state.pos = start;
             state.end = end.map(|e| e.max(start));
-            if let Some(cursor) = &state.cursor {
-                cursor.set(start);
+            if let ReadSource::File(FileRef::Filling(f)) = &state.source {
+                f.cursor.set(start);
             }
         }
         self
@@ -1079,7 +1093,7 @@ impl FillReader {
             Some(ReadState {
                 digest,
                 progress,
-                source: ReadSource::File(file),
+                source: ReadSource::File(FileRef::Committed(file)),
                 pos: 0,
                 end: None,
                 ..
@@ -1093,16 +1107,15 @@ impl FillReader {
             Some(ReadState {
                 digest,
                 progress,
-                source: ReadSource::Fill(shared),
+                source: ReadSource::File(FileRef::Filling(f)),
                 pos: 0,
                 end: None,
-                cursor,
                 ..
             }) => Ok(FillFile {
                 digest,
-                file: shared.file(),
-                shared: Some(shared),
-                cursor,
+                file: f.shared.file(),
+                shared: Some(f.shared),
+                cursor: Some(f.cursor),
                 progress,
             }),
             other => {
@@ -1257,8 +1270,8 @@ async fn step(mut st: ReadState) -> Step {
             let item = read_chunk(&st, want).await;
             if let Ok(bytes) = &item {
                 st.pos += bytes.len() as u64;
-                if let Some(cursor) = &st.cursor {
-                    cursor.set(st.pos);
+                if let ReadSource::File(FileRef::Filling(f)) = &st.source {
+                    f.cursor.set(st.pos);
                 }
             }
             return (st, Some(item));
@@ -1293,8 +1306,8 @@ async fn read_chunk(st: &ReadState, want: u64) -> Result<Bytes, FillError> {
                 .min(bytes.len());
             return Ok(bytes.slice(start..end));
         }
-        ReadSource::Fill(shared) => shared.file(),
-        ReadSource::File(file) => file.clone(),
+        ReadSource::File(FileRef::Filling(f)) => f.shared.file(),
+        ReadSource::File(FileRef::Committed(file)) => file.clone(),
     };
     let pos = st.pos;
     tokio::task::spawn_blocking(move || read_at_exact(&file, pos, want))

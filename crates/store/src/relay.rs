@@ -31,14 +31,18 @@ const PAGE: u64 = 4096;
 #[derive(Debug, Default)]
 pub(crate) struct Relay {
     on: AtomicBool,
-    cursors: Mutex<Vec<Weak<AtomicU64>>>,
+    cursors: Mutex<Vec<Weak<CursorAt>>>,
     moved: tokio::sync::Notify,
 }
 
-/// One reader's position in a fill; gone when the reader drops.
+/// One reader's position in a fill; gone when the reader drops. One
+/// pointer wide: it sits in every reader.
 #[derive(Debug)]
-pub(crate) struct Cursor {
-    pos: Arc<AtomicU64>,
+pub(crate) struct Cursor(Arc<CursorAt>);
+
+#[derive(Debug)]
+pub(crate) struct CursorAt {
+    pos: AtomicU64,
     relay: Weak<Relay>,
 }
 
@@ -53,14 +57,14 @@ impl Relay {
 
     /// Registers a reader at `pos`.
     pub(crate) fn cursor(self: &Arc<Self>, pos: u64) -> Cursor {
-        let at = Arc::new(AtomicU64::new(pos));
+        let at = Arc::new(CursorAt {
+            pos: AtomicU64::new(pos),
+            relay: Arc::downgrade(self),
+        });
         let mut cursors = self.cursors.lock();
         cursors.retain(|c| c.strong_count() > 0);
         cursors.push(Arc::downgrade(&at));
-        Cursor {
-            pos: at,
-            relay: Arc::downgrade(self),
-        }
+        Cursor(at)
     }
 
     /// The slowest live reader's position; `None` when every reader left.
@@ -69,7 +73,7 @@ impl Relay {
         cursors.retain(|c| c.strong_count() > 0);
         cursors
             .iter()
-            .filter_map(|c| c.upgrade().map(|p| p.load(Ordering::Acquire)))
+            .filter_map(|c| c.upgrade().map(|c| c.pos.load(Ordering::Acquire)))
             .min()
     }
 
@@ -98,8 +102,8 @@ impl Relay {
 
 impl Cursor {
     pub(crate) fn set(&self, pos: u64) {
-        self.pos.store(pos, Ordering::Release);
-        if let Some(relay) = self.relay.upgrade() {
+        self.0.pos.store(pos, Ordering::Release);
+        if let Some(relay) = self.0.relay.upgrade() {
             relay.moved();
         }
     }
@@ -108,8 +112,8 @@ impl Cursor {
 impl Drop for Cursor {
     fn drop(&mut self) {
         // Make the writer look again: this reader no longer holds it back.
-        self.pos.store(u64::MAX, Ordering::Release);
-        if let Some(relay) = self.relay.upgrade() {
+        self.0.pos.store(u64::MAX, Ordering::Release);
+        if let Some(relay) = self.0.relay.upgrade() {
             relay.moved();
         }
     }
