@@ -25,8 +25,13 @@
 //!
 //! The index (digest → size, last access) lives in memory and is rebuilt at
 //! start by listing the blob directories (no file is opened or re-hashed).
-//! When a commit would take usage over the budget, the least recently
-//! *accessed* unpinned entries are unlinked first. A reader that opened an
+//! Fills in flight reserve their length against the budget as they start
+//! (or as they grow), so committed entries plus temp files stay within it.
+//! When a reservation or a commit would take usage over the budget, the least
+//! recently *accessed* unpinned entries are unlinked first; when the file
+//! system itself is full (`ENOSPC` below the budget), entries are evicted to
+//! make room before a write gives up. Write failures are counted and turn
+//! the cache's state degraded or read-only (`health.rs`). A reader that opened an
 //! entry keeps it: Linux keeps an unlinked inode alive while a descriptor is
 //! open.
 //!

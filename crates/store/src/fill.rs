@@ -19,6 +19,10 @@
 //!   writer publishes a [`FillError`]: every reader's stream yields that error
 //!   (never a clean end), nothing is cached, and the digest is released first
 //!   so the next `begin` becomes a fresh leader.
+//! * A fill the disk refuses (full, read-only, failing) or whose length does
+//!   not fit the budget is not failed: it passes through a memory file to
+//!   its readers, verified at the end all the same, and caches nothing
+//!   (`relay.rs`).
 //! * A reader never ends cleanly before the content is verified, even when it
 //!   only wanted a range that is already written: a range served from a
 //!   partial file must still be able to fail if the whole turns out bad.
