@@ -853,7 +853,13 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Deletes everything in `tmp`: only writes that never committed live there.
 fn clean_tmp(tmp: &Path) -> Result<usize, StoreError> {
     let mut removed = 0;
-    for entry in fs::read_dir(tmp).map_err(StoreError::io("list", tmp))? {
+    let entries = match fs::read_dir(tmp) {
+        Ok(entries) => entries,
+        // Not there (a read-only data dir where it could not be created).
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(StoreError::io("list", tmp)(e)),
+    };
+    for entry in entries {
         let entry = entry.map_err(StoreError::io("list", tmp))?;
         let path = entry.path();
         let result = if entry.file_type().is_ok_and(|t| t.is_dir()) {

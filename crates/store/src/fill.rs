@@ -550,8 +550,18 @@ impl FillWriter {
 
     /// A reader of this fill from offset 0, for the client whose request
     /// started it. If the fill has already failed, the reader yields the error.
+    ///
+    /// A fill passing through memory keeps only what its readers still need,
+    /// so subscribing to one after bytes were written yields an error.
     pub fn subscribe(&self) -> FillReader {
         match &self.state {
+            Some(state) if state.passing_through() && state.written > 0 => FillReader::failed(
+                &self.digest,
+                FillError::Abandoned {
+                    digest: self.digest.clone(),
+                    why: "joined a pass-through fill after its start was released",
+                },
+            ),
             Some(state) => FillReader::following(&state.shared, state.fills.read_chunk_bytes),
             None => FillReader::failed(&self.digest, self.failure()),
         }

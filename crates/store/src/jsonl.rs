@@ -110,8 +110,10 @@ pub(crate) fn rewrite_at_open<T: Serialize>(path: &Path, records: &[T]) -> Resul
 /// cache that can't write.
 pub(crate) fn open_append_or_memory(path: &Path) -> Result<File, StoreError> {
     match open_append(path) {
+        // NotFound: its folder could not be created (a read-only data dir).
         Err(StoreError::Io { source, .. })
-            if crate::disk::is_storage_full_or_read_only(&source) =>
+            if crate::disk::is_storage_full_or_read_only(&source)
+                || source.kind() == io::ErrorKind::NotFound =>
         {
             tracing::warn!(path = %path.display(), error = %source, "log cannot be written; its changes are kept in memory only until a restart");
             OpenOptions::new()
