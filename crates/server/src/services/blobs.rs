@@ -279,6 +279,9 @@ impl Pump {
             return;
         }
         match writer.commit().await {
+            Ok(c) if c.installed == regcache_store::Installed::NotCached => {
+                tracing::info!(digest = %d, bytes = c.len, "blob served without being cached")
+            }
             Ok(c) => tracing::info!(digest = %d, bytes = c.len, "blob cached"),
             Err(e) => {
                 self.failed.inc();
