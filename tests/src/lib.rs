@@ -15,6 +15,7 @@
 //! | [`client`] | [`RegistryClient`]: exact-bytes pushes through the upload API, manifest GETs |
 //! | [`regcache`] | locating and running the `regcache` binary: `regcache convert`, and [`Regcache`] for `regcache serve` (ephemeral ports, readiness, metrics, SIGTERM, restarts) |
 //! | [`metrics`] | parsed Prometheus text from regcache's `/metrics` |
+//! | [`mounts`] | [`mounts::Tmpfs`] (a small tmpfs, unmounted on drop) and [`mounts::Bind`] (a data dir switched to read-only under a running regcache); root only |
 //! | [`fault`] | [`FaultProxy`]: forwards to the registry, corrupts / truncates blob bodies, injects statuses and stalls, counts requests |
 //! | [`token`] | [`TokenServer`]: a JWT token service that distribution's `auth: token` trusts |
 //! | [`http_server`] | the small hyper server thread the in-process peers run on |
@@ -34,6 +35,7 @@ pub mod image;
 pub mod jws;
 pub mod keys;
 pub mod metrics;
+pub mod mounts;
 pub mod policy_support;
 pub mod ports;
 pub mod regcache;

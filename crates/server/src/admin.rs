@@ -182,9 +182,19 @@ impl Admin {
                 )),
             );
         }
-        // Ready while regcache can serve from its cache, whatever the
-        // upstreams' breakers say: they are listed, not counted against it.
-        let mut body = String::from("ready\n");
+        // Ready while regcache can serve: a cache that can't write still
+        // proxies (fills pass through), and an upstream whose breaker is open
+        // still has the cache in front of it. A load balancer should keep
+        // sending traffic to a proxy that proxies; the body says what is
+        // degraded (the cache's state, each upstream's breaker), for people
+        // and probes that read it, and metrics carry the same states.
+        let mut body = match self.app.store().disk().health().state() {
+            regcache_store::CacheState::Ok => String::from("ready\n"),
+            state => format!(
+                "ready; cache {}: new content is served through from the upstream without being cached\n",
+                state.as_str()
+            ),
+        };
         for u in self.app.upstreams().iter() {
             body.push_str(&u.breaker.report());
         }

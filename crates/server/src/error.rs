@@ -54,6 +54,11 @@ pub enum Error {
     /// The upstream answered, with something regcache cannot use (a manifest
     /// that does not parse or hash to its digest, a refused helper upload).
     BadUpstream { upstream: String, message: String },
+    /// regcache's local cache failed (the disk is full, read-only or
+    /// failing) where it could not simply be bypassed. Never the upstream's
+    /// fault: 500 from regcache, with a message about the cache (`context`,
+    /// which names the step and never a path); the log gets the cause.
+    Cache { context: String, source: Cause },
     /// regcache itself failed (local I/O, a bug). The client gets a generic
     /// message; the log gets `context` and the whole source chain.
     Internal {
@@ -86,6 +91,17 @@ impl Error {
         Error::Internal {
             context: context.into(),
             source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The local cache failed doing `context` (no paths in it: clients see it).
+    pub fn cache(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::Cache {
+            context: context.into(),
+            source: Arc::new(source),
         }
     }
 
@@ -122,7 +138,7 @@ impl Error {
                 message: e.to_string(),
             };
         }
-        Error::internal("blob fill", e)
+        Error::cache("a blob fill failed on local storage", e)
     }
 }
 
@@ -158,6 +174,7 @@ impl std::fmt::Display for Error {
                 write!(f, "upstream {upstream} sent unusable content: {message}")
             }
             Error::Internal { context, .. } => f.write_str(context),
+            Error::Cache { context, .. } => write!(f, "regcache's cache: {context}"),
         }
     }
 }
@@ -169,6 +186,7 @@ impl std::error::Error for Error {
             Error::Internal {
                 source: Some(s), ..
             } => Some(&**s as &(dyn std::error::Error + 'static)),
+            Error::Cache { source, .. } => Some(&**source as &(dyn std::error::Error + 'static)),
             _ => None,
         }
     }

@@ -24,6 +24,7 @@ pub mod fsck_cli;
 pub mod handlers;
 pub mod listener;
 pub mod metrics;
+pub mod metrics_cache;
 pub mod policy;
 pub mod request;
 pub mod rescue;

@@ -98,6 +98,8 @@ pub struct Metrics {
     pub memory_bytes: Gauge,
     pub evictions: Counter,
     pub fills_failed: Counter,
+    /// The disk cache's write health (`metrics_cache.rs`).
+    pub cache: crate::metrics_cache::CacheMetrics,
     pub responses: Family<Via, Counter>,
     /// TLS handshakes on the API listener that failed or timed out (a plain
     /// HTTP client on the TLS port, an untrusted certificate, a port scan).
@@ -246,6 +248,7 @@ impl Metrics {
             "Disk tier entries evicted to stay under the size limit",
             evictions.clone(),
         );
+        let cache = crate::metrics_cache::CacheMetrics::register(&mut registry);
         let fills_failed = Counter::default();
         registry.register(
             "fills_failed",
@@ -371,6 +374,7 @@ impl Metrics {
             memory_bytes,
             evictions,
             fills_failed,
+            cache,
             responses,
             tls_handshake_failures,
             tls_reloads,

@@ -83,6 +83,17 @@ pub fn classify(err: &Error) -> Rescued {
             level: Level::WARN,
             whose: "upstream",
         },
+        Error::Cache { context, .. } => Rescued {
+            status: 500,
+            envelope: single(RegistryError::with_message(
+                ErrorCode::Unknown,
+                format!("regcache's local cache failed: {context}; see its log"),
+            )),
+            retry_after: None,
+            challenge: None,
+            level: Level::ERROR,
+            whose: "regcache",
+        },
         Error::Internal { .. } => Rescued {
             status: 500,
             envelope: single(RegistryError::with_message(

@@ -240,6 +240,17 @@ fn every_error_kind_has_one_status_code_and_level() {
             "regcache",
         ),
         (
+            "local cache failure",
+            Error::cache(
+                "reading the blob cache",
+                std::io::Error::other("/data/v1/blobs/x: Input/output error"),
+            ),
+            500,
+            ErrorCode::Unknown,
+            Level::ERROR,
+            "regcache",
+        ),
+        (
             "bug",
             Error::bug("an invariant"),
             500,
@@ -319,6 +330,17 @@ fn upstream_details_are_relayed_and_local_ones_are_not() {
     ));
     let msg = &r.envelope.errors[0].message;
     assert!(!msg.contains("/secret/path"), "{msg}");
+    // A failing cache says it is the cache, not the upstream, and no path.
+    let r = classify(&Error::cache(
+        "a blob fill failed on local storage",
+        std::io::Error::other("/secret/path: Input/output error"),
+    ));
+    let msg = &r.envelope.errors[0].message;
+    assert!(
+        msg.contains("cache") && !msg.contains("/secret/path"),
+        "{msg}"
+    );
+    assert_eq!((r.status, r.whose), (500, "regcache"));
     // The log gets the whole chain.
     let e = Error::internal(
         "caching a manifest",

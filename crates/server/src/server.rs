@@ -66,32 +66,53 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, StartError> {
             } else {
                 key.to_pem()
             };
-            if let Some(dir) = path.parent()
-                && !dir.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+            match save_key(path, &text) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), kid = key.kid(), "generated a new schema 1 signing key");
+                }
+                // A full or read-only data directory must not stop regcache:
+                // the key lives in memory until the next start (signatures
+                // and tokens made with it then no longer verify).
+                Err(e)
+                    if regcache_store::WriteErrorKind::of(&e)
+                        != regcache_store::WriteErrorKind::Io =>
+                {
+                    tracing::warn!(path = %path.display(), kid = key.kid(), error = %e, "could not save the new signing key; it is kept in memory only and changes at the next start");
+                }
+                Err(e) => return Err(err(e.to_string())),
             }
-            let tmp = path.with_extension("tmp");
-            {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(|e| err(e.to_string()))?;
-                f.write_all(text.as_bytes())
-                    .map_err(|e| err(e.to_string()))?;
-                f.sync_all().map_err(|e| err(e.to_string()))?;
-            }
-            std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))?;
-            tracing::info!(path = %path.display(), kid = key.kid(), "generated a new schema 1 signing key");
             Ok(key)
         }
         Err(e) => Err(err(e.to_string())),
     }
+}
+
+/// Writes a new key file (mode 0600) atomically; the temp file is removed
+/// when the write fails.
+fn save_key(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Everything `regcache serve` runs, given validated settings and bound listeners.
@@ -112,10 +133,14 @@ impl std::fmt::Debug for Running {
 
 /// Build the application state: open the store, load the key, build the upstream client.
 pub async fn build(settings: &Settings) -> Result<Running, StartError> {
-    std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartError::DataDir {
-        path: settings.data_dir.display().to_string(),
-        source,
-    })?;
+    if let Err(source) = std::fs::create_dir_all(&settings.data_dir)
+        && !settings.data_dir.is_dir()
+    {
+        return Err(StartError::DataDir {
+            path: settings.data_dir.display().to_string(),
+            source,
+        });
+    }
     let store = Store::open(
         StoreConfig::new(crate::admin_cli::store_root(&settings.data_dir))
             .disk_max_bytes(settings.disk_size)

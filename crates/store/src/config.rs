@@ -20,10 +20,10 @@ pub struct StoreConfig {
     /// two processes can't share a root (each would delete the other's
     /// temporary files at start-up).
     pub root: PathBuf,
-    /// Budget for committed disk entries, in bytes. Exceeding it evicts the
-    /// least recently accessed entries. Temporary files of fills in progress
-    /// are not counted until they commit, so usage can briefly exceed the
-    /// budget by the size of the fills in flight.
+    /// Budget for disk entries, in bytes, fills in flight included: a fill
+    /// reserves its announced length (or its bytes as they arrive), evicting
+    /// the least recently accessed entries to make room, and one that can't
+    /// be reserved passes through without being cached.
     pub disk_max_bytes: u64,
     /// Budget of the memory tier, in bytes (moka, weighed by length).
     /// `0` disables the memory tier.

@@ -25,8 +25,13 @@
 //!
 //! The index (digest → size, last access) lives in memory and is rebuilt at
 //! start by listing the blob directories (no file is opened or re-hashed).
-//! When a commit would take usage over the budget, the least recently
-//! *accessed* unpinned entries are unlinked first. A reader that opened an
+//! Fills in flight reserve their length against the budget as they start
+//! (or as they grow), so committed entries plus temp files stay within it.
+//! When a reservation or a commit would take usage over the budget, the least
+//! recently *accessed* unpinned entries are unlinked first; when the file
+//! system itself is full (`ENOSPC` below the budget), entries are evicted to
+//! make room before a write gives up. Write failures are counted and turn
+//! the cache's state degraded or read-only (`health.rs`). A reader that opened an
 //! entry keeps it: Linux keeps an unlinked inode alive while a descriptor is
 //! open.
 //!
@@ -50,6 +55,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +69,7 @@ use regcache_formats::{Algorithm, Digest};
 use crate::config::StoreConfig;
 use crate::error::StoreError;
 use crate::hasher::verify_bytes;
+use crate::health::{CacheHealth, WriteErrorKind};
 use crate::source::Source;
 use crate::stats::{Counter, DiskStats};
 use crate::tier::Tier;
@@ -98,6 +105,9 @@ struct DiskInner {
     blobs: PathBuf,
     tmp: PathBuf,
     max_bytes: u64,
+    /// Size of the file system holding the cache: no single write larger
+    /// than this is even tried (it would evict everything and still fail).
+    fs_bytes: u64,
     /// Throttle for persisting access times, in clock nanoseconds.
     persist_interval_ns: u64,
     index: Mutex<Index>,
@@ -106,8 +116,12 @@ struct DiskInner {
     /// out other processes.
     temp_seq: AtomicU64,
     counters: Counters,
+    /// Whether writes succeed (see `health.rs`).
+    health: CacheHealth,
     /// Held (never read) for its advisory lock, released when the tier drops.
-    _lock: File,
+    /// `None` when the data directory is read-only: nothing can be written,
+    /// so there is nothing to protect from a second process.
+    _lock: Option<File>,
 }
 
 #[derive(Default)]
@@ -126,6 +140,10 @@ struct Index {
     /// Access tick → digest, oldest first. Ticks are unique (see [`AccessClock`]).
     lru: BTreeMap<u64, Digest>,
     used: u64,
+    /// Space promised to fills in flight (their temp files), counted
+    /// against the budget with `used`, so the data directory never holds more
+    /// than the budget however many fills run.
+    reserved: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -175,7 +193,7 @@ impl Index {
     /// even evicting every unpinned entry wouldn't make room.
     fn pick_victims(&self, incoming: u64, max: u64) -> Option<Vec<Digest>> {
         let mut victims = Vec::new();
-        let mut used = self.used;
+        let mut used = self.used + self.reserved;
         for digest in self.lru.values() {
             if used + incoming <= max {
                 break;
@@ -290,29 +308,53 @@ impl DiskTier {
         let base = config.root.join(LAYOUT_VERSION);
         let blobs = base.join("blobs");
         let tmp = base.join("tmp");
+        let health = CacheHealth::default();
         for dir in [&base, &blobs, &tmp] {
-            fs::create_dir_all(dir).map_err(StoreError::io("create directory", dir))?;
+            if let Err(e) = fs::create_dir_all(dir) {
+                // A read-only or full data directory must not stop regcache:
+                // it starts with what is there and proxies the rest.
+                if !is_storage_full_or_read_only(&e) {
+                    return Err(StoreError::io("create directory", dir)(e));
+                }
+                health.write_failed("create directory", &e);
+            }
         }
         let lock_path = base.join("lock");
-        let lock = OpenOptions::new()
+        let lock = match OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(StoreError::io("open lock file", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Locked {
-                    path: config.root.clone(),
-                });
+        {
+            Ok(lock) => Some(lock),
+            Err(e) if is_storage_full_or_read_only(&e) => {
+                health.write_failed("open lock file", &e);
+                // flock(2) works on a read-only descriptor.
+                File::open(&lock_path).ok()
             }
-            Err(fs::TryLockError::Error(e)) => return Err(StoreError::io("lock", &lock_path)(e)),
+            Err(e) => return Err(StoreError::io("open lock file", &lock_path)(e)),
+        };
+        if let Some(lock) = &lock {
+            match lock.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(StoreError::Locked {
+                        path: config.root.clone(),
+                    });
+                }
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(StoreError::io("lock", &lock_path)(e));
+                }
+            }
         }
 
-        let stale = clean_tmp(&tmp)?;
-        if stale > 0 {
-            tracing::info!(files = stale, "removed temp files left by an earlier run");
+        match clean_tmp(&tmp) {
+            Ok(0) => {}
+            Ok(stale) => tracing::info!(files = stale, "removed temp files left by an earlier run"),
+            Err(StoreError::Io { source, .. }) if is_storage_full_or_read_only(&source) => {
+                health.write_failed("remove stale temp file", &source);
+            }
+            Err(e) => return Err(e),
         }
 
         let mut found = scan_blobs(&blobs)?;
@@ -322,6 +364,7 @@ impl DiskTier {
             entries: HashMap::with_capacity(found.len()),
             lru: BTreeMap::new(),
             used: 0,
+            reserved: 0,
         };
         let mut last_tick = 0u64;
         for f in found {
@@ -330,17 +373,22 @@ impl DiskTier {
             index.insert(f.digest, f.size, tick, f.mtime);
         }
 
+        let fs_bytes = rustix::fs::statvfs(&base)
+            .map(|s| s.f_blocks.saturating_mul(s.f_frsize))
+            .unwrap_or(u64::MAX);
         let inner = DiskInner {
             base,
             blobs,
             tmp,
             max_bytes: config.disk_max_bytes,
+            fs_bytes,
             persist_interval_ns: u64::try_from(config.access_persist_interval.as_nanos())
                 .unwrap_or(u64::MAX),
             index: Mutex::new(index),
             clock: AccessClock(AtomicU64::new(last_tick)),
             temp_seq: AtomicU64::new(0),
             counters: Counters::default(),
+            health,
             _lock: lock,
         };
         let tier = DiskTier {
@@ -394,6 +442,13 @@ impl DiskTier {
         };
         let path = inner.blob_path(digest);
         match File::open(&path) {
+            Ok(file) if file.metadata().is_ok_and(|m| m.len() != size) => {
+                // Truncated or replaced behind our back: not the content the
+                // index promised. Dropped, so the caller fetches it again.
+                tracing::warn!(%digest, expected = size, "cache file has the wrong length; dropping it");
+                let _ = self.remove_blocking(digest);
+                Ok(None)
+            }
             Ok(file) => {
                 if let Some(stamp) = stamp {
                     persist_access(&file, digest, stamp);
@@ -459,15 +514,104 @@ impl DiskTier {
         if self.inner.access_blocking(digest) {
             return Ok(Installed::AlreadyPresent);
         }
+        let len = bytes.len() as u64;
+        if !self.reserve(len) {
+            self.inner.counters.not_cached.inc();
+            return Ok(Installed::NotCached);
+        }
+        let result = self.put_reserved(digest, bytes);
+        if result.is_err() {
+            self.unreserve(len);
+        }
+        if let Err(StoreError::Io { op, source, .. }) = &result {
+            self.inner.health.write_failed(op, source);
+        }
+        result
+    }
+
+    fn put_reserved(&self, digest: &Digest, bytes: &[u8]) -> Result<Installed, StoreError> {
+        let len = bytes.len() as u64;
         let temp = self.create_temp()?;
         let path = temp.path.clone();
-        (&*temp.file)
-            .write_all(bytes)
-            .map_err(StoreError::io("write", &path))?;
+        if let Err(e) = (&*temp.file).write_all(bytes) {
+            if WriteErrorKind::of(&e) != WriteErrorKind::NoSpace || self.free_space_for(len) == 0 {
+                return Err(StoreError::io("write", &path)(e));
+            }
+            temp.file
+                .write_all_at(bytes, 0)
+                .map_err(StoreError::io("write", &path))?;
+        }
         temp.file
             .sync_all()
             .map_err(StoreError::io("fsync", &path))?;
-        self.install(temp, digest, bytes.len() as u64)
+        self.install(temp, digest, len, len)
+    }
+
+    /// Promises `bytes` of the budget to a write in flight, evicting the
+    /// least recently accessed entries to make room. `false` (and nothing
+    /// changed) when it can't fit: larger than the budget, or only pinned
+    /// entries left. Release with [`Self::unreserve`] or pass it to
+    /// `install`.
+    pub(crate) fn reserve(&self, bytes: u64) -> bool {
+        let inner = &self.inner;
+        if bytes > inner.max_bytes || bytes > inner.fs_bytes {
+            return false;
+        }
+        let mut index = inner.index.lock();
+        let Some(victims) = index.pick_victims(bytes, inner.max_bytes) else {
+            return false;
+        };
+        inner.evict(&mut index, &victims);
+        index.reserved += bytes;
+        inner.publish_usage(&index);
+        true
+    }
+
+    pub(crate) fn unreserve(&self, bytes: u64) {
+        let mut index = self.inner.index.lock();
+        index.reserved = index.reserved.saturating_sub(bytes);
+    }
+
+    /// The file system ran out of space below the budget (it is shared, or
+    /// smaller than the budget): evicts the least recently accessed unpinned
+    /// entries until at least `bytes` are freed. Returns what was freed; 0
+    /// means there was nothing left to evict. Blocking.
+    pub(crate) fn free_space_for(&self, bytes: u64) -> u64 {
+        let inner = &self.inner;
+        let mut index = inner.index.lock();
+        let mut victims = Vec::new();
+        let mut freed = 0;
+        for digest in index.lru.values() {
+            if freed >= bytes {
+                break;
+            }
+            let entry = &index.entries[digest];
+            if entry.pins > 0 {
+                continue;
+            }
+            freed += entry.size;
+            victims.push(digest.clone());
+        }
+        if !victims.is_empty() {
+            tracing::info!(
+                entries = victims.len(),
+                bytes = freed,
+                "file system full: evicting cache entries to make room"
+            );
+        }
+        inner.evict(&mut index, &victims);
+        inner.publish_usage(&index);
+        freed
+    }
+
+    /// A verified write that was not kept (counted in `not_cached`).
+    pub(crate) fn note_not_cached(&self) {
+        self.inner.counters.not_cached.inc();
+    }
+
+    /// Whether writes succeed, and the counts of those that failed.
+    pub fn health(&self) -> &CacheHealth {
+        &self.inner.health
     }
 
     /// Deletes an entry (pinned or not). Readers with the file open keep it.
@@ -508,6 +652,8 @@ impl DiskTier {
             evictions: c.evictions.get(),
             evicted_bytes: c.evicted_bytes.get(),
             not_cached: c.not_cached.get(),
+            state: self.inner.health.state(),
+            write_errors: WriteErrorKind::ALL.map(|k| (k, self.inner.health.errors(k))),
         }
     }
 
@@ -531,21 +677,41 @@ impl DiskTier {
     /// Publishes a verified and fsynced temp file as the entry for `digest`.
     /// The caller has checked the content; this only does placement, access
     /// stamping and eviction. Blocking.
+    /// `reserved` is what the write had reserved ([`Self::reserve`]); it is
+    /// released here whatever the outcome.
     pub(crate) fn install(
+        &self,
+        temp: TempFile,
+        digest: &Digest,
+        len: u64,
+        reserved: u64,
+    ) -> Result<Installed, StoreError> {
+        let result = self.install_reserved(temp, digest, len, reserved);
+        if let Err(StoreError::Io { op, source, .. }) = &result {
+            self.inner.health.write_failed(op, source);
+        }
+        result
+    }
+
+    fn install_reserved(
         &self,
         mut temp: TempFile,
         digest: &Digest,
         len: u64,
+        reserved: u64,
     ) -> Result<Installed, StoreError> {
         let inner = &self.inner;
+        let release = |index: &mut Index| index.reserved = index.reserved.saturating_sub(reserved);
         let tick = inner.clock.next();
         // Stamp before publishing so the persisted access time is right from the start.
-        temp.file
-            .set_modified(system_time(tick))
-            .map_err(StoreError::io("set mtime", &temp.path))?;
+        if let Err(e) = temp.file.set_modified(system_time(tick)) {
+            release(&mut inner.index.lock());
+            return Err(StoreError::io("set mtime", &temp.path)(e));
+        }
         let target = inner.blob_path(digest);
         {
             let mut index = inner.index.lock();
+            release(&mut index);
             if index.entries.contains_key(digest) {
                 drop(index);
                 inner.access_blocking(digest);
@@ -567,6 +733,7 @@ impl DiskTier {
             inner.counters.bytes_committed.add(len);
             inner.publish_usage(&index);
         }
+        inner.health.write_ok();
         if let Some(parent) = target.parent()
             && let Err(error) = sync_dir(parent)
         {
@@ -653,6 +820,11 @@ impl DiskInner {
     }
 }
 
+/// Errors that mean "the cache can't write", not "the cache is broken".
+pub(crate) fn is_storage_full_or_read_only(e: &io::Error) -> bool {
+    WriteErrorKind::of(e) != WriteErrorKind::Io
+}
+
 /// Writes an access stamp into the file's mtime (best effort: a failure
 /// only makes the restart order less precise).
 fn persist_access(file: &File, digest: &Digest, stamp: u64) {
@@ -681,7 +853,13 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Deletes everything in `tmp`: only writes that never committed live there.
 fn clean_tmp(tmp: &Path) -> Result<usize, StoreError> {
     let mut removed = 0;
-    for entry in fs::read_dir(tmp).map_err(StoreError::io("list", tmp))? {
+    let entries = match fs::read_dir(tmp) {
+        Ok(entries) => entries,
+        // Not there (a read-only data dir where it could not be created).
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(StoreError::io("list", tmp)(e)),
+    };
+    for entry in entries {
         let entry = entry.map_err(StoreError::io("list", tmp))?;
         let path = entry.path();
         let result = if entry.file_type().is_ok_and(|t| t.is_dir()) {

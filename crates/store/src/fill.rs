@@ -19,6 +19,10 @@
 //!   writer publishes a [`FillError`]: every reader's stream yields that error
 //!   (never a clean end), nothing is cached, and the digest is released first
 //!   so the next `begin` becomes a fresh leader.
+//! * A fill the disk refuses (full, read-only, failing) or whose length does
+//!   not fit the budget is not failed: it passes through a memory file to
+//!   its readers, verified at the end all the same, and caches nothing
+//!   (`relay.rs`).
 //! * A reader never ends cleanly before the content is verified, even when it
 //!   only wanted a range that is already written: a range served from a
 //!   partial file must still be able to fail if the whole turns out bad.
@@ -56,7 +60,9 @@ use tokio::sync::watch;
 use crate::disk::{DiskTier, Installed, TempFile};
 use crate::error::{FillError, StoreError};
 use crate::hasher::ContentHasher;
+use crate::health::WriteErrorKind;
 use crate::memory::MemoryTier;
+use crate::relay::{self, Cursor, Relay};
 use crate::stats::{Counter, FillStats};
 use crate::tier::Tier;
 
@@ -83,8 +89,19 @@ struct FillShared {
     digest: Digest,
     /// Set at most once: at `begin`, or by [`FillWriter::set_len`].
     expected_len: std::sync::OnceLock<u64>,
-    file: Arc<File>,
+    /// Where the content is: the temp file on disk, or, once the fill passes
+    /// through without caching, a memory file (see `relay.rs`). Swapped
+    /// before any progress past the swap is published, so a reader that
+    /// reads the progress first and then the file always finds its bytes.
+    file: Mutex<Arc<File>>,
+    relay: Arc<Relay>,
     progress: watch::Sender<Progress>,
+}
+
+impl FillShared {
+    fn file(&self) -> Arc<File> {
+        self.file.lock().clone()
+    }
 }
 
 /// The registry of fills in progress. Cheap to clone.
@@ -115,6 +132,7 @@ struct Counters {
     committed: Counter,
     failed: Counter,
     bytes_written: Counter,
+    passed_through: Counter,
 }
 
 /// The answer to [`Fills::begin`].
@@ -182,9 +200,17 @@ impl Fills {
             }
             // Create the temp file outside the registry lock, then claim.
             let disk = inner.disk.clone();
-            let temp = tokio::task::spawn_blocking(move || disk.create_temp())
+            let temp = match tokio::task::spawn_blocking(move || disk.create_temp())
                 .await
-                .map_err(StoreError::task)??;
+                .map_err(StoreError::task)?
+            {
+                Ok(temp) => temp,
+                Err(StoreError::Io { op, source, .. }) => {
+                    inner.disk.health().write_failed(op, &source);
+                    return self.pass_through(digest, expected_len);
+                }
+                Err(e) => return Err(e),
+            };
             let mut active = inner.active.lock();
             if let Some(shared) = active.get(digest) {
                 inner.counters.joined.inc();
@@ -209,25 +235,86 @@ impl Fills {
             let shared = Arc::new(FillShared {
                 digest: digest.clone(),
                 expected_len: cell,
-                file: temp.file.clone(),
+                file: Mutex::new(temp.file.clone()),
+                relay: Arc::default(),
                 progress,
             });
             active.insert(digest.clone(), shared.clone());
             drop(active);
             inner.counters.started.inc();
             tracing::debug!(%digest, ?expected_len, "fill started");
+            let mut state = WriterState {
+                fills: inner.clone(),
+                shared,
+                temp: Some(temp),
+                reservation: Reservation {
+                    disk: inner.disk.clone(),
+                    bytes: 0,
+                },
+                over_budget: false,
+                punched: 0,
+                hasher: Some(ContentHasher::new(digest.algorithm())),
+                written: 0,
+            };
+            if let Some(len) = expected_len {
+                state.reserve_up_to(len);
+            }
             return Ok(Begin::Leader(FillWriter {
                 digest: digest.clone(),
-                state: Some(Box::new(WriterState {
-                    fills: inner.clone(),
-                    shared,
-                    temp,
-                    hasher: Some(ContentHasher::new(digest.algorithm())),
-                    written: 0,
-                })),
+                state: Some(Box::new(state)),
                 failed: None,
             }));
         }
+    }
+
+    /// A fill that can't touch the disk (the temp file could not be
+    /// created): it passes through a memory file from the start, is not
+    /// registered (nobody else can join it once its start is released) and
+    /// caches nothing.
+    fn pass_through(
+        &self,
+        digest: &Digest,
+        expected_len: Option<u64>,
+    ) -> Result<Begin, StoreError> {
+        let inner = &self.inner;
+        let file = relay::memory_file().map_err(StoreError::io("create memory file", "memfd"))?;
+        let cell = std::sync::OnceLock::new();
+        if let Some(len) = expected_len {
+            let _ = cell.set(len);
+        }
+        let (progress, _) = watch::channel(Progress::Writing {
+            written: 0,
+            len: expected_len,
+        });
+        let relay = Arc::new(Relay::default());
+        relay.switch_on();
+        let shared = Arc::new(FillShared {
+            digest: digest.clone(),
+            expected_len: cell,
+            file: Mutex::new(Arc::new(file)),
+            relay,
+            progress,
+        });
+        inner.counters.started.inc();
+        inner.counters.passed_through.inc();
+        tracing::debug!(%digest, ?expected_len, "fill started, passing through without caching");
+        Ok(Begin::Leader(FillWriter {
+            digest: digest.clone(),
+            state: Some(Box::new(WriterState {
+                fills: inner.clone(),
+                shared,
+                temp: None,
+                reservation: Reservation {
+                    disk: inner.disk.clone(),
+                    bytes: 0,
+                },
+                over_budget: false,
+                punched: 0,
+                hasher: Some(ContentHasher::new(digest.algorithm())),
+                written: 0,
+            })),
+            failed: None,
+        }))
     }
 
     /// Is a fill for `digest` in progress right now?
@@ -244,6 +331,7 @@ impl Fills {
             committed: c.committed.get(),
             failed: c.failed.get(),
             bytes_written: c.bytes_written.get(),
+            passed_through: c.passed_through.get(),
         }
     }
 
@@ -303,16 +391,128 @@ impl FillsInner {
     }
 }
 
+/// Budget promised to a fill's temp file; returned when dropped.
+struct Reservation {
+    disk: DiskTier,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.disk.unreserve(self.bytes);
+        }
+    }
+}
+
 struct WriterState {
     fills: Arc<FillsInner>,
     shared: Arc<FillShared>,
-    /// Unlinked when dropped uncommitted.
-    temp: TempFile,
+    /// Unlinked when dropped uncommitted. `None` once the fill passes
+    /// through memory (or did from the start).
+    temp: Option<TempFile>,
+    reservation: Reservation,
+    /// The announced length does not fit the budget: the next write
+    /// switches to pass-through.
+    over_budget: bool,
+    /// Pass-through: memory below this offset was released.
+    punched: u64,
     /// `None` while a write runs on the blocking pool. Still `None` on the
     /// next call means that write's future was dropped mid-way and the file
     /// contents are unknown.
     hasher: Option<ContentHasher>,
     written: u64,
+}
+
+/// How much a pass-through switch may copy from the temp file into memory
+/// for readers behind the writer before it gives up on them.
+const SWITCH_COPY_MAX: u64 = 256 << 20;
+
+/// After `ENOSPC`, eviction frees at least this much before the write is retried.
+const FREE_SLACK: u64 = 16 << 20;
+
+impl WriterState {
+    fn passing_through(&self) -> bool {
+        self.temp.is_none()
+    }
+
+    /// Reserves budget so that `total` bytes are covered. `false` (and the
+    /// fill marked over budget) when it can't.
+    fn reserve_up_to(&mut self, total: u64) -> bool {
+        if self.passing_through() || self.over_budget {
+            return false;
+        }
+        let need = total.saturating_sub(self.reservation.bytes);
+        if need == 0 {
+            return true;
+        }
+        if self.fills.disk.reserve(need) {
+            self.reservation.bytes += need;
+            true
+        } else {
+            self.over_budget = true;
+            false
+        }
+    }
+
+    /// Switches to pass-through: releases the digest (later clients start
+    /// their own fill), copies what readers still need into a memory file,
+    /// swaps it in and drops the temp file and its reservation.
+    async fn switch_to_memory(&mut self, why: &str) -> Result<(), io::Error> {
+        let Some(temp) = self.temp.take() else {
+            return Ok(());
+        };
+        self.fills.release(&self.shared);
+        let written = self.written;
+        let from = self.shared.relay.min().unwrap_or(written).min(written);
+        if written - from > SWITCH_COPY_MAX {
+            return Err(io::Error::other(format!(
+                "a reader is {} bytes behind; too far to pass through memory",
+                written - from
+            )));
+        }
+        let disk_file = temp.file.clone();
+        let memory = tokio::task::spawn_blocking(move || {
+            let memory = relay::memory_file()?;
+            relay::copy_range(&disk_file, &memory, from, written)?;
+            Ok::<_, io::Error>(memory)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        *self.shared.file.lock() = Arc::new(memory);
+        self.shared.relay.switch_on();
+        self.punched = from / 4096 * 4096;
+        self.reservation.disk.unreserve(self.reservation.bytes);
+        self.reservation.bytes = 0;
+        self.fills.counters.passed_through.inc();
+        tracing::info!(digest = %self.shared.digest, written, why, "fill passes through without being cached");
+        drop(temp);
+        Ok(())
+    }
+}
+
+/// `pwritev` `chunks` at `offset` on the blocking pool, hashing them into
+/// `hasher` when they were written. Gives everything back for a retry.
+async fn write_blocking(
+    file: Arc<File>,
+    chunks: Vec<Bytes>,
+    offset: u64,
+    mut hasher: ContentHasher,
+) -> (Option<ContentHasher>, Vec<Bytes>, io::Result<()>) {
+    let job = move || {
+        let result = write_all_at_vectored(&file, &chunks, offset);
+        if result.is_ok() {
+            for chunk in &chunks {
+                hasher.update(chunk);
+            }
+        }
+        (Some(hasher), chunks, result)
+    };
+    match tokio::task::spawn_blocking(job).await {
+        Ok(out) => out,
+        // The job panicked: the hasher is lost; the caller fails the fill.
+        Err(join) => (None, Vec::new(), Err(io::Error::other(join.to_string()))),
+    }
 }
 
 /// The leader's handle on a fill.
@@ -350,8 +550,18 @@ impl FillWriter {
 
     /// A reader of this fill from offset 0, for the client whose request
     /// started it. If the fill has already failed, the reader yields the error.
+    ///
+    /// A fill passing through memory keeps only what its readers still need,
+    /// so subscribing to one after bytes were written yields an error.
     pub fn subscribe(&self) -> FillReader {
         match &self.state {
+            Some(state) if state.passing_through() && state.written > 0 => FillReader::failed(
+                &self.digest,
+                FillError::Abandoned {
+                    digest: self.digest.clone(),
+                    why: "joined a pass-through fill after its start was released",
+                },
+            ),
             Some(state) => FillReader::following(&state.shared, state.fills.read_chunk_bytes),
             None => FillReader::failed(&self.digest, self.failure()),
         }
@@ -377,7 +587,7 @@ impl FillWriter {
         if len == 0 {
             return Ok(());
         }
-        let Some(mut hasher) = state.hasher.take() else {
+        let Some(hasher) = state.hasher.take() else {
             return self.fail(FillError::Abandoned {
                 digest: self.digest.clone(),
                 why: "a write was cancelled mid-way",
@@ -391,29 +601,66 @@ impl FillWriter {
                 expected,
             });
         }
-        let file = state.shared.file.clone();
-        let offset = state.written;
-        let result = tokio::task::spawn_blocking(move || {
-            write_all_at_vectored(&file, &chunks, offset)?;
-            for chunk in &chunks {
-                hasher.update(chunk);
+        if !state.passing_through() && !state.reserve_up_to(state.written + len) {
+            let why = "it does not fit the disk budget";
+            if let Err(e) = state.switch_to_memory(why).await {
+                return self.fail(FillError::io(&self.digest, "pass through", e));
             }
-            Ok::<_, io::Error>(hasher)
-        })
-        .await;
-        let error = match result {
-            Ok(Ok(hasher)) => {
+        }
+        if state.passing_through() {
+            state.shared.relay.wait_for_readers(state.written).await;
+        }
+        let offset = state.written;
+        let (mut hasher, mut chunks, mut result) =
+            write_blocking(state.shared.file(), chunks, offset, hasher).await;
+        if let Err(e) = &result
+            && !state.passing_through()
+            && let Some(h) = hasher.take()
+        {
+            let kind = state.fills.disk.health().write_failed("write", e);
+            // Full: make room by evicting, then try once more.
+            let mut h = Some(h);
+            if kind == WriteErrorKind::NoSpace
+                && state.fills.disk.free_space_for(len + FREE_SLACK) > 0
+                && let Some(again) = h.take()
+            {
+                (h, chunks, result) =
+                    write_blocking(state.shared.file(), chunks, offset, again).await;
+            }
+            if result.is_err()
+                && let Some(again) = h.take()
+            {
+                let why = format!("the disk refused the write: {}", kind.as_str());
+                if let Err(e) = state.switch_to_memory(&why).await {
+                    return self.fail(FillError::io(&self.digest, "pass through", e));
+                }
+                (h, _, result) = write_blocking(state.shared.file(), chunks, offset, again).await;
+            }
+            hasher = h;
+        }
+        let error = match (result, hasher) {
+            (Ok(()), Some(hasher)) => {
                 state.hasher = Some(hasher);
                 state.written += len;
                 state.fills.counters.bytes_written.add(len);
+                if state.passing_through() {
+                    // Nobody reading: nobody needs any of it.
+                    let min = state
+                        .shared
+                        .relay
+                        .min()
+                        .unwrap_or(state.written)
+                        .min(state.written);
+                    state.punched = relay::punch(&state.shared.file(), state.punched, min);
+                }
                 state.shared.progress.send_replace(Progress::Writing {
                     written: state.written,
                     len: state.shared.expected_len.get().copied(),
                 });
                 return Ok(());
             }
-            Ok(Err(e)) => e,
-            Err(join) => io::Error::other(join),
+            (Ok(()), None) => io::Error::other("the write task failed"),
+            (Err(e), _) => e,
         };
         self.fail(FillError::io(&self.digest, "write", error))
     }
@@ -434,6 +681,7 @@ impl FillWriter {
                 expected: current.min(len),
             });
         }
+        state.reserve_up_to(len);
         state.shared.progress.send_replace(Progress::Writing {
             written: state.written,
             len: Some(len),
@@ -546,8 +794,10 @@ fn commit_blocking(state: WriterState) -> Result<Committed, FillError> {
         fills,
         shared,
         temp,
+        mut reservation,
         hasher,
         written,
+        ..
     } = state;
     let digest = &shared.digest;
     let fail = |error: FillError| {
@@ -575,25 +825,37 @@ fn commit_blocking(state: WriterState) -> Result<Committed, FillError> {
             actual,
         });
     }
-    if let Err(e) = temp.file.sync_all() {
-        return fail(FillError::io(digest, "fsync", e));
-    }
-    let file = temp.file.clone();
-    let installed = match fills.disk.install(temp, digest, written) {
-        Ok(installed) => installed,
-        Err(StoreError::Io { source, .. }) => return fail(FillError::io(digest, "commit", source)),
-        Err(other) => {
-            return fail(FillError::io(
-                digest,
-                "commit",
-                io::Error::other(other.to_string()),
-            ));
+    // Verified: from here on every reader gets the whole content, whether or
+    // not the disk keeps it (a cache that can't write still proxies).
+    let installed = match temp {
+        None => {
+            fills.disk.note_not_cached();
+            Installed::NotCached
         }
+        Some(temp) => match temp.file.sync_all() {
+            Err(e) => {
+                fills.disk.health().write_failed("fsync", &e);
+                fills.disk.note_not_cached();
+                Installed::NotCached
+            }
+            Ok(()) => {
+                let reserved = std::mem::take(&mut reservation.bytes);
+                match fills.disk.install(temp, digest, written, reserved) {
+                    Ok(installed) => installed,
+                    Err(error) => {
+                        tracing::debug!(%digest, %error, "verified fill not cached");
+                        fills.disk.note_not_cached();
+                        Installed::NotCached
+                    }
+                }
+            }
+        },
     };
-    if let Some(memory) = &fills.memory
+    if installed != Installed::NotCached
+        && let Some(memory) = &fills.memory
         && written <= memory.max_object_bytes()
     {
-        match read_at_exact(&file, 0, written) {
+        match read_at_exact(&shared.file(), 0, written) {
             Ok(bytes) => memory.insert(digest, bytes),
             Err(error) => {
                 tracing::debug!(%digest, %error, "copying committed fill to memory failed")
@@ -646,11 +908,27 @@ fn read_at_exact(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
 }
 
 enum ReadSource {
-    /// The fill's temp file (or a committed entry); read with `pread`, so
-    /// readers share one descriptor without sharing a file position.
-    File(Arc<File>),
+    /// A fill in progress: its current file (see [`FillShared::file`]); read
+    /// with `pread`, so readers share one descriptor without sharing a file
+    /// position. The cursor is this reader's position as the writer sees it
+    /// (pass-through keeps only what readers still need).
+    File(FileRef),
     /// A committed entry found in the memory tier.
     Bytes(Bytes),
+}
+
+/// Two kinds of file in one variant of [`ReadSource`]: `Bytes` offers a
+/// single niche, so a third variant would make every reader 8 bytes larger.
+enum FileRef {
+    /// A fill in progress. Boxed: it keeps `FillReader` small.
+    Filling(Box<Following>),
+    /// A committed entry.
+    Committed(Arc<File>),
+}
+
+struct Following {
+    shared: Arc<FillShared>,
+    cursor: Cursor,
 }
 
 struct ReadState {
@@ -689,12 +967,15 @@ pub struct FillReader {
 }
 
 impl FillReader {
-    fn following(shared: &FillShared, chunk: usize) -> Self {
+    fn following(shared: &Arc<FillShared>, chunk: usize) -> Self {
         FillReader::new(
             &shared.digest,
             shared.expected_len.get().copied(),
             shared.progress.subscribe(),
-            ReadSource::File(shared.file.clone()),
+            ReadSource::File(FileRef::Filling(Box::new(Following {
+                shared: shared.clone(),
+                cursor: shared.relay.cursor(0),
+            }))),
             chunk,
         )
     }
@@ -707,7 +988,13 @@ impl FillReader {
 
     fn complete_file(digest: &Digest, file: Arc<File>, len: u64, chunk: usize) -> Self {
         let (_, rx) = watch::channel(Progress::Done { len });
-        FillReader::new(digest, Some(len), rx, ReadSource::File(file), chunk)
+        FillReader::new(
+            digest,
+            Some(len),
+            rx,
+            ReadSource::File(FileRef::Committed(file)),
+            chunk,
+        )
     }
 
     fn failed(digest: &Digest, error: FillError) -> Self {
@@ -801,6 +1088,9 @@ impl FillReader {
         {
             state.pos = start;
             state.end = end.map(|e| e.max(start));
+            if let ReadSource::File(FileRef::Filling(f)) = &state.source {
+                f.cursor.set(start);
+            }
         }
         self
     }
@@ -817,13 +1107,29 @@ impl FillReader {
             Some(ReadState {
                 digest,
                 progress,
-                source: ReadSource::File(file),
+                source: ReadSource::File(FileRef::Committed(file)),
                 pos: 0,
                 end: None,
                 ..
             }) => Ok(FillFile {
                 digest,
                 file,
+                shared: None,
+                cursor: None,
+                progress,
+            }),
+            Some(ReadState {
+                digest,
+                progress,
+                source: ReadSource::File(FileRef::Filling(f)),
+                pos: 0,
+                end: None,
+                ..
+            }) => Ok(FillFile {
+                digest,
+                file: f.shared.file(),
+                shared: Some(f.shared),
+                cursor: Some(f.cursor),
                 progress,
             }),
             other => {
@@ -840,7 +1146,11 @@ impl FillReader {
 /// only be completed after `wait` reported [`FillProgress::Verified`].
 pub struct FillFile {
     digest: Digest,
+    /// The file as of the last [`FillFile::wait`]: it holds every byte that
+    /// call reported.
     file: Arc<File>,
+    shared: Option<Arc<FillShared>>,
+    cursor: Option<Cursor>,
     progress: watch::Receiver<Progress>,
 }
 
@@ -866,16 +1176,31 @@ impl FillFile {
     /// Waits until at least `want` bytes are written or the fill is verified,
     /// and reports which; or returns the fill's error. Pass `u64::MAX` to
     /// wait for verification alone. Cancel-safe.
+    ///
+    /// The caller must have sent everything before `want - 1` (a fill that
+    /// passes through memory releases what every reader has passed).
     pub async fn wait(&mut self, want: u64) -> Result<FillProgress, FillError> {
+        if let Some(cursor) = &self.cursor
+            && want != u64::MAX
+        {
+            cursor.set(want.saturating_sub(1));
+        }
         let mut sender_gone = false;
         loop {
-            match &*self.progress.borrow_and_update() {
-                Progress::Done { len } => return Ok(FillProgress::Verified { len: *len }),
-                Progress::Failed(e) => return Err(e.clone()),
+            let answer = match &*self.progress.borrow_and_update() {
+                Progress::Done { len } => Some(Ok(FillProgress::Verified { len: *len })),
+                Progress::Failed(e) => Some(Err(e.clone())),
                 Progress::Writing { written, .. } if *written >= want => {
-                    return Ok(FillProgress::Writing { written: *written });
+                    Some(Ok(FillProgress::Writing { written: *written }))
                 }
-                Progress::Writing { .. } => {}
+                Progress::Writing { .. } => None,
+            };
+            if let Some(answer) = answer {
+                // After reading the progress: the file then holds those bytes.
+                if let Some(shared) = &self.shared {
+                    self.file = shared.file();
+                }
+                return answer;
             }
             if sender_gone {
                 return Err(FillError::Abandoned {
@@ -959,6 +1284,9 @@ async fn step(mut st: ReadState) -> Step {
             let item = read_chunk(&st, want).await;
             if let Ok(bytes) = &item {
                 st.pos += bytes.len() as u64;
+                if let ReadSource::File(FileRef::Filling(f)) = &st.source {
+                    f.cursor.set(st.pos);
+                }
             }
             return (st, Some(item));
         }
@@ -982,7 +1310,7 @@ async fn step(mut st: ReadState) -> Step {
 }
 
 async fn read_chunk(st: &ReadState, want: u64) -> Result<Bytes, FillError> {
-    match &st.source {
+    let file = match &st.source {
         ReadSource::Bytes(bytes) => {
             let start = usize::try_from(st.pos)
                 .unwrap_or(usize::MAX)
@@ -990,16 +1318,15 @@ async fn read_chunk(st: &ReadState, want: u64) -> Result<Bytes, FillError> {
             let end = usize::try_from(st.pos + want)
                 .unwrap_or(usize::MAX)
                 .min(bytes.len());
-            Ok(bytes.slice(start..end))
+            return Ok(bytes.slice(start..end));
         }
-        ReadSource::File(file) => {
-            let file = file.clone();
-            let pos = st.pos;
-            tokio::task::spawn_blocking(move || read_at_exact(&file, pos, want))
-                .await
-                .map_err(io::Error::other)
-                .and_then(|r| r)
-                .map_err(|e| FillError::io(&st.digest, "read", e))
-        }
-    }
+        ReadSource::File(FileRef::Filling(f)) => f.shared.file(),
+        ReadSource::File(FileRef::Committed(file)) => file.clone(),
+    };
+    let pos = st.pos;
+    tokio::task::spawn_blocking(move || read_at_exact(&file, pos, want))
+        .await
+        .map_err(io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| FillError::io(&st.digest, "read", e))
 }

@@ -90,6 +90,41 @@ pub(crate) fn rewrite<'a, T: Serialize + 'a>(
     Ok(())
 }
 
+/// Rewrites at open, where a full or read-only data directory must not stop
+/// start-up: the log is then only compacted later.
+pub(crate) fn rewrite_at_open<T: Serialize>(path: &Path, records: &[T]) -> Result<(), StoreError> {
+    match rewrite(path, records) {
+        Err(StoreError::Io { op, source, .. })
+            if crate::disk::is_storage_full_or_read_only(&source) =>
+        {
+            tracing::warn!(path = %path.display(), step = op, error = %source, "could not compact the log at start-up; it is compacted later");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// [`open_append`], or, when the data directory is read-only or full and
+/// the log can't be opened for writing, a sink (`/dev/null`): the records
+/// then live in memory only, until a restart. Start-up must not fail for a
+/// cache that can't write.
+pub(crate) fn open_append_or_memory(path: &Path) -> Result<File, StoreError> {
+    match open_append(path) {
+        // NotFound: its folder could not be created (a read-only data dir).
+        Err(StoreError::Io { source, .. })
+            if crate::disk::is_storage_full_or_read_only(&source)
+                || source.kind() == io::ErrorKind::NotFound =>
+        {
+            tracing::warn!(path = %path.display(), error = %source, "log cannot be written; its changes are kept in memory only until a restart");
+            OpenOptions::new()
+                .append(true)
+                .open("/dev/null")
+                .map_err(StoreError::io("open", "/dev/null"))
+        }
+        other => other,
+    }
+}
+
 pub(crate) fn open_append(path: &Path) -> Result<File, StoreError> {
     OpenOptions::new()
         .create(true)

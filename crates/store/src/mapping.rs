@@ -106,9 +106,9 @@ impl MappingLog {
             }
         }
         if loaded.damaged || state_records.len() != total {
-            jsonl::rewrite(&path, &state_records)?;
+            jsonl::rewrite_at_open(&path, &state_records)?;
         }
-        let log = jsonl::open_append(&path)?;
+        let log = jsonl::open_append_or_memory(&path)?;
         Ok(MappingLog {
             path,
             state: Mutex::new(State {

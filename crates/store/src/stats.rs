@@ -19,7 +19,7 @@ pub struct TierStats {
 }
 
 /// Disk tier usage and activity.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DiskStats {
     /// Sum of committed entry sizes (what the budget limits).
@@ -33,6 +33,10 @@ pub struct DiskStats {
     /// Commits not kept because they alone exceed the budget or only pinned
     /// entries were left to evict.
     pub not_cached: u64,
+    /// Whether the disk cache can write right now.
+    pub state: crate::health::CacheState,
+    /// Failed cache writes since start, by kind.
+    pub write_errors: [(crate::health::WriteErrorKind, u64); 3],
 }
 
 /// Memory tier usage (moka's view, eventually consistent).
@@ -57,6 +61,9 @@ pub struct FillStats {
     pub failed: u64,
     /// Bytes written into fill temp files (includes fills that later failed).
     pub bytes_written: u64,
+    /// Fills that passed their bytes through without caching (disk full,
+    /// read-only or failing, or the blob larger than the budget).
+    pub passed_through: u64,
 }
 
 /// Everything [`crate::Store::stats`] reports.

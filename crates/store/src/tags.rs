@@ -100,9 +100,16 @@ impl TagIndex {
         }
         let live = count(&map);
         if loaded.damaged || lines != live {
-            rewrite(&path, &map)?;
+            match rewrite(&path, &map) {
+                Err(StoreError::Io { op, source, .. })
+                    if crate::disk::is_storage_full_or_read_only(&source) =>
+                {
+                    tracing::warn!(path = %path.display(), step = op, error = %source, "could not compact the tag log at start-up; it is compacted later");
+                }
+                other => other?,
+            }
         }
-        let log = jsonl::open_append(&path)?;
+        let log = jsonl::open_append_or_memory(&path)?;
         Ok(TagIndex {
             path,
             state: Mutex::new(State {

@@ -121,6 +121,7 @@ impl App {
                 .memory_bytes
                 .set(i64::try_from(m.bytes_used).unwrap_or(i64::MAX));
         }
+        self.metrics.cache.update(&s.disk, &s.fills);
         let evicted = s.disk.evictions;
         let counted = self.metrics.evictions.get();
         if evicted > counted {

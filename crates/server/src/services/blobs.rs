@@ -82,7 +82,7 @@ impl BlobService {
         self.store
             .get(digest)
             .await
-            .map_err(|e| Error::internal("reading the blob cache", e))
+            .map_err(|e| Error::cache("reading the blob cache", e))
     }
 
     /// A blob the cache lacks: join or start its fill and wait for its
@@ -146,7 +146,7 @@ impl BlobService {
             return src
                 .into_bytes()
                 .await
-                .map_err(|e| Error::internal("reading a cached blob", e));
+                .map_err(|e| Error::cache("reading a cached blob", e));
         }
         let ColdBlob { len, mut reader } = self.cold(target, name, digest).await?;
         if len > max {
@@ -209,7 +209,7 @@ impl BlobService {
             .store
             .begin_fill(digest, None)
             .await
-            .map_err(|e| Error::internal("starting a blob fill", e))?;
+            .map_err(|e| Error::cache("starting a blob fill", e))?;
         match begin {
             Begin::Follower(r) => {
                 if let Some(n) = self.waiters.lock().get_mut(digest) {
@@ -281,6 +281,9 @@ impl Pump {
             return;
         }
         match writer.commit().await {
+            Ok(c) if c.installed == regcache_store::Installed::NotCached => {
+                tracing::info!(digest = %d, bytes = c.len, "blob served without being cached")
+            }
             Ok(c) => tracing::info!(digest = %d, bytes = c.len, "blob cached"),
             Err(e) => {
                 self.failed.inc();

@@ -70,21 +70,34 @@ impl ManifestService {
             .store
             .get(digest)
             .await
-            .map_err(|e| Error::internal("reading the manifest cache", e))?
+            .map_err(|e| Error::cache("reading the manifest cache", e))?
         else {
             return Ok(None);
         };
-        let bytes = src
-            .into_bytes()
-            .await
-            .map_err(|e| Error::internal("reading a cached manifest", e))?;
-        let m =
-            Arc::new(Manifest::parse(bytes.to_vec(), hint).map_err(|e| {
-                Error::internal(format!("cached manifest {digest} does not parse"), e)
-            })?);
+        // A cached copy that can't be read or doesn't parse (a failing or
+        // tampered disk) is dropped and treated as a miss: the caller fetches
+        // it again from the upstream.
+        let parsed = match src.into_bytes().await {
+            Ok(bytes) => Manifest::parse(bytes.to_vec(), hint).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let m = match parsed {
+            Ok(m) => Arc::new(m),
+            Err(error) => {
+                self.drop_bad(digest, &error).await;
+                return Ok(None);
+            }
+        };
         self.metrics.hit(Kind::Manifest);
         self.parsed.insert(digest.clone(), m.clone());
         Ok(Some(m))
+    }
+
+    async fn drop_bad(&self, digest: &Digest, why: &str) {
+        tracing::warn!(%digest, why, "cached manifest unusable; dropping it and fetching it again");
+        if let Err(error) = self.store.remove(digest).await {
+            tracing::warn!(%digest, %error, "could not drop the unusable cached manifest");
+        }
     }
 
     /// A manifest by digest: from the cache, else fetched.
@@ -149,12 +162,18 @@ impl ManifestService {
         self.keep(m).await
     }
 
-    /// Keep a verified manifest: in the store and parsed.
+    /// Keep a verified manifest: in the store and parsed. A store that can't
+    /// write (full or read-only disk) only costs the disk copy: the manifest
+    /// is still served, and kept in memory.
     pub async fn keep(&self, m: Manifest) -> Result<Arc<Manifest>, Error> {
-        self.store
+        if let Err(error) = self
+            .store
             .put_bytes(&m.digest, Bytes::copy_from_slice(&m.raw))
             .await
-            .map_err(|e| Error::internal("caching a manifest", e))?;
+        {
+            // The disk tier counts and reports it (once per change of state).
+            tracing::debug!(digest = %m.digest, %error, "manifest not cached on disk");
+        }
         let m = Arc::new(m);
         self.parsed.insert(m.digest.clone(), m.clone());
         Ok(m)

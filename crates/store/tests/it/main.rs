@@ -5,5 +5,6 @@ mod common;
 mod disk;
 mod fill;
 mod model;
+mod pass_through;
 mod records;
 mod startup;

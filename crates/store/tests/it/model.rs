@@ -74,6 +74,14 @@ impl Model {
         }
         self.order.push(i);
     }
+    fn reserve(&mut self, size: u64) {
+        if size == 0 || size > BUDGET {
+            return;
+        }
+        while self.used() + size > BUDGET {
+            self.order.remove(0);
+        }
+    }
     fn remove(&mut self, i: usize) -> bool {
         let had = self.present(i);
         self.order.retain(|&x| x != i);
@@ -133,6 +141,10 @@ async fn run(ops: Vec<Op>) {
                 Begin::Leader(mut w) => {
                     assert!(!model.present(i));
                     let cut = SIZES[i] * percent as usize / 100;
+                    // A fill reserves its bytes as they arrive: the budget
+                    // counts fills in flight, so older entries make room
+                    // even if the fill then fails.
+                    model.reserve(cut as u64);
                     let reader = w.subscribe();
                     if cut > 0 {
                         w.write(pool.content[i].slice(..cut)).await.unwrap();
