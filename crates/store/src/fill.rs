@@ -243,19 +243,7 @@ impl Fills {
             drop(active);
             inner.counters.started.inc();
             tracing::debug!(%digest, ?expected_len, "fill started");
-            let mut state = WriterState {
-                fills: inner.clone(),
-                shared,
-                temp: Some(temp),
-                reservation: Reservation {
-                    disk: inner.disk.clone(),
-                    bytes: 0,
-                },
-                over_budget: false,
-                punched: 0,
-                hasher: Some(ContentHasher::new(digest.algorithm())),
-                written: 0,
-            };
+            let mut state = WriterState::new(inner, shared, Some(temp), digest);
             if let Some(len) = expected_len {
                 state.reserve_up_to(len);
             }
@@ -300,19 +288,7 @@ impl Fills {
         tracing::debug!(%digest, ?expected_len, "fill started, passing through without caching");
         Ok(Begin::Leader(FillWriter {
             digest: digest.clone(),
-            state: Some(Box::new(WriterState {
-                fills: inner.clone(),
-                shared,
-                temp: None,
-                reservation: Reservation {
-                    disk: inner.disk.clone(),
-                    bytes: 0,
-                },
-                over_budget: false,
-                punched: 0,
-                hasher: Some(ContentHasher::new(digest.algorithm())),
-                written: 0,
-            })),
+            state: Some(Box::new(WriterState::new(inner, shared, None, digest))),
             failed: None,
         }))
     }
@@ -432,6 +408,29 @@ const SWITCH_COPY_MAX: u64 = 256 << 20;
 const FREE_SLACK: u64 = 16 << 20;
 
 impl WriterState {
+    /// A new writer's state: nothing written, nothing reserved yet; `temp`
+    /// is `None` for a fill that passes through memory from the start.
+    fn new(
+        fills: &Arc<FillsInner>,
+        shared: Arc<FillShared>,
+        temp: Option<TempFile>,
+        digest: &Digest,
+    ) -> WriterState {
+        WriterState {
+            fills: fills.clone(),
+            shared,
+            temp,
+            reservation: Reservation {
+                disk: fills.disk.clone(),
+                bytes: 0,
+            },
+            over_budget: false,
+            punched: 0,
+            hasher: Some(ContentHasher::new(digest.algorithm())),
+            written: 0,
+        }
+    }
+
     fn passing_through(&self) -> bool {
         self.temp.is_none()
     }

@@ -24,21 +24,8 @@ fn stalled(_: tokio::time::error::Elapsed) -> io::Error {
 }
 
 /// `write_all`, failing with `TimedOut` when one write waits longer than `wt`.
-pub(super) async fn write_all(
-    stream: &mut TcpStream,
-    mut buf: &[u8],
-    wt: Duration,
-) -> io::Result<()> {
-    while !buf.is_empty() {
-        let n = tokio::time::timeout(wt, stream.write(buf))
-            .await
-            .map_err(stalled)??;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        buf = &buf[n..];
-    }
-    Ok(())
+pub(super) async fn write_all(stream: &mut TcpStream, buf: &[u8], wt: Duration) -> io::Result<()> {
+    write_counted(stream, buf, wt, &mut 0).await
 }
 
 /// [`write_all`] of body bytes, adding what each write took to `written`.
