@@ -614,6 +614,25 @@ impl Regcache {
         Metrics::parse(&response.text().await.unwrap())
     }
 
+    /// `GET /metrics` until `settled` holds of the scrape (up to 5 s), and
+    /// that scrape. Counters bumped when a response's last byte is written
+    /// (`regcache_bytes_served_total`, `regcache_responses_total`) can trail
+    /// the client's read of that byte by a moment.
+    ///
+    /// # Panics
+    /// When a scrape fails; not when `settled` never holds: the caller's
+    /// assertion says what was expected.
+    pub async fn metrics_when(&self, settled: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let metrics = self.metrics().await;
+            if settled(&metrics) || Instant::now() > deadline {
+                return metrics;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGTERM, then waits for the exit (SIGKILL after 20 s) and returns the
     /// exit status.
     ///
