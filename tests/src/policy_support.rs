@@ -279,12 +279,13 @@ impl PolicyRegcache {
         self.regcache.kill();
     }
 
-    /// `regcache mappings export --config FILE` (CSV).
+    /// `regcache mappings export --format FORMAT --config FILE`.
     ///
     /// # Panics
     /// When the command fails.
-    pub async fn mappings_export(&self) -> String {
-        self.cli(&["mappings", "export", "--config"]).await
+    pub async fn mappings_export(&self, format: &str) -> String {
+        self.cli(&["mappings", "export", "--format", format, "--config"])
+            .await
     }
 
     /// `regcache policy explain REPO --config FILE`.

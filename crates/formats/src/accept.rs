@@ -52,8 +52,11 @@ pub const OCI_INDEX_REFUSED: &str =
 
 /// Which of the four "modern" manifest types the client declared (spec 02 §2.2).
 ///
-/// Schema 1 has no flag: it is what a client gets when it declares nothing
-/// better, so the Schema 1 types in `Accept` are irrelevant.
+/// Schema 1 is what a distribution client gets when it declares nothing
+/// better, so distribution ignores the Schema 1 types in `Accept`; regcache
+/// reads them for one decision only, whether a stored Schema 1 image may be
+/// upgraded to Schema 2 ([`schema1`](Self::schema1), see
+/// [`negotiate`](crate::negotiate)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Accepts {
     /// `application/vnd.docker.distribution.manifest.v2+json`
@@ -64,6 +67,9 @@ pub struct Accepts {
     pub oci_manifest: bool,
     /// `application/vnd.oci.image.index.v1+json`
     pub oci_index: bool,
+    /// `application/vnd.docker.distribution.manifest.v1+prettyjws` or
+    /// `…v1+json` named exactly (`*/*` does not count).
+    pub schema1: bool,
 }
 
 impl Accepts {
@@ -102,6 +108,11 @@ impl Accepts {
                 p if p == media_type::MANIFEST_LIST.as_bytes() => self.list = true,
                 p if p == media_type::OCI_MANIFEST.as_bytes() => self.oci_manifest = true,
                 p if p == media_type::OCI_INDEX.as_bytes() => self.oci_index = true,
+                p if p == media_type::SCHEMA1_SIGNED.as_bytes()
+                    || p == media_type::SCHEMA1.as_bytes() =>
+                {
+                    self.schema1 = true
+                }
                 _ => {}
             }
         }
@@ -336,6 +347,10 @@ mod tests {
         )
     }
 
+    fn t_upper(t: &str) -> String {
+        t.to_ascii_uppercase()
+    }
+
     fn acc(lines: &[&str]) -> Accepts {
         Accepts::from_headers(lines)
     }
@@ -345,6 +360,7 @@ mod tests {
         list: false,
         oci_manifest: false,
         oci_index: false,
+        schema1: false,
     };
 
     // ---- §2.2 parsing ----
@@ -372,6 +388,7 @@ mod tests {
             list: true,
             oci_manifest: true,
             oci_index: true,
+            schema1: false,
         };
         assert_eq!(one, expected);
         assert_eq!(many, expected);
@@ -403,10 +420,18 @@ mod tests {
         let upper = "APPLICATION/vnd.docker.distribution.manifest.list.v2+json";
         assert_eq!(acc(&[upper]), NONE);
         assert_eq!(acc(&["*/*", "application/*", "application/json"]), NONE);
-        assert_eq!(
-            acc(&[media_type::SCHEMA1, media_type::SCHEMA1_SIGNED]),
-            NONE
-        );
+        // The Schema 1 types set only their own flag, which distribution's
+        // decisions never read.
+        for t in [media_type::SCHEMA1, media_type::SCHEMA1_SIGNED] {
+            assert_eq!(
+                acc(&[t]),
+                Accepts {
+                    schema1: true,
+                    ..NONE
+                }
+            );
+        }
+        assert!(!acc(&["*/*", &t_upper(media_type::SCHEMA1_SIGNED)]).schema1);
     }
 
     #[test]

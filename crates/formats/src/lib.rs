@@ -13,6 +13,7 @@ pub mod gojson;
 pub mod jws;
 pub mod manifest;
 pub mod media_type;
+pub mod negotiate;
 pub mod reference;
 pub mod schema1;
 

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use regcache_store::{MappingLog, MappingRecord};
+use regcache_store::{Direction, MappingLog, MappingRecord};
 
 use crate::config::Settings;
 
@@ -72,13 +72,43 @@ pub fn mappings(settings: &Settings) -> Result<Vec<MappingRecord>, String> {
     MappingLog::read(MappingLog::path_in(store_root(&settings.data_dir))).map_err(|e| e.to_string())
 }
 
-/// CSV with the columns of Red Hat's Schema 1 → Schema 2 mapping file.
+/// CSV, one row per generated manifest: `repository,tag,direction,source_digest,digest`
+/// (`direction` is `to-schema1`, `oci-to-docker` or `schema1-to-schema2`).
 pub fn to_csv(records: &[MappingRecord]) -> String {
-    let mut out = String::from("repository,tag,schema1_digest,schema2_digest\n");
+    let mut out = String::from("repository,tag,direction,source_digest,digest\n");
     let mut seen = std::collections::HashSet::new();
     for r in records {
         // The same row reached through two upstream names is one row here.
-        if !seen.insert((&r.repository, &r.tag, &r.schema1_digest, &r.source_digest)) {
+        if !seen.insert((&r.repository, &r.tag, &r.digest, &r.source_digest)) {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{}",
+            csv_field(&r.repository),
+            csv_field(&r.tag),
+            r.direction,
+            r.source_digest,
+            r.digest
+        );
+    }
+    out
+}
+
+/// CSV with the columns of Red Hat's Schema 1 → Schema 2 mapping file,
+/// `repository,tag,schema1_digest,schema2_digest`: the rows with a Schema 1
+/// side (renderings for old clients, and Schema 1 images upgraded), whichever
+/// way they were generated.
+pub fn to_redhat_csv(records: &[MappingRecord]) -> String {
+    let mut out = String::from("repository,tag,schema1_digest,schema2_digest\n");
+    let mut seen = std::collections::HashSet::new();
+    for r in records {
+        let (schema1, schema2) = match r.direction {
+            Direction::ToSchema1 => (&r.digest, &r.source_digest),
+            Direction::Schema1ToSchema2 => (&r.source_digest, &r.digest),
+            Direction::OciToDocker => continue,
+        };
+        if !seen.insert((&r.repository, &r.tag, schema1, schema2)) {
             continue;
         }
         let _ = writeln!(
@@ -86,8 +116,8 @@ pub fn to_csv(records: &[MappingRecord]) -> String {
             "{},{},{},{}",
             csv_field(&r.repository),
             csv_field(&r.tag),
-            r.schema1_digest,
-            r.source_digest
+            schema1,
+            schema2
         );
     }
     out
@@ -179,17 +209,23 @@ mod tests {
         );
     }
 
-    #[test]
-    fn csv_has_red_hat_columns() {
-        let r = MappingRecord {
+    fn record(direction: Direction) -> MappingRecord {
+        MappingRecord {
             upstream: "docker.io".into(),
             repository: "library/app".into(),
             tag: "1.0".into(),
-            schema1_digest: Digest::sha256_of(b"1"),
+            direction,
+            digest: Digest::sha256_of(b"1"),
+            media_type: String::new(),
             source_digest: Digest::sha256_of(b"2"),
             source_media_type: "application/vnd.docker.distribution.manifest.v2+json".into(),
             first_seen_unix: 1,
-        };
+        }
+    }
+
+    #[test]
+    fn csv_lists_every_direction_once_per_row() {
+        let r = record(Direction::OciToDocker);
         let csv = to_csv(&[
             r.clone(),
             MappingRecord {
@@ -197,16 +233,47 @@ mod tests {
                 ..r.clone()
             },
         ]);
-        assert_eq!(csv.lines().count(), 2, "{csv}");
         let mut lines = csv.lines();
         assert_eq!(
             lines.next(),
-            Some("repository,tag,schema1_digest,schema2_digest")
+            Some("repository,tag,direction,source_digest,digest")
         );
         assert_eq!(
             lines.next().unwrap(),
-            format!("library/app,1.0,{},{}", r.schema1_digest, r.source_digest)
+            format!(
+                "library/app,1.0,oci-to-docker,{},{}",
+                r.source_digest, r.digest
+            )
         );
-        assert!(to_json(&[r]).contains("\"first_seen_unix\": 1"));
+        assert_eq!(lines.next(), None, "{csv}");
+        assert!(to_json(&[r]).contains("\"direction\": \"oci-to-docker\""));
+    }
+
+    #[test]
+    fn redhat_csv_has_red_hat_columns_for_rows_with_a_schema1_side() {
+        let down = record(Direction::ToSchema1);
+        let up = MappingRecord {
+            tag: "old".into(),
+            ..record(Direction::Schema1ToSchema2)
+        };
+        let csv = to_redhat_csv(&[
+            down.clone(),
+            MappingRecord {
+                upstream: "other".into(),
+                ..down.clone()
+            },
+            record(Direction::OciToDocker),
+            up.clone(),
+        ]);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(
+            lines,
+            vec![
+                "repository,tag,schema1_digest,schema2_digest".to_owned(),
+                format!("library/app,1.0,{},{}", down.digest, down.source_digest),
+                format!("library/app,old,{},{}", up.source_digest, up.digest),
+            ]
+        );
+        assert!(to_json(&[down]).contains("\"first_seen_unix\": 1"));
     }
 }

@@ -44,14 +44,16 @@ enum PolicyCommand {
 
 #[derive(Subcommand, Debug)]
 enum MappingsCommand {
-    /// Write every Schema 1 digest regcache generated with the Schema 2 digest it
-    /// came from (CSV columns as Red Hat's mapping file; --format json for all fields).
+    /// Write every manifest digest regcache generated with the digest it came
+    /// from and the direction (CSV: repository,tag,direction,source_digest,digest;
+    /// --format redhat: the columns of Red Hat's Schema 1 mapping file;
+    /// --format json: every field).
     Export {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
-        /// csv (default) or json.
+        /// csv (default), redhat or json.
         #[arg(long, default_value = "csv")]
         format: String,
     },
@@ -64,7 +66,8 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Schema 1 <-> Schema 2 digest mappings.
+    /// Digest mappings of the manifests regcache generated (Schema 1 for old
+    /// clients, Docker twins of OCI images, Schema 1 images upgraded).
     Mappings {
         #[command(subcommand)]
         command: MappingsCommand,
@@ -198,9 +201,10 @@ fn mappings_export(
     })?;
     match format {
         "csv" => print!("{}", regcache_server::admin_cli::to_csv(&records)),
+        "redhat" => print!("{}", regcache_server::admin_cli::to_redhat_csv(&records)),
         "json" => print!("{}", regcache_server::admin_cli::to_json(&records)),
         other => {
-            eprintln!("regcache mappings export: --format {other:?}: expected csv or json");
+            eprintln!("regcache mappings export: --format {other:?}: expected csv, redhat or json");
             return Err(usage_error());
         }
     }

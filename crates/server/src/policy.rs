@@ -7,33 +7,23 @@
 //! schema1 = "reject"                        # convert | reject | passthrough | force
 //! schema1_digests = "serve"                 # serve | reject
 //! schema2_push = "accept"                   # accept | reject
+//! oci = "bridge"                            # bridge | refuse
+//! schema1_upgrade = "upgrade"               # upgrade | off
 //! ```
 //!
 //! Glob rules: `*` and `?` stay within one path component (`legacy/*` matches
 //! `legacy/app` but not `legacy/a/b`), `**` spans components (`team/**` matches
 //! `team/a/b`), `{a,b}` alternates and `[..]` is a class. Matching is exact-case.
 //! A key a matching rule leaves out takes the default: `schema1 = "convert"`,
-//! `schema1_digests = "serve"`, `schema2_push = "accept"`. A repository no rule
-//! matches gets all three defaults.
+//! `schema1_digests = "serve"`, `schema2_push = "accept"`, `oci = "bridge"`,
+//! `schema1_upgrade = "upgrade"`. A repository no rule matches gets all the
+//! defaults. What each mode does to which client is
+//! [`regcache_formats::negotiate`]'s table.
 
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 
-/// What a by-tag pull of a Schema 2 manifest (or list) gets when the client's
-/// `Accept` lacks Schema 2.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Schema1Mode {
-    /// Rewrite to signed Schema 1 as docker/distribution 2.8 did (lists: the linux/amd64 entry).
-    #[default]
-    Convert,
-    /// 404 `UNSUPPORTED`, naming the Schema 2 digest to use instead.
-    Reject,
-    /// Forward the client's `Accept` upstream and return what the upstream returns.
-    Passthrough,
-    /// Serve Schema 1 to every by-tag pull, whatever the client accepts.
-    Force,
-}
+pub use regcache_formats::negotiate::{OciMode, Schema1Mode, UpgradeMode};
 
 /// What a pull by a digest that names a Schema 1 manifest gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
@@ -68,6 +58,10 @@ pub struct RuleConfig {
     pub schema1_digests: Option<Schema1Digests>,
     #[serde(default)]
     pub schema2_push: Option<Schema2Push>,
+    #[serde(default)]
+    pub oci: Option<OciMode>,
+    #[serde(default)]
+    pub schema1_upgrade: Option<UpgradeMode>,
 }
 
 /// The effective policy for one repository.
@@ -76,6 +70,8 @@ pub struct Policy {
     pub schema1: Schema1Mode,
     pub schema1_digests: Schema1Digests,
     pub schema2_push: Schema2Push,
+    pub oci: OciMode,
+    pub schema1_upgrade: UpgradeMode,
     /// Index (0-based) of the rule that matched, if any.
     pub rule: Option<usize>,
 }
@@ -171,9 +167,14 @@ impl Policies {
                 r.upstreams.as_deref(),
                 &mut problems,
             );
-            if r.schema1.is_none() && r.schema1_digests.is_none() && r.schema2_push.is_none() {
+            if r.schema1.is_none()
+                && r.schema1_digests.is_none()
+                && r.schema2_push.is_none()
+                && r.oci.is_none()
+                && r.schema1_upgrade.is_none()
+            {
                 problems.push(format!(
-                    "{label}: sets none of schema1, schema1_digests, schema2_push"
+                    "{label}: sets none of schema1, schema1_digests, schema2_push, oci, schema1_upgrade"
                 ));
             }
             out.push(Rule {
@@ -196,6 +197,8 @@ impl Policies {
                 schema1: rule.config.schema1.unwrap_or_default(),
                 schema1_digests: rule.config.schema1_digests.unwrap_or_default(),
                 schema2_push: rule.config.schema2_push.unwrap_or_default(),
+                oci: rule.config.oci.unwrap_or_default(),
+                schema1_upgrade: rule.config.schema1_upgrade.unwrap_or_default(),
                 rule: Some(i),
             },
             None => Policy::default(),
@@ -248,13 +251,20 @@ impl Policies {
                     push_name(policy.schema2_push),
                     set(rule.config.schema2_push.is_some()),
                 ));
+                out.push_str(&format!(
+                    "  oci = {:?} ({})\n  schema1_upgrade = {:?} ({})\n",
+                    policy.oci.as_str(),
+                    set(rule.config.oci.is_some()),
+                    policy.schema1_upgrade.as_str(),
+                    set(rule.config.schema1_upgrade.is_some()),
+                ));
             }
             None => {
                 out.push_str(&format!(
                     "  no policy rule matches ({} rule(s) configured); the defaults apply\n",
                     self.rules.len()
                 ));
-                out.push_str("  schema1 = \"convert\" (default)\n  schema1_digests = \"serve\" (default)\n  schema2_push = \"accept\" (default)\n");
+                out.push_str("  schema1 = \"convert\" (default)\n  schema1_digests = \"serve\" (default)\n  schema2_push = \"accept\" (default)\n  oci = \"bridge\" (default)\n  schema1_upgrade = \"upgrade\" (default)\n");
             }
         }
         out
@@ -262,12 +272,7 @@ impl Policies {
 }
 
 pub fn mode_name(m: Schema1Mode) -> &'static str {
-    match m {
-        Schema1Mode::Convert => "convert",
-        Schema1Mode::Reject => "reject",
-        Schema1Mode::Passthrough => "passthrough",
-        Schema1Mode::Force => "force",
-    }
+    m.as_str()
 }
 
 fn digests_name(m: Schema1Digests) -> &'static str {
@@ -355,6 +360,8 @@ schema1 = "passthrough"
                 schema1: Schema1Mode::Convert,
                 schema1_digests: Schema1Digests::Serve,
                 schema2_push: Schema2Push::Accept,
+                oci: OciMode::Bridge,
+                schema1_upgrade: UpgradeMode::Upgrade,
                 rule: None
             }
         );

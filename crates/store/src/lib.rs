@@ -77,7 +77,7 @@ pub use error::{FillError, StoreError};
 pub use fill::{Begin, Committed, FillFile, FillProgress, FillReader, FillWriter, Fills};
 pub use fsck::{FsckError, FsckReport, Problem, ProblemKind, fsck_blocking};
 pub use health::{CacheHealth, CacheState, WriteErrorKind};
-pub use mapping::{MappingLog, MappingRecord};
+pub use mapping::{Direction, MappingLog, MappingRecord};
 pub use memory::MemoryTier;
 pub use source::Source;
 pub use stats::{DiskStats, FillStats, MemoryStats, StatsSnapshot, TierStats};

@@ -1,10 +1,13 @@
-//! Schema 1 ↔ Schema 2 digest mappings, persisted as an append-only log.
+//! Digest mappings of generated manifests, persisted as an append-only log.
 //!
-//! When the server converts a Schema 2 (or OCI) manifest to Schema 1 for an
-//! old client, the Schema 1 digest it hands out must stay resolvable: a later
-//! pull *by that digest* has to find the source manifest again. Each mapping
-//! is one JSON line in `<root>/v1/schema1-map.jsonl`, deduplicated on
-//! (upstream, repository, tag, schema1_digest) — the first sighting is kept.
+//! When the server generates a manifest a client can read from one it can't
+//! (Schema 2 or OCI → Schema 1, OCI → its Docker twin, Schema 1 → Schema 2),
+//! the digest it hands out must stay resolvable: a later pull *by that
+//! digest* has to find the source manifest again. Each mapping is one JSON
+//! line in `<root>/v1/schema1-map.jsonl` (the name is historical: Schema 1
+//! renderings came first, and their lines, without `direction`, still load),
+//! deduplicated on (upstream, repository, tag, digest): the first sighting is
+//! kept.
 //!
 //! Durability: each new record is appended and `fdatasync`ed before `append`
 //! returns (they are rare, and losing one breaks a digest a client already
@@ -26,16 +29,57 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 use crate::jsonl;
 
-/// A Schema 1 manifest digest and the manifest it was converted from.
+/// Which way a generated manifest was bridged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// A Docker Schema 2 or OCI image (or a list's linux/amd64 entry)
+    /// rendered as signed Schema 1 for an old client.
+    #[default]
+    ToSchema1,
+    /// An OCI image manifest or index as its Docker Schema 2 twin (manifest
+    /// list for an index), for a client without the OCI types.
+    OciToDocker,
+    /// A Schema 1 image upgraded to Docker Schema 2, for a client that does
+    /// not name Schema 1.
+    Schema1ToSchema2,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::ToSchema1 => "to-schema1",
+            Direction::OciToDocker => "oci-to-docker",
+            Direction::Schema1ToSchema2 => "schema1-to-schema2",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A generated manifest's digest and the manifest it was generated from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MappingRecord {
     pub upstream: String,
     pub repository: String,
-    /// The tag the conversion was served for (Schema 1 manifests embed it,
-    /// so the same source yields a different Schema 1 digest per tag).
+    /// The tag the manifest was generated for (Schema 1 manifests embed it,
+    /// so the same source yields a different Schema 1 digest per tag; the
+    /// other directions do not depend on it).
     pub tag: String,
-    pub schema1_digest: Digest,
-    /// Digest of the Schema 2 / OCI manifest that was converted.
+    /// Absent in lines written before there was more than one direction.
+    #[serde(default)]
+    pub direction: Direction,
+    /// Digest of the generated manifest.
+    #[serde(alias = "schema1_digest")]
+    pub digest: Digest,
+    /// Media type of the generated manifest (empty in old lines: Schema 1).
+    #[serde(default)]
+    pub media_type: String,
+    /// Digest of the manifest it was generated from.
     pub source_digest: Digest,
     pub source_media_type: String,
     pub first_seen_unix: u64,
@@ -48,15 +92,15 @@ fn key(r: &MappingRecord) -> Key {
         r.upstream.clone(),
         r.repository.clone(),
         r.tag.clone(),
-        r.schema1_digest.clone(),
+        r.digest.clone(),
     )
 }
 
 struct State {
     records: Vec<MappingRecord>,
     keys: HashSet<Key>,
-    /// schema1 digest → positions in `records`.
-    by_schema1: HashMap<Digest, Vec<usize>>,
+    /// generated digest → positions in `records`.
+    by_digest: HashMap<Digest, Vec<usize>>,
     log: File,
     needs_rewrite: bool,
 }
@@ -95,11 +139,11 @@ impl MappingLog {
         let total = loaded.records.len();
         let mut state_records = Vec::with_capacity(total);
         let mut keys = HashSet::with_capacity(total);
-        let mut by_schema1: HashMap<Digest, Vec<usize>> = HashMap::new();
+        let mut by_digest: HashMap<Digest, Vec<usize>> = HashMap::new();
         for record in loaded.records {
             if keys.insert(key(&record)) {
-                by_schema1
-                    .entry(record.schema1_digest.clone())
+                by_digest
+                    .entry(record.digest.clone())
                     .or_default()
                     .push(state_records.len());
                 state_records.push(record);
@@ -114,7 +158,7 @@ impl MappingLog {
             state: Mutex::new(State {
                 records: state_records,
                 keys,
-                by_schema1,
+                by_digest,
                 log,
                 needs_rewrite: false,
             }),
@@ -122,7 +166,7 @@ impl MappingLog {
     }
 
     /// Records a mapping unless one with the same (upstream, repository,
-    /// tag, schema1_digest) exists. Returns whether it was new. Durable when
+    /// tag, digest) exists. Returns whether it was new. Durable when
     /// it returns `Ok(true)`.
     pub fn append(&self, record: MappingRecord) -> Result<bool, StoreError> {
         let mut state = self.state.lock();
@@ -141,8 +185,8 @@ impl MappingLog {
         }
         let position = state.records.len();
         state
-            .by_schema1
-            .entry(record.schema1_digest.clone())
+            .by_digest
+            .entry(record.digest.clone())
             .or_default()
             .push(position);
         state.keys.insert(k);
@@ -155,18 +199,13 @@ impl MappingLog {
         self.state.lock().records.clone()
     }
 
-    /// The mapping that produced `schema1_digest` in a repository (first
-    /// seen, if several tags produced the same bytes).
-    pub fn find_schema1(
-        &self,
-        upstream: &str,
-        repository: &str,
-        schema1_digest: &Digest,
-    ) -> Option<MappingRecord> {
+    /// The mapping that produced `digest` in a repository (first seen, if
+    /// several tags produced the same bytes).
+    pub fn find(&self, upstream: &str, repository: &str, digest: &Digest) -> Option<MappingRecord> {
         let state = self.state.lock();
         state
-            .by_schema1
-            .get(schema1_digest)?
+            .by_digest
+            .get(digest)?
             .iter()
             .map(|&i| &state.records[i])
             .find(|r| r.upstream == upstream && r.repository == repository)

@@ -865,7 +865,7 @@ async fn converted_digest_pulls_after_restart_with_the_upstream_gone() {
         "regcache logged these signing key kids over two starts: {kids:?}"
     );
 
-    let csv = regcache.mappings_export().await;
+    let csv = regcache.mappings_export("redhat").await;
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines.first().copied(),

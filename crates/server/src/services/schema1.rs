@@ -16,7 +16,7 @@ use regcache_formats::manifest::Manifest;
 use regcache_formats::media_type;
 use regcache_formats::reference::{RepositoryName, Tag};
 use regcache_formats::{Digest, RegistryError, schema1};
-use regcache_store::{MappingRecord, Store};
+use regcache_store::{Direction, MappingRecord, Store};
 
 use super::blobs::BlobService;
 use super::manifests::ManifestService;
@@ -156,7 +156,9 @@ impl Schema1Service {
             upstream: target.upstream.name.clone(),
             repository: client.clone(),
             tag: tag.as_str().to_owned(),
-            schema1_digest: digest.clone(),
+            direction: Direction::ToSchema1,
+            digest: digest.clone(),
+            media_type: media_type::SCHEMA1_SIGNED.to_owned(),
             source_digest: source.digest.clone(),
             source_media_type: source.media_type.as_str().to_owned(),
             first_seen_unix: unix_now(),
@@ -181,7 +183,8 @@ impl Schema1Service {
     ) -> Option<MappingRecord> {
         self.store
             .mappings()
-            .find_schema1(&target.upstream.name, &target.client_name(name), digest)
+            .find(&target.upstream.name, &target.client_name(name), digest)
+            .filter(|r| r.direction == Direction::ToSchema1)
     }
 
     /// A rendering regcache made but no longer holds, rebuilt from its

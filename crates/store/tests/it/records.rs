@@ -99,7 +99,9 @@ fn mapping(tag: &str, seed: u64) -> MappingRecord {
         upstream: "hub".into(),
         repository: "library/alpine".into(),
         tag: tag.into(),
-        schema1_digest: digest(&blob(seed, 8)),
+        direction: regcache_store::Direction::ToSchema1,
+        digest: digest(&blob(seed, 8)),
+        media_type: "application/vnd.docker.distribution.manifest.v1+json".into(),
         source_digest: digest(&blob(seed + 100, 8)),
         source_media_type: "application/vnd.oci.image.manifest.v1+json".into(),
         first_seen_unix: 1_700_000_000 + seed,
@@ -132,11 +134,33 @@ fn mapping_log_dedups_survives_restart_and_ignores_a_torn_line() {
     assert_eq!(log.list(), vec![mapping("latest", 1), mapping("3.20", 2)]);
     let m = mapping("3.20", 2);
     assert_eq!(
-        log.find_schema1("hub", "library/alpine", &m.schema1_digest),
+        log.find("hub", "library/alpine", &m.digest),
         Some(m.clone())
     );
-    assert_eq!(log.find_schema1("hub", "other", &m.schema1_digest), None);
+    assert_eq!(log.find("hub", "other", &m.digest), None);
     assert!(log.append(mapping("edge", 3)).unwrap());
     drop(log);
     assert_eq!(MappingLog::open(&path).unwrap().len(), 3);
+}
+
+/// Lines written before generated manifests had a direction (Schema 1
+/// renderings only, `schema1_digest`) still load, as Schema 1 renderings.
+#[test]
+fn mapping_log_reads_lines_from_before_directions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("schema1-map.jsonl");
+    let (s1, s2) = (digest(&blob(1, 8)), digest(&blob(2, 8)));
+    std::fs::write(
+        &path,
+        format!(
+            "{{\"upstream\":\"hub\",\"repository\":\"r\",\"tag\":\"t\",\"schema1_digest\":\"{s1}\",\"source_digest\":\"{s2}\",\"source_media_type\":\"application/vnd.docker.distribution.manifest.v2+json\",\"first_seen_unix\":1}}\n"
+        ),
+    )
+    .unwrap();
+    let log = MappingLog::open(&path).unwrap();
+    let found = log.find("hub", "r", &s1).unwrap();
+    assert_eq!(found.direction, regcache_store::Direction::ToSchema1);
+    assert_eq!(found.source_digest, s2);
+    let line = serde_json::to_string(&found).unwrap();
+    assert!(line.contains("\"direction\":\"to-schema1\""), "{line}");
 }
