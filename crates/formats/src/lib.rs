@@ -7,6 +7,7 @@
 //! what makes the golden tests against docker/distribution 2.8 deterministic.
 
 pub mod accept;
+pub mod bridge;
 pub mod digest;
 pub mod error;
 pub mod gojson;

@@ -186,7 +186,11 @@ pub fn decide(request: RequestKind, accepts: Accepts, stored: &Manifest, rules: 
             (true, false) => Decision::Schema1(rules.schema1.into()),
         };
     }
-    if kind == HandlerKind::OciIndex && accepts.lacks_oci_index() {
+    // distribution lets an index without `mediaType` escape its checks
+    // (served as is to everyone); bridging goes by what the document is.
+    let oci_index = kind == HandlerKind::OciIndex
+        || (bridge && stored.media_type == crate::MediaType::OciIndex);
+    if oci_index && accepts.lacks_oci_index() {
         if !bridge {
             return Decision::RefuseOci(OCI_INDEX_REFUSED);
         }
@@ -265,3 +269,7 @@ pub fn decide_child(child: HandlerKind, accepts: Accepts, rules: Rules) -> Child
         _ => ChildDecision::ServeAsIs,
     }
 }
+
+#[cfg(test)]
+#[path = "negotiate_tests.rs"]
+mod tests;

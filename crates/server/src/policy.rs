@@ -83,6 +83,17 @@ struct Rule {
     upstreams: Option<Vec<GlobMatcher>>,
 }
 
+impl Policy {
+    /// The keys manifest negotiation reads.
+    pub fn rules(&self) -> regcache_formats::negotiate::Rules {
+        regcache_formats::negotiate::Rules {
+            schema1: self.schema1,
+            oci: self.oci,
+            upgrade: self.schema1_upgrade,
+        }
+    }
+}
+
 /// The compiled rule list.
 #[derive(Debug, Clone, Default)]
 pub struct Policies {

@@ -7,11 +7,12 @@
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Response, header};
-use regcache_formats::accept::{
-    self, Accepts, ChildDecision, Decision, RequestKind, if_none_match_hits,
-};
-use regcache_formats::manifest::{Manifest, ManifestKind, Schema1Source};
+use regcache_formats::MediaType;
+use regcache_formats::accept::{Accepts, RequestKind, if_none_match_hits};
+use regcache_formats::bridge;
+use regcache_formats::manifest::{Manifest, NoLinuxAmd64Entry};
 use regcache_formats::media_type;
+use regcache_formats::negotiate::{self, ChildDecision, Decision, ToSchema1};
 use regcache_formats::reference::{Reference, RepositoryName, Tag};
 use regcache_formats::{Digest, ErrorCode, RegistryError};
 
@@ -19,6 +20,7 @@ use super::App;
 use crate::error::Error;
 use crate::policy::{Policy, Schema1Digests, Schema1Mode};
 use crate::request::Target;
+use crate::services::bridge::refusal;
 use crate::services::links::Object;
 use crate::web::body::Body;
 use crate::web::response::{digest_headers, manifest_response, not_modified};
@@ -56,57 +58,137 @@ impl App {
         ) {
             return Ok(not_modified(&stored.digest));
         }
-        let Some(tag) = tag else {
-            // By digest: never rewritten (content addressing), only refused for OCI.
-            return match accept::decide(RequestKind::Digest, accepts, &stored) {
-                Decision::RefuseOci(msg) => Err(Error::client(ErrorCode::ManifestUnknown, msg)),
-                _ => self.serve_manifest(&stored, head),
-            };
+        let request = if tag.is_some() {
+            RequestKind::Tag
+        } else {
+            RequestKind::Digest
         };
-        if policy.schema1 == Schema1Mode::Force {
-            return self.force_schema1(target, name, tag, &stored, head).await;
-        }
-        // What distribution 2.8 would serve: the object itself, a refusal, or a
-        // Schema 1 rewrite of it (or of its linux/amd64 entry).
-        let convert_source = match accept::decide(RequestKind::Tag, accepts, &stored) {
-            Decision::ServeAsIs => return self.serve_manifest(&stored, head),
-            d @ (Decision::RefuseOci(_) | Decision::NoAmd64Entry) => {
-                return Err(Error::from(
-                    d.error()
-                        .unwrap_or_else(|| RegistryError::new(ErrorCode::ManifestUnknown)),
-                ));
+        let rules = policy.rules();
+        // Digest requests are only ever served as stored or refused, so the
+        // tag is only read on the paths that generate.
+        let tag = tag.map_or("", Tag::as_str);
+        match negotiate::decide(request, accepts, &stored, rules) {
+            Decision::ServeAsIs => self.serve_manifest(&stored, head),
+            Decision::RefuseOci(msg) => Err(Error::client(ErrorCode::ManifestUnknown, msg)),
+            Decision::NoAmd64Entry => Err(self.no_amd64_entry(name, tag, &stored, policy)),
+            Decision::Schema1(action) => {
+                let images = (&stored, &stored);
+                self.to_schema1(target, name, tag, images, action, policy, headers, head)
+                    .await
             }
-            Decision::ConvertToSchema1 => stored.clone(),
+            Decision::DockerTwin => {
+                self.serve_docker_form(target, name, tag, &stored, head)
+                    .await
+            }
+            // Until the Schema 1 upgrade lands, the stored Schema 1 as before.
+            Decision::Upgrade => self.serve_manifest(&stored, head),
             Decision::SelectChild(child) => {
                 let c = self
                     .services
                     .manifests
                     .get(target, name, &child.digest, Some(&child.media_type))
                     .await?;
-                match accept::decide_child(c.handler_kind(), accepts) {
-                    ChildDecision::ServeChildAsIs => return self.serve_manifest(&c, head),
-                    ChildDecision::ConvertChild => c,
+                match negotiate::decide_child(c.handler_kind(), accepts, rules) {
+                    ChildDecision::ServeAsIs => self.serve_manifest(&c, head),
+                    ChildDecision::Schema1(action) => {
+                        let images = (&stored, &c);
+                        self.to_schema1(target, name, tag, images, action, policy, headers, head)
+                            .await
+                    }
+                    ChildDecision::DockerTwin => {
+                        self.serve_docker_form(target, name, tag, &c, head).await
+                    }
                 }
             }
+        }
+    }
+
+    /// A list or index without a linux/amd64 entry, for a client that can
+    /// only take one image: distribution's plain 404 for a Docker list as it
+    /// would answer; for an OCI index or under `force`, the reason too.
+    fn no_amd64_entry(
+        &self,
+        name: &RepositoryName,
+        tag: &str,
+        stored: &Manifest,
+        policy: Policy,
+    ) -> Error {
+        if stored.media_type == MediaType::ManifestList && policy.schema1 != Schema1Mode::Force {
+            return Error::from(RegistryError::new(ErrorCode::ManifestUnknown));
+        }
+        let e = NoLinuxAmd64Entry {
+            media_type: stored.media_type,
+            digest: stored.digest.clone(),
         };
-        match policy.schema1 {
-            Schema1Mode::Convert | Schema1Mode::Force => {
-                self.serve_rendering(target, name, tag, &convert_source, head)
-                    .await
+        Error::client(
+            e.error_code(),
+            format!("{name}:{tag}: {e}; this client takes a single image"),
+        )
+    }
+
+    /// An image for a client that can only read Schema 1, per the policy's
+    /// `schema1` mode. `stored` is what the tag names; `image` is the image
+    /// (it, or its linux/amd64 entry). An OCI image goes through its Docker
+    /// twin, so what the twin can't carry is refused.
+    #[allow(clippy::too_many_arguments)]
+    async fn to_schema1(
+        &self,
+        target: &Target,
+        name: &RepositoryName,
+        tag: &str,
+        (stored, image): (&Arc<Manifest>, &Arc<Manifest>),
+        action: ToSchema1,
+        policy: Policy,
+        headers: &HeaderMap,
+        head: bool,
+    ) -> Result<Response<Body>, Error> {
+        let tag =
+            Tag::parse(tag).map_err(|e| Error::bug(format!("a by-tag path without a tag: {e}")))?;
+        match action {
+            ToSchema1::Convert => {
+                if let Some(oci) = image
+                    .as_image()
+                    .filter(|_| image.media_type == MediaType::OciManifest)
+                    && let Err(e) =
+                        bridge::docker_twin(oci).and_then(|_| bridge::check_schema1_layers(oci))
+                {
+                    return Err(refusal(
+                        &target.client_name(name),
+                        tag.as_str(),
+                        stored,
+                        &image.digest,
+                        &e,
+                        "a Schema 1 client",
+                    ));
+                }
+                self.serve_rendering(target, name, &tag, image, head).await
             }
-            Schema1Mode::Reject => Err(schema1_refused(
-                target,
-                name,
-                tag,
-                &stored,
-                &convert_source,
-                policy,
-            )),
-            Schema1Mode::Passthrough => {
-                self.passthrough_manifest(target, name, tag, headers, head)
+            ToSchema1::Reject => Err(schema1_refused(target, name, &tag, stored, image, policy)),
+            ToSchema1::Passthrough => {
+                self.passthrough_manifest(target, name, &tag, headers, head)
                     .await
             }
         }
+    }
+
+    /// The Docker form of an OCI manifest or index, linked to the repository.
+    async fn serve_docker_form(
+        &self,
+        target: &Target,
+        name: &RepositoryName,
+        tag: &str,
+        source: &Arc<Manifest>,
+        head: bool,
+    ) -> Result<Response<Body>, Error> {
+        let m = self
+            .services
+            .bridge
+            .docker_form(target, name, tag, source)
+            .await?;
+        if self.access_controlled() {
+            self.services.links.link_manifest(target, name, &m);
+        }
+        self.serve_manifest(&m, head)
     }
 
     /// A manifest by digest: cached, else a Schema 1 rendering regcache made
@@ -142,37 +224,15 @@ impl App {
         {
             return Ok(m);
         }
+        if let Some(m) = self
+            .services
+            .bridge
+            .regenerated(target, name, digest)
+            .await?
+        {
+            return Ok(m);
+        }
         manifests.fetch(target, name, digest, None).await
-    }
-
-    /// `force`: every by-tag pull gets Schema 1: an image manifest (Docker or
-    /// OCI) is converted; a list or index contributes its linux/amd64 entry;
-    /// a stored Schema 1 manifest is served as it is.
-    async fn force_schema1(
-        &self,
-        target: &Target,
-        name: &RepositoryName,
-        tag: &Tag,
-        stored: &Arc<Manifest>,
-        head: bool,
-    ) -> Result<Response<Body>, Error> {
-        let image = match stored.schema1_source() {
-            Ok(Schema1Source::Itself) => stored.clone(),
-            Ok(Schema1Source::AlreadySchema1) => return self.serve_manifest(stored, head),
-            Ok(Schema1Source::Entry(child)) => {
-                let c = self
-                    .services
-                    .manifests
-                    .get(target, name, &child.digest, Some(&child.media_type))
-                    .await?;
-                match &c.kind {
-                    ManifestKind::Image(_) => c,
-                    _ => return self.serve_manifest(&c, head),
-                }
-            }
-            Err(e) => return Err(Error::client(e.error_code(), format!("{name}:{tag}: {e}"))),
-        };
-        self.serve_rendering(target, name, tag, &image, head).await
     }
 
     /// `schema1_digests = "reject"`: Red Hat's 404 UNSUPPORTED for Schema 1 digests.
@@ -302,9 +362,14 @@ fn schema1_refused(
 ) -> Error {
     let name = target.client_name(name);
     let mut message = format!(
-        "Schema 1 manifests are not served for {name}:{tag} (policy rule #{}): the client did not accept Schema 2. Pull {name}@{} (Schema 2) with a client that accepts it",
+        "Schema 1 manifests are not served for {name}:{tag} (policy rule #{}): the client did not accept Schema 2. Pull {name}@{} ({}) with a client that accepts it",
         policy.rule.map_or(0, |r| r + 1),
         source.digest,
+        if source.media_type == MediaType::OciManifest {
+            "OCI"
+        } else {
+            "Schema 2"
+        },
     );
     if stored.digest != source.digest {
         message.push_str(&format!(

@@ -15,6 +15,7 @@ use regcache_store::Store;
 use crate::metrics::Metrics;
 
 pub mod blobs;
+pub mod bridge;
 pub mod coalesce;
 pub mod links;
 pub mod manifests;
@@ -23,6 +24,7 @@ pub mod schema1;
 pub mod tags;
 
 pub use blobs::BlobService;
+pub use bridge::BridgeService;
 pub use manifests::ManifestService;
 pub use schema1::Schema1Service;
 pub use tags::TagService;
@@ -35,6 +37,8 @@ pub struct Services {
     pub manifests: ManifestService,
     pub tags: TagService,
     pub schema1: Schema1Service,
+    /// Docker forms of OCI images.
+    pub bridge: BridgeService,
     /// Which content belongs to which repository (with client auth on).
     pub links: links::Links,
 }
@@ -44,6 +48,7 @@ impl Services {
         let blobs = BlobService::new(store.clone(), metrics.clone());
         let manifests = ManifestService::new(store.clone(), metrics.clone());
         let tags = TagService::new(store.clone(), metrics.clone(), manifests.clone());
+        let bridge = BridgeService::new(store.clone(), metrics.clone(), manifests.clone());
         let schema1 = Schema1Service::new(
             key,
             store.clone(),
@@ -57,6 +62,7 @@ impl Services {
             manifests,
             tags,
             schema1,
+            bridge,
             links: links::Links::default(),
         }
     }
