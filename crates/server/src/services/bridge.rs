@@ -98,8 +98,8 @@ impl BridgeService {
                     .map_err(|e| Failure::Refused(e, source.digest.clone()))?
             }
             ManifestKind::Index(index) if source.media_type == MediaType::OciIndex => {
-                let mut entries = Vec::new();
-                for entry in bridge::runnable_entries(index) {
+                // The entries' Docker forms, fetched and built side by side.
+                let forms = bridge::runnable_entries(index).map(|entry| async move {
                     let child = self
                         .manifests
                         .get(target, name, &entry.digest, Some(&entry.media_type))
@@ -111,15 +111,24 @@ impl BridgeService {
                                 Ok(twin) => twin,
                                 // An artifact listed as an image: not for a Docker engine.
                                 Err(Failure::Refused(BridgeError::NotAnImage { .. }, _)) => {
-                                    continue;
+                                    return Ok(None);
                                 }
                                 Err(e) => return Err(e),
                             }
                         }
-                        _ => continue,
+                        _ => return Ok(None),
                     };
-                    entries.push((entry, docker.digest.clone(), docker.raw.len() as u64));
-                }
+                    Ok(Some((
+                        entry,
+                        docker.digest.clone(),
+                        docker.raw.len() as u64,
+                    )))
+                });
+                let entries: Vec<_> = futures_util::future::try_join_all(forms)
+                    .await?
+                    .into_iter()
+                    .flatten()
+                    .collect();
                 let entries: Vec<ListEntry<'_>> = entries
                     .iter()
                     .map(|(entry, digest, size)| ListEntry {
