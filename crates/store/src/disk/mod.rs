@@ -134,104 +134,6 @@ struct Counters {
     not_cached: Counter,
 }
 
-#[derive(Default)]
-struct Index {
-    entries: HashMap<Digest, Entry>,
-    /// Access tick → digest, oldest first. Ticks are unique (see [`AccessClock`]).
-    lru: BTreeMap<u64, Digest>,
-    used: u64,
-    /// Space promised to fills in flight (their temp files), counted
-    /// against the budget with `used`, so the data directory never holds more
-    /// than the budget however many fills run.
-    reserved: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    size: u64,
-    /// Last access, in clock nanoseconds; key in `Index::lru`.
-    tick: u64,
-    /// The access time last written to the file's mtime.
-    persisted: u64,
-    /// Live [`PinGuard`]s; eviction skips pinned entries.
-    pins: u32,
-}
-
-impl Index {
-    fn insert(&mut self, digest: Digest, size: u64, tick: u64, persisted: u64) {
-        self.lru.insert(tick, digest.clone());
-        self.entries.insert(
-            digest,
-            Entry {
-                size,
-                tick,
-                persisted,
-                pins: 0,
-            },
-        );
-        self.used += size;
-    }
-
-    fn remove(&mut self, digest: &Digest) -> Option<Entry> {
-        let entry = self.entries.remove(digest)?;
-        self.lru.remove(&entry.tick);
-        self.used -= entry.size;
-        Some(entry)
-    }
-
-    /// Moves the entry to the most recent end. Returns the entry after the bump.
-    fn bump(&mut self, digest: &Digest, tick: u64) -> Option<&mut Entry> {
-        let entry = self.entries.get_mut(digest)?;
-        self.lru.remove(&entry.tick);
-        entry.tick = tick;
-        self.lru.insert(tick, digest.clone());
-        Some(entry)
-    }
-
-    /// Picks the least recently accessed unpinned entries to free room for
-    /// `incoming` bytes under `max`. Returns `None` (and changes nothing) if
-    /// even evicting every unpinned entry wouldn't make room.
-    fn pick_victims(&self, incoming: u64, max: u64) -> Option<Vec<Digest>> {
-        let mut victims = Vec::new();
-        let mut used = self.used + self.reserved;
-        for digest in self.lru.values() {
-            if used + incoming <= max {
-                break;
-            }
-            let entry = &self.entries[digest];
-            if entry.pins > 0 {
-                continue;
-            }
-            used -= entry.size;
-            victims.push(digest.clone());
-        }
-        (used + incoming <= max).then_some(victims)
-    }
-}
-
-/// Strictly increasing wall-clock nanoseconds: `max(now, previous + 1)`.
-///
-/// Unique ticks make the LRU map key unique and make mtime stamps totally
-/// ordered, so the restart order matches the in-memory order.
-struct AccessClock(AtomicU64);
-
-impl AccessClock {
-    fn next(&self) -> u64 {
-        let now = unix_nanos(SystemTime::now());
-        let mut prev = self.0.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(prev + 1);
-            match self
-                .0
-                .compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return next,
-                Err(actual) => prev = actual,
-            }
-        }
-    }
-}
-
 fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -241,6 +143,12 @@ fn unix_nanos(t: SystemTime) -> u64 {
 fn system_time(nanos: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(nanos)
 }
+
+mod index;
+mod scan;
+
+use index::{AccessClock, Index};
+use scan::{clean_tmp, scan_blobs};
 
 /// A temp file under `<root>/v1/tmp/`, unlinked on drop unless installed.
 ///
@@ -848,121 +756,6 @@ fn rename_creating_parent(from: &Path, to: &Path) -> io::Result<()> {
 /// Makes a rename in `dir` durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
-}
-
-/// Deletes everything in `tmp`: only writes that never committed live there.
-fn clean_tmp(tmp: &Path) -> Result<usize, StoreError> {
-    let mut removed = 0;
-    let entries = match fs::read_dir(tmp) {
-        Ok(entries) => entries,
-        // Not there (a read-only data dir where it could not be created).
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(StoreError::io("list", tmp)(e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(StoreError::io("list", tmp))?;
-        let path = entry.path();
-        let result = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        result.map_err(StoreError::io("remove stale temp file", &path))?;
-        removed += 1;
-    }
-    Ok(removed)
-}
-
-struct Found {
-    digest: Digest,
-    size: u64,
-    mtime: u64,
-}
-
-/// Lists every committed entry. Prefix directories are split across a few
-/// threads: the work is one `getdents` per directory and one `statx` per
-/// file, which parallelises well on a warm dentry cache.
-fn scan_blobs(blobs: &Path) -> Result<Vec<Found>, StoreError> {
-    let mut prefix_dirs = Vec::new();
-    for algorithm in ALGORITHMS {
-        let dir = blobs.join(algorithm.name());
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(StoreError::io("list", dir)(e)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(StoreError::io("list", &dir))?;
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                prefix_dirs.push((algorithm, entry.path()));
-            } else {
-                tracing::warn!(path = %entry.path().display(), "ignoring unexpected file in cache directory");
-            }
-        }
-    }
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 4);
-    let per_thread = prefix_dirs.len().div_ceil(threads).max(1);
-    let results: Vec<Result<Vec<Found>, StoreError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = prefix_dirs
-            .chunks(per_thread)
-            .map(|chunk| scope.spawn(move || scan_prefix_dirs(chunk)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(StoreError::Task("cache index scan panicked".into())))
-            })
-            .collect()
-    });
-    let mut found = Vec::new();
-    for r in results {
-        found.extend(r?);
-    }
-    Ok(found)
-}
-
-fn scan_prefix_dirs(dirs: &[(Algorithm, PathBuf)]) -> Result<Vec<Found>, StoreError> {
-    let mut found = Vec::new();
-    let mut text = String::with_capacity(140);
-    for (algorithm, dir) in dirs {
-        let prefix = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        for entry in fs::read_dir(dir).map_err(StoreError::io("list", dir))? {
-            let entry = entry.map_err(StoreError::io("list", dir))?;
-            let name = entry.file_name();
-            let digest = name.to_str().and_then(|hex| {
-                text.clear();
-                text.push_str(algorithm.name());
-                text.push(':');
-                text.push_str(hex);
-                Digest::parse(&text)
-                    .ok()
-                    .filter(|_| hex.starts_with(prefix))
-            });
-            let Some(digest) = digest else {
-                tracing::warn!(path = %entry.path().display(), "ignoring file with a non-digest name in cache directory");
-                continue;
-            };
-            let meta = match entry.metadata() {
-                Ok(meta) => meta,
-                // Deleted while listing (should not happen under the root lock).
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StoreError::io("stat", entry.path())(e)),
-            };
-            if !meta.is_file() {
-                continue;
-            }
-            let mtime = meta.modified().map(unix_nanos).unwrap_or(0);
-            found.push(Found {
-                digest,
-                size: meta.len(),
-                mtime,
-            });
-        }
-    }
-    Ok(found)
 }
 
 impl fmt::Debug for DiskTier {
