@@ -270,6 +270,114 @@ pub fn decide_child(child: HandlerKind, accepts: Accepts, rules: Rules) -> Child
     }
 }
 
+/// What each kind of client gets by tag under `rules`, for each kind of
+/// stored image: the table `regcache policy explain` prints, computed by
+/// [`decide`] and [`decide_child`] on sample documents.
+pub fn explain(rules: Rules) -> String {
+    use crate::media_type as mt;
+    let image = |media_type: &str, config: &str| {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{media_type}","config":{{"mediaType":"{config}","digest":"sha256:{z}","size":1}},"layers":[]}}"#,
+            z = "0".repeat(64)
+        )
+    };
+    let index = |media_type: &str, child: &str| {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{media_type}","manifests":[{{"mediaType":"{child}","digest":"sha256:{z}","size":1,"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
+            z = "0".repeat(64)
+        )
+    };
+    let schema1 = r#"{"schemaVersion":1,"name":"r","tag":"t","architecture":"amd64","fsLayers":[],"history":[]}"#;
+    let stored = [
+        ("Schema 1", schema1.to_owned(), HandlerKind::Schema1),
+        (
+            "Docker Schema 2",
+            image(mt::SCHEMA2, mt::DOCKER_CONFIG),
+            HandlerKind::Schema2,
+        ),
+        (
+            "Docker list",
+            index(mt::MANIFEST_LIST, mt::SCHEMA2),
+            HandlerKind::Schema2,
+        ),
+        (
+            "OCI image",
+            image(mt::OCI_MANIFEST, mt::OCI_CONFIG),
+            HandlerKind::OciManifest,
+        ),
+        (
+            "OCI index",
+            index(mt::OCI_INDEX, mt::OCI_MANIFEST),
+            HandlerKind::OciManifest,
+        ),
+    ];
+    let clients: [(&str, &[&str]); 4] = [
+        ("Docker <= 1.9 (no Accept)", &[]),
+        (
+            "Docker 1.10-17 (Schema 2, lists)",
+            &[mt::SCHEMA2, mt::MANIFEST_LIST, mt::SCHEMA1_SIGNED],
+        ),
+        (
+            "containerd (all four, */*)",
+            &[
+                mt::SCHEMA2,
+                mt::MANIFEST_LIST,
+                mt::OCI_MANIFEST,
+                mt::OCI_INDEX,
+                "*/*",
+            ],
+        ),
+        (
+            "Docker 20.10, podman, skopeo",
+            &[
+                mt::SCHEMA2,
+                mt::MANIFEST_LIST,
+                mt::OCI_MANIFEST,
+                mt::OCI_INDEX,
+                mt::SCHEMA1_SIGNED,
+            ],
+        ),
+    ];
+    let schema1_words = |a: ToSchema1| match a {
+        ToSchema1::Convert => "Schema 1 (converted)",
+        ToSchema1::Reject => "404 UNSUPPORTED",
+        ToSchema1::Passthrough => "the upstream's answer",
+    };
+    let mut out = String::from(
+        "  what a pull by tag gets (by digest: the stored bytes, or distribution's OCI refusal):\n",
+    );
+    for (label, doc, child) in &stored {
+        let Ok(m) = Manifest::parse(doc.as_bytes().to_vec(), None) else {
+            continue;
+        };
+        out.push_str(&format!("    stored {label}:\n"));
+        for (client, accept) in clients {
+            let accepts = Accepts::from_headers(accept.iter());
+            let words = match decide(RequestKind::Tag, accepts, &m, rules) {
+                Decision::ServeAsIs => "as stored".to_owned(),
+                Decision::RefuseOci(_) => "404 MANIFEST_UNKNOWN (OCI refused)".to_owned(),
+                Decision::NoAmd64Entry => "404 MANIFEST_UNKNOWN (no linux/amd64 entry)".to_owned(),
+                Decision::Schema1(a) => schema1_words(a).to_owned(),
+                Decision::DockerTwin if m.media_type.is_index() => {
+                    "Docker list of twins".to_owned()
+                }
+                Decision::DockerTwin => "Docker twin".to_owned(),
+                Decision::Upgrade => "Docker Schema 2 (upgraded)".to_owned(),
+                Decision::SelectChild(_) => {
+                    let child = match decide_child(*child, accepts, rules) {
+                        ChildDecision::ServeAsIs => "as stored",
+                        ChildDecision::Schema1(a) => schema1_words(a),
+                        ChildDecision::DockerTwin => "Docker twin",
+                    };
+                    format!("its linux/amd64 entry, {child}")
+                }
+            };
+            out.push_str(&format!("      {client:<34} {words}\n"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 #[path = "negotiate_tests.rs"]
 mod tests;

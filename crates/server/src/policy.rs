@@ -278,6 +278,7 @@ impl Policies {
                 out.push_str("  schema1 = \"convert\" (default)\n  schema1_digests = \"serve\" (default)\n  schema2_push = \"accept\" (default)\n  oci = \"bridge\" (default)\n  schema1_upgrade = \"upgrade\" (default)\n");
             }
         }
+        out.push_str(&regcache_formats::negotiate::explain(policy.rules()));
         out
     }
 }
@@ -379,6 +380,41 @@ schema1 = "passthrough"
         assert!(
             p.explain("docker.io", "x/y")
                 .contains("no policy rule matches")
+        );
+    }
+
+    #[test]
+    fn explain_shows_what_each_client_gets() {
+        let p = rules(
+            r#"
+[[policy]]
+repositories = ["plain/*"]
+oci = "refuse"
+schema1_upgrade = "off"
+"#,
+        )
+        .unwrap();
+        let line = |text: &str, stored: &str, client: &str| -> String {
+            let block = text.split(&format!("stored {stored}:\n")).nth(1).unwrap();
+            block
+                .lines()
+                .find(|l| l.trim_start().starts_with(client))
+                .unwrap()
+                .to_owned()
+        };
+        let default = p.explain("docker.io", "x/y");
+        assert!(line(&default, "Schema 1", "containerd").ends_with("Docker Schema 2 (upgraded)"));
+        assert!(line(&default, "OCI index", "Docker 1.10-17").ends_with("Docker list of twins"));
+        assert!(line(&default, "OCI image", "Docker <= 1.9").ends_with("Schema 1 (converted)"));
+        let plain = p.explain("docker.io", "plain/y");
+        assert!(
+            plain.contains("oci = \"refuse\" (set by the rule)"),
+            "{plain}"
+        );
+        assert!(line(&plain, "Schema 1", "containerd").ends_with("as stored"));
+        assert!(
+            line(&plain, "OCI index", "Docker 1.10-17").ends_with("(OCI refused)"),
+            "{plain}"
         );
     }
 
