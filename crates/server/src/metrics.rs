@@ -149,6 +149,8 @@ pub enum Kind {
     Blob,
     Schema1,
     Listing,
+    /// Schema 1 images upgraded to Docker Schema 2.
+    Upgrade,
 }
 
 impl Kind {
@@ -159,6 +161,7 @@ impl Kind {
             Kind::Blob => "blob",
             Kind::Schema1 => "schema1",
             Kind::Listing => "listing",
+            Kind::Upgrade => "upgrade",
         }
     }
 }
@@ -404,7 +407,7 @@ impl Metrics {
             Kind::Manifest => &self.hot.manifest_hit,
             Kind::Blob => &self.hot.blob_hit,
             Kind::Schema1 => &self.hot.schema1_hit,
-            Kind::Listing => return self.lookup(kind, "hit"),
+            Kind::Listing | Kind::Upgrade => return self.lookup(kind, "hit"),
         };
         counter.inc();
     }

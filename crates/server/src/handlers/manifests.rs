@@ -56,6 +56,26 @@ impl App {
         ) {
             return Ok(not_modified(&stored.digest));
         }
+        // --- Schema 1 upgrade (branch `upgrade`), minimal hook; to be folded
+        // into the negotiate-based rewrite of this handler. ---
+        if let Some(t) = tag {
+            let rules = regcache_formats::negotiate::Rules {
+                schema1: policy.schema1,
+                oci: policy.oci,
+                upgrade: policy.schema1_upgrade,
+            };
+            if regcache_formats::negotiate::decide(RequestKind::Tag, accepts, &stored, rules)
+                == regcache_formats::negotiate::Decision::Upgrade
+            {
+                let m = self
+                    .services
+                    .upgrade
+                    .upgrade(target, name, t, &stored)
+                    .await?;
+                return self.serve_manifest(&m, head);
+            }
+        }
+        // --- end of the Schema 1 upgrade hook ---
         let Some(tag) = tag else {
             // By digest: never rewritten (content addressing), only refused for OCI.
             return match accept::decide(RequestKind::Digest, accepts, &stored) {

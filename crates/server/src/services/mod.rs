@@ -16,16 +16,19 @@ use crate::metrics::Metrics;
 
 pub mod blobs;
 pub mod coalesce;
+mod diffid;
 pub mod links;
 pub mod manifests;
 mod resume;
 pub mod schema1;
 pub mod tags;
+pub mod upgrade;
 
 pub use blobs::BlobService;
 pub use manifests::ManifestService;
 pub use schema1::Schema1Service;
 pub use tags::TagService;
+pub use upgrade::UpgradeService;
 
 /// Every service, built over one store.
 #[derive(Clone, Debug)]
@@ -35,6 +38,8 @@ pub struct Services {
     pub manifests: ManifestService,
     pub tags: TagService,
     pub schema1: Schema1Service,
+    /// Schema 1 images upgraded to Docker Schema 2.
+    pub upgrade: UpgradeService,
     /// Which content belongs to which repository (with client auth on).
     pub links: links::Links,
 }
@@ -47,9 +52,17 @@ impl Services {
         let schema1 = Schema1Service::new(
             key,
             store.clone(),
+            metrics.clone(),
+            manifests.clone(),
+            blobs.clone(),
+        );
+        let links = links::Links::with_store(store.clone());
+        let upgrade = UpgradeService::new(
+            store.clone(),
             metrics,
             manifests.clone(),
             blobs.clone(),
+            links.clone(),
         );
         Services {
             store,
@@ -57,7 +70,8 @@ impl Services {
             manifests,
             tags,
             schema1,
-            links: links::Links::default(),
+            upgrade,
+            links,
         }
     }
 }
