@@ -38,6 +38,8 @@ pub struct PolicyRule {
     pub schema1_digests: Option<String>,
     /// `accept` | `reject`.
     pub schema2_push: Option<String>,
+    /// `upgrade` | `off`.
+    pub schema1_upgrade: Option<String>,
 }
 
 impl PolicyRule {
@@ -64,6 +66,11 @@ impl PolicyRule {
         self
     }
 
+    pub fn schema1_upgrade(mut self, mode: &str) -> Self {
+        self.schema1_upgrade = Some(mode.to_owned());
+        self
+    }
+
     fn render(&self, toml: &mut String) {
         let quote = |s: &str| serde_json::to_string(s).unwrap(); // TOML basic strings
         let list = |items: &[String]| {
@@ -79,6 +86,7 @@ impl PolicyRule {
             ("schema1", &self.schema1),
             ("schema1_digests", &self.schema1_digests),
             ("schema2_push", &self.schema2_push),
+            ("schema1_upgrade", &self.schema1_upgrade),
         ] {
             if let Some(value) = value {
                 writeln!(toml, "{key} = {}", quote(value)).unwrap();
