@@ -383,3 +383,7 @@ fn invalid(e: upgrade::UpgradeError) -> Error {
         e.to_string(),
     ))
 }
+
+#[cfg(test)]
+#[path = "upgrade_tests.rs"]
+mod tests;
