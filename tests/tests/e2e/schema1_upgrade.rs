@@ -267,6 +267,20 @@ async fn containerd_accept_gets_skopeos_v2s2_and_it_survives_a_restart() {
         "the upgrade should be built once:\n{}",
         u.regcache.log()
     );
+    // Four by-tag requests (two GET, two HEAD): one miss, then hits.
+    let metrics = u.regcache.regcache().metrics().await;
+    let lookups = |result| {
+        metrics.get(
+            "regcache_cache_lookups_total",
+            &[("kind", "upgrade"), ("result", result)],
+        )
+    };
+    assert_eq!(
+        (lookups("miss"), lookups("hit")),
+        (Some(1.0), Some(3.0)),
+        "{}",
+        metrics.text
+    );
     assert_serves_upgrade(&u, &u.digest(), "by the upgraded digest").await;
     assert_serves_config(&u, "before restart").await;
 
