@@ -16,6 +16,11 @@
 //! Schema 1 source instead of being asked of the upstream (which never had
 //! it), and how, with client authentication on, generated content is known
 //! to belong to the repository it was made for ([`super::links`]).
+//!
+//! An image whose config containers/image would first re-encode (built by
+//! Docker before 1.8.3) is not upgraded: its Schema 1 is served as it is,
+//! as under `schema1_upgrade = "off"`, rather than bytes skopeo would not
+//! produce.
 
 use std::sync::Arc;
 
@@ -103,25 +108,37 @@ impl UpgradeService {
         tag: &Tag,
         schema1: &Manifest,
     ) -> Result<Arc<Manifest>, Error> {
-        let built = self.built(target, name, schema1).await?;
+        let Some(built) = self.built(target, name, schema1).await? else {
+            // Not reproducible: served as it is, as with `schema1_upgrade = "off"`.
+            return Ok(Arc::new(schema1.clone()));
+        };
         self.record(target, name, tag.as_str(), schema1, &built);
         Ok(built.manifest)
     }
 
+    /// The upgrade of `schema1`; `None` when containerd/image's result
+    /// cannot be reproduced (a config it re-encodes, Docker < 1.8.3).
     async fn built(
         &self,
         target: &Target,
         name: &RepositoryName,
         schema1: &Manifest,
-    ) -> Result<Built, Error> {
+    ) -> Result<Option<Built>, Error> {
         if let Some(b) = self.built.get(&schema1.digest) {
             self.metrics.hit(Kind::Upgrade);
-            return Ok(b);
+            return Ok(Some(b));
         }
         let s1 = schema1
             .as_schema1()
             .ok_or_else(|| Error::bug("a schema 1 upgrade of a manifest that is not schema 1"))?;
-        let plan = upgrade::plan(s1).map_err(invalid)?;
+        let plan = match upgrade::plan(s1) {
+            Ok(plan) => plan,
+            Err(e @ upgrade::UpgradeError::LegacyDockerVersion(_)) => {
+                tracing::info!(source = %schema1.digest, error = %e, "not upgraded; serving the schema 1 as it is");
+                return Ok(None);
+            }
+            Err(e) => return Err(invalid(e)),
+        };
         let this = self.clone();
         let (target, name, source) = (target.clone(), name.clone(), schema1.digest.clone());
         self.building
@@ -132,6 +149,7 @@ impl UpgradeService {
                 Ok(b)
             })
             .await
+            .map(Some)
     }
 
     async fn build(
@@ -221,7 +239,9 @@ impl UpgradeService {
             )
             .await?;
         self.built.invalidate(&rec.source_digest);
-        let b = self.built(target, name, &source).await?;
+        let Some(b) = self.built(target, name, &source).await? else {
+            return Ok(None);
+        };
         if b.config_digest != *digest {
             tracing::warn!(%digest, rebuilt = %b.config_digest, "an upgraded config rebuilt to other bytes");
             return Ok(None);
@@ -255,7 +275,7 @@ impl UpgradeService {
             .await?;
         self.built.invalidate(&rec.source_digest);
         let b = self.built(target, name, &source).await?;
-        Ok((b.manifest.digest == *digest).then_some(b.manifest))
+        Ok(b.map(|b| b.manifest).filter(|m| m.digest == *digest))
     }
 
     /// The upgrade mapping row of `digest` in `name`, if regcache made it there.

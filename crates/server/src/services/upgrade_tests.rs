@@ -232,3 +232,24 @@ async fn a_malformed_schema1_is_manifest_invalid() {
         other => panic!("expected MANIFEST_INVALID, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_config_containers_image_would_re_encode_is_served_as_schema1() {
+    let f = fixture().await;
+    let doc = format!(
+        r#"{{"schemaVersion":1,"name":"{REPO}","tag":"v1","architecture":"amd64","fsLayers":[{{"blobSum":"{}"}}],"history":[{{"v1Compatibility":"{{\"id\":\"{}\",\"docker_version\":\"1.8.2\"}}"}}]}}"#,
+        f.layers[0].0,
+        "d".repeat(64)
+    );
+    let legacy = Manifest::parse(doc.into_bytes(), Some(SCHEMA1)).unwrap();
+    let got = f
+        .services
+        .upgrade
+        .upgrade(&f.target, &f.name, &Tag::parse("v1").unwrap(), &legacy)
+        .await
+        .unwrap();
+    assert_eq!(got.digest, legacy.digest);
+    assert!(got.media_type.is_schema1());
+    assert_eq!(f.registry.calls(Op::GetBlob), 0, "nothing to hash");
+    assert!(f.services.store.mappings().is_empty());
+}
