@@ -17,6 +17,7 @@ pub mod media_type;
 pub mod negotiate;
 pub mod reference;
 pub mod schema1;
+pub mod upgrade;
 
 pub use digest::{Algorithm, Digest, DigestError, Sha256Hasher};
 pub use error::{ErrorCode, ErrorEnvelope, RegistryError};

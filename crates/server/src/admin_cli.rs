@@ -77,7 +77,7 @@ pub fn mappings(settings: &Settings) -> Result<Vec<MappingRecord>, String> {
 pub fn to_csv(records: &[MappingRecord]) -> String {
     let mut out = String::from("repository,tag,direction,source_digest,digest\n");
     let mut seen = std::collections::HashSet::new();
-    for r in records {
+    for r in records.iter().filter(|r| is_manifest(r)) {
         // The same row reached through two upstream names is one row here.
         if !seen.insert((&r.repository, &r.tag, &r.digest, &r.source_digest)) {
             continue;
@@ -102,7 +102,7 @@ pub fn to_csv(records: &[MappingRecord]) -> String {
 pub fn to_redhat_csv(records: &[MappingRecord]) -> String {
     let mut out = String::from("repository,tag,schema1_digest,schema2_digest\n");
     let mut seen = std::collections::HashSet::new();
-    for r in records {
+    for r in records.iter().filter(|r| is_manifest(r)) {
         let (schema1, schema2) = match r.direction {
             Direction::ToSchema1 => (&r.digest, &r.source_digest),
             Direction::Schema1ToSchema2 => (&r.source_digest, &r.digest),
@@ -121,6 +121,12 @@ pub fn to_redhat_csv(records: &[MappingRecord]) -> String {
         );
     }
     out
+}
+
+/// The log also records the config blobs a Schema 1 upgrade generates (so
+/// they can be rebuilt); the CSV exports list manifests only.
+fn is_manifest(r: &MappingRecord) -> bool {
+    r.media_type != regcache_formats::media_type::DOCKER_CONFIG
 }
 
 /// Names and tags cannot hold commas or quotes (their grammars forbid them),
@@ -275,5 +281,28 @@ mod tests {
             ]
         );
         assert!(to_json(&[down]).contains("\"first_seen_unix\": 1"));
+    }
+
+    #[test]
+    fn upgraded_config_rows_stay_out_of_the_csv_exports() {
+        let manifest = record(Direction::Schema1ToSchema2);
+        let config = MappingRecord {
+            digest: Digest::sha256_of(b"config"),
+            media_type: regcache_formats::media_type::DOCKER_CONFIG.into(),
+            ..manifest.clone()
+        };
+        let both = [manifest.clone(), config.clone()];
+        let csv = to_csv(&both);
+        assert_eq!(csv.lines().count(), 2, "{csv}");
+        assert!(csv.contains(&format!(
+            "schema1-to-schema2,{},{}",
+            manifest.source_digest, manifest.digest
+        )));
+        assert!(!csv.contains(config.digest.as_str()));
+        let redhat = to_redhat_csv(&both);
+        assert_eq!(redhat.lines().count(), 2, "{redhat}");
+        assert!(!redhat.contains(config.digest.as_str()));
+        // The JSON export keeps every field of every row.
+        assert!(to_json(&both).contains(config.digest.as_str()));
     }
 }

@@ -151,6 +151,8 @@ pub enum Kind {
     Listing,
     /// Docker twins of OCI manifests and indexes.
     Bridge,
+    /// Schema 1 images upgraded to Docker Schema 2.
+    Upgrade,
 }
 
 impl Kind {
@@ -162,6 +164,7 @@ impl Kind {
             Kind::Schema1 => "schema1",
             Kind::Listing => "listing",
             Kind::Bridge => "bridge",
+            Kind::Upgrade => "upgrade",
         }
     }
 }
@@ -407,7 +410,7 @@ impl Metrics {
             Kind::Manifest => &self.hot.manifest_hit,
             Kind::Blob => &self.hot.blob_hit,
             Kind::Schema1 => &self.hot.schema1_hit,
-            Kind::Listing | Kind::Bridge => return self.lookup(kind, "hit"),
+            Kind::Listing | Kind::Bridge | Kind::Upgrade => return self.lookup(kind, "hit"),
         };
         counter.inc();
     }

@@ -55,6 +55,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod config;
+mod diffids;
 mod disk;
 mod error;
 mod fill;
@@ -72,6 +73,7 @@ mod tags;
 mod tier;
 
 pub use config::{DEFAULT_MEMORY_MAX_OBJECT_BYTES, StoreConfig};
+pub use diffids::{DiffIdLog, DiffIdRecord};
 pub use disk::{DiskTier, Installed, LAYOUT_VERSION, PinGuard};
 pub use error::{FillError, StoreError};
 pub use fill::{Begin, Committed, FillFile, FillProgress, FillReader, FillWriter, Fills};

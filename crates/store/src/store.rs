@@ -10,6 +10,7 @@ use bytes::Bytes;
 use regcache_formats::Digest;
 
 use crate::config::StoreConfig;
+use crate::diffids::DiffIdLog;
 use crate::disk::{DiskTier, LAYOUT_VERSION, PinGuard};
 use crate::error::StoreError;
 use crate::fill::{Begin, Fills};
@@ -40,6 +41,7 @@ struct Inner {
     fills: Fills,
     tags: TagIndex,
     mappings: MappingLog,
+    diff_ids: DiffIdLog,
 }
 
 impl Store {
@@ -57,6 +59,7 @@ impl Store {
         let base = config.root.join(LAYOUT_VERSION);
         let tags = TagIndex::open(base.join("tags.jsonl"))?;
         let mappings = MappingLog::open(MappingLog::path_in(&config.root))?;
+        let diff_ids = DiffIdLog::open(DiffIdLog::path_in(&config.root))?;
         let memory = (config.memory_max_bytes > 0)
             .then(|| MemoryTier::new(config.memory_max_bytes, config.memory_max_object_bytes));
         let mut tiers: Vec<Arc<dyn Tier>> = Vec::new();
@@ -74,6 +77,7 @@ impl Store {
                 fills,
                 tags,
                 mappings,
+                diff_ids,
                 config,
             }),
         })
@@ -134,6 +138,11 @@ impl Store {
 
     pub fn tags(&self) -> &TagIndex {
         &self.inner.tags
+    }
+
+    /// Diff IDs of layer blobs hashed for the Schema 1 upgrade.
+    pub fn diff_ids(&self) -> &DiffIdLog {
+        &self.inner.diff_ids
     }
 
     pub fn mappings(&self) -> &MappingLog {

@@ -23,6 +23,7 @@ mod resume;
 mod schema1_differential;
 mod schema1_policy;
 mod schema1_signature;
+mod schema1_upgrade;
 mod serve_blobs;
 mod serve_errors;
 mod serve_pull;

@@ -44,6 +44,16 @@ impl App {
             let src = Source::Bytes(Bytes::from_static(&EMPTY_LAYER_BYTES));
             return serve_source(src, digest, range, head);
         }
+        // A config regcache generated (Schema 1 upgrade) is not the
+        // upstream's: served from the cache, or rebuilt from its source.
+        if let Some(src) = self
+            .services
+            .upgrade
+            .generated_blob(target, name, digest)
+            .await?
+        {
+            return serve_source(src, digest, range, head);
+        }
         if head {
             return self.head_blob(target, name, digest, range).await;
         }

@@ -94,6 +94,17 @@ impl App {
                 reply.meter = Some(self.metrics.meter(ServedFrom::Cache));
                 Some(reply)
             }
+            // A blob regcache generated (a Schema 1 upgrade's config) is
+            // not the upstream's: the full handler rebuilds it.
+            Ok(None)
+                if self
+                    .services
+                    .upgrade
+                    .mapping(&routed.target, name, digest)
+                    .is_some() =>
+            {
+                None
+            }
             Ok(None) => {
                 let mut target = routed.target.clone();
                 target.span = self.request_span(req.method(), &routed.route);

@@ -80,8 +80,16 @@ impl App {
                 self.serve_docker_form(target, name, tag, &stored, head)
                     .await
             }
-            // Until the Schema 1 upgrade lands, the stored Schema 1 as before.
-            Decision::Upgrade => self.serve_manifest(&stored, head),
+            Decision::Upgrade => {
+                let tag = Tag::parse(tag)
+                    .map_err(|e| Error::bug(format!("a by-tag path without a tag: {e}")))?;
+                let m = self
+                    .services
+                    .upgrade
+                    .upgrade(target, name, &tag, &stored)
+                    .await?;
+                self.serve_manifest(&m, head)
+            }
             Decision::SelectChild(child) => {
                 let c = self
                     .services
@@ -227,6 +235,14 @@ impl App {
         if let Some(m) = self
             .services
             .bridge
+            .regenerated(target, name, digest)
+            .await?
+        {
+            return Ok(m);
+        }
+        if let Some(m) = self
+            .services
+            .upgrade
             .regenerated(target, name, digest)
             .await?
         {

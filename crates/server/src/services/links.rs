@@ -38,6 +38,9 @@ pub enum Object {
 #[derive(Clone)]
 pub struct Links {
     known: moka::sync::Cache<[u8; 32], ()>,
+    /// For the mapping log: content regcache generated for a repository
+    /// (a Schema 1 upgrade) belongs to it, and its upstream never has it.
+    store: Option<regcache_store::Store>,
 }
 
 impl std::fmt::Debug for Links {
@@ -52,6 +55,7 @@ impl Default for Links {
     fn default() -> Links {
         Links {
             known: moka::sync::Cache::builder().max_capacity(MAX_LINKS).build(),
+            store: None,
         }
     }
 }
@@ -67,6 +71,14 @@ fn key(upstream: &str, repository: &str, digest: &Digest) -> [u8; 32] {
 }
 
 impl Links {
+    /// Links that also know what regcache generated (the store's mapping log).
+    pub fn with_store(store: regcache_store::Store) -> Links {
+        Links {
+            store: Some(store),
+            ..Links::default()
+        }
+    }
+
     pub fn is_linked(&self, target: &Target, name: &RepositoryName, digest: &Digest) -> bool {
         self.known
             .contains_key(&key(&target.upstream.name, name.as_str(), digest))
@@ -104,6 +116,17 @@ impl Links {
         object: Object,
     ) -> Result<(), Error> {
         if self.is_linked(target, name, digest) {
+            return Ok(());
+        }
+        // Made here by regcache (a Schema 1 rendering, a Docker twin, an
+        // upgrade and its config): the mapping log says it belongs here.
+        if let Some(store) = &self.store
+            && store
+                .mappings()
+                .find(&target.upstream.name, &target.client_name(name), digest)
+                .is_some()
+        {
+            self.link(target, name, digest);
             return Ok(());
         }
         let client = target.client();

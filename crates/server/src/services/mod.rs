@@ -17,17 +17,20 @@ use crate::metrics::Metrics;
 pub mod blobs;
 pub mod bridge;
 pub mod coalesce;
+mod diffid;
 pub mod links;
 pub mod manifests;
 mod resume;
 pub mod schema1;
 pub mod tags;
+pub mod upgrade;
 
 pub use blobs::BlobService;
 pub use bridge::BridgeService;
 pub use manifests::ManifestService;
 pub use schema1::Schema1Service;
 pub use tags::TagService;
+pub use upgrade::UpgradeService;
 
 /// Every service, built over one store.
 #[derive(Clone, Debug)]
@@ -39,6 +42,8 @@ pub struct Services {
     pub schema1: Schema1Service,
     /// Docker forms of OCI images.
     pub bridge: BridgeService,
+    /// Schema 1 images upgraded to Docker Schema 2.
+    pub upgrade: UpgradeService,
     /// Which content belongs to which repository (with client auth on).
     pub links: links::Links,
 }
@@ -52,9 +57,17 @@ impl Services {
         let schema1 = Schema1Service::new(
             key,
             store.clone(),
+            metrics.clone(),
+            manifests.clone(),
+            blobs.clone(),
+        );
+        let links = links::Links::with_store(store.clone());
+        let upgrade = UpgradeService::new(
+            store.clone(),
             metrics,
             manifests.clone(),
             blobs.clone(),
+            links.clone(),
         );
         Services {
             store,
@@ -63,7 +76,8 @@ impl Services {
             tags,
             schema1,
             bridge,
-            links: links::Links::default(),
+            upgrade,
+            links,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! <root>/v1/blobs/<alg>/<hex[..2]>/<hex>   committed content, named by digest
 //! <root>/v1/tmp/<seq>.part              writes in progress (same file system)
 //! <root>/v1/tags.jsonl, schema1-map.jsonl   see `tags.rs`, `mapping.rs`
+//! <root>/v1/diffids.jsonl                  see `diffids.rs`
 //! ```
 //!
 //! The `v1` segment is the format version (mountpoint-s3's `CACHE_VERSION`):
