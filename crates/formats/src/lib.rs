@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod media_type;
 pub mod negotiate;
 pub mod reference;
+pub mod referrers;
 pub mod schema1;
 
 pub use digest::{Algorithm, Digest, DigestError, Sha256Hasher};
