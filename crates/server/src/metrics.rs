@@ -149,6 +149,8 @@ pub enum Kind {
     Blob,
     Schema1,
     Listing,
+    /// A subject's referrers list (OCI 1.1), kept for the tag TTL.
+    Referrers,
 }
 
 impl Kind {
@@ -159,6 +161,7 @@ impl Kind {
             Kind::Blob => "blob",
             Kind::Schema1 => "schema1",
             Kind::Listing => "listing",
+            Kind::Referrers => "referrers",
         }
     }
 }
@@ -404,7 +407,7 @@ impl Metrics {
             Kind::Manifest => &self.hot.manifest_hit,
             Kind::Blob => &self.hot.blob_hit,
             Kind::Schema1 => &self.hot.schema1_hit,
-            Kind::Listing => return self.lookup(kind, "hit"),
+            Kind::Listing | Kind::Referrers => return self.lookup(kind, "hit"),
         };
         counter.inc();
     }

@@ -3,8 +3,8 @@
 //! Each service owns its state (caches, flights in progress); the handlers
 //! in [`crate::handlers`] sit on top and speak HTTP.
 //!
-//! Dependencies point one way: tags → manifests; schema1 → manifests and
-//! blobs. Nothing here knows about hyper.
+//! Dependencies point one way: tags → manifests; referrers → tags;
+//! schema1 → manifests and blobs. Nothing here knows about hyper.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,12 +18,14 @@ pub mod blobs;
 pub mod coalesce;
 pub mod links;
 pub mod manifests;
+pub mod referrers;
 mod resume;
 pub mod schema1;
 pub mod tags;
 
 pub use blobs::BlobService;
 pub use manifests::ManifestService;
+pub use referrers::ReferrersService;
 pub use schema1::Schema1Service;
 pub use tags::TagService;
 
@@ -34,6 +36,8 @@ pub struct Services {
     pub blobs: BlobService,
     pub manifests: ManifestService,
     pub tags: TagService,
+    /// Referrers lists (OCI 1.1), over the tags for the fallback tag.
+    pub referrers: ReferrersService,
     pub schema1: Schema1Service,
     /// Which content belongs to which repository (with client auth on).
     pub links: links::Links,
@@ -44,6 +48,7 @@ impl Services {
         let blobs = BlobService::new(store.clone(), metrics.clone());
         let manifests = ManifestService::new(store.clone(), metrics.clone());
         let tags = TagService::new(store.clone(), metrics.clone(), manifests.clone());
+        let referrers = ReferrersService::new(metrics.clone(), tags.clone());
         let schema1 = Schema1Service::new(
             key,
             store.clone(),
@@ -56,6 +61,7 @@ impl Services {
             blobs,
             manifests,
             tags,
+            referrers,
             schema1,
             links: links::Links::default(),
         }
