@@ -17,6 +17,7 @@ mod fill_routes;
 mod fsck;
 mod harness;
 mod multi_registry;
+mod referrers;
 mod request_rules;
 mod resume;
 mod schema1_differential;
