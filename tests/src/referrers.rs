@@ -9,8 +9,9 @@
 //! empty index for a subject it knows nothing about (never 404). It honours
 //! `?artifactType=` itself (with `OCI-Filters-Applied: artifactType`), so a
 //! test can tell whether regcache forwarded a filter. A subject can also be
-//! made to answer a bare status ([`ReferrersUpstream::fail`]) or to claim a
-//! filter it never got ([`ReferrersUpstream::claim_filters`]). Every request's
+//! made to answer a bare status ([`ReferrersUpstream::fail`]), to claim a
+//! filter it never got ([`ReferrersUpstream::claim_filters`]), or to answer
+//! in pages linked by `Link: <…>; rel="next"` ([`ReferrersUpstream::paginate`]). Every request's
 //! path and query is recorded.
 
 use std::collections::HashMap;
@@ -30,6 +31,9 @@ struct Subject {
     fail: Option<u16>,
     /// Send `OCI-Filters-Applied` with this value even without a filter.
     claimed_filters: Option<String>,
+    /// Answer this many descriptors per page (`?page=N`, from 0), with a
+    /// `Link: <…?page=N+1>; rel="next"` while more remain.
+    page_size: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +87,11 @@ impl ReferrersUpstream {
     /// `subject` in `repo` answers with `OCI-Filters-Applied: <filters>`.
     pub fn claim_filters(&self, repo: &str, subject: &str, filters: &str) {
         self.subject(repo, subject, |s| s.claimed_filters = Some(filters.into()));
+    }
+
+    /// `subject` in `repo` answers in pages of `size` descriptors.
+    pub fn paginate(&self, repo: &str, subject: &str, size: usize) {
+        self.subject(repo, subject, |s| s.page_size = Some(size.max(1)));
     }
 
     fn subject(&self, repo: &str, subject: &str, f: impl FnOnce(&mut Subject)) {
@@ -171,6 +180,18 @@ fn answer(
             .collect(),
         None => s.descriptors,
     };
+    let (manifests, next) = match s.page_size {
+        Some(size) => {
+            let page: usize = query
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("page=")))
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            let more = manifests.len() > (page + 1) * size;
+            let slice = manifests.into_iter().skip(page * size).take(size).collect();
+            (slice, more.then(|| format!("{path}?page={}", page + 1)))
+        }
+        None => (manifests, None),
+    };
     let body = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": media::OCI_INDEX,
@@ -182,6 +203,12 @@ fn answer(
         (Some(_), _) => Some("artifactType".to_owned()),
         (None, claimed) => claimed,
     };
+    if let Some(next) = next {
+        r.headers_mut().insert(
+            hyper::header::LINK,
+            format!("<{next}>; rel=\"next\"").parse().unwrap(),
+        );
+    }
     if let Some(f) = filters {
         r.headers_mut()
             .insert("oci-filters-applied", f.parse().unwrap());

@@ -38,6 +38,9 @@ pub enum ReferrersAnswer {
         /// `OCI-Filters-Applied`, when sent: the list is *not* the whole
         /// list (regcache sent no filter, so this is the upstream's doing).
         filters_applied: Option<String>,
+        /// The next page's path and query on the upstream (`Link: <…>;
+        /// rel="next"`), for [`get_referrers_page`].
+        next: Option<String>,
     },
     /// `404` or `405`: no referrers API here; use the tag schema.
     NoApi {
@@ -70,13 +73,19 @@ pub async fn get_referrers<U: UpstreamApi + ?Sized>(
     repo: &str,
     subject: &Digest,
 ) -> Result<ReferrersAnswer, UpstreamError> {
+    get_referrers_page(upstream, &format!("/v2/{repo}/referrers/{subject}")).await
+}
+
+/// One page of a referrers list: `path_and_query` is the first page's path
+/// or a `next` an earlier page named.
+pub async fn get_referrers_page<U: UpstreamApi + ?Sized>(
+    upstream: &U,
+    path_and_query: &str,
+) -> Result<ReferrersAnswer, UpstreamError> {
     let mut headers = HeaderMap::new();
     headers.insert(header::ACCEPT, HeaderValue::from_static(OCI_INDEX));
     let resp = upstream
-        .send(
-            RawRequest::new(Method::GET, format!("/v2/{repo}/referrers/{subject}"))
-                .headers(headers),
-        )
+        .send(RawRequest::new(Method::GET, path_and_query).headers(headers))
         .await?;
     match resp.status {
         StatusCode::OK => {
@@ -91,11 +100,18 @@ pub async fn get_referrers<U: UpstreamApi + ?Sized>(
                 .and_then(|v| v.to_str().ok())
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty());
+            let next = resp
+                .headers
+                .get_all(header::LINK)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(next_link);
             let bytes = resp.bytes(MAX_MANIFEST_SIZE).await?;
             Ok(ReferrersAnswer::Index {
                 bytes,
                 content_type,
                 filters_applied,
+                next,
             })
         }
         StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
@@ -123,10 +139,65 @@ pub async fn get_referrers<U: UpstreamApi + ?Sized>(
     }
 }
 
+/// The path and query of the `rel="next"` target in a `Link` header value
+/// (`<URL>; rel="next"`, several comma-separated links allowed); an
+/// absolute URL is cut to its path and query (the client refuses a path
+/// that leaves the upstream's origin anyway).
+pub fn next_link(link: &str) -> Option<String> {
+    let mut rest = link;
+    while let Some(open) = rest.find('<') {
+        let close = open + rest[open..].find('>')?;
+        let target = &rest[open + 1..close];
+        let params_end = rest[close..].find('<').map_or(rest.len(), |i| close + i);
+        let params = &rest[close + 1..params_end];
+        let is_next = params.split(';').any(|p| {
+            let p = p.trim().trim_end_matches(',').trim();
+            p.strip_prefix("rel=")
+                .is_some_and(|v| v.trim_matches('"').split(' ').any(|r| r == "next"))
+        });
+        if is_next {
+            let path = match target.find("://") {
+                Some(i) => {
+                    let after = &target[i + 3..];
+                    &after[after.find('/')?..]
+                }
+                None => target,
+            };
+            return path.starts_with("/v2/").then(|| path.to_owned());
+        }
+        rest = &rest[params_end..];
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use regcache_formats::RegistryError;
+
+    #[test]
+    fn next_links_are_found_and_cut_to_paths() {
+        let d = "sha256:aa";
+        assert_eq!(
+            next_link(&format!("</v2/a/referrers/{d}?last=x>; rel=\"next\"")).as_deref(),
+            Some(format!("/v2/a/referrers/{d}?last=x").as_str())
+        );
+        assert_eq!(
+            next_link("<https://r.example:5000/v2/a/referrers/x?n=2&last=y>; rel=next").as_deref(),
+            Some("/v2/a/referrers/x?n=2&last=y")
+        );
+        assert_eq!(
+            next_link(
+                "</v2/a/referrers/x?p=0>; rel=\"prev\", </v2/a/referrers/x?p=2>; rel=\"next\""
+            )
+            .as_deref(),
+            Some("/v2/a/referrers/x?p=2")
+        );
+        assert_eq!(next_link("</v2/a/referrers/x?p=0>; rel=\"prev\""), None);
+        assert_eq!(next_link("<https://elsewhere.example>; rel=\"next\""), None);
+        assert_eq!(next_link("garbage"), None);
+        assert_eq!(next_link("</v2/a; rel=next"), None);
+    }
 
     #[test]
     fn only_name_unknown_is_not_a_missing_api() {
@@ -151,7 +222,8 @@ mod tests {
             !ReferrersAnswer::Index {
                 bytes: Bytes::new(),
                 content_type: None,
-                filters_applied: None
+                filters_applied: None,
+                next: None,
             }
             .registry_lacks_api()
         );

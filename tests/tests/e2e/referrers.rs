@@ -3,9 +3,9 @@
 //! * Against [`ReferrersUpstream`], which has the API: regcache lists what
 //!   the upstream lists, filters by `artifactType` itself (with
 //!   `OCI-Filters-Applied`), answers the second request from its cache (one
-//!   upstream request), passes an upstream's own `OCI-Filters-Applied`
-//!   through (and keeps no such partial list), and turns an upstream 5xx
-//!   into an error naming the upstream.
+//!   upstream request), reads a paginated list to its end, passes an
+//!   upstream's own `OCI-Filters-Applied` through (and keeps no such partial
+//!   list), and turns an upstream 5xx into an error naming the upstream.
 //! * Against the real distribution 2.8, which has no such API: regcache
 //!   answers from the referrers tag schema's fallback tag `sha256-<hex>`
 //!   (an OCI index pushed by the test), filtered on request; without that
@@ -146,6 +146,33 @@ async fn an_upstream_with_the_api_is_listed_filtered_and_cached() {
         Some("annotation,artifactType")
     );
     assert_eq!(upstream.referrers_requests(&partial).len(), 2);
+
+    // A paginated list is read to its end, kept whole and filtered whole.
+    let paged = format!("sha256:{}", "e5".repeat(32));
+    let third = artifact_descriptor(&format!("sha256:{}", "03".repeat(32)), 99, SIG);
+    upstream.set(REPO, &paged, vec![sig.clone(), sbom.clone(), third.clone()]);
+    upstream.paginate(REPO, &paged, 2);
+    let pp = format!("/v2/{REPO}/referrers/{paged}");
+    let whole = get(&client, reqwest::Method::GET, &pp).await;
+    assert_eq!(
+        listed("paginated", &whole),
+        vec![sig.clone(), sbom.clone(), third.clone()]
+    );
+    assert_eq!(whole.header("link"), None);
+    let paged_sigs = get(
+        &client,
+        reqwest::Method::GET,
+        &format!("{pp}?artifactType={}", escaped(SIG)),
+    )
+    .await;
+    assert_eq!(
+        listed("paginated, sig", &paged_sigs),
+        vec![sig.clone(), third]
+    );
+    assert_eq!(
+        upstream.referrers_requests(&paged),
+        vec![pp.clone(), format!("{pp}?page=1")]
+    );
 
     // A malformed digest never leaves regcache.
     let bad = get(

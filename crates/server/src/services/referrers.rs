@@ -7,7 +7,8 @@
 //!   is pushed, as a tag moves), with `stale_if_error` past it when the
 //!   upstream is unavailable; `artifactType` filtering is done here on the
 //!   kept list, so one upstream request serves every filter. Misses are
-//!   coalesced per key.
+//!   coalesced per key. A paginated list (`Link: <…>; rel="next"`) is read
+//!   to its end (at most [`MAX_PAGES`] pages) and kept, and answered, whole.
 //! * An upstream without the API (`404`, `405`) is remembered for
 //!   [`NO_API_RECHECK`]; meanwhile its subjects go straight to the fallback
 //!   tag `<alg>-<hex>`, read through the tag and manifest services (so it is
@@ -27,7 +28,7 @@ use regcache_formats::media_type::ALL_MANIFEST_TYPES;
 use regcache_formats::reference::{RepositoryName, Tag};
 use regcache_formats::referrers::{self as index, EMPTY_INDEX};
 use regcache_formats::{Digest, ErrorCode};
-use regcache_upstream::ReferrersAnswer;
+use regcache_upstream::{ReferrersAnswer, referrers};
 use serde_json::Value;
 
 use super::coalesce::Coalesce;
@@ -39,6 +40,9 @@ use crate::request::Target;
 
 /// How long an upstream that has no referrers API is believed to have none.
 pub const NO_API_RECHECK: Duration = Duration::from_secs(10 * 60);
+
+/// Most pages of a paginated referrers list read (`Link: <…>; rel="next"`).
+const MAX_PAGES: usize = 16;
 
 /// Most bytes of referrers lists kept in memory.
 const CACHE_BYTES: u64 = 16 << 20;
@@ -169,6 +173,7 @@ impl ReferrersService {
             Ok(n) => n,
             Err(e) => return Err(Error::internal("a routed repository name", e)),
         };
+        let mut complete = true;
         let listed = if !acting && self.known_without_api(&key.upstream) {
             self.fallback(&target, &name, &key.subject).await?
         } else {
@@ -176,15 +181,45 @@ impl ReferrersService {
                 ReferrersAnswer::Index {
                     bytes,
                     filters_applied,
+                    next,
                     ..
                 } => {
-                    let descriptors =
-                        index::descriptors(&bytes).map_err(|e| Error::BadUpstream {
+                    let read = |bytes: &[u8]| {
+                        index::descriptors(bytes).map_err(|e| Error::BadUpstream {
                             upstream: key.upstream.clone(),
                             message: format!("a referrers list regcache cannot read: {e}"),
-                        })?;
+                        })
+                    };
+                    let mut descriptors = read(&bytes)?;
+                    let (mut next, mut pages, mut raw) = (next, 1, bytes);
+                    // Paginated upstream: the whole list is every page's.
+                    while let Some(page) = next.take() {
+                        if pages == MAX_PAGES {
+                            tracing::warn!(repo = key.repository, subject = %key.subject, pages, "referrers list has more pages than regcache reads; answering the first ones, not kept");
+                            complete = false;
+                            break;
+                        }
+                        match referrers::get_referrers_page(&*upstream, &page).await? {
+                            ReferrersAnswer::Index { bytes, next: n, .. } => {
+                                descriptors.extend(read(&bytes)?);
+                                (next, pages) = (n, pages + 1);
+                            }
+                            ReferrersAnswer::NoApi { status, .. } => {
+                                return Err(Error::BadUpstream {
+                                    upstream: key.upstream.clone(),
+                                    message: format!(
+                                        "page {} of a referrers list answered HTTP {status}",
+                                        pages + 1
+                                    ),
+                                });
+                            }
+                        }
+                    }
+                    if pages > 1 {
+                        raw = Bytes::from(index::build_index(descriptors.clone()));
+                    }
                     Listed {
-                        raw: bytes,
+                        raw,
                         descriptors,
                         upstream_filters: filters_applied,
                         origin: Origin::Api,
@@ -206,7 +241,7 @@ impl ReferrersService {
             }
         };
         let listed = Arc::new(listed);
-        if !acting && listed.upstream_filters.is_none() {
+        if !acting && complete && listed.upstream_filters.is_none() {
             self.lists.insert(key, listed.clone());
         }
         Ok(listed)
