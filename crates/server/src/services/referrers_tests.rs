@@ -124,3 +124,37 @@ async fn upstream_failures_are_the_upstreams_unless_a_kept_list_covers_them() {
         "{e:?}"
     );
 }
+
+#[tokio::test]
+async fn acting_as_the_client_nothing_cached_answers() {
+    let (_dir, services) = temp_services().await;
+    let registry = Arc::new(MemoryRegistry::new("quay.io"));
+    let d = registry.put_manifest("team/app", media_type::OCI_INDEX, fallback_index());
+    registry.tag("team/app", &index::fallback_tag(&subject(5)), &d);
+    let mut target = target_for(registry.clone(), |_| {});
+    target.acting_as = Some(registry.clone());
+    let name = RepositoryName::parse("team/app").unwrap();
+    for round in 1..=2 {
+        let r = services
+            .referrers
+            .list(&target, &name, &subject(5), Some(SBOM))
+            .await
+            .unwrap();
+        assert_eq!(r.origin, Origin::FallbackTag);
+        assert_eq!(manifests(&r.body)[0]["artifactType"], SBOM);
+        // The API asked each time (its absence not remembered for a
+        // client), and the fallback tag checked with the client's HEAD every
+        // time (the tag service's own revalidating HEAD came once: the tag
+        // was then fresh).
+        assert_eq!(registry.calls(Op::Send), round);
+        assert_eq!(registry.calls(Op::HeadManifest), round + 1);
+    }
+    // The client's answers were not kept for anyone else.
+    target.acting_as = None;
+    services
+        .referrers
+        .list(&target, &name, &subject(5), None)
+        .await
+        .unwrap();
+    assert_eq!(registry.calls(Op::Send), 3);
+}
