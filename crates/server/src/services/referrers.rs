@@ -28,7 +28,7 @@ use regcache_formats::media_type::ALL_MANIFEST_TYPES;
 use regcache_formats::reference::{RepositoryName, Tag};
 use regcache_formats::referrers::{self as index, EMPTY_INDEX};
 use regcache_formats::{Digest, ErrorCode};
-use regcache_upstream::{ReferrersAnswer, referrers};
+use regcache_upstream::{ReferrersAnswer, UpstreamApi, referrers};
 use serde_json::Value;
 
 use super::coalesce::Coalesce;
@@ -184,40 +184,9 @@ impl ReferrersService {
                     next,
                     ..
                 } => {
-                    let read = |bytes: &[u8]| {
-                        index::descriptors(bytes).map_err(|e| Error::BadUpstream {
-                            upstream: key.upstream.clone(),
-                            message: format!("a referrers list regcache cannot read: {e}"),
-                        })
-                    };
-                    let mut descriptors = read(&bytes)?;
-                    let (mut next, mut pages, mut raw) = (next, 1, bytes);
-                    // Paginated upstream: the whole list is every page's.
-                    while let Some(page) = next.take() {
-                        if pages == MAX_PAGES {
-                            tracing::warn!(repo = key.repository, subject = %key.subject, pages, "referrers list has more pages than regcache reads; answering the first ones, not kept");
-                            complete = false;
-                            break;
-                        }
-                        match referrers::get_referrers_page(&*upstream, &page).await? {
-                            ReferrersAnswer::Index { bytes, next: n, .. } => {
-                                descriptors.extend(read(&bytes)?);
-                                (next, pages) = (n, pages + 1);
-                            }
-                            ReferrersAnswer::NoApi { status, .. } => {
-                                return Err(Error::BadUpstream {
-                                    upstream: key.upstream.clone(),
-                                    message: format!(
-                                        "page {} of a referrers list answered HTTP {status}",
-                                        pages + 1
-                                    ),
-                                });
-                            }
-                        }
-                    }
-                    if pages > 1 {
-                        raw = Bytes::from(index::build_index(descriptors.clone()));
-                    }
+                    let (raw, descriptors, whole) =
+                        all_pages(&*upstream, &key, bytes, next).await?;
+                    complete = whole;
                     Listed {
                         raw,
                         descriptors,
@@ -306,6 +275,59 @@ impl ReferrersService {
             }
         }
     }
+}
+
+/// A referrers list from its first page (`bytes`, linking to `next`) and
+/// the pages after it, at most [`MAX_PAGES`]: the list as served (the first
+/// page's bytes when it is the only one), its descriptors, and whether that
+/// is the whole list.
+async fn all_pages(
+    upstream: &dyn UpstreamApi,
+    key: &Key,
+    bytes: Bytes,
+    next: Option<String>,
+) -> Result<(Bytes, Vec<Value>, bool), Error> {
+    let read = |bytes: &[u8]| {
+        index::descriptors(bytes).map_err(|e| Error::BadUpstream {
+            upstream: key.upstream.clone(),
+            message: format!("a referrers list regcache cannot read: {e}"),
+        })
+    };
+    let mut descriptors = read(&bytes)?;
+    let (mut next, mut pages) = (next, 1);
+    while let Some(page) = next.take() {
+        if pages == MAX_PAGES {
+            tracing::warn!(repo = key.repository, subject = %key.subject, pages, "referrers list has more pages than regcache reads; answering the first ones, not kept");
+            return Ok((
+                Bytes::from(index::build_index(descriptors.clone())),
+                descriptors,
+                false,
+            ));
+        }
+        match referrers::get_referrers_page(upstream, &page).await? {
+            ReferrersAnswer::Index { bytes, next: n, .. } => {
+                descriptors.extend(read(&bytes)?);
+                (next, pages) = (n, pages + 1);
+            }
+            ReferrersAnswer::NoApi { status, .. } => {
+                return Err(Error::BadUpstream {
+                    upstream: key.upstream.clone(),
+                    message: format!(
+                        "page {} of a referrers list answered HTTP {status}",
+                        pages + 1
+                    ),
+                });
+            }
+        }
+    }
+    if pages == 1 {
+        return Ok((bytes, descriptors, true));
+    }
+    Ok((
+        Bytes::from(index::build_index(descriptors.clone())),
+        descriptors,
+        true,
+    ))
 }
 
 /// A fallback tag that is not there: no referrers.
