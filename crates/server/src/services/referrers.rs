@@ -42,7 +42,7 @@ use crate::request::Target;
 pub const NO_API_RECHECK: Duration = Duration::from_secs(10 * 60);
 
 /// Most pages of a paginated referrers list read (`Link: <…>; rel="next"`).
-const MAX_PAGES: usize = 16;
+pub const MAX_PAGES: usize = 16;
 
 /// Most bytes of referrers lists kept in memory.
 const CACHE_BYTES: u64 = 16 << 20;
