@@ -18,6 +18,7 @@
 //! | [`mounts`] | [`mounts::Tmpfs`] (a small tmpfs, unmounted on drop) and [`mounts::Bind`] (a data dir switched to read-only under a running regcache); root only |
 //! | [`fault`] | [`FaultProxy`]: forwards to the registry, corrupts / truncates blob bodies, injects statuses and stalls, counts requests |
 //! | [`token`] | [`TokenServer`]: a JWT token service that distribution's `auth: token` trusts |
+//! | [`referrers`] | [`referrers::ReferrersUpstream`]: a small registry with the OCI 1.1 referrers API (distribution 2.8 has none), counting requests |
 //! | [`http_server`] | the small hyper server thread the in-process peers run on |
 //! | [`keys`] | deterministic P-256 signing keys as SEC 1 PEM files |
 //! | [`jws`] | an independent recovery of a signed Schema 1 manifest's canonical payload (spec 04 §4.5) |
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod mounts;
 pub mod policy_support;
 pub mod ports;
+pub mod referrers;
 pub mod regcache;
 pub mod registry;
 pub mod skopeo;

@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod media_type;
 pub mod negotiate;
 pub mod reference;
+pub mod referrers;
 pub mod schema1;
 pub mod upgrade;
 

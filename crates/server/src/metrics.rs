@@ -153,6 +153,8 @@ pub enum Kind {
     Bridge,
     /// Schema 1 images upgraded to Docker Schema 2.
     Upgrade,
+    /// A subject's referrers list (OCI 1.1), kept for the tag TTL.
+    Referrers,
 }
 
 impl Kind {
@@ -165,6 +167,7 @@ impl Kind {
             Kind::Listing => "listing",
             Kind::Bridge => "bridge",
             Kind::Upgrade => "upgrade",
+            Kind::Referrers => "referrers",
         }
     }
 }
@@ -410,7 +413,9 @@ impl Metrics {
             Kind::Manifest => &self.hot.manifest_hit,
             Kind::Blob => &self.hot.blob_hit,
             Kind::Schema1 => &self.hot.schema1_hit,
-            Kind::Listing | Kind::Bridge | Kind::Upgrade => return self.lookup(kind, "hit"),
+            Kind::Listing | Kind::Bridge | Kind::Upgrade | Kind::Referrers => {
+                return self.lookup(kind, "hit");
+            }
         };
         counter.inc();
     }

@@ -417,6 +417,17 @@ pub trait UpstreamApi: Send + Sync + 'static {
     /// A pass-through request; see [`RawRequest`] and [`RawResponse`].
     fn send(&self, req: RawRequest) -> BoxFuture<'_, Result<RawResponse, UpstreamError>>;
 
+    /// `GET /v2/<repo>/referrers/<subject>` (OCI 1.1), unfiltered; see
+    /// [`crate::referrers`]. Built on [`UpstreamApi::send`], so wrappers
+    /// that guard or fault `send` guard or fault this too.
+    fn get_referrers<'a>(
+        &'a self,
+        repo: &'a str,
+        subject: &'a Digest,
+    ) -> BoxFuture<'a, Result<crate::referrers::ReferrersAnswer, UpstreamError>> {
+        Box::pin(crate::referrers::get_referrers(self, repo, subject))
+    }
+
     /// Request counters.
     fn stats(&self) -> UpstreamStats;
 

@@ -42,6 +42,7 @@ mod config;
 mod error;
 #[cfg(feature = "mock")]
 pub mod mock;
+pub mod referrers;
 mod retry;
 mod scope;
 mod stats;
@@ -56,5 +57,6 @@ pub use config::{ClientConfig, Credentials, RetryConfig, Secret};
 pub use error::{BoxError, TimeoutPhase, UpstreamError};
 #[cfg(feature = "mock")]
 pub use mock::{FailureUpstream, Fault, Op};
+pub use referrers::ReferrersAnswer;
 pub use scope::Scope;
 pub use stats::UpstreamStats;

@@ -18,6 +18,7 @@ mod fsck;
 mod harness;
 mod multi_registry;
 mod oci_bridge;
+mod referrers;
 mod request_rules;
 mod resume;
 mod schema1_differential;

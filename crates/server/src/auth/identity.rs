@@ -14,7 +14,8 @@
 //! from the cache, but only after the upstream let them into the repository.
 //!
 //! Listings (tags, catalog, referrers) are no probe: they are forwarded with
-//! the client's identity, and the handler serves no local fallback for them.
+//! the client's identity, and nothing cached answers them (a referrers
+//! fallback tag is checked with a `HEAD` under that identity first).
 
 use std::sync::Arc;
 use std::time::Duration;

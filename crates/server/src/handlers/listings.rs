@@ -1,4 +1,4 @@
-//! `tags/list`, `_catalog` and referrers, relayed from the upstream; what
+//! `tags/list` and `_catalog`, relayed from the upstream; what
 //! regcache knows itself when the upstream cannot answer.
 //!
 //! A tag list's `name` is the repository as the client named it
@@ -10,7 +10,7 @@
 //! upstream's `Link`) must be an upstream name.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use regcache_formats::reference::RepositoryName;
 use regcache_upstream::{Identity, RawRequest, UpstreamError};
 
@@ -30,7 +30,6 @@ const MAX_LISTING_BYTES: usize = 32 << 20;
 pub enum Listing {
     Tags(RepositoryName),
     Catalog,
-    Referrers,
 }
 
 impl App {
@@ -79,14 +78,7 @@ impl App {
         }
         let status = resp.status;
         let mut out_headers = HeaderMap::new();
-        copy_headers(
-            &resp.headers,
-            &mut out_headers,
-            &[
-                header::CONTENT_TYPE,
-                HeaderName::from_static("oci-filters-applied"),
-            ],
-        );
+        copy_headers(&resp.headers, &mut out_headers, &[header::CONTENT_TYPE]);
         if clients_own {
             copy_headers(&resp.headers, &mut out_headers, &[header::WWW_AUTHENTICATE]);
         }
@@ -144,7 +136,6 @@ impl App {
                 repos.sort();
                 serde_json::json!({ "repositories": repos })
             }
-            Listing::Referrers => return Err(Error::Upstream(e)),
         };
         self.metrics.stale(Kind::Listing);
         let mut bytes =

@@ -3,7 +3,7 @@
 //! of its resource, and rescues every error into a registry error response.
 //!
 //! Handlers per resource: [`manifests`] (content negotiation and the Schema 1
-//! policies), [`blobs`], [`listings`] (tags, catalog, referrers), [`push`]
+//! policies), [`blobs`], [`listings`] (tags, catalog), [`referrers`], [`push`]
 //! (uploads and manifest pushes forwarded upstream), and [`fast`], the
 //! adapter for the HTTP/1 fast path. They speak HTTP on top of
 //! [`crate::services`], which do the work. Writes and the catalog go
@@ -38,6 +38,7 @@ mod gated;
 pub mod listings;
 pub mod manifests;
 pub mod push;
+pub mod referrers;
 
 /// Everything a request handler needs; shared by all connections.
 pub struct App {
@@ -351,9 +352,8 @@ impl App {
                 self.listing(target, &req, listings::Listing::Catalog, identity)
                     .await
             }
-            Route::Referrers { .. } if method == Method::GET => {
-                self.listing(target, &req, listings::Listing::Referrers, Identity::Stored)
-                    .await
+            Route::Referrers { name, digest } if read => {
+                self.get_referrers(target, &name, &digest, &req, head).await
             }
             Route::Manifest { name, reference } if method == Method::PUT => {
                 let identity = writes()?;

@@ -3,8 +3,8 @@
 //! Each service owns its state (caches, flights in progress); the handlers
 //! in [`crate::handlers`] sit on top and speak HTTP.
 //!
-//! Dependencies point one way: tags → manifests; schema1 → manifests and
-//! blobs. Nothing here knows about hyper.
+//! Dependencies point one way: tags → manifests; referrers → tags;
+//! schema1 → manifests and blobs. Nothing here knows about hyper.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,6 +20,7 @@ pub mod coalesce;
 mod diffid;
 pub mod links;
 pub mod manifests;
+pub mod referrers;
 mod resume;
 pub mod schema1;
 pub mod tags;
@@ -28,6 +29,7 @@ pub mod upgrade;
 pub use blobs::BlobService;
 pub use bridge::BridgeService;
 pub use manifests::ManifestService;
+pub use referrers::ReferrersService;
 pub use schema1::Schema1Service;
 pub use tags::TagService;
 pub use upgrade::UpgradeService;
@@ -39,6 +41,8 @@ pub struct Services {
     pub blobs: BlobService,
     pub manifests: ManifestService,
     pub tags: TagService,
+    /// Referrers lists (OCI 1.1), over the tags for the fallback tag.
+    pub referrers: ReferrersService,
     pub schema1: Schema1Service,
     /// Docker forms of OCI images.
     pub bridge: BridgeService,
@@ -54,6 +58,7 @@ impl Services {
         let manifests = ManifestService::new(store.clone(), metrics.clone());
         let tags = TagService::new(store.clone(), metrics.clone(), manifests.clone());
         let bridge = BridgeService::new(store.clone(), metrics.clone(), manifests.clone());
+        let referrers = ReferrersService::new(metrics.clone(), tags.clone());
         let schema1 = Schema1Service::new(
             key,
             store.clone(),
@@ -74,6 +79,7 @@ impl Services {
             blobs,
             manifests,
             tags,
+            referrers,
             schema1,
             bridge,
             upgrade,
