@@ -212,6 +212,26 @@ impl MappingLog {
             .cloned()
     }
 
+    /// [`find`](Self::find), for one direction only.
+    pub fn find_made(
+        &self,
+        upstream: &str,
+        repository: &str,
+        digest: &Digest,
+        direction: Direction,
+    ) -> Option<MappingRecord> {
+        let state = self.state.lock();
+        state
+            .by_digest
+            .get(digest)?
+            .iter()
+            .map(|&i| &state.records[i])
+            .find(|r| {
+                r.upstream == upstream && r.repository == repository && r.direction == direction
+            })
+            .cloned()
+    }
+
     pub fn len(&self) -> usize {
         self.state.lock().records.len()
     }

@@ -176,23 +176,15 @@ impl BridgeService {
         name: &RepositoryName,
         digest: &Digest,
     ) -> Result<Option<Arc<Manifest>>, Error> {
-        let Some(rec) = self
-            .store
-            .mappings()
-            .find(&target.upstream.name, &target.client_name(name), digest)
-            .filter(|r| r.direction == Direction::OciToDocker)
-        else {
+        let Some(rec) = self.store.mappings().find_made(
+            &target.upstream.name,
+            &target.client_name(name),
+            digest,
+            Direction::OciToDocker,
+        ) else {
             return Ok(None);
         };
-        let source = self
-            .manifests
-            .get(
-                target,
-                name,
-                &rec.source_digest,
-                Some(&rec.source_media_type),
-            )
-            .await?;
+        let source = self.manifests.source_of(target, name, &rec).await?;
         self.forms.invalidate(&rec.source_digest);
         let m = self.docker_form(target, name, &rec.tag, &source).await?;
         Ok((m.digest == *digest).then_some(m))

@@ -14,7 +14,7 @@ use regcache_formats::manifest::Manifest;
 use regcache_formats::media_type::{self, ALL_MANIFEST_TYPES};
 use regcache_formats::reference::{Reference, RepositoryName};
 use regcache_formats::{Digest, MediaType};
-use regcache_store::{Store, TagRecord};
+use regcache_store::{MappingRecord, Store, TagRecord};
 use regcache_upstream::UpstreamApi;
 
 use super::coalesce::Coalesce;
@@ -112,6 +112,23 @@ impl ManifestService {
             Some(m) => Ok(m),
             None => self.fetch(target, name, digest, hint).await,
         }
+    }
+
+    /// The manifest a generated one was made from (its mapping record's
+    /// source): cached, else fetched.
+    pub async fn source_of(
+        &self,
+        target: &Target,
+        name: &RepositoryName,
+        record: &MappingRecord,
+    ) -> Result<Arc<Manifest>, Error> {
+        self.get(
+            target,
+            name,
+            &record.source_digest,
+            Some(&record.source_media_type),
+        )
+        .await
     }
 
     /// One verified upstream `GET` by digest (coalesced), kept for good.

@@ -181,10 +181,12 @@ impl Schema1Service {
         name: &RepositoryName,
         digest: &Digest,
     ) -> Option<MappingRecord> {
-        self.store
-            .mappings()
-            .find(&target.upstream.name, &target.client_name(name), digest)
-            .filter(|r| r.direction == Direction::ToSchema1)
+        self.store.mappings().find_made(
+            &target.upstream.name,
+            &target.client_name(name),
+            digest,
+            Direction::ToSchema1,
+        )
     }
 
     /// A rendering regcache made but no longer holds, rebuilt from its
@@ -201,15 +203,7 @@ impl Schema1Service {
         let Ok(tag) = Tag::parse(&rec.tag) else {
             return Ok(None);
         };
-        let source = self
-            .manifests
-            .get(
-                target,
-                name,
-                &rec.source_digest,
-                Some(&rec.source_media_type),
-            )
-            .await?;
+        let source = self.manifests.source_of(target, name, &rec).await?;
         self.renderings.invalidate(&RenderingKey {
             repository: target.client_name(name),
             tag: rec.tag.clone(),

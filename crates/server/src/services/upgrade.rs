@@ -229,15 +229,7 @@ impl UpgradeService {
         if let Some(src) = self.blobs.cached(digest).await? {
             return Ok(Some(src));
         }
-        let source = self
-            .manifests
-            .get(
-                target,
-                name,
-                &rec.source_digest,
-                Some(&rec.source_media_type),
-            )
-            .await?;
+        let source = self.manifests.source_of(target, name, &rec).await?;
         self.built.invalidate(&rec.source_digest);
         let Some(b) = self.built(target, name, &source).await? else {
             return Ok(None);
@@ -264,15 +256,7 @@ impl UpgradeService {
         if rec.media_type != SCHEMA2 {
             return Ok(None);
         }
-        let source = self
-            .manifests
-            .get(
-                target,
-                name,
-                &rec.source_digest,
-                Some(&rec.source_media_type),
-            )
-            .await?;
+        let source = self.manifests.source_of(target, name, &rec).await?;
         self.built.invalidate(&rec.source_digest);
         let b = self.built(target, name, &source).await?;
         Ok(b.map(|b| b.manifest).filter(|m| m.digest == *digest))
@@ -391,10 +375,12 @@ pub fn generated_here(
     name: &RepositoryName,
     digest: &Digest,
 ) -> Option<MappingRecord> {
-    store
-        .mappings()
-        .find(&target.upstream.name, &target.client_name(name), digest)
-        .filter(|r| r.direction == Direction::Schema1ToSchema2)
+    store.mappings().find_made(
+        &target.upstream.name,
+        &target.client_name(name),
+        digest,
+        Direction::Schema1ToSchema2,
+    )
 }
 
 fn invalid(e: upgrade::UpgradeError) -> Error {
