@@ -133,6 +133,8 @@ struct Hot {
     manifest_hit: Counter,
     blob_hit: Counter,
     schema1_hit: Counter,
+    bridge_hit: Counter,
+    upgrade_hit: Counter,
     from_cache: Counter,
     from_upstream: Counter,
     via_sendfile: Counter,
@@ -278,6 +280,8 @@ impl Metrics {
         let manifest_hit = counter(Kind::Manifest);
         let blob_hit = counter(Kind::Blob);
         let schema1_hit = counter(Kind::Schema1);
+        let bridge_hit = counter(Kind::Bridge);
+        let upgrade_hit = counter(Kind::Upgrade);
         let from_cache = {
             let c = bytes_served.get_or_create(&Source { source: "cache" });
             c.clone()
@@ -366,6 +370,8 @@ impl Metrics {
             manifest_hit,
             blob_hit,
             schema1_hit,
+            bridge_hit,
+            upgrade_hit,
             from_cache,
             from_upstream,
         };
@@ -413,7 +419,9 @@ impl Metrics {
             Kind::Manifest => &self.hot.manifest_hit,
             Kind::Blob => &self.hot.blob_hit,
             Kind::Schema1 => &self.hot.schema1_hit,
-            Kind::Listing | Kind::Bridge | Kind::Upgrade | Kind::Referrers => {
+            Kind::Bridge => &self.hot.bridge_hit,
+            Kind::Upgrade => &self.hot.upgrade_hit,
+            Kind::Listing | Kind::Referrers => {
                 return self.lookup(kind, "hit");
             }
         };
