@@ -1156,7 +1156,7 @@ impl Report {
         let _ = writeln!(out, "\n## Configurations\n");
         let _ = writeln!(
             out,
-            "regcache runs `regcache serve --listen … --admin-listen … --upstream … --data-dir …` on its defaults (tag TTL 60 s, 256 MiB memory tier for objects ≤ 4 MiB, disk tier) with `REGCACHE_LOG=warn`. The upstream is docker-registry 2.8 started by `regcache_tests::Registry` (debug log and access log on: the warm-up check reads it). The image set is generated from seed {} (`bench/big:v1` with the 100 MiB layer, `bench/app:v1` whose manifest S2 and S6 fetch, `bench/oci:v1` under an OCI image manifest, which S7 fetches).\n",
+            "regcache runs `regcache serve --config regcache.toml --listen … --admin-listen … --upstream … --data-dir …` on its defaults but for `[limits] requests_per_second_per_client = 0` (the default per-client rate limit, 200/s with a burst of 400, would answer the single-address load generator 429; no peer limits rates) (tag TTL 60 s, 256 MiB memory tier for objects ≤ 4 MiB, disk tier) with `REGCACHE_LOG=warn`. The upstream is docker-registry 2.8 started by `regcache_tests::Registry` (debug log and access log on: the warm-up check reads it). The image set is generated from seed {} (`bench/big:v1` with the 100 MiB layer, `bench/app:v1` whose manifest S2 and S6 fetch, `bench/oci:v1` under an OCI image manifest, which S7 fetches).\n",
             super::harness::SEED
         );
         for (title, text, lang) in [
