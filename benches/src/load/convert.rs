@@ -27,6 +27,7 @@ use sha2::Digest as _;
 use super::harness::{S2_CONNECTIONS, Target};
 use super::http::{Conn, Head, get_request};
 use super::imageset::{DOCKER17_ACCEPT, ImageSet, Object};
+use super::procstat::{self, TICKS_PER_SEC};
 use super::report::{fmt_value, ratio, table};
 use super::wrk::{Wrk, WrkArgs};
 
@@ -80,6 +81,10 @@ pub struct ConversionRecord {
     /// Best run: requests/s and its p99.
     pub rps: f64,
     pub p99_ms: f64,
+    /// Everything else the machine did during the best run, in cores
+    /// (busy CPU minus the servers', the upstream's, wrk's and this
+    /// process's): the noise.
+    pub other_cores: f64,
     pub detail: String,
     /// Status, `Content-Type`, `Docker-Content-Digest` and body length of
     /// the warm-up GET (what every answer of the load is).
@@ -102,8 +107,8 @@ impl ConversionRecord {
     /// One line for the progress log.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "{:.0} req/s, p99 {:.2} ms, {} {}",
-            self.rps, self.p99_ms, self.status, self.content_type
+            "{:.0} req/s, p99 {:.2} ms, other cores {:.2}, {} {}",
+            self.rps, self.p99_ms, self.other_cores, self.status, self.content_type
         );
         if let Some(d) = &self.digest {
             let _ = write!(s, ", Docker-Content-Digest {d}");
@@ -186,11 +191,14 @@ pub fn check_twin(head: &Head, body: &[u8], oci: &Object) -> Result<(), String> 
 /// `conversion` against `target`: one warm-up GET, checked (S6: a 200; S7
 /// against regcache: [`check_twin`]; a failed check records the error and
 /// measures nothing), then `rounds` wrk runs, the best kept. A server that
-/// refuses S7 is measured all the same, every answer of the load having to
-/// be a refusal like the warm-up's.
+/// refuses S7 is measured all the same, every answer of the load having to be a
+/// refusal like the warm-up's. `all_pids`: every server's processes and
+/// the upstream (for the noise figure).
+#[allow(clippy::too_many_arguments)]
 pub fn measure(
     conversion: Conversion,
     target: &Target,
+    all_pids: &[u32],
     set: &ImageSet,
     wrk: &Wrk,
     client_cpus: usize,
@@ -203,6 +211,7 @@ pub fn measure(
         target: target.name,
         rps: 0.0,
         p99_ms: 0.0,
+        other_cores: 0.0,
         detail: String::new(),
         status: 0,
         content_type: String::new(),
@@ -244,7 +253,15 @@ pub fn measure(
         return Ok(record);
     }
     let url = format!("http://{}{}", target.addr, path);
+    let ours = || -> u64 {
+        all_pids
+            .iter()
+            .chain([&std::process::id()])
+            .filter_map(|p| procstat::process_cpu(*p))
+            .sum()
+    };
     for _ in 0..rounds.max(1) {
+        let (busy0, ours0) = (procstat::machine_cpu().busy, ours());
         let run = wrk.run(&WrkArgs {
             url: &url,
             threads: client_cpus.clamp(1, 4),
@@ -252,6 +269,10 @@ pub fn measure(
             duration,
             headers,
         })?;
+        let busy = procstat::machine_cpu().busy.saturating_sub(busy0);
+        let mine = ours().saturating_sub(ours0) + run.client_cpu_ticks;
+        let other =
+            busy.saturating_sub(mine) as f64 / TICKS_PER_SEC / run.duration.as_secs_f64().max(1e-9);
         let rps = run.requests_per_sec();
         // wrk counts answers outside 2xx/3xx: all of them for a refusal.
         let unexpected = if head.status == 200 {
@@ -268,6 +289,7 @@ pub fn measure(
         if rps > record.rps {
             record.rps = rps;
             record.p99_ms = run.p99_us as f64 / 1e3;
+            record.other_cores = other;
             record.detail = format!(
                 "{} requests, p50 {:.2} ms, p90 {:.2} ms, max {:.1} ms",
                 run.requests,
@@ -325,6 +347,7 @@ pub fn tables(records: &[ConversionRecord], set_oci: Option<&Object>, s2_tag: f6
             "Content-Type",
             "ratio to regcache S2 by tag",
             "regcache / this",
+            "other cores",
         ];
         let rows: Vec<Vec<String>> = of(Conversion::Schema1)
             .map(|r| {
@@ -335,6 +358,7 @@ pub fn tables(records: &[ConversionRecord], set_oci: Option<&Object>, s2_tag: f6
                     format!("`{}`", r.content_type),
                     ratio(r.rps, s2_tag),
                     ratio(regcache, r.rps),
+                    format!("{:.2}", r.other_cores),
                 ]
             })
             .collect();
@@ -359,6 +383,7 @@ pub fn tables(records: &[ConversionRecord], set_oci: Option<&Object>, s2_tag: f6
             "bytes",
             "ratio to regcache S2 by tag",
             "goal ≥ 0.9×",
+            "other cores",
         ];
         let rows: Vec<Vec<String>> = of(Conversion::Bridge)
             .map(|r| {
@@ -393,6 +418,7 @@ pub fn tables(records: &[ConversionRecord], set_oci: Option<&Object>, s2_tag: f6
                         ("regcache", _) => "failed".into(),
                         _ => "–".into(),
                     },
+                    format!("{:.2}", r.other_cores),
                 ]
             })
             .collect();

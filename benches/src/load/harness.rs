@@ -595,6 +595,7 @@ pub fn run(options: &Options) -> Result<Report, String> {
             let record = convert::measure(
                 conversion,
                 target,
+                &all_pids,
                 &set,
                 &wrk,
                 pinning.client_cpus,
