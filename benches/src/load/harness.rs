@@ -11,14 +11,15 @@ use sha2::Digest as _;
 
 use super::blobload;
 use super::cold;
+use super::convert::{self, Conversion};
 use super::http::{Conn, get_request};
 use super::imageset::{BIG_BLOB_BYTES, ImageSet, Object, PULL_LAYER_FILES, PullImage};
 use super::machine::{self, Machine};
 use super::procstat::{self, TICKS_PER_SEC};
 use super::pull::{self, Skopeo};
 use super::report::{
-    self, FanInRecord, PULL_DIRECT, PullRecord, PullReport, Report, RunRecord, Schema1Record,
-    TargetInfo, WarmRecord,
+    self, FanInRecord, PULL_DIRECT, PullRecord, PullReport, Report, RunRecord, TargetInfo,
+    WarmRecord,
 };
 use super::servers::{Cpus, DistributionProxy, Nginx, NginxMode, RegcacheServer};
 use super::wrk::{Wrk, WrkArgs};
@@ -582,33 +583,28 @@ pub fn run(options: &Options) -> Result<Report, String> {
 
     let metrics_end = regcache.metrics();
 
-    // S6: Schema 1 conversion, by tag with no Accept (an old client).
-    let mut schema1 = Vec::new();
-    for target in targets
-        .iter()
-        .filter(|t| t.name == "regcache" || t.name == "docker-registry proxy")
-    {
-        log(format!("S6 Schema 1 conversion against {}", target.name));
-        let record = measure_schema1(
-            target,
-            &set,
-            &wrk,
-            pinning.client_cpus,
-            options.duration,
-            options.rounds,
-        )?;
-        log(format!(
-            "  {:.0} req/s, p99 {:.2} ms, {}{}",
-            record.rps,
-            record.p99_ms,
-            record.content_type,
-            if record.errors.is_empty() {
-                String::new()
-            } else {
-                format!(", errors: {}", record.errors.join("; "))
-            }
-        ));
-        schema1.push(record);
+    // S6 and S7: by-tag GETs that regcache answers with a conversion
+    // (Schema 1 for no Accept; the Docker twin of an OCI image for Docker 17).
+    let mut conversions = Vec::new();
+    for conversion in Conversion::ALL {
+        for target in targets
+            .iter()
+            .filter(|t| convert::SERVERS.contains(&t.name))
+        {
+            log(format!("{} against {}", conversion.label(), target.name));
+            let record = convert::measure(
+                conversion,
+                target,
+                &all_pids,
+                &set,
+                &wrk,
+                pinning.client_cpus,
+                options.duration,
+                options.rounds,
+            )?;
+            log(format!("  {}", record.summary()));
+            conversions.push(record);
+        }
     }
 
     // S3: cold fan-in, a blob no warm-up touched, a different one per server.
@@ -735,7 +731,8 @@ pub fn run(options: &Options) -> Result<Report, String> {
         nginx_static_conf: nginx_static.conf().to_owned(),
         fan_in,
         direct_ttlb,
-        schema1,
+        conversions,
+        oci_manifest: set.oci_by_tag.clone(),
         pull,
     };
     Ok(report)
@@ -1092,79 +1089,6 @@ fn snapshot(target: &Target, upstream_pid: u32, all_pids: &[u32]) -> CpuSnapshot
         ours: sum(all_pids),
         me: procstat::process_cpu(std::process::id()).unwrap_or(0),
     }
-}
-
-/// S6 against `target`: one warm-up GET of the manifest by tag with no
-/// `Accept` (must be a 200), then `rounds` wrk runs with no `Accept`; the
-/// best is kept.
-fn measure_schema1(
-    target: &Target,
-    set: &ImageSet,
-    wrk: &Wrk,
-    client_cpus: usize,
-    duration: Duration,
-    rounds: usize,
-) -> Result<Schema1Record, String> {
-    let path = &set.manifest_by_tag.path;
-    let mut record = Schema1Record {
-        target: target.name,
-        rps: 0.0,
-        p99_ms: 0.0,
-        detail: String::new(),
-        content_type: String::new(),
-        errors: Vec::new(),
-        command: String::new(),
-    };
-    let warm =
-        Conn::connect(target.addr).and_then(|mut c| c.get(&get_request(target.addr, path, &[])));
-    match warm {
-        Ok((head, body)) => {
-            record.content_type = head.header("content-type").unwrap_or("none").to_owned();
-            if head.status != 200 {
-                record.errors.push(format!(
-                    "warm-up GET {path} without Accept answered {}: {}",
-                    head.status,
-                    String::from_utf8_lossy(&body[..body.len().min(300)])
-                ));
-                return Ok(record);
-            }
-        }
-        Err(e) => {
-            record.errors.push(format!("warm-up GET {path}: {e}"));
-            return Ok(record);
-        }
-    }
-    let url = format!("http://{}{}", target.addr, path);
-    for _ in 0..rounds.max(1) {
-        let run = wrk.run(&WrkArgs {
-            url: &url,
-            threads: client_cpus.clamp(1, 4),
-            connections: S2_CONNECTIONS,
-            duration,
-            headers: &[],
-        })?;
-        let rps = run.requests_per_sec();
-        if run.socket_errors > 0 || run.status_errors > 0 {
-            record.errors.push(format!(
-                "wrk: {} socket errors, {} non-2xx/3xx answers",
-                run.socket_errors, run.status_errors
-            ));
-        }
-        if rps > record.rps {
-            record.rps = rps;
-            record.p99_ms = run.p99_us as f64 / 1e3;
-            record.detail = format!(
-                "{} requests, p50 {:.2} ms, p90 {:.2} ms, max {:.1} ms",
-                run.requests,
-                run.p50_us as f64 / 1e3,
-                run.p90_us as f64 / 1e3,
-                run.max_us as f64 / 1e3
-            );
-            record.command = run.command;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    Ok(record)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -7,6 +7,10 @@
 //!   gzip layer on the wire; nothing in the benchmark decompresses it).
 //! * `bench/app:v1`: a config and five small gzip layers; its Docker
 //!   Schema 2 manifest is what S2 fetches, by tag and by digest.
+//! * `bench/oci:v1`: a config and five other small gzip layers under an
+//!   OCI image manifest: what S7 fetches by tag as an old Docker client
+//!   ([`DOCKER17_ACCEPT`]), which regcache answers with the image's Docker
+//!   twin.
 //! * `bench/pull:TAG` (S4, pushed only when S4 runs): images of eight gzip
 //!   tar layers of varied sizes ([`PULL_LAYER_FILES`], ~180 MiB in all) and a
 //!   config, one per (server, round) and one for the direct reference, so
@@ -25,6 +29,10 @@ pub const BIG_BLOB_BYTES: usize = 100 << 20;
 
 /// The `Accept` line of manifest GETs (containerd's, as a pull sends it).
 pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
+
+/// The `Accept` line of a Docker 1.10–17.x pull (Schema 2, lists and
+/// Schema 1, no OCI type): S7's client.
+pub const DOCKER17_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v1+prettyjws, application/json";
 
 /// The `Accept` line of blob GETs.
 pub const BLOB_ACCEPT: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip, */*";
@@ -56,6 +64,12 @@ pub struct ImageSet {
     pub manifest_by_tag: Object,
     /// S2: `bench/app` manifest by digest.
     pub manifest_by_digest: Object,
+    /// The image pushed under an OCI manifest (`bench/oci:v1`).
+    pub oci: Image,
+    /// S7: `bench/oci` by tag with [`DOCKER17_ACCEPT`]; `digest`, `len` and
+    /// `body` are the OCI manifest's as pushed, not the answer (regcache
+    /// answers with the Docker twin, under its own digest).
+    pub oci_by_tag: Object,
     /// S3: blobs of `bench/big`'s size that no warm-up touches, one per
     /// proxying server (pushed as bare blobs to `bench/big`).
     pub cold_blobs: Vec<Object>,
@@ -66,6 +80,7 @@ pub const COLD_BLOBS: usize = 3;
 
 pub const BIG_REPO: &str = "bench/big";
 pub const APP_REPO: &str = "bench/app";
+pub const OCI_REPO: &str = "bench/oci";
 pub const TAG: &str = "v1";
 
 /// S4: the file inside each layer of a `bench/pull` image, in layer order
@@ -223,7 +238,26 @@ impl ImageSet {
             &default_history(5),
             serde_json::Value::Null,
         );
-        let app = Image::new(&app_config, app_layers, platform);
+        let app = Image::new(&app_config, app_layers, platform.clone());
+
+        // After `app`: the images above keep their bytes.
+        let oci_layers = generator.layers(5);
+        let oci_config = config(
+            &platform,
+            &oci_layers,
+            &default_history(5),
+            serde_json::Value::Null,
+        );
+        let oci = Image::new(&oci_config, oci_layers, platform);
+        let oci_manifest = Bytes::from(oci.oci_manifest());
+        let oci_by_tag = Object {
+            label: "OCI manifest by tag, Docker 17 Accept",
+            path: format!("/v2/{OCI_REPO}/manifests/{TAG}"),
+            headers: vec![("Accept".into(), DOCKER17_ACCEPT.into())],
+            digest: regcache_tests::sha256_digest(&oci_manifest),
+            len: oci_manifest.len() as u64,
+            body: oci_manifest,
+        };
 
         let blob_layer = &big.layers[2];
         let blob = Object {
@@ -267,6 +301,8 @@ impl ImageSet {
             blob,
             manifest_by_tag,
             manifest_by_digest,
+            oci,
+            oci_by_tag,
             cold_blobs,
         }
     }
@@ -276,8 +312,9 @@ impl ImageSet {
         [&self.manifest_by_tag, &self.manifest_by_digest, &self.blob]
     }
 
-    /// Pushes both images (Docker Schema 2 manifests, tag `v1`) to the
-    /// upstream through the upload API.
+    /// Pushes the images (tag `v1`: `bench/big` and `bench/app` under
+    /// Docker Schema 2 manifests, `bench/oci` under an OCI image manifest)
+    /// and the cold blobs to the upstream through the upload API.
     pub async fn push(&self, client: &RegistryClient) {
         client
             .push_image(BIG_REPO, TAG, &self.big, ManifestFormat::Docker)
@@ -289,6 +326,10 @@ impl ImageSet {
             digest, self.manifest_by_tag.digest,
             "pushed manifest digest"
         );
+        let digest = client
+            .push_image(OCI_REPO, TAG, &self.oci, ManifestFormat::Oci)
+            .await;
+        assert_eq!(digest, self.oci_by_tag.digest, "pushed OCI manifest digest");
         for blob in &self.cold_blobs {
             let digest = client.push_blob(BIG_REPO, blob.body.clone()).await;
             assert_eq!(digest, blob.digest, "pushed cold blob digest");
@@ -332,6 +373,16 @@ mod tests {
         assert_ne!(a.cold_blobs[0].digest, a.cold_blobs[1].digest);
         assert_ne!(a.cold_blobs[0].digest, a.blob.digest);
         assert_eq!(a.manifest_by_tag.digest, b.manifest_by_tag.digest);
+        let oci: serde_json::Value =
+            serde_json::from_slice(&a.oci_by_tag.body).expect("OCI manifest JSON");
+        assert_eq!(
+            oci["mediaType"].as_str(),
+            Some("application/vnd.oci.image.manifest.v1+json")
+        );
+        assert_eq!(oci["layers"].as_array().map(Vec::len), Some(5));
+        assert_ne!(a.oci.config_digest(), a.app.config_digest());
+        assert_eq!(a.oci_by_tag.digest, b.oci_by_tag.digest);
+        assert!(!DOCKER17_ACCEPT.contains("oci"));
     }
 
     #[test]

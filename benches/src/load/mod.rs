@@ -20,6 +20,14 @@
 //!   nginx static cannot serve a pull (no registry API): n/a;
 //! * S6 (after the rounds): manifest GET by tag with no `Accept` (Schema 1
 //!   conversion), 64 connections, regcache and docker-registry proxy;
+//!   goal: regcache ≥ 0.9× its own S2 by-tag rate of the same run;
+//! * S7 (after S6): manifest GET by tag of an image stored upstream under
+//!   an OCI image manifest, with Docker 17's `Accept` (Schema 2, lists,
+//!   Schema 1, no OCI type), 64 connections: regcache answers with the
+//!   image's Docker twin (checked first: `Content-Type` Docker Schema 2, a
+//!   `Docker-Content-Digest` of its own; a wrong answer fails S7), goal
+//!   ≥ 0.9× its own S2 by-tag rate of the same run; docker-registry proxy
+//!   refuses (404), its rate is shown as not comparable;
 //!
 //! then prints a table of each figure and the ratio regcache/peer and
 //! writes `benches/RESULTS.md` (machine, date, the reproducing command).
@@ -40,6 +48,7 @@
 //! | [`http`] | a minimal keep-alive HTTP/1.1 client (warm-up checks, S1) |
 //! | [`blobload`] | S1's load generator |
 //! | [`cold`] | S3's fan-in client |
+//! | [`convert`] | S6 and S7: conversions by tag (Schema 1, OCI to Docker twin), their check and table |
 //! | [`pull`] | S4's client (`skopeo copy`) and the check of its copy |
 //! | [`wrk`] | S2's load generator (Debian's `wrk`) |
 //! | [`procstat`] | CPU time and peak RSS from `/proc` |
@@ -48,6 +57,7 @@
 
 pub mod blobload;
 pub mod cold;
+pub mod convert;
 pub mod harness;
 pub mod http;
 pub mod imageset;

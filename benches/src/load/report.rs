@@ -8,7 +8,9 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::cold::FanIn;
+use super::convert::{self, ConversionRecord};
 use super::harness::{Options, S2_CONNECTIONS, Scenario};
+use super::imageset::Object;
 use super::machine::Machine;
 
 /// One measured run.
@@ -131,8 +133,10 @@ pub struct Report {
     pub fan_in: Vec<FanInRecord>,
     /// S3's reference: one direct GET of a cold blob from the upstream.
     pub direct_ttlb: Result<Duration, String>,
-    /// S6, per server that converts (regcache, docker-registry proxy).
-    pub schema1: Vec<Schema1Record>,
+    /// S6 and S7, per server that converts (regcache, docker-registry proxy).
+    pub conversions: Vec<ConversionRecord>,
+    /// S7's OCI manifest as pushed upstream.
+    pub oci_manifest: Object,
     /// S4: cold image pulls with skopeo, through each proxy and direct.
     pub pull: PullReport,
 }
@@ -271,19 +275,6 @@ pub struct FanInRecord {
     pub peak_rss: u64,
 }
 
-/// S6 against one server.
-#[derive(Debug, Clone)]
-pub struct Schema1Record {
-    pub target: &'static str,
-    pub rps: f64,
-    pub p99_ms: f64,
-    pub detail: String,
-    /// `Content-Type` of the warm-up GET.
-    pub content_type: String,
-    pub errors: Vec<String>,
-    pub command: String,
-}
-
 /// The peers, in column order.
 pub const PEERS: [&str; 3] = ["docker-registry proxy", "nginx proxy_cache", "nginx static"];
 
@@ -338,7 +329,7 @@ fn notable_lines(log: &str, limit: usize) -> (usize, Vec<String>) {
     (lines.len(), shown)
 }
 
-fn ratio(a: f64, b: f64) -> String {
+pub(super) fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 && a > 0.0 {
         let r = a / b;
         if r >= 100.0 {
@@ -353,7 +344,7 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-fn fmt_value(v: f64) -> String {
+pub(super) fn fmt_value(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {
@@ -363,7 +354,7 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -495,8 +486,8 @@ impl Report {
         table(&header, &rows)
     }
 
-    /// S3 and S6.
-    pub fn cold_and_schema1_tables(&self) -> String {
+    /// S3, S6 and S7.
+    pub fn cold_and_conversion_tables(&self) -> String {
         let mut out = String::new();
         let ms = |d: Duration| fmt_value(d.as_secs_f64() * 1e3);
         let direct = self.direct_ttlb.as_ref().ok().copied();
@@ -542,49 +533,14 @@ impl Report {
                 .collect();
             out.push_str(&table(&header, &rows));
         }
-        if !self.schema1.is_empty() {
-            let s2_tag = self
-                .best(Scenario::Manifest { by_digest: false }, "regcache")
-                .map_or(0.0, |r| r.value);
-            let regcache = self
-                .schema1
-                .iter()
-                .find(|r| r.target == "regcache")
-                .map_or(0.0, |r| r.rps);
-            let _ = writeln!(
-                out,
-                "\nS6 Schema 1 conversion: manifest GET by tag with no `Accept` header (an old client), {S2_CONNECTIONS} connections (wrk). Goals: regcache ≥ 0.9× its own S2 by-tag rate ({} req/s), ≥ 5× docker-registry proxy.\n",
-                fmt_value(s2_tag)
-            );
-            let header = [
-                "server",
-                "req/s",
-                "p99 (ms)",
-                "Content-Type",
-                "ratio to regcache S2 by tag",
-                "regcache / this",
-            ];
-            let rows: Vec<Vec<String>> = self
-                .schema1
-                .iter()
-                .map(|r| {
-                    let v = fmt_value(r.rps);
-                    vec![
-                        r.target.to_owned(),
-                        if r.errors.is_empty() {
-                            v
-                        } else {
-                            format!("{v} (!)")
-                        },
-                        fmt_value(r.p99_ms),
-                        format!("`{}`", r.content_type),
-                        ratio(r.rps, s2_tag),
-                        ratio(regcache, r.rps),
-                    ]
-                })
-                .collect();
-            out.push_str(&table(&header, &rows));
-        }
+        let s2_tag = self
+            .best(Scenario::Manifest { by_digest: false }, "regcache")
+            .map_or(0.0, |r| r.value);
+        out.push_str(&convert::tables(
+            &self.conversions,
+            Some(&self.oci_manifest),
+            s2_tag,
+        ));
         out
     }
 
@@ -949,10 +905,17 @@ impl Report {
                     }),
             )
             .chain(
-                self.schema1
+                self.conversions
                     .iter()
                     .filter(|r| !r.errors.is_empty())
-                    .map(|r| format!("S6 Schema 1 against {}: {}", r.target, r.errors.join("; "))),
+                    .map(|r| {
+                        format!(
+                            "{} against {}: {}",
+                            r.conversion.label(),
+                            r.target,
+                            r.errors.join("; ")
+                        )
+                    }),
             )
             .chain(
                 self.direct_ttlb
@@ -997,7 +960,7 @@ impl Report {
         );
         out.push_str(&self.summary_table());
         out.push('\n');
-        out.push_str(&self.cold_and_schema1_tables());
+        out.push_str(&self.cold_and_conversion_tables());
         out.push('\n');
         out.push_str(&self.pull_table());
         out.push_str("\nLoad generator check:\n");
@@ -1074,15 +1037,24 @@ impl Report {
             "Ratio = regcache / peer. For throughput (MiB/s, req/s) above 1 favours regcache; for p99 latency, S4 pull time and RSS below 1 does. \"(!)\" marks a figure whose run had errors (listed under Observations).\n"
         );
         out.push_str(&self.summary_table());
-        let _ = writeln!(out, "\n## Cold fan-in (S3) and Schema 1 conversion (S6)\n");
         let _ = writeln!(
             out,
-            "Run once per server after the S1/S2 rounds (S3 is cold by construction, so it has no repeat; S6 takes the best of the rounds). S3 upstream GETs are the 200 GETs of that blob's path in the upstream's access log after it settled (each counted as the whole blob); TTFB is the time to the response head from the common start, TTLB to the last body byte.\n"
+            "\n## Cold fan-in (S3), Schema 1 conversion (S6) and OCI to Docker bridge (S7)\n"
         );
-        out.push_str(&self.cold_and_schema1_tables());
-        for r in &self.schema1 {
-            if r.target == "regcache" {
-                let _ = writeln!(out, "\n- S6 command: `{}`; {}", r.command, r.detail);
+        let _ = writeln!(
+            out,
+            "Run once per server after the S1/S2 rounds (S3 is cold by construction, so it has no repeat; S6 and S7 take the best of the rounds). S3 upstream GETs are the 200 GETs of that blob's path in the upstream's access log after it settled (each counted as the whole blob); TTFB is the time to the response head from the common start, TTLB to the last body byte.\n"
+        );
+        out.push_str(&self.cold_and_conversion_tables());
+        for r in &self.conversions {
+            if r.target == "regcache" && !r.command.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "\n- {} command: `{}`; {}",
+                    r.conversion.id(),
+                    r.command,
+                    r.detail
+                );
             }
         }
         let _ = writeln!(out, "\n## Cold image pull (S4)\n");
@@ -1126,9 +1098,20 @@ impl Report {
         let _ = writeln!(out, "\n## Observations\n");
         let errors = self.errors();
         if errors.is_empty() {
+            let refusals: Vec<String> = self
+                .conversions
+                .iter()
+                .filter(|r| r.status != 200)
+                .map(|r| format!("{}'s {} {}s", r.target, r.conversion.id(), r.status))
+                .collect();
             let _ = writeln!(
                 out,
-                "- No run had a client-side error (every answer 200, every blob whole and of the right length, no socket errors)."
+                "- No run had a client-side error (every answer 200{}, every blob whole and of the right length, no socket errors).",
+                if refusals.is_empty() {
+                    String::new()
+                } else {
+                    format!(" but the expected refusals: {}", refusals.join(", "))
+                }
             );
         }
         for e in errors {
@@ -1173,7 +1156,7 @@ impl Report {
         let _ = writeln!(out, "\n## Configurations\n");
         let _ = writeln!(
             out,
-            "regcache runs `regcache serve --listen … --admin-listen … --upstream … --data-dir …` on its defaults (tag TTL 60 s, 256 MiB memory tier for objects ≤ 4 MiB, disk tier) with `REGCACHE_LOG=warn`. The upstream is docker-registry 2.8 started by `regcache_tests::Registry` (debug log and access log on: the warm-up check reads it). The image set is generated from seed {} (`bench/big:v1` with the 100 MiB layer, `bench/app:v1` whose manifest S2 fetches).\n",
+            "regcache runs `regcache serve --config regcache.toml --listen … --admin-listen … --upstream … --data-dir …` on its defaults but for `[limits] requests_per_second_per_client = 0` (the default per-client rate limit, 200/s with a burst of 400, would answer the single-address load generator 429; no peer limits rates) (tag TTL 60 s, 256 MiB memory tier for objects ≤ 4 MiB, disk tier) with `REGCACHE_LOG=warn`. The upstream is docker-registry 2.8 started by `regcache_tests::Registry` (debug log and access log on: the warm-up check reads it). The image set is generated from seed {} (`bench/big:v1` with the 100 MiB layer, `bench/app:v1` whose manifest S2 and S6 fetch, `bench/oci:v1` under an OCI image manifest, which S7 fetches).\n",
             super::harness::SEED
         );
         for (title, text, lang) in [

@@ -145,7 +145,12 @@ fn stop(child: &mut Child) {
 
 // ----- regcache ----------------------------------------------------------------
 
-/// `regcache serve` on loopback with a temporary data dir and `REGCACHE_LOG=warn`.
+/// regcache's config file: its defaults but for the per-client request
+/// rate limit, which is off.
+pub const REGCACHE_CONFIG: &str = "[limits]\nrequests_per_second_per_client = 0\n";
+
+/// `regcache serve` on loopback with a temporary data dir, [`REGCACHE_CONFIG`]
+/// and `REGCACHE_LOG=warn`.
 #[derive(Debug)]
 pub struct RegcacheServer {
     child: Child,
@@ -162,9 +167,17 @@ impl RegcacheServer {
         let admin = regcache_tests::free_addr();
         let log = dir.path().join("regcache.log");
         let (out, err) = log_file(&log);
+        // One load generator on one address: the default per-client rate
+        // limit (200/s, burst 400) would answer most of it 429, and no
+        // peer has one.
+        let config = dir.path().join("regcache.toml");
+        std::fs::write(&config, REGCACHE_CONFIG)
+            .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
         let mut child = cpus
             .command(bin)
             .arg("serve")
+            .arg("--config")
+            .arg(&config)
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--admin-listen")
