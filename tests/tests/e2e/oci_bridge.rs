@@ -25,6 +25,8 @@ use regcache_tests::{
 };
 use serde_json::{Value, json};
 
+use crate::support::{get_manifest, request_accepting};
+
 /// Docker 1.10–17.x: Schema 2 and lists, no OCI types.
 const DOCKER_17: &[&str] = &[
     media::SCHEMA1_SIGNED,
@@ -56,24 +58,9 @@ fn image(seed: u64, platform: Platform) -> Image {
     Image::new(&cfg, layers, platform)
 }
 
-async fn get(client: &RegistryClient, repo: &str, reference: &str, accept: &[&str]) -> Fetched {
-    client
-        .get_manifest(repo, reference, accept)
-        .await
-        .unwrap_or_else(|e| panic!("GET {repo}:{reference}: {e}"))
-}
-
 async fn head(client: &RegistryClient, repo: &str, reference: &str, accept: &[&str]) -> Fetched {
-    let headers: Vec<(&str, &str)> = accept.iter().map(|a| ("accept", *a)).collect();
-    client
-        .request(
-            reqwest::Method::HEAD,
-            &format!("/v2/{repo}/manifests/{reference}"),
-            &headers,
-            None,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("HEAD {repo}:{reference}: {e}"))
+    let path = format!("/v2/{repo}/manifests/{reference}");
+    request_accepting(client, reqwest::Method::HEAD, &path, accept).await
 }
 
 /// GET through regcache must be 200 with `content_type` and the body's own
@@ -85,7 +72,7 @@ async fn bridged(
     accept: &[&str],
     content_type: &str,
 ) -> Fetched {
-    let got = get(via, repo, reference, accept).await;
+    let got = get_manifest(via, repo, reference, accept).await;
     let what = format!("{repo}:{reference} with Accept {accept:?}");
     assert_eq!(got.status, 200, "{what}: {}", got.text());
     assert_eq!(got.content_type(), Some(content_type), "{what}");
@@ -231,10 +218,10 @@ async fn docker_twins_equal_skopeo_v2s2_byte_for_byte_and_survive_a_restart() {
         );
     }
     // Modern clients still get the OCI manifest; its digest still means it.
-    let modern = get(&via, "bridge/app", "v1", MODERN).await;
+    let modern = get_manifest(&via, "bridge/app", "v1", MODERN).await;
     assert_eq!(modern.content_type(), Some(media::OCI_MANIFEST));
     assert_eq!(modern.body, fx.app.oci_manifest());
-    let by_digest = get(&via, "bridge/app", &oci_digest, MODERN).await;
+    let by_digest = get_manifest(&via, "bridge/app", &oci_digest, MODERN).await;
     assert_eq!(by_digest.body, fx.app.oci_manifest());
 
     // The index: a Docker list of the twins, as skopeo --all --format v2s2 wrote it.
@@ -340,7 +327,7 @@ async fn old_clients_get_distributions_schema1_of_the_docker_twin() {
     let via = RegistryClient::new(fx.regcache.url());
     let twins = RegistryClient::new(fx.twins.url());
     for repo in ["bridge/app", "bridge/multi"] {
-        let reference = get(&twins, repo, "v1", NO_ACCEPT).await;
+        let reference = get_manifest(&twins, repo, "v1", NO_ACCEPT).await;
         assert_eq!(reference.status, 200, "distribution: {}", reference.text());
         assert_eq!(reference.content_type(), Some(media::SCHEMA1_SIGNED));
         let got = bridged(&via, repo, "v1", NO_ACCEPT, media::SCHEMA1_SIGNED).await;
@@ -488,7 +475,7 @@ async fn refusals_name_their_cause_and_leave_nothing_behind() {
 
     // zstd: refused to both old kinds of client, naming the layer.
     for accept in [DOCKER_17, NO_ACCEPT] {
-        let got = get(&via, "refuse/zstd", "v1", accept).await;
+        let got = get_manifest(&via, "refuse/zstd", "v1", accept).await;
         let e = error_of(&got);
         assert_eq!(
             (got.status, e["code"].as_str()),
@@ -523,7 +510,7 @@ async fn refusals_name_their_cause_and_leave_nothing_behind() {
         doc["layers"][0]["urls"],
         json!(["https://far.example.com/layer.tar.gz"])
     );
-    let got = get(&via, "refuse/foreign", "v1", NO_ACCEPT).await;
+    let got = get_manifest(&via, "refuse/foreign", "v1", NO_ACCEPT).await;
     let e = error_of(&got);
     assert_eq!(
         (got.status, e["code"].as_str()),
@@ -537,7 +524,7 @@ async fn refusals_name_their_cause_and_leave_nothing_behind() {
     );
     // No linux/amd64 image: an old client gets MANIFEST_UNKNOWN saying so;
     // Docker 17 gets the list and picks its own platform.
-    let got = get(&via, "refuse/armonly", "v1", NO_ACCEPT).await;
+    let got = get_manifest(&via, "refuse/armonly", "v1", NO_ACCEPT).await;
     let e = error_of(&got);
     assert_eq!(
         (got.status, e["code"].as_str()),
@@ -561,7 +548,7 @@ async fn refusals_name_their_cause_and_leave_nothing_behind() {
     direct
         .push_image("refuse/distribution", "v1", &app, ManifestFormat::Oci)
         .await;
-    let got = get(&via, "refuse/distribution", "v1", DOCKER_17).await;
+    let got = get_manifest(&via, "refuse/distribution", "v1", DOCKER_17).await;
     let e = error_of(&got);
     assert_eq!(
         (got.status, e["code"].as_str(), e["message"].as_str()),

@@ -21,6 +21,8 @@ use std::collections::BTreeSet;
 use std::io::Read as _;
 
 use regcache_tests::client::header_pairs;
+
+use crate::support::{get_manifest, request_accepting};
 use regcache_tests::clients::{
     CmdOutput, Containerd, DockerDaemon, DockerDaemonOptions, Podman, digest_after, docker_archive,
 };
@@ -98,31 +100,15 @@ fn push_regcache_with(upstream: &Registry, rules: Vec<PolicyRule>) -> PolicyRegc
     start_with(options, rules)
 }
 
+async fn head(client: &RegistryClient, path: &str, accept: &[&str]) -> Fetched {
+    request_accepting(client, reqwest::Method::HEAD, path, accept).await
+}
+
 fn start_with(mut options: PolicyRegcacheOptions, rules: Vec<PolicyRule>) -> PolicyRegcache {
     for rule in rules {
         options = options.rule(rule);
     }
     PolicyRegcache::start(options)
-}
-
-async fn head(client: &RegistryClient, path: &str, accept: &[&str]) -> Fetched {
-    let headers: Vec<(&str, &str)> = accept.iter().map(|a| ("accept", *a)).collect();
-    client
-        .request(reqwest::Method::HEAD, path, &headers, None)
-        .await
-        .unwrap_or_else(|e| panic!("HEAD {path}: {e}"))
-}
-
-async fn get_manifest(
-    client: &RegistryClient,
-    repo: &str,
-    reference: &str,
-    accept: &[&str],
-) -> Fetched {
-    client
-        .get_manifest(repo, reference, accept)
-        .await
-        .unwrap_or_else(|e| panic!("GET {repo}:{reference} from {}: {e}", client.base_url()))
 }
 
 /// The canonical payload and its digest (regcache's reading, cross-checked

@@ -11,10 +11,12 @@ use regcache_tests::clients::{Containerd, DockerDaemon, Podman, digest_after};
 use regcache_tests::image::{History, config, media};
 use regcache_tests::policy_support::{PolicyRegcache, PolicyRegcacheOptions, PolicyRule};
 use regcache_tests::{
-    Fetched, Image, ImageGen, OciLayout, Platform, Registry, RegistryClient, RegistryOptions,
-    Skopeo, SkopeoFormat, sha256_digest,
+    Image, ImageGen, OciLayout, Platform, Registry, RegistryClient, RegistryOptions, Skopeo,
+    SkopeoFormat, sha256_digest,
 };
 use serde_json::Value;
+
+use crate::support::{get_manifest, request_accepting};
 
 /// containerd's single-line resolve `Accept` (`*/*` does not name Schema 1).
 const CONTAINERD: &[&str] = &["application/vnd.docker.distribution.manifest.v2+json, \
@@ -105,10 +107,10 @@ async fn setup(name: &str, seed: u64) -> Upgraded {
             .await;
     }
     let direct = RegistryClient::new(registry.url());
-    let stored = get(&direct, &repo, TAG, DOCKER_20_10).await;
+    let stored = get_manifest(&direct, &repo, TAG, DOCKER_20_10).await;
     assert_eq!(stored.content_type(), Some(media::SCHEMA1_SIGNED));
     let schema1_digest = stored.digest().unwrap().to_owned();
-    let off = get(&direct, &off_repo, TAG, DOCKER_20_10).await;
+    let off = get_manifest(&direct, &off_repo, TAG, DOCKER_20_10).await;
     let off_schema1_digest = off.digest().unwrap().to_owned();
     let doc: Value = serde_json::from_slice(&stored.body).unwrap();
     assert!(
@@ -163,31 +165,11 @@ async fn setup(name: &str, seed: u64) -> Upgraded {
     }
 }
 
-async fn get(client: &RegistryClient, repo: &str, reference: &str, accept: &[&str]) -> Fetched {
-    client
-        .get_manifest(repo, reference, accept)
-        .await
-        .unwrap_or_else(|e| panic!("GET {repo}:{reference} from {}: {e}", client.base_url()))
-}
-
-async fn request(
-    client: &RegistryClient,
-    method: reqwest::Method,
-    path: &str,
-    accept: &[&str],
-) -> Fetched {
-    let headers: Vec<(&str, &str)> = accept.iter().map(|a| ("accept", *a)).collect();
-    client
-        .request(method.clone(), path, &headers, None)
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
-
 /// GET and HEAD of `reference` with containerd's Accept: the upgraded
 /// manifest, byte for byte skopeo's, with agreeing headers.
 async fn assert_serves_upgrade(u: &Upgraded, reference: &str, context: &str) {
     let via = u.via();
-    let got = get(&via, &u.repo, reference, CONTAINERD).await;
+    let got = get_manifest(&via, &u.repo, reference, CONTAINERD).await;
     assert_eq!(
         got.status,
         200,
@@ -208,7 +190,7 @@ async fn assert_serves_upgrade(u: &Upgraded, reference: &str, context: &str) {
     );
     assert_eq!(got.digest(), Some(u.digest().as_str()), "{context}");
     let path = format!("/v2/{}/manifests/{reference}", u.repo);
-    let head = request(&via, reqwest::Method::HEAD, &path, CONTAINERD).await;
+    let head = request_accepting(&via, reqwest::Method::HEAD, &path, CONTAINERD).await;
     assert_eq!(head.status, 200, "HEAD {context}");
     for h in ["content-type", "content-length", "docker-content-digest"] {
         assert_eq!(head.header(h), got.header(h), "HEAD vs GET {h}: {context}");
@@ -236,7 +218,7 @@ async fn assert_serves_config(u: &Upgraded, context: &str) {
         got.body[..] == u.config[..],
         "{context}: config bytes differ from skopeo's"
     );
-    let head = request(
+    let head = request_accepting(
         &via,
         reqwest::Method::HEAD,
         &format!("/v2/{}/blobs/{d}", u.repo),
@@ -285,7 +267,7 @@ async fn containerd_accept_gets_skopeos_v2s2_and_it_survives_a_restart() {
     assert_serves_config(&u, "before restart").await;
 
     // Clients that name Schema 1 keep it; so does `schema1_upgrade = "off"`.
-    let old = get(&via, &u.repo, TAG, DOCKER_20_10).await;
+    let old = get_manifest(&via, &u.repo, TAG, DOCKER_20_10).await;
     assert_eq!(
         old.content_type(),
         Some(media::SCHEMA1_SIGNED),
@@ -293,7 +275,7 @@ async fn containerd_accept_gets_skopeos_v2s2_and_it_survives_a_restart() {
         old.text()
     );
     assert_eq!(old.digest(), Some(u.schema1_digest.as_str()));
-    let off = get(&via, &u.off_repo, TAG, CONTAINERD).await;
+    let off = get_manifest(&via, &u.off_repo, TAG, CONTAINERD).await;
     assert_eq!(off.status, 200, "{}", off.text());
     assert_eq!(
         off.content_type(),

@@ -463,3 +463,36 @@ pub fn assert_error(what: &str, response: &Fetched, status: u16, code: &str) {
         response.content_type()
     );
 }
+
+/// `GET /v2/<repo>/manifests/<reference>` with these `Accept` lines.
+///
+/// # Panics
+/// On a transport failure.
+pub async fn get_manifest(
+    client: &RegistryClient,
+    repo: &str,
+    reference: &str,
+    accept: &[&str],
+) -> Fetched {
+    client
+        .get_manifest(repo, reference, accept)
+        .await
+        .unwrap_or_else(|e| panic!("GET {repo}:{reference} from {}: {e}", client.base_url()))
+}
+
+/// `method path` with these `Accept` lines and no body.
+///
+/// # Panics
+/// On a transport failure.
+pub async fn request_accepting(
+    client: &RegistryClient,
+    method: reqwest::Method,
+    path: &str,
+    accept: &[&str],
+) -> Fetched {
+    let headers: Vec<(&str, &str)> = accept.iter().map(|a| ("accept", *a)).collect();
+    client
+        .request(method.clone(), path, &headers, None)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}

@@ -340,7 +340,7 @@ impl App {
         Ok(manifest_response(
             m.media_type.as_str(),
             &m.digest,
-            bytes::Bytes::copy_from_slice(&m.raw),
+            bytes::Bytes::from_owner(m.raw.clone()),
             head,
         ))
     }

@@ -185,7 +185,7 @@ impl ManifestService {
     pub async fn keep(&self, m: Manifest) -> Result<Arc<Manifest>, Error> {
         if let Err(error) = self
             .store
-            .put_bytes(&m.digest, Bytes::copy_from_slice(&m.raw))
+            .put_bytes(&m.digest, Bytes::from_owner(m.raw.clone()))
             .await
         {
             // The disk tier counts and reports it (once per change of state).
