@@ -616,7 +616,7 @@ impl Regcache {
 
     /// `GET /metrics` until `settled` holds of the scrape (up to 5 s), and
     /// that scrape. Counters bumped when a response's last byte is written
-    /// (`regcache_bytes_served_total`, `regcache_responses_total`) can trail
+    /// (`regcache_served_bytes_total`, `regcache_responses_total`) can trail
     /// the client's read of that byte by a moment.
     ///
     /// # Panics

@@ -301,7 +301,7 @@ pub fn metrics_delta(before: &str, after: &str) -> Vec<String> {
             k.starts_with("regcache_cache_lookups")
                 || k.starts_with("regcache_upstream_requests")
                 || k.starts_with("regcache_fills_failed")
-                || k.starts_with("regcache_bytes_served")
+                || k.starts_with("regcache_served_bytes")
         })
         .filter_map(|(k, v)| {
             let d = v - before.get(&k).copied().unwrap_or(0.0);

@@ -174,7 +174,7 @@ impl Kind {
     }
 }
 
-/// Where served bytes came from (the `source` label of `regcache_bytes_served`).
+/// Where served bytes came from (the `source` label of `regcache_served_bytes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServedFrom {
     Cache,
@@ -206,7 +206,7 @@ impl Metrics {
         );
         let bytes_served = Family::<Source, Counter>::default();
         registry.register(
-            "bytes_served",
+            "served_bytes",
             "Body bytes sent to clients, by where they came from",
             bytes_served.clone(),
         );
@@ -454,7 +454,7 @@ impl Metrics {
 
     /// A meter for one response's body bytes from `from`: whoever writes
     /// the body adds what was written, and the total goes to
-    /// `regcache_bytes_served_total` once (see [`Meter`]).
+    /// `regcache_served_bytes_total` once (see [`Meter`]).
     pub fn meter(&self, from: ServedFrom) -> Meter {
         let counter = match from {
             ServedFrom::Cache => &self.hot.from_cache,
@@ -532,7 +532,7 @@ mod tests {
         upstream.flush();
         assert!(
             m.encode()
-                .contains("regcache_bytes_served_total{source=\"cache\"} 0"),
+                .contains("regcache_served_bytes_total{source=\"cache\"} 0"),
             "counted once, when the meter goes"
         );
         drop(cache);
@@ -560,11 +560,11 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("regcache_bytes_served_total{source=\"cache\"} 10"),
+            text.contains("regcache_served_bytes_total{source=\"cache\"} 10"),
             "{text}"
         );
         assert!(
-            text.contains("regcache_bytes_served_total{source=\"upstream\"} 5"),
+            text.contains("regcache_served_bytes_total{source=\"upstream\"} 5"),
             "{text}"
         );
         assert!(

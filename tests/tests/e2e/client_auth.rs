@@ -202,7 +202,7 @@ async fn http_challenges_tokens_rules_and_the_fast_path() {
 
     // The warm blob without credentials: 401 on the fast path, no bytes.
     let from_cache =
-        |m: &regcache_tests::Metrics| m.sum("regcache_bytes_served_total", &[("source", "cache")]);
+        |m: &regcache_tests::Metrics| m.sum("regcache_served_bytes_total", &[("source", "cache")]);
     let fast = |m: &regcache_tests::Metrics| {
         m.sum("regcache_responses_total", &[("via", "fast")])
             + m.sum("regcache_responses_total", &[("via", "sendfile")])

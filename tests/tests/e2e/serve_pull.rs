@@ -174,7 +174,7 @@ async fn pull_through_matches_direct(mode: Mode) {
     }
     let metrics = regcache.metrics().await;
     assert!(
-        metrics.sum("regcache_bytes_served_total", &[]) >= 2.0 * crate::support::BIG as f64,
+        metrics.sum("regcache_served_bytes_total", &[]) >= 2.0 * crate::support::BIG as f64,
         "two copies of the 100 MiB layer went through regcache; metrics:\n{}",
         metrics.text
     );

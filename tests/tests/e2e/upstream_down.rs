@@ -5,7 +5,7 @@
 //! and is in `/readyz` (which stays 200); when the registry is back the
 //! probe closes the breaker and fresh answers resume.
 //!
-//! And `regcache_bytes_served_total` counts bytes written: a client that
+//! And `regcache_served_bytes_total` counts bytes written: a client that
 //! leaves after 1 MiB of the cached 100 MiB blob moves it by about 1 MiB
 //! (plus what the socket buffers took), on the sendfile path and on hyper's.
 
@@ -193,7 +193,7 @@ async fn bytes_served_counts_what_a_client_that_leaves_after_one_mib_got() {
         regcache
             .metrics()
             .await
-            .sum("regcache_bytes_served_total", &[("source", source)])
+            .sum("regcache_served_bytes_total", &[("source", source)])
     };
     let from_upstream = served("upstream").await;
     assert_eq!(
@@ -246,7 +246,7 @@ async fn bytes_served_counts_what_a_client_that_leaves_after_one_mib_got() {
         assert!(settled, "{via}: the counter never settled ({last})");
         let moved = last - before;
         println!(
-            "{via}: a client that read 1 MiB of {} moved regcache_bytes_served_total by {:.2} MiB",
+            "{via}: a client that read 1 MiB of {} moved regcache_served_bytes_total by {:.2} MiB",
             layer.blob.len(),
             moved / MIB as f64
         );
@@ -296,7 +296,7 @@ async fn bytes_served_from_a_fill_count_what_a_client_that_leaves_got() {
             regcache
                 .metrics()
                 .await
-                .sum("regcache_bytes_served_total", &[("source", "upstream")])
+                .sum("regcache_served_bytes_total", &[("source", "upstream")])
         };
         let mut last = f64::NAN;
         let settled = eventually(Duration::from_secs(20), async || {
@@ -311,7 +311,7 @@ async fn bytes_served_from_a_fill_count_what_a_client_that_leaves_got() {
         .await;
         assert!(settled, "{via}: the counter never settled ({last})");
         println!(
-            "{via}: a client that read 1 MiB of a cold {} byte blob moved regcache_bytes_served_total{{source=\"upstream\"}} by {:.2} MiB",
+            "{via}: a client that read 1 MiB of a cold {} byte blob moved regcache_served_bytes_total{{source=\"upstream\"}} by {:.2} MiB",
             layer.blob.len(),
             last / MIB as f64
         );

@@ -52,7 +52,7 @@ pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: ReplyBody,
-    /// Counts the body bytes the writes wrote (`regcache_bytes_served_total`).
+    /// Counts the body bytes the writes wrote (`regcache_served_bytes_total`).
     pub meter: Option<crate::metrics::Meter>,
 }
 

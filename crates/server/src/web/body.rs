@@ -27,7 +27,7 @@ pub enum Body {
     Stream {
         stream: ChunkStream,
         len: Option<u64>,
-        /// Counts the chunks handed out (`regcache_bytes_served_total`).
+        /// Counts the chunks handed out (`regcache_served_bytes_total`).
         /// hyper writes what it takes before it takes more, so for a client
         /// that leaves early this is what was written plus at most a chunk
         /// and hyper's write buffer. The fast path takes the meter out and
@@ -192,7 +192,7 @@ mod tests {
     fn cache_served(m: &Metrics) -> String {
         m.encode()
             .lines()
-            .find(|l| l.starts_with("regcache_bytes_served_total{source=\"cache\"}"))
+            .find(|l| l.starts_with("regcache_served_bytes_total{source=\"cache\"}"))
             .unwrap_or_default()
             .to_owned()
     }
