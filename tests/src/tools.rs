@@ -30,6 +30,40 @@ pub fn require_program(program: &str, debian_package: &str) -> PathBuf {
     })
 }
 
+/// The workspace's root folder (the parent of this crate's manifest dir).
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent()
+        .map_or_else(|| here.to_path_buf(), Path::to_path_buf)
+}
+
+/// The test tools that come from PyPI (`tests/requirements.txt`), installed
+/// by `scripts/test` in a virtualenv: `$REGCACHE_TEST_VENV`, or
+/// `target/test-venv` in the workspace.
+pub fn test_venv() -> PathBuf {
+    std::env::var_os("REGCACHE_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target").join("test-venv"))
+}
+
+/// `program` from the test virtualenv ([`test_venv`]).
+///
+/// # Panics
+/// When it is not installed there, with the commands that install it.
+pub fn require_venv_program(program: &str) -> PathBuf {
+    let venv = test_venv();
+    let path = venv.join("bin").join(program);
+    assert!(
+        is_executable(&path),
+        "`{program}` is not installed in the test virtualenv {}: run `scripts/test` \
+         (it creates the virtualenv), or `python3 -m venv {} && {}/bin/pip install -r tests/requirements.txt`",
+        venv.display(),
+        venv.display(),
+        venv.display(),
+    );
+    path
+}
+
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
     path.metadata()

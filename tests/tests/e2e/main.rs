@@ -12,6 +12,7 @@ mod client_auth_tls;
 mod client_bodies;
 mod connections;
 mod crash;
+mod deploy_files;
 mod disk_faults;
 mod fill_routes;
 mod fsck;
