@@ -205,6 +205,12 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
             .map_err(StartError::Auth),
         },
     )?;
+    app.set_access_log(settings.log_access);
+    app.metrics
+        .http
+        .cache_budget
+        .get_or_create(&crate::metrics_http::Tier { tier: "memory" })
+        .set(i64::try_from(settings.memory_size).unwrap_or(i64::MAX));
     if let Some(tls) = &settings.tls {
         tracing::info!(
             cert = %tls.cert_file.display(),
