@@ -242,11 +242,14 @@ struct UpstreamTiming {
 /// ([`crate::handlers::App::refresh_metrics`]) and this collector writes them.
 #[derive(Clone, Debug, Default)]
 pub struct UpstreamDurations {
-    latest: Arc<Mutex<BTreeMap<String, BTreeMap<(String, &'static str), Durations>>>>,
+    latest: Arc<Mutex<BTreeMap<String, ByMethodAndClass>>>,
 }
 
+/// (method, status class) → durations, as the upstream client keeps them.
+type ByMethodAndClass = BTreeMap<(String, &'static str), Durations>;
+
 impl UpstreamDurations {
-    pub fn set(&self, upstream: &str, durations: BTreeMap<(String, &'static str), Durations>) {
+    pub fn set(&self, upstream: &str, durations: ByMethodAndClass) {
         self.latest.lock().insert(upstream.to_owned(), durations);
     }
 }

@@ -304,6 +304,23 @@ impl BodyFailed {
     }
 }
 
+/// `e` and every error in its source chain, `": "`-separated (a transport
+/// error's own message is only its cause; the chain says what happened).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        // hyper and reqwest often repeat the inner message in the outer one.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,21 +379,4 @@ mod tests {
         assert!(e.is_not_found());
         assert_eq!(registry(502).to_string(), "upstream hub answered HTTP 502");
     }
-}
-
-/// `e` and every error in its source chain, `": "`-separated (a transport
-/// error's own message is only its cause; the chain says what happened).
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        let text = s.to_string();
-        // hyper and reqwest often repeat the inner message in the outer one.
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = s.source();
-    }
-    out
 }
