@@ -929,15 +929,25 @@ impl UpstreamClient {
             self.inner.stats.failure(cause);
             // Every failed exchange, retried or not, with what failed and
             // the whole chain (a transport error's Display is only its cause).
-            warn!(
-                upstream = %self.inner.label,
-                method = %method,
-                host,
-                path,
-                cause = %cause.label(),
-                error.chain = %crate::error::chain(e),
-                "upstream request failed"
-            );
+            macro_rules! failed {
+                ($lvl:expr) => {
+                    tracing::event!(
+                        $lvl,
+                        upstream = %self.inner.label,
+                        method = %method,
+                        host,
+                        path,
+                        cause = %cause.label(),
+                        error.chain = %crate::error::chain(e),
+                        "upstream request failed"
+                    )
+                };
+            }
+            if self.inner.config.quiet_failures {
+                failed!(tracing::Level::DEBUG);
+            } else {
+                failed!(tracing::Level::WARN);
+            }
         }
         debug!(
             upstream = %self.inner.label,
