@@ -379,4 +379,24 @@ mod tests {
         assert!(e.is_not_found());
         assert_eq!(registry(502).to_string(), "upstream hub answered HTTP 502");
     }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: inner broke")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn chain_names_every_link_once() {
+        let e = Outer(std::io::Error::other("inner broke"));
+        // The outer message already ends with the inner one: not repeated.
+        assert_eq!(chain(&e), "outer: inner broke");
+        let tr = UpstreamError::Transport {
+            upstream: "hub".into(),
+            source: Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        };
+        let text = chain(&tr);
+        assert!(
+            text.starts_with("upstream hub: connection refused"),
+            "{text}"
+        );
+    }
 }
