@@ -135,6 +135,8 @@ pub struct RegcacheOptions {
     pub upstream_name: String,
     /// Passed as `REGCACHE_UPSTREAM_USERNAME` / `REGCACHE_UPSTREAM_PASSWORD`.
     pub credentials: Option<Credentials>,
+    /// `REGCACHE_LOG_FORMAT`: `text` (the default) or `json`.
+    pub log_format: String,
     /// `auth_realms` of the `[upstream]` table: token realm hosts that may
     /// receive `credentials` besides the upstream's own origin.
     pub auth_realms: Vec<String>,
@@ -185,6 +187,7 @@ impl RegcacheOptions {
             upstream_url: upstream_url.into(),
             upstream_name: "e2e-upstream".into(),
             credentials: None,
+            log_format: "text".into(),
             auth_realms: Vec::new(),
             data_dir: None,
             tag_ttl_secs: None,
@@ -446,7 +449,9 @@ impl Regcache {
                 .arg("--data-dir")
                 .arg(&self.data_dir)
                 .env("REGCACHE_LOG", &self.options.log_level)
-                .env("REGCACHE_LOG_FORMAT", "text")
+                .env("REGCACHE_LOG_FORMAT", &self.options.log_format)
+                // The filter is REGCACHE_LOG's: a RUST_LOG of the test run would win.
+                .env_remove("RUST_LOG")
                 .env_remove("REGCACHE_UPSTREAM_USERNAME")
                 .env_remove("REGCACHE_UPSTREAM_PASSWORD")
                 .stdin(Stdio::null())

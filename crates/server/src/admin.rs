@@ -144,11 +144,27 @@ impl Admin {
             "/tls/reload" => self.tls_reload(),
             "/metrics" => {
                 self.app.refresh_metrics();
-                text(
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    Bytes::from(self.app.metrics.encode()),
-                )
+                // OpenMetrics for whoever asks for it (Prometheus does); the
+                // classic text format for everyone else (curl, promtool).
+                let open = req
+                    .headers()
+                    .get_all(header::ACCEPT)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .any(|v| v.contains("application/openmetrics-text"));
+                if open {
+                    text(
+                        StatusCode::OK,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        Bytes::from(self.app.metrics.encode_openmetrics()),
+                    )
+                } else {
+                    text(
+                        StatusCode::OK,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        Bytes::from(self.app.metrics.encode()),
+                    )
+                }
             }
             _ => text(
                 StatusCode::NOT_FOUND,

@@ -11,6 +11,7 @@
 //! [`handlers`] answers it on top of [`services`], which know no HTTP; any
 //! [`error::Error`] becomes a registry error response in [`rescue`].
 
+pub mod access_log;
 pub mod admin;
 pub mod admin_cli;
 pub mod auth;
@@ -25,6 +26,8 @@ pub mod handlers;
 pub mod listener;
 pub mod metrics;
 pub mod metrics_cache;
+pub mod metrics_http;
+pub mod metrics_text;
 pub mod policy;
 pub mod request;
 pub mod rescue;

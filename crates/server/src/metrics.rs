@@ -94,12 +94,14 @@ pub struct Metrics {
     /// Requests answered without contacting the upstream (breaker open).
     pub upstream_short_circuits: Family<UpstreamLabel, Counter>,
     pub fill_waiters: Histogram,
-    pub disk_bytes: Gauge,
-    pub memory_bytes: Gauge,
     pub evictions: Counter,
     pub fills_failed: Counter,
     /// The disk cache's write health (`metrics_cache.rs`).
     pub cache: crate::metrics_cache::CacheMetrics,
+    /// Requests, latency, fills in flight, cache tiers (`metrics_http.rs`).
+    pub http: crate::metrics_http::HttpMetrics,
+    /// `process_*`, apart: no `regcache_` prefix.
+    process: Registry,
     pub responses: Family<Via, Counter>,
     /// TLS handshakes on the API listener that failed or timed out (a plain
     /// HTTP client on the TLS port, an untrusted certificate, a port scan).
@@ -241,18 +243,6 @@ impl Metrics {
             "Clients served by one upstream blob fill",
             fill_waiters.clone(),
         );
-        let disk_bytes = Gauge::default();
-        registry.register(
-            "disk_bytes",
-            "Bytes held by the disk tier",
-            disk_bytes.clone(),
-        );
-        let memory_bytes = Gauge::default();
-        registry.register(
-            "memory_bytes",
-            "Bytes held by the memory tier",
-            memory_bytes.clone(),
-        );
         let evictions = Counter::default();
         registry.register(
             "evictions",
@@ -260,6 +250,11 @@ impl Metrics {
             evictions.clone(),
         );
         let cache = crate::metrics_cache::CacheMetrics::register(&mut registry);
+        let http = crate::metrics_http::HttpMetrics::register(&mut registry);
+        let mut process = Registry::with_prefix("process");
+        if let Err(e) = kubert_prometheus_process::register(&mut process) {
+            tracing::warn!(error = %e, "process metrics are not available");
+        }
         let fills_failed = Counter::default();
         registry.register(
             "fills_failed",
@@ -385,11 +380,11 @@ impl Metrics {
             upstream_state,
             upstream_short_circuits,
             fill_waiters,
-            disk_bytes,
-            memory_bytes,
             evictions,
             fills_failed,
             cache,
+            http,
+            process,
             responses,
             tls_handshake_failures,
             tls_reloads,
@@ -414,6 +409,7 @@ impl Metrics {
     }
 
     pub fn hit(&self, kind: Kind) {
+        noted(kind, crate::access_log::Outcome::Hit);
         let counter = match kind {
             Kind::Tag => &self.hot.tag_hit,
             Kind::Manifest => &self.hot.manifest_hit,
@@ -444,6 +440,15 @@ impl Metrics {
     }
 
     fn lookup(&self, kind: Kind, result: &'static str) {
+        use crate::access_log::Outcome;
+        noted(
+            kind,
+            match result {
+                "hit" => Outcome::Hit,
+                "miss" => Outcome::Miss,
+                _ => Outcome::Stale,
+            },
+        );
         self.lookups
             .get_or_create(&Lookup {
                 kind: kind.as_str(),
@@ -466,14 +471,36 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format.
-    pub fn encode(&self) -> String {
+    /// The OpenMetrics text format (what Prometheus asks for first).
+    pub fn encode_openmetrics(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        let ok = encode_registry(&mut out, &self.registry).is_ok()
+            && encode_registry(&mut out, &self.process).is_ok()
+            && encode_eof(&mut out).is_ok();
+        if !ok {
             out.clear();
         }
         out
     }
+
+    /// The Prometheus text format 0.0.4 (for clients that don't ask for
+    /// OpenMetrics, `promtool check metrics` among them): counters' `HELP`
+    /// and `TYPE` name the `_total` series, no `# UNIT`, no `# EOF`.
+    pub fn encode(&self) -> String {
+        crate::metrics_text::to_prometheus_text(&self.encode_openmetrics())
+    }
+}
+
+/// Tell the access log what a lookup found: a generated manifest (a twin,
+/// an upgrade, a Schema 1 conversion) says so whether it was cached or not.
+fn noted(kind: Kind, result: crate::access_log::Outcome) {
+    use crate::access_log::{Outcome, note};
+    note(match kind {
+        Kind::Bridge | Kind::Upgrade => Outcome::Bridged,
+        Kind::Schema1 => Outcome::Converted,
+        _ => result,
+    });
 }
 
 /// Body bytes written for one response. Adding is a plain `u64` addition;

@@ -235,7 +235,8 @@ impl Target {
 /// What a request's span says about it, and the span once made.
 #[derive(Debug, Clone, Default)]
 pub struct RequestSpan {
-    id: u64,
+    /// The request id ([`crate::access_log::request_id`]).
+    id: Option<http::HeaderValue>,
     method: http::Method,
     route: &'static str,
     repository: Option<RepositoryName>,
@@ -243,7 +244,7 @@ pub struct RequestSpan {
 }
 
 impl RequestSpan {
-    pub fn new(id: u64, method: &http::Method, route: &Route) -> RequestSpan {
+    pub fn new(id: Option<http::HeaderValue>, method: &http::Method, route: &Route) -> RequestSpan {
         RequestSpan {
             id,
             method: method.clone(),
@@ -257,7 +258,7 @@ impl RequestSpan {
         self.span.get_or_init(|| {
             tracing::info_span!(
                 "request",
-                id = self.id,
+                id = self.id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
                 method = %self.method,
                 route = self.route,
                 repository = self.repository.as_ref().map(|r| r.as_str()),

@@ -205,9 +205,14 @@ pub fn rescue(err: Error, head: bool) -> Response<Body> {
     let r = classify(&err);
     let code = r.envelope.errors.first().map(|e| e.code.as_str());
     let cause = chain(&err);
+    // An upstream failure says what failed (dns, refused, tls, …).
+    let upstream_cause = match &err {
+        Error::Upstream(e) => Some(tracing::field::display(e.cause().label())),
+        _ => None,
+    };
     macro_rules! log {
         ($lvl:expr) => {
-            tracing::event!($lvl, status = r.status, code, whose = r.whose, error = %cause, "request failed")
+            tracing::event!($lvl, status = r.status, code, whose = r.whose, cause = upstream_cause, error = %cause, "request failed")
         };
     }
     match r.level {

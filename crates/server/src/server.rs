@@ -156,6 +156,8 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
         // The breaker's probe: regcache's own identity, one attempt a probe.
         let mut probe_config = up.client_config();
         probe_config.retry = regcache_upstream::RetryConfig::none();
+        // The breaker logs the outage once; its probe's failures are debug.
+        probe_config.quiet_failures = true;
         let probe: Arc<dyn UpstreamApi> = Arc::new(UpstreamClient::new(probe_config)?);
         let breaker = crate::breaker::Breaker::new(
             up.name.clone(),
@@ -205,6 +207,12 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
             .map_err(StartError::Auth),
         },
     )?;
+    app.set_access_log(settings.log_access);
+    app.metrics
+        .http
+        .cache_budget
+        .get_or_create(&crate::metrics_http::Tier { tier: "memory" })
+        .set(i64::try_from(settings.memory_size).unwrap_or(i64::MAX));
     if let Some(tls) = &settings.tls {
         tracing::info!(
             cert = %tls.cert_file.display(),

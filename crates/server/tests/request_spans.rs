@@ -152,7 +152,20 @@ async fn a_request_logs_in_its_span_and_a_hit_logs_nothing() {
     assert_eq!((status, body), (StatusCode::OK, bytes));
     let after = log.text()[before..].to_owned();
     assert!(
-        after.lines().all(|l| l.contains("routed by ns")),
-        "a hit logs nothing but the router's debug line: {after}"
+        after
+            .lines()
+            .all(|l| l.contains("routed by ns") || l.contains(" regcache::access: ")),
+        "a hit logs nothing but the router's debug line and its access line: {after}"
     );
+    let access: Vec<&str> = after
+        .lines()
+        .filter(|l| l.contains(" regcache::access: "))
+        .collect();
+    assert_eq!(access.len(), 1, "{after}");
+    assert!(
+        access[0].contains("cache=\"hit\"") && access[0].contains("bytes=20000"),
+        "{}",
+        access[0]
+    );
+    assert!(!after.contains("request{"), "a hit makes no span: {after}");
 }

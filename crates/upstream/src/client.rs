@@ -921,8 +921,33 @@ impl UpstreamClient {
         };
         let status = result.as_ref().map_or(0, |r| r.status().as_u16());
         self.inner.stats.record(&method, status);
+        self.inner
+            .stats
+            .duration(&method, status, started.elapsed());
         if let Err(e) = &result {
-            self.inner.stats.failure(e.cause());
+            let cause = e.cause();
+            self.inner.stats.failure(cause);
+            // Every failed exchange, retried or not, with what failed and
+            // the whole chain (a transport error's Display is only its cause).
+            macro_rules! failed {
+                ($lvl:expr) => {
+                    tracing::event!(
+                        $lvl,
+                        upstream = %self.inner.label,
+                        method = %method,
+                        host,
+                        path,
+                        cause = %cause.label(),
+                        error.chain = %crate::error::chain(e),
+                        "upstream request failed"
+                    )
+                };
+            }
+            if self.inner.config.quiet_failures {
+                failed!(tracing::Level::DEBUG);
+            } else {
+                failed!(tracing::Level::WARN);
+            }
         }
         debug!(
             upstream = %self.inner.label,
@@ -979,6 +1004,7 @@ impl UpstreamClient {
     /// by reqwest's `read_timeout`, which also bounds the wait for headers).
     fn body_stream(&self, resp: reqwest::Response) -> ByteStream {
         let label = self.inner.label.clone();
+        let label_for_log = label.clone();
         let stats = self.inner.stats.clone();
         let stall = self.inner.config.body_stall_timeout;
         let stalled = self.timeout(TimeoutPhase::Body);
@@ -1001,7 +1027,14 @@ impl UpstreamClient {
             } else {
                 if let Err(e) = &item {
                     *failed = true;
-                    stats.failure(e.cause());
+                    let cause = e.cause();
+                    stats.failure(cause);
+                    warn!(
+                        upstream = %label_for_log,
+                        cause = %cause.label(),
+                        error.chain = %crate::error::chain(e),
+                        "upstream response body failed"
+                    );
                 }
                 Some(item)
             };

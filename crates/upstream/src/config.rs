@@ -156,6 +156,10 @@ pub struct ClientConfig {
     /// request. A listed realm gets credentials only over `https`, or over
     /// plain `http` when the upstream itself is plain `http` on the same host.
     pub auth_realms: Vec<String>,
+    /// Log failed exchanges at debug instead of warn (a circuit breaker's
+    /// probe, which fails every few seconds while the upstream is down and
+    /// whose outage the breaker logs once).
+    pub quiet_failures: bool,
 }
 
 impl fmt::Debug for ClientConfig {
@@ -175,6 +179,7 @@ impl fmt::Debug for ClientConfig {
             .field("max_redirects", &self.max_redirects)
             .field("use_env_proxy", &self.use_env_proxy)
             .field("auth_realms", &self.auth_realms)
+            .field("quiet_failures", &self.quiet_failures)
             .finish()
     }
 }
@@ -193,6 +198,7 @@ impl ClientConfig {
             max_redirects: 5,
             use_env_proxy: true,
             auth_realms: Vec::new(),
+            quiet_failures: false,
         }
     }
 

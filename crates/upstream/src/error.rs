@@ -304,6 +304,23 @@ impl BodyFailed {
     }
 }
 
+/// `e` and every error in its source chain, `": "`-separated (a transport
+/// error's own message is only its cause; the chain says what happened).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        // hyper and reqwest often repeat the inner message in the outer one.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,5 +378,25 @@ mod tests {
         );
         assert!(e.is_not_found());
         assert_eq!(registry(502).to_string(), "upstream hub answered HTTP 502");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: inner broke")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn chain_names_every_link_once() {
+        let e = Outer(std::io::Error::other("inner broke"));
+        // The outer message already ends with the inner one: not repeated.
+        assert_eq!(chain(&e), "outer: inner broke");
+        let tr = UpstreamError::Transport {
+            upstream: "hub".into(),
+            source: Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        };
+        let text = chain(&tr);
+        assert!(
+            text.starts_with("upstream hub: connection refused"),
+            "{text}"
+        );
     }
 }

@@ -54,9 +54,9 @@ pub use api::{
 pub use cause::Cause;
 pub use client::{MAX_MANIFEST_SIZE, UpstreamClient};
 pub use config::{ClientConfig, Credentials, RetryConfig, Secret};
-pub use error::{BoxError, TimeoutPhase, UpstreamError};
+pub use error::{BoxError, TimeoutPhase, UpstreamError, chain};
 #[cfg(feature = "mock")]
 pub use mock::{FailureUpstream, Fault, Op};
 pub use referrers::ReferrersAnswer;
 pub use scope::Scope;
-pub use stats::UpstreamStats;
+pub use stats::{DURATION_BUCKETS, Durations, UpstreamStats, status_class};

@@ -18,6 +18,7 @@ mod fill_routes;
 mod fsck;
 mod harness;
 mod multi_registry;
+mod observability;
 mod oci_bridge;
 mod referrers;
 mod request_rules;

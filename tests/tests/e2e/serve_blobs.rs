@@ -285,7 +285,7 @@ async fn disk_budget_evicts_least_recently_used_blobs() {
         metrics.text
     );
     assert!(
-        metrics.sum("regcache_disk_bytes", &[]) <= LIMIT as f64,
+        metrics.sum("regcache_cache_bytes", &[("tier", "disk")]) <= LIMIT as f64,
         "{}",
         metrics.text
     );

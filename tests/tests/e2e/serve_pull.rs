@@ -216,7 +216,7 @@ async fn lifecycle_health_ready_metrics_and_sigterm() {
     let metrics = regcache.metrics().await;
     for name in [
         "regcache_fill_waiters",
-        "regcache_disk_bytes",
+        "regcache_cache_bytes",
         "regcache_evictions_total",
         "regcache_fills_failed_total",
     ] {

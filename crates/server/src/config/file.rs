@@ -49,6 +49,8 @@ pub struct LogSection {
     pub format: String,
     /// A tracing filter such as `info` or `regcache_server=debug,info`.
     pub level: String,
+    /// The access log (target `regcache::access`): `info`, `debug` or `off`.
+    pub access: String,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -196,6 +198,7 @@ impl Default for LogSection {
         LogSection {
             format: "text".into(),
             level: "info".into(),
+            access: "info".into(),
         }
     }
 }

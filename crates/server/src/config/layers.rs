@@ -72,6 +72,7 @@ impl Config {
         }
         set("REGCACHE_LOG_FORMAT", &mut self.log.format);
         set("REGCACHE_LOG", &mut self.log.level);
+        set("REGCACHE_LOG_ACCESS", &mut self.log.access);
         if let Some(v) = env.var("REGCACHE_DATA_DIR") {
             self.data_dir = v.into();
         }

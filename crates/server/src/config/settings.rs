@@ -16,6 +16,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub log_json: bool,
     pub log_level: String,
+    /// `[log] access`.
+    pub log_access: crate::access_log::AccessLevel,
     pub memory_size: u64,
     pub memory_max_object: u64,
     pub disk_size: u64,

@@ -38,6 +38,14 @@ impl Config {
                 false
             }
         };
+        let log_access =
+            crate::access_log::AccessLevel::parse(&self.log.access).unwrap_or_else(|| {
+                problems.push(format!(
+                    "log.access = {:?}: expected \"info\", \"debug\" or \"off\"",
+                    self.log.access
+                ));
+                crate::access_log::AccessLevel::Info
+            });
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             problems.push(format!(
                 "log.level = {:?} is not a valid filter",
@@ -148,6 +156,7 @@ impl Config {
             data_dir: self.data_dir,
             log_json,
             log_level: self.log.level,
+            log_access,
             memory_size: self.cache.memory_size.0,
             memory_max_object: self.cache.memory_max_object.0,
             disk_size: self.cache.disk_size.0,

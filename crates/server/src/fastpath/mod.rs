@@ -54,6 +54,8 @@ pub struct Reply {
     pub body: ReplyBody,
     /// Counts the body bytes the writes wrote (`regcache_served_bytes_total`).
     pub meter: Option<crate::metrics::Meter>,
+    /// The request's access line, finished with the body bytes written.
+    pub access: Option<crate::access_log::Line>,
 }
 
 #[derive(Debug)]
@@ -94,6 +96,7 @@ impl Reply {
             headers: parts.headers,
             body,
             meter,
+            access: None,
         }
     }
 }
@@ -260,6 +263,7 @@ mod tests {
                     headers: HeaderMap::new(),
                     body: ReplyBody::Bytes(Bytes::from(text)),
                     meter: None,
+                    access: None,
                 }
             })
         }

@@ -114,6 +114,7 @@ pub(super) async fn write_reply(
         headers,
         body,
         meter,
+        access,
     } = reply;
     let bodiless = is_head
         || status.is_informational()
@@ -170,13 +171,18 @@ pub(super) async fn write_reply(
     }
     out.extend_from_slice(b"\r\n");
     if bodiless {
+        // The access line (if any) is written as it goes.
         return write_all(stream, &out, wt).await;
     }
-    // Body bytes the writes took, for the meter however the writing ends.
+    // Body bytes the writes took, for the meter and the access line however
+    // the writing ends.
     let mut written = 0u64;
     let result = write_body(stream, out, body, chunked, wt, &mut written).await;
     if let Some(mut meter) = meter {
         meter.add(written);
+    }
+    if let Some(mut line) = access {
+        line.add_bytes(written);
     }
     result
 }
@@ -407,6 +413,7 @@ mod tests {
             headers: HeaderMap::new(),
             body: ReplyBody::Body(Body::stream(stream_of(&[b"hello ", b"", b"world"]), None)),
             meter: None,
+            access: None,
         };
         let (raw, ok) = exchange(reply, false, false, false).await;
         assert!(ok);
@@ -422,6 +429,7 @@ mod tests {
             headers: HeaderMap::new(),
             body: ReplyBody::Body(Body::stream(stream_of(&[b"abc"]), None)),
             meter: None,
+            access: None,
         };
         assert!(reply.is_close_delimited(true));
         let (raw, _) = exchange(reply, true, false, true).await;
@@ -435,6 +443,7 @@ mod tests {
             headers: HeaderMap::new(),
             body: ReplyBody::Bytes(Bytes::from_static(b"{}")),
             meter: None,
+            access: None,
         };
         let (raw, _) = exchange(reply, false, false, false).await;
         let (head, body) = split(&raw);
@@ -447,6 +456,7 @@ mod tests {
             headers,
             body: ReplyBody::Empty,
             meter: None,
+            access: None,
         };
         let (raw, _) = exchange(reply, false, true, false).await;
         let (head, body) = split(&raw);
@@ -459,6 +469,7 @@ mod tests {
             headers: HeaderMap::new(),
             body: ReplyBody::Empty,
             meter: None,
+            access: None,
         };
         let (raw, _) = exchange(reply, false, false, false).await;
         assert!(!String::from_utf8_lossy(&raw).contains("content-length"));
@@ -471,6 +482,7 @@ mod tests {
             headers: HeaderMap::new(),
             body: ReplyBody::Body(Body::stream(stream_of(&[b"abc"]), Some(10))),
             meter: None,
+            access: None,
         };
         let (raw, ok) = exchange(reply, false, false, false).await;
         assert!(!ok);
@@ -485,6 +497,7 @@ mod tests {
             headers: HeaderMap::new(),
             body: ReplyBody::Body(Body::stream(failing, None)),
             meter: None,
+            access: None,
         };
         let (raw, ok) = exchange(reply, false, false, false).await;
         assert!(!ok);

@@ -22,9 +22,36 @@ use crate::web::response::{blob_headers, range_not_satisfiable, with_api_version
 use crate::web::stream::fill_body;
 
 impl FastPath for App {
-    fn respond(&self, req: Request<ReqBody>) -> BoxFuture<'_, Reply> {
+    fn respond(&self, mut req: Request<ReqBody>) -> BoxFuture<'_, Reply> {
         Box::pin(async move {
             let routed = route(req.uri(), &self.upstreams);
+            let observed = self.observe(&mut req, &routed);
+            let (mut reply, outcome) = if observed.logging() {
+                crate::access_log::scoped(self.fast_reply(routed, req)).await
+            } else {
+                (
+                    self.fast_reply(routed, req).await,
+                    crate::access_log::Outcome::None,
+                )
+            };
+            let (id, line) = self.observed(observed, reply.status.as_u16(), outcome);
+            reply
+                .headers
+                .insert(crate::access_log::X_REQUEST_ID.clone(), id);
+            reply.access = line;
+            reply
+        })
+    }
+}
+
+impl App {
+    /// [`FastPath::respond`] once the request is observed.
+    async fn fast_reply(
+        &self,
+        routed: Result<Routed, crate::error::Error>,
+        req: Request<ReqBody>,
+    ) -> Reply {
+        {
             let head = req.method() == Method::HEAD;
             let routed = match self.admit(&req, routed).await {
                 Ok(routed) => routed,
@@ -45,11 +72,9 @@ impl FastPath for App {
             }
             self.metrics.responded(ResponseVia::Fast);
             Reply::from_response(self.respond_authorized(routed, req).await, head)
-        })
+        }
     }
-}
 
-impl App {
     /// A `GET` of a blob, answered as `get_blob` would (same headers, same
     /// range rules, same errors) but with the bytes handed to the kernel: a
     /// cached file, or the file of the fill that brings it from the upstream.
@@ -107,7 +132,7 @@ impl App {
             }
             Ok(None) => {
                 let mut target = routed.target.clone();
-                target.span = self.request_span(req.method(), &routed.route);
+                target.span = self.request_span(req, &routed.route);
                 let cold = target
                     .in_span(self.cold_slice(&target, name, digest, range))
                     .await;
@@ -148,5 +173,6 @@ fn blob_reply(slice: BlobSlice, digest: &Digest, body: ReplyBody) -> Reply {
         headers: parts.headers,
         body,
         meter: None,
+        access: None,
     }
 }

@@ -11,7 +11,7 @@
 //! ([`crate::writes`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64};
 
 use http::{Method, Request, Response};
 use regcache_formats::jws::SigningKey;
@@ -37,6 +37,7 @@ pub mod fast;
 mod gated;
 pub mod listings;
 pub mod manifests;
+mod observed;
 pub mod push;
 pub mod referrers;
 
@@ -48,8 +49,12 @@ pub struct App {
     /// Client authentication and access rules ([`crate::auth`]).
     auth: Auth,
     pub metrics: Arc<Metrics>,
-    /// The next request's id (its span's `id`).
+    /// The next generated request id's number ([`crate::access_log`]).
     next_id: AtomicU64,
+    /// This process's prefix of generated request ids.
+    id_prefix: u32,
+    /// `[log] access` ([`crate::access_log::AccessLevel`]).
+    access: AtomicU8,
 }
 
 impl std::fmt::Debug for App {
@@ -95,6 +100,8 @@ impl App {
             auth,
             metrics,
             next_id: AtomicU64::new(1),
+            id_prefix: crate::access_log::id_prefix(),
+            access: AtomicU8::new(crate::access_log::AccessLevel::Info.as_u8()),
         }))
     }
 
@@ -114,13 +121,16 @@ impl App {
     /// Refresh gauges from the store and counters from the upstream clients.
     pub fn refresh_metrics(&self) {
         let s = self.store().stats();
-        self.metrics
-            .disk_bytes
-            .set(i64::try_from(s.disk.bytes_used).unwrap_or(i64::MAX));
+        let http = &self.metrics.http;
+        http.tier(
+            "disk",
+            s.disk.bytes_used,
+            s.disk.entries,
+            Some(s.disk.max_bytes),
+        );
         if let Some(m) = &s.memory {
-            self.metrics
-                .memory_bytes
-                .set(i64::try_from(m.bytes_used).unwrap_or(i64::MAX));
+            // Its budget is set at start-up (`server::build`).
+            http.tier("memory", m.bytes_used, m.entries, None);
         }
         self.metrics.cache.update(&s.disk, &s.fills);
         let evicted = s.disk.evictions;
@@ -157,13 +167,20 @@ impl App {
                 let c = self.metrics.upstream_requests.get_or_create(&UpstreamCall {
                     upstream: u.name.clone(),
                     method: method.clone(),
-                    status: status.to_string(),
+                    // No response at all: `error` (its cause is in
+                    // `regcache_upstream_failures_total`).
+                    status: if *status == 0 {
+                        "error".to_owned()
+                    } else {
+                        status.to_string()
+                    },
                 });
                 let have = c.get();
                 if *n > have {
                     c.inc_by(n - have);
                 }
             }
+            http.upstream_durations.set(&u.name, up.durations);
             for (cause, n) in &up.failures {
                 let c = self
                     .metrics
@@ -181,10 +198,25 @@ impl App {
     }
 
     /// Entry point for every request hyper serves.
-    pub async fn handle(self: Arc<Self>, req: Request<ReqBody>) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, mut req: Request<ReqBody>) -> Response<Body> {
         self.metrics.responded(ResponseVia::Hyper);
         let routed = route(req.uri(), &self.upstreams);
-        self.respond(routed, req).await
+        let observed = self.observe(&mut req, &routed);
+        let (mut resp, outcome) = if observed.logging() {
+            crate::access_log::scoped(self.respond(routed, req)).await
+        } else {
+            (
+                self.respond(routed, req).await,
+                crate::access_log::Outcome::None,
+            )
+        };
+        let (id, line) = self.observed(observed, resp.status().as_u16(), outcome);
+        resp.headers_mut()
+            .insert(crate::access_log::X_REQUEST_ID.clone(), id);
+        match line {
+            Some(line) => resp.map(|body| crate::access_log::logged(body, line)),
+            None => resp,
+        }
     }
 
     /// Answer a routed request. Its span ([`Target::span`]) is made at
@@ -251,13 +283,17 @@ impl App {
         let head = req.method() == Method::HEAD;
         let resp = match routed {
             Some(r) => {
-                let span = self.request_span(req.method(), &r.route);
+                let span = self.request_span(req, &r.route);
                 let mut target = r.target.clone();
                 target.span = span;
                 target.span().in_scope(|| rescue(e, head))
             }
             None => {
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let id = req
+                    .extensions()
+                    .get::<crate::access_log::RequestId>()
+                    .and_then(|id| id.0.to_str().ok())
+                    .unwrap_or("-");
                 let span = tracing::info_span!("request", id, method = %req.method());
                 span.in_scope(|| rescue(e, head))
             }
@@ -282,7 +318,7 @@ impl App {
             }
             Err(e) => return self.refused(&req, None, e),
         };
-        target.span = self.request_span(req.method(), &route);
+        target.span = self.request_span(&req, &route);
         let cached_read = matches!(
             route,
             Route::Ping | Route::Manifest { .. } | Route::Blob { .. }
@@ -295,10 +331,14 @@ impl App {
         with_api_version(resp.unwrap_or_else(|e| target.span().in_scope(|| rescue(e, head))))
     }
 
-    /// A new request's span fields, with the next id (the span itself is
-    /// made on first use).
-    fn request_span(&self, method: &Method, route: &Route) -> RequestSpan {
-        RequestSpan::new(self.next_id.fetch_add(1, Ordering::Relaxed), method, route)
+    /// A request's span fields, with its id (the span itself is made on
+    /// first use).
+    fn request_span(&self, req: &Request<ReqBody>, route: &Route) -> RequestSpan {
+        let id = req
+            .extensions()
+            .get::<crate::access_log::RequestId>()
+            .map(|id| id.0.clone());
+        RequestSpan::new(id, req.method(), route)
     }
 
     /// The dispatch table: route and method to handler.

@@ -212,6 +212,7 @@ impl BlobService {
             .map_err(|e| Error::cache("starting a blob fill", e))?;
         match begin {
             Begin::Follower(r) => {
+                crate::access_log::note(crate::access_log::Outcome::FillJoined);
                 if let Some(n) = self.waiters.lock().get_mut(digest) {
                     *n += 1;
                 }
@@ -232,9 +233,11 @@ impl BlobService {
                     digest: digest.clone(),
                     failed: self.metrics.fills_failed.clone(),
                 };
+                let in_flight = self.metrics.http.fill_started();
                 tokio::spawn(
                     async move {
                         let _observer = observer;
+                        let _in_flight = in_flight;
                         pump.run(writer).await;
                     }
                     .in_current_span(),
