@@ -534,7 +534,11 @@ async fn fills_in_progress_lists_progress_readers_and_repository() {
     assert_eq!(listed.len(), 1, "{listed:?}");
     let f = &listed[0];
     assert_eq!(f.digest, d);
-    assert_eq!(f.repository.as_deref(), Some("team/app"), "the first name stays");
+    assert_eq!(
+        f.repository.as_deref(),
+        Some("team/app"),
+        "the first name stays"
+    );
     assert_eq!((f.written, f.len, f.readers), (10_000, None, 2));
     assert!(!f.passing_through);
 
@@ -546,5 +550,8 @@ async fn fills_in_progress_lists_progress_readers_and_repository() {
     w.write(content.slice(10_000..)).await.unwrap();
     w.commit().await.unwrap();
     drop(own);
-    assert!(store.fills_in_progress().is_empty(), "committed fills are gone");
+    assert!(
+        store.fills_in_progress().is_empty(),
+        "committed fills are gone"
+    );
 }
