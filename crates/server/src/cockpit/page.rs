@@ -213,9 +213,9 @@ fn sparkline(o: &mut String, points: &[Point], interval: u64) {
     }
     for mut run in runs {
         if run.len() == 1 {
-            // One interval: a short flat segment so it shows.
+            // One interval: a flat segment across it so it shows.
             let (x, y) = run[0];
-            run = vec![(x - 0.5, y), (x + 0.5, y)];
+            run = vec![(x - 1.5, y), (x + 0.5, y)];
         }
         let line: Vec<String> = run.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
         let (first, last) = (run[0].0, run[run.len() - 1].0);
