@@ -28,6 +28,9 @@ pub mod setup;
 pub mod stats;
 pub mod top;
 
+#[cfg(test)]
+mod tests;
+
 /// The cockpit's state, one per [`crate::handlers::App`].
 #[derive(Debug)]
 pub struct Cockpit {

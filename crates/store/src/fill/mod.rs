@@ -338,7 +338,7 @@ impl Fills {
                     repository: shared.repository.get().cloned(),
                     written,
                     len: len.or_else(|| shared.expected_len.get().copied()),
-                    readers: shared.progress.receiver_count(),
+                    readers: shared.relay.readers(),
                     age: shared.started.elapsed(),
                     passing_through: shared.relay.is_on(),
                 }
