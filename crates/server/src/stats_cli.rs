@@ -235,7 +235,7 @@ mod tests {
         let text = summary(&s);
         assert!(text.contains("3 hits, 1 misses"), "{text}");
         assert!(text.contains("hit ratio 75.0%"), "{text}");
-        assert!(text.contains("2.00 KiB from the cache"), "{text}");
+        assert!(text.contains("2.0 KiB from the cache"), "{text}");
         assert!(text.contains("team/app"), "{text}");
         // The JSON round-trips through the CLI's reader.
         let back: Stats = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();

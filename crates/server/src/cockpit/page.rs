@@ -527,7 +527,7 @@ pub fn count(n: u64) -> String {
     out
 }
 
-/// Binary units: `1536` → `1.5 KiB`.
+/// Binary units, three digits at most: `1536` → `1.5 KiB`, `100 MiB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     if n < 1024 {
@@ -539,10 +539,10 @@ pub fn bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if v < 10.0 {
-        format!("{v:.2} {}", UNITS[u])
-    } else {
+    if v < 100.0 {
         format!("{v:.1} {}", UNITS[u])
+    } else {
+        format!("{v:.0} {}", UNITS[u])
     }
 }
 
@@ -640,7 +640,7 @@ mod tests {
             page.contains("id=\"hits\" data-metric=\"hits\" data-value=\"1234567\">1,234,567<")
         );
         assert!(page.contains(
-            "id=\"served_cache\" data-metric=\"served_cache\" data-value=\"5242880\">5.00 MiB<"
+            "id=\"served_cache\" data-metric=\"served_cache\" data-value=\"5242880\">5.0 MiB<"
         ));
         assert!(page.contains("name=\"viewport\""));
         assert!(
@@ -676,7 +676,8 @@ mod tests {
         assert_eq!(count(1000), "1,000");
         assert_eq!(count(1234567), "1,234,567");
         assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.50 KiB");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(300 << 20), "300 MiB");
         assert_eq!(bytes(10 << 30), "10.0 GiB");
         assert_eq!(duration(3725), "1h 2m");
         assert_eq!(clock(86400 + 3661), "01:01:01");
