@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cockpit::page::{bytes, clock, count, duration};
+use crate::cockpit::format::{bytes, clock, count, duration};
 use crate::cockpit::stats::Stats;
 use crate::cockpit::top::Row;
 

@@ -22,6 +22,7 @@ use crate::routes::Route;
 
 pub mod errors;
 pub mod escape;
+pub mod format;
 pub mod history;
 pub mod page;
 pub mod setup;
