@@ -1,8 +1,8 @@
 //! The admin listener's endpoints: `/healthz` (liveness), `/readyz`
 //! (readiness, 503 while starting, stopping or saturated), `/metrics`,
 //! `/mappings`, the cockpit (`/` and `/ui`: the admin page; `/api/stats`:
-//! its figures as JSON; [`crate::cockpit`]), and the state-changing ones (`POST /tls/reload`; purge and
-//! prefetch to come).
+//! its figures as JSON; [`crate::cockpit`]), and the state-changing ones
+//! (`POST /tls/reload`; purge and prefetch to come).
 //!
 //! Every request that is not a `GET` or `HEAD` changes state, so it is
 //! protected by default, whatever endpoint it names: with an admin token

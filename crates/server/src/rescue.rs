@@ -244,7 +244,13 @@ pub fn rescue_at(err: Error, head: bool, at: At<'_>) -> Response<Body> {
 
 /// What the client was told, never more: status, code, the message (which
 /// [`classify`] keeps free of paths and credentials) and whose fault.
+/// regcache's own rate-limit refusals are left out: a client over its rate
+/// would flush every other error from the ring (they are counted in
+/// `regcache_requests_refused_total`, which the page shows).
 fn remember(r: &Rescued, at: At<'_>) {
+    if r.status == 429 && r.whose == "client" {
+        return;
+    }
     let first = r.envelope.errors.first();
     crate::cockpit::errors::recent().push(crate::cockpit::errors::ErrorRecord {
         t: crate::cockpit::stats::unix_now(),
