@@ -1,7 +1,8 @@
 //! The admin listener's endpoints: `/healthz` (liveness), `/readyz`
 //! (readiness, 503 while starting, stopping or saturated), `/metrics`,
-//! `/mappings`, and the state-changing ones (`POST /tls/reload`; purge and
-//! prefetch to come).
+//! `/mappings`, the cockpit (`/` and `/ui`: the admin page; `/api/stats`:
+//! its figures as JSON; [`crate::cockpit`]), and the state-changing ones
+//! (`POST /tls/reload`; purge and prefetch to come).
 //!
 //! Every request that is not a `GET` or `HEAD` changes state, so it is
 //! protected by default, whatever endpoint it names: with an admin token
@@ -142,6 +143,20 @@ impl Admin {
                 r
             }
             "/tls/reload" => self.tls_reload(),
+            "/" | "/ui" => {
+                let mut r = text(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    Bytes::from(crate::cockpit::page::render(&self.stats())),
+                );
+                r.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                r
+            }
+            "/api/stats" => match serde_json::to_vec(&self.stats()) {
+                Ok(json) => text(StatusCode::OK, "application/json", Bytes::from(json)),
+                Err(e) => rescue(Error::bug(format!("encoding /api/stats: {e}")), false),
+            },
             "/metrics" => {
                 self.app.refresh_metrics();
                 // OpenMetrics for whoever asks for it (Prometheus does); the
@@ -172,6 +187,12 @@ impl Admin {
                 Bytes::from_static(b"not found\n"),
             ),
         }
+    }
+
+    /// The cockpit's figures now (gauges refreshed as for `/metrics`).
+    fn stats(&self) -> crate::cockpit::stats::Stats {
+        self.app.refresh_metrics();
+        crate::cockpit::stats::Stats::collect(&self.app)
     }
 
     /// 200 once serving; 503 while starting or stopping, and while the API

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use regcache_server::config::{Config, EX_USAGE, Overrides, ProcessEnv, Settings};
-use regcache_server::{convert_cli, server, telemetry};
+use regcache_server::{convert_cli, server, stats_cli, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -98,6 +98,10 @@ enum Command {
     /// Convert a Schema 2 (or OCI) manifest and its config blob into a signed
     /// Schema 1 manifest, as docker/distribution 2.8 served it to old clients.
     Convert(convert_cli::ConvertArgs),
+    /// Print a running regcache's figures (cache, hit ratio, top
+    /// repositories, fills, upstreams, recent errors) from its admin
+    /// listener's /api/stats.
+    Stats(stats_cli::StatsArgs),
 }
 
 /// mimalloc instead of glibc malloc: the request path allocates small, short-lived
@@ -141,6 +145,7 @@ fn main() -> ExitCode {
         }
         Command::Serve { config, overrides } => serve(config.as_deref(), &overrides),
         Command::Convert(args) => convert(&args),
+        Command::Stats(args) => stats(&args),
         Command::Fsck {
             config,
             data_dir,
@@ -156,6 +161,19 @@ fn main() -> ExitCode {
     match run {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => code,
+    }
+}
+
+fn stats(args: &stats_cli::StatsArgs) -> Result<(), ExitCode> {
+    match stats_cli::run(args, std::env::var("REGCACHE_ADMIN_TOKEN").ok()) {
+        Ok(text) => {
+            print!("{text}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("regcache stats: {e}");
+            Err(ExitCode::from(1))
+        }
     }
 }
 

@@ -228,6 +228,11 @@ impl Policies {
         })
     }
 
+    /// The rules as written, in order (for the admin page).
+    pub fn configs(&self) -> impl Iterator<Item = &RuleConfig> {
+        self.rules.iter().map(|r| &r.config)
+    }
+
     /// A human explanation of which rule applies and why (`regcache policy explain`).
     pub fn explain(&self, upstream: &str, repository: &str) -> String {
         let mut out = format!("repository {repository:?} via upstream {upstream:?}\n");
@@ -287,14 +292,14 @@ pub fn mode_name(m: Schema1Mode) -> &'static str {
     m.as_str()
 }
 
-fn digests_name(m: Schema1Digests) -> &'static str {
+pub fn digests_name(m: Schema1Digests) -> &'static str {
     match m {
         Schema1Digests::Serve => "serve",
         Schema1Digests::Reject => "reject",
     }
 }
 
-fn push_name(m: Schema2Push) -> &'static str {
+pub fn push_name(m: Schema2Push) -> &'static str {
     match m {
         Schema2Push::Accept => "accept",
         Schema2Push::Reject => "reject",

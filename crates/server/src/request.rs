@@ -254,6 +254,14 @@ impl RequestSpan {
         }
     }
 
+    /// The route kind and repository, for [`crate::rescue::rescue_at`].
+    pub fn at(&self) -> crate::rescue::At<'_> {
+        crate::rescue::At {
+            route: self.route,
+            repository: self.repository.as_ref().map(|r| r.as_str()),
+        }
+    }
+
     fn get(&self, upstream: &str) -> &tracing::Span {
         self.span.get_or_init(|| {
             tracing::info_span!(

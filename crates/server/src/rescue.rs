@@ -199,10 +199,25 @@ fn upstream(e: &UpstreamError) -> Rescued {
     }
 }
 
+/// Where a request failed, for the admin page's recent errors.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct At<'a> {
+    /// The route kind (`manifest`, `blob`, …).
+    pub route: &'static str,
+    pub repository: Option<&'a str>,
+}
+
 /// Log `err` at its level and build its response. `head` drops the body but
 /// keeps its length, as distribution does.
 pub fn rescue(err: Error, head: bool) -> Response<Body> {
+    rescue_at(err, head, At::default())
+}
+
+/// [`rescue`] for a routed request: the error is remembered with its route
+/// and repository among the recent errors ([`crate::cockpit::errors`]).
+pub fn rescue_at(err: Error, head: bool, at: At<'_>) -> Response<Body> {
     let r = classify(&err);
+    remember(&r, at);
     let code = r.envelope.errors.first().map(|e| e.code.as_str());
     let cause = chain(&err);
     // An upstream failure says what failed (dns, refused, tls, …).
@@ -230,6 +245,27 @@ pub fn rescue(err: Error, head: bool) -> Response<Body> {
         resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
     }
     resp
+}
+
+/// What the client was told, never more: status, code, the message (which
+/// [`classify`] keeps free of paths and credentials) and whose fault.
+/// regcache's own rate-limit refusals are left out: a client over its rate
+/// would flush every other error from the ring (they are counted in
+/// `regcache_requests_refused_total`, which the page shows).
+fn remember(r: &Rescued, at: At<'_>) {
+    if r.status == 429 && r.whose == "client" {
+        return;
+    }
+    let first = r.envelope.errors.first();
+    crate::cockpit::errors::recent().push(crate::cockpit::errors::ErrorRecord {
+        t: crate::cockpit::stats::unix_now(),
+        route: if at.route.is_empty() { "-" } else { at.route }.to_owned(),
+        repository: at.repository.map(str::to_owned),
+        status: r.status,
+        code: first.map_or("", |e| e.code.as_str()).to_owned(),
+        whose: r.whose.to_owned(),
+        message: first.map_or(String::new(), |e| e.message.clone()),
+    });
 }
 
 #[cfg(test)]

@@ -428,3 +428,41 @@ fn a_401_of_regcache_carries_its_challenge() {
     );
     assert!(!resp.headers().contains_key(header::WWW_AUTHENTICATE));
 }
+
+#[test]
+fn errors_are_remembered_with_their_route_but_rate_limits_are_not() {
+    let e = Error::client(ErrorCode::NameUnknown, "repository name not known");
+    rescue_at(
+        e,
+        false,
+        At {
+            route: "manifest",
+            repository: Some("rescue-test/remembered"),
+        },
+    );
+    rescue_at(
+        Error::Throttled {
+            retry_after_secs: 1,
+        },
+        false,
+        At {
+            route: "blob",
+            repository: Some("rescue-test/throttled"),
+        },
+    );
+    let recent = crate::cockpit::errors::recent().recent();
+    let r = recent
+        .iter()
+        .find(|r| r.repository.as_deref() == Some("rescue-test/remembered"))
+        .expect("remembered");
+    assert_eq!(
+        (r.status, r.route.as_str(), r.whose.as_str()),
+        (404, "manifest", "client")
+    );
+    assert_eq!(r.code, "NAME_UNKNOWN");
+    assert!(
+        !recent
+            .iter()
+            .any(|r| r.repository.as_deref() == Some("rescue-test/throttled"))
+    );
+}

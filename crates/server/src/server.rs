@@ -220,6 +220,8 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
             "tls on the api listener (TLS 1.2 and 1.3; h2, http/1.1)"
         );
     }
+    app.cockpit
+        .set_setup(crate::cockpit::setup::Setup::from_settings(settings));
     let admin_access =
         crate::admin::AdminAccess::new(settings.admin_listen, settings.admin_token.clone());
     match &admin_access {
@@ -347,8 +349,10 @@ pub async fn serve(
         },
         Duration::from_secs(1),
     ));
+    let sampler = crate::cockpit::spawn_sampler(&app);
     ready.store(true, Ordering::SeqCst);
     shutdown.await;
+    sampler.abort();
     tracing::info!("shutting down: no new connections, finishing requests");
     ready.store(false, Ordering::SeqCst);
     let _ = stop_tx.send(true);

@@ -76,7 +76,9 @@ pub use config::{DEFAULT_MEMORY_MAX_OBJECT_BYTES, StoreConfig};
 pub use diffids::{DiffIdLog, DiffIdRecord};
 pub use disk::{DiskTier, Installed, LAYOUT_VERSION, PinGuard};
 pub use error::{FillError, StoreError};
-pub use fill::{Begin, Committed, FillFile, FillProgress, FillReader, FillWriter, Fills};
+pub use fill::{
+    Begin, Committed, FillFile, FillProgress, FillReader, FillStatus, FillWriter, Fills,
+};
 pub use fsck::{FsckError, FsckReport, Problem, ProblemKind, fsck_blocking};
 pub use health::{CacheHealth, CacheState, WriteErrorKind};
 pub use mapping::{Direction, MappingLog, MappingRecord};

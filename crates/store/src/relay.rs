@@ -68,6 +68,15 @@ impl Relay {
     }
 
     /// The slowest live reader's position; `None` when every reader left.
+    /// Readers following the fill now (one cursor each).
+    pub(crate) fn readers(&self) -> usize {
+        self.cursors
+            .lock()
+            .iter()
+            .filter(|c| c.strong_count() > 0)
+            .count()
+    }
+
     pub(crate) fn min(&self) -> Option<u64> {
         let mut cursors = self.cursors.lock();
         cursors.retain(|c| c.strong_count() > 0);

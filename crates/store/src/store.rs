@@ -125,6 +125,11 @@ impl Store {
         self.inner.fills.begin(digest, expected_len).await
     }
 
+    /// The blob fills in progress right now (see [`Fills::in_progress`]).
+    pub fn fills_in_progress(&self) -> Vec<crate::FillStatus> {
+        self.inner.fills.in_progress()
+    }
+
     /// The fill registry (for `is_filling` and its stats).
     pub fn fills(&self) -> &Fills {
         &self.inner.fills

@@ -270,6 +270,11 @@ impl AccessRules {
         }
     }
 
+    /// The rules as written, in order (for the admin page).
+    pub fn configs(&self) -> impl Iterator<Item = &AccessRuleConfig> {
+        self.rules.iter().map(|r| &r.config)
+    }
+
     pub fn len(&self) -> usize {
         self.rules.len()
     }

@@ -96,6 +96,13 @@ impl Breaker {
         self.short_circuits.load(Ordering::Relaxed)
     }
 
+    /// The state, how long it has held, and the last failure's cause
+    /// (empty before any; upstream errors carry no secrets), for the admin page.
+    pub fn status(&self) -> (State, Duration, String) {
+        let i = self.inner.lock();
+        (i.machine.state(), i.since.elapsed(), i.last_failure.clone())
+    }
+
     /// One line for `/readyz`: the state, and for how long when not closed.
     pub fn report(&self) -> String {
         let i = self.inner.lock();

@@ -14,7 +14,7 @@ use super::blobs::ColdSlice;
 use crate::fastpath::{FastPath, Reply, ReplyBody};
 use crate::metrics::{ResponseVia, ServedFrom};
 use crate::request::{Routed, route};
-use crate::rescue::rescue;
+use crate::rescue::rescue_at;
 use crate::routes::Route;
 use crate::web::body::{Body, ReqBody};
 use crate::web::range::BlobSlice;
@@ -115,6 +115,7 @@ impl App {
                     },
                     _ => return None,
                 };
+                self.cockpit.tally(&routed.route).bytes(n);
                 let mut reply = blob_reply(slice, digest, body);
                 reply.meter = Some(self.metrics.meter(ServedFrom::Cache));
                 Some(reply)
@@ -139,7 +140,11 @@ impl App {
                 let (slice, reader) = match cold {
                     Ok(ColdSlice::Send(slice, reader)) => (slice, reader),
                     Ok(ColdSlice::Unsatisfiable(len)) => return reply(range_not_satisfiable(len)),
-                    Err(e) => return reply(target.span().in_scope(|| rescue(e, false))),
+                    Err(e) => {
+                        let at = target.span.at();
+                        self.cockpit.tally(&routed.route);
+                        return reply(target.span().in_scope(|| rescue_at(e, false, at)));
+                    }
                 };
                 let body = match reader.into_file() {
                     Ok(fill) => ReplyBody::Fill {
@@ -149,6 +154,7 @@ impl App {
                     },
                     Err(reader) => ReplyBody::Body(fill_body(*reader, &slice)),
                 };
+                self.cockpit.tally(&routed.route).bytes(slice.n);
                 let mut reply = blob_reply(slice, digest, body);
                 reply.meter = Some(self.metrics.meter(ServedFrom::Upstream));
                 Some(reply)

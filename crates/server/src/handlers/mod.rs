@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::metrics::{Metrics, ResponseVia, UpstreamCall, UpstreamFailure};
 use crate::policy::Policies;
 use crate::request::{RequestSpan, Routed, Target, Upstreams, route};
-use crate::rescue::rescue;
+use crate::rescue::{rescue, rescue_at};
 use crate::routes::Route;
 use crate::services::Services;
 use crate::services::links::Object;
@@ -49,6 +49,8 @@ pub struct App {
     /// Client authentication and access rules ([`crate::auth`]).
     auth: Auth,
     pub metrics: Arc<Metrics>,
+    /// The admin page's tables ([`crate::cockpit`]).
+    pub cockpit: crate::cockpit::Cockpit,
     /// The next generated request id's number ([`crate::access_log`]).
     next_id: AtomicU64,
     /// This process's prefix of generated request ids.
@@ -99,6 +101,7 @@ impl App {
             policies,
             auth,
             metrics,
+            cockpit: crate::cockpit::Cockpit::default(),
             next_id: AtomicU64::new(1),
             id_prefix: crate::access_log::id_prefix(),
             access: AtomicU8::new(crate::access_log::AccessLevel::Info.as_u8()),
@@ -286,7 +289,8 @@ impl App {
                 let span = self.request_span(req, &r.route);
                 let mut target = r.target.clone();
                 target.span = span;
-                target.span().in_scope(|| rescue(e, head))
+                let at = target.span.at();
+                target.span().in_scope(|| rescue_at(e, head, at))
             }
             None => {
                 let id = req
@@ -319,6 +323,8 @@ impl App {
             Err(e) => return self.refused(&req, None, e),
         };
         target.span = self.request_span(&req, &route);
+        let tally = self.cockpit.tally(&route);
+        let get = req.method() == Method::GET;
         let cached_read = matches!(
             route,
             Route::Ping | Route::Manifest { .. } | Route::Blob { .. }
@@ -328,7 +334,14 @@ impl App {
         } else {
             target.in_span(self.dispatch(&target, route, req)).await
         };
-        with_api_version(resp.unwrap_or_else(|e| target.span().in_scope(|| rescue(e, head))))
+        let resp = resp.unwrap_or_else(|e| {
+            let at = target.span.at();
+            target.span().in_scope(|| rescue_at(e, head, at))
+        });
+        if get && resp.status().is_success() {
+            tally.bytes(body_len(&resp));
+        }
+        with_api_version(resp)
     }
 
     /// A request's span fields, with its id (the span itself is made on
@@ -442,3 +455,14 @@ fn acting(target: &Target, identity: Result<Identity, Error>) -> Result<Identity
 
 #[cfg(test)]
 mod tests;
+
+/// A response's body length for the top tables: its `Content-Length`, else
+/// the body's exact size hint, else 0 (a stream of unknown length).
+fn body_len(resp: &Response<Body>) -> u64 {
+    resp.headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .or_else(|| http_body::Body::size_hint(resp.body()).exact())
+        .unwrap_or(0)
+}

@@ -219,6 +219,7 @@ impl BlobService {
                 Ok(r)
             }
             Begin::Leader(writer) => {
+                writer.set_repository(name.as_str());
                 let reader = writer.subscribe();
                 self.waiters.lock().insert(digest.clone(), 1);
                 let observer = FillObserver {

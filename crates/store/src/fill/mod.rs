@@ -89,6 +89,11 @@ struct FillShared {
     file: Mutex<Arc<File>>,
     relay: Arc<Relay>,
     progress: watch::Sender<Progress>,
+    /// When the fill began (for [`Fills::in_progress`]).
+    started: std::time::Instant,
+    /// The repository the leader's client asked for, when the server said
+    /// ([`FillWriter::set_repository`]); only for listings.
+    repository: std::sync::OnceLock<String>,
 }
 
 impl FillShared {
@@ -139,6 +144,25 @@ pub enum Begin {
     /// [`crate::Store::get`] first for cached content: a `Source::File` can be
     /// sent with `sendfile`.
     Follower(FillReader),
+}
+
+/// One fill in progress, as [`Fills::in_progress`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FillStatus {
+    pub digest: Digest,
+    /// The repository of the request that started it, if the server said.
+    pub repository: Option<String>,
+    /// Bytes written (and readable) so far.
+    pub written: u64,
+    /// The total, once known (`Content-Length`).
+    pub len: Option<u64>,
+    /// Readers following it now (clients waiting for its bytes).
+    pub readers: usize,
+    /// Since the fill began.
+    pub age: std::time::Duration,
+    /// Streaming through memory without being cached (disk full, read-only).
+    pub passing_through: bool,
 }
 
 /// How a successful commit ended.
@@ -231,6 +255,8 @@ impl Fills {
                 file: Mutex::new(temp.file.clone()),
                 relay: Arc::default(),
                 progress,
+                started: std::time::Instant::now(),
+                repository: std::sync::OnceLock::new(),
             });
             active.insert(digest.clone(), shared.clone());
             drop(active);
@@ -275,6 +301,8 @@ impl Fills {
             file: Mutex::new(Arc::new(file)),
             relay,
             progress,
+            started: std::time::Instant::now(),
+            repository: std::sync::OnceLock::new(),
         });
         inner.counters.started.inc();
         inner.counters.passed_through.inc();
@@ -289,6 +317,33 @@ impl Fills {
     /// Is a fill for `digest` in progress right now?
     pub fn is_filling(&self, digest: &Digest) -> bool {
         self.inner.active.lock().contains_key(digest)
+    }
+
+    /// The fills registered right now, with their progress: a snapshot
+    /// taken under the registry lock (a few field reads per fill; nothing
+    /// waits on the fills). Fills that pass through memory from their start
+    /// are not registered and not listed.
+    pub fn in_progress(&self) -> Vec<FillStatus> {
+        let active = self.inner.active.lock();
+        active
+            .values()
+            .map(|shared| {
+                let (written, len) = match &*shared.progress.borrow() {
+                    Progress::Writing { written, len } => (*written, *len),
+                    Progress::Done { len } => (*len, Some(*len)),
+                    Progress::Failed(_) => (0, None),
+                };
+                FillStatus {
+                    digest: shared.digest.clone(),
+                    repository: shared.repository.get().cloned(),
+                    written,
+                    len: len.or_else(|| shared.expected_len.get().copied()),
+                    readers: shared.relay.readers(),
+                    age: shared.started.elapsed(),
+                    passing_through: shared.relay.is_on(),
+                }
+            })
+            .collect()
     }
 
     pub fn stats(&self) -> FillStats {
@@ -371,5 +426,6 @@ mod reader;
 mod writer;
 
 pub use reader::{FillFile, FillProgress, FillReader};
+
 pub use writer::FillWriter;
 use writer::WriterState;

@@ -192,6 +192,14 @@ impl FillWriter {
         &self.digest
     }
 
+    /// Names the repository whose request started this fill, for
+    /// [`Fills::in_progress`] listings (the first name given stays).
+    pub fn set_repository(&self, repository: &str) {
+        if let Some(state) = &self.state {
+            let _ = state.shared.repository.set(repository.to_owned());
+        }
+    }
+
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.state.as_ref().map_or(0, |s| s.written)

@@ -515,3 +515,43 @@ async fn a_fill_file_reports_progress_and_verification_for_sendfile() {
     let err = waiting.await.unwrap().unwrap_err();
     assert!(matches!(err, FillError::DigestMismatch { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn fills_in_progress_lists_progress_readers_and_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(disk_only(dir.path(), 1 << 30)).await;
+    assert!(store.fills_in_progress().is_empty());
+    let content = blob(7, 30_000);
+    let d = digest(&content);
+
+    let mut w = leader(&store, &d, None).await;
+    w.set_repository("team/app");
+    w.set_repository("other/name");
+    let own = w.subscribe();
+    let joined = follower(&store, &d, None).await;
+    w.write(content.slice(..10_000)).await.unwrap();
+    let listed = store.fills_in_progress();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let f = &listed[0];
+    assert_eq!(f.digest, d);
+    assert_eq!(
+        f.repository.as_deref(),
+        Some("team/app"),
+        "the first name stays"
+    );
+    assert_eq!((f.written, f.len, f.readers), (10_000, None, 2));
+    assert!(!f.passing_through);
+
+    w.set_len(content.len() as u64).unwrap();
+    drop(joined);
+    let f = store.fills_in_progress().remove(0);
+    assert_eq!((f.written, f.len, f.readers), (10_000, Some(30_000), 1));
+
+    w.write(content.slice(10_000..)).await.unwrap();
+    w.commit().await.unwrap();
+    drop(own);
+    assert!(
+        store.fills_in_progress().is_empty(),
+        "committed fills are gone"
+    );
+}
