@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use regcache_server::config::{Config, EX_USAGE, Overrides, ProcessEnv, Settings};
-use regcache_server::{convert_cli, server, telemetry};
+use regcache_server::{cache_cli, convert_cli, server, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -98,6 +98,15 @@ enum Command {
     /// Convert a Schema 2 (or OCI) manifest and its config blob into a signed
     /// Schema 1 manifest, as docker/distribution 2.8 served it to old clients.
     Convert(convert_cli::ConvertArgs),
+    /// List what the cache holds: repositories, tags, sizes, last use (a
+    /// running instance's admin API, or --data-dir read-only).
+    Ls(cache_cli::ls::LsArgs),
+    /// Remove images or repositories (and their blobs no other cached image
+    /// uses) from the cache, or everything unused for --older-than.
+    Purge(cache_cli::purge::PurgeArgs),
+    /// Warm images (every platform, or --platform) through a running
+    /// instance, with progress.
+    Prefetch(cache_cli::prefetch::PrefetchArgs),
 }
 
 /// mimalloc instead of glibc malloc: the request path allocates small, short-lived
@@ -152,6 +161,12 @@ fn main() -> ExitCode {
             };
             fsck(config.as_deref(), &overrides, !dry_run)
         }
+        Command::Ls(args) => cache_command("ls", cache_cli::ls::run(&args, &mut std::io::stdout())),
+        Command::Purge(args) => cache_command(
+            "purge",
+            cache_cli::purge::run(&args, &mut std::io::stdout()),
+        ),
+        Command::Prefetch(args) => cache_command("prefetch", cache_cli::prefetch::run(&args)),
     };
     match run {
         Ok(()) => ExitCode::SUCCESS,
@@ -259,6 +274,13 @@ fn fsck(file: Option<&Path>, overrides: &Overrides, repair: bool) -> Result<(), 
         0 => Ok(()),
         code => Err(ExitCode::from(code)),
     }
+}
+
+fn cache_command(name: &str, result: Result<(), cache_cli::Failure>) -> Result<(), ExitCode> {
+    result.map_err(|f| {
+        eprintln!("regcache {name}: {}", f.message);
+        ExitCode::from(f.code)
+    })
 }
 
 fn convert(args: &convert_cli::ConvertArgs) -> Result<(), ExitCode> {
