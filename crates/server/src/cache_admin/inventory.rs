@@ -41,7 +41,7 @@ pub struct ImageRow {
     /// not (evicted, or never pulled: a platform nobody asked for).
     pub cached: usize,
     pub missing: usize,
-    /// Latest access of any of its cached parts, Unix seconds.
+    /// Last pull: latest access of its cached manifests, Unix seconds.
     pub last_use_unix: Option<u64>,
 }
 
@@ -166,10 +166,14 @@ impl Graph {
         self.refs.contains_key(digest)
     }
 
-    /// Latest access of the cached parts of `root`'s closure, Unix nanoseconds.
+    /// When the image `root` names was last pulled: the latest access of
+    /// its cached manifests (the top one and an index's children), Unix
+    /// nanoseconds. Every pull reads a manifest; blobs are left out because
+    /// a blob shared with another image is touched by that image's pulls.
     fn last_use_nanos(&self, root: &Digest) -> Option<u64> {
         self.closure(root)
             .iter()
+            .filter(|d| self.is_manifest(d))
             .filter_map(|d| self.entries.get(d))
             .map(|e| e.last_access_unix_nanos)
             .max()
