@@ -560,3 +560,48 @@ async fn older_than_purges_what_was_not_used_since() {
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("bad duration"), "{err}");
 }
+
+#[tokio::test]
+async fn a_blob_being_read_when_it_is_purged_is_read_to_the_end() {
+    let up = ProxiedRegistry::start();
+    let mut g = ImageGen::new(0x1f1);
+    let big = regcache_tests::image::big_layer(0x1f2, 24 << 20);
+    let layers = vec![g.layer(), big.clone()];
+    let platform = Platform::linux_amd64();
+    let cfg = config(&platform, &layers, &default_history(2), Value::Null);
+    let image = Image::new(&cfg, layers, platform);
+    up.direct()
+        .push_image("inflight/app", "v1", &image, ManifestFormat::Docker)
+        .await;
+    let regcache = Regcache::start(regcache_tests::RegcacheOptions::new(up.proxy.url()));
+    pull(&regcache, "inflight/app:v1", false).await;
+    assert_eq!(up.proxy.blob_gets(&big.digest), 1);
+    assert!(entry_exists(&regcache, &big.digest));
+
+    // A client reads a few bytes of the cached 24 MiB layer and stalls
+    // (the socket buffers fill, regcache's copy waits on its open file).
+    let url = format!("{}/v2/inflight/app/blobs/{}", regcache.url(), big.digest);
+    let mut resp = reqwest::Client::new().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = Vec::new();
+    body.extend_from_slice(&resp.chunk().await.unwrap().unwrap());
+
+    let (code, out, err) = cli(&regcache, &["purge", "inflight/app"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!("removed blob {}", big.digest)),
+        "{out}"
+    );
+    assert!(!entry_exists(&regcache, &big.digest), "purged from disk");
+
+    // The read in flight finishes whole.
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    assert_eq!(body.len(), big.blob.len());
+    assert_eq!(regcache_tests::sha256_digest(&body), big.digest);
+    // The next read fetches it from the upstream again.
+    let again = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(regcache_tests::sha256_digest(&again), big.digest);
+    assert_eq!(up.proxy.blob_gets(&big.digest), 2);
+}
