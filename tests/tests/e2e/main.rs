@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cache_commands;
+mod cache_purge;
 mod client_auth;
 mod client_auth_clients;
 mod client_auth_tls;
