@@ -1,8 +1,10 @@
 //! The admin listener's endpoints: `/healthz` (liveness), `/readyz`
 //! (readiness, 503 while starting, stopping or saturated), `/metrics`,
 //! `/mappings`, the cockpit (`/` and `/ui`: the admin page; `/api/stats`:
-//! its figures as JSON; [`crate::cockpit`]), and the state-changing ones
-//! (`POST /tls/reload`; purge and prefetch to come).
+//! its figures as JSON; [`crate::cockpit`]), the cache listing
+//! `GET /api/cache`, and the state-changing ones (`POST /tls/reload`,
+//! `POST /api/purge`, `POST /api/prefetch`; the cache endpoints live in
+//! [`crate::cache_admin::api`]).
 //!
 //! Every request that is not a `GET` or `HEAD` changes state, so it is
 //! protected by default, whatever endpoint it names: with an admin token
@@ -109,7 +111,11 @@ fn text(status: StatusCode, ct: &'static str, body: Bytes) -> Response<Body> {
 }
 
 impl Admin {
-    pub fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let read = matches!(*req.method(), Method::GET | Method::HEAD);
         if !read && let Err(e) = self.access.check(req.headers()) {
             let mut resp = rescue(e, false);
@@ -120,6 +126,9 @@ impl Admin {
                 );
             }
             return resp;
+        }
+        if crate::cache_admin::api::owns(req.uri().path()) {
+            return self.cache_endpoint(req).await;
         }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
@@ -193,6 +202,35 @@ impl Admin {
     fn stats(&self) -> crate::cockpit::stats::Stats {
         self.app.refresh_metrics();
         crate::cockpit::stats::Stats::collect(&self.app)
+    }
+
+    async fn cache_endpoint<B>(&self, req: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        use http_body_util::BodyExt as _;
+        let (parts, body) = req.into_parts();
+        let limited = http_body_util::Limited::new(body, crate::cache_admin::api::MAX_BODY_BYTES);
+        let body = match limited.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                return rescue(
+                    Error::client_status(
+                        400,
+                        RegistryError::with_message(
+                            ErrorCode::Unsupported,
+                            format!(
+                                "request body unreadable or over {} bytes: {e}",
+                                crate::cache_admin::api::MAX_BODY_BYTES
+                            ),
+                        ),
+                    ),
+                    false,
+                );
+            }
+        };
+        crate::cache_admin::api::handle(&self.app, &parts.method, parts.uri.path(), body).await
     }
 
     /// 200 once serving; 503 while starting or stopping, and while the API

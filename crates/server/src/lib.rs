@@ -16,6 +16,8 @@ pub mod admin;
 pub mod admin_cli;
 pub mod auth;
 pub mod breaker;
+pub mod cache_admin;
+pub mod cache_cli;
 pub mod cockpit;
 pub mod config;
 pub mod conn;

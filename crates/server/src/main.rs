@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use regcache_server::config::{Config, EX_USAGE, Overrides, ProcessEnv, Settings};
-use regcache_server::{convert_cli, server, stats_cli, telemetry};
+use regcache_server::{cache_cli, convert_cli, server, stats_cli, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -102,6 +102,15 @@ enum Command {
     /// repositories, fills, upstreams, recent errors) from its admin
     /// listener's /api/stats.
     Stats(stats_cli::StatsArgs),
+    /// List what the cache holds: repositories, tags, sizes, last use (a
+    /// running instance's admin API, or --data-dir read-only).
+    Ls(cache_cli::ls::LsArgs),
+    /// Remove images or repositories (and their blobs no other cached image
+    /// uses) from the cache, or everything unused for --older-than.
+    Purge(cache_cli::purge::PurgeArgs),
+    /// Warm images (every platform, or --platform) through a running
+    /// instance, with progress.
+    Prefetch(cache_cli::prefetch::PrefetchArgs),
 }
 
 /// mimalloc instead of glibc malloc: the request path allocates small, short-lived
@@ -157,6 +166,12 @@ fn main() -> ExitCode {
             };
             fsck(config.as_deref(), &overrides, !dry_run)
         }
+        Command::Ls(args) => cache_command("ls", cache_cli::ls::run(&args, &mut std::io::stdout())),
+        Command::Purge(args) => cache_command(
+            "purge",
+            cache_cli::purge::run(&args, &mut std::io::stdout()),
+        ),
+        Command::Prefetch(args) => cache_command("prefetch", cache_cli::prefetch::run(&args)),
     };
     match run {
         Ok(()) => ExitCode::SUCCESS,
@@ -277,6 +292,13 @@ fn fsck(file: Option<&Path>, overrides: &Overrides, repair: bool) -> Result<(), 
         0 => Ok(()),
         code => Err(ExitCode::from(code)),
     }
+}
+
+fn cache_command(name: &str, result: Result<(), cache_cli::Failure>) -> Result<(), ExitCode> {
+    result.map_err(|f| {
+        eprintln!("regcache {name}: {}", f.message);
+        ExitCode::from(f.code)
+    })
 }
 
 fn convert(args: &convert_cli::ConvertArgs) -> Result<(), ExitCode> {

@@ -136,6 +136,11 @@ impl Upstreams {
         ))
     }
 
+    /// Index in [`Upstreams::iter`] of the upstream for names without a registry.
+    pub fn default_index(&self) -> usize {
+        self.default
+    }
+
     fn default_upstream(&self) -> Arc<Upstream> {
         self.all[self.default].clone()
     }

@@ -339,7 +339,7 @@ pub async fn serve(
         admin,
         move |req| {
             let admin = admin_state.clone();
-            async move { admin.handle(req) }
+            async move { admin.handle(req).await }
         },
         None,
         None,

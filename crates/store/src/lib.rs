@@ -74,7 +74,7 @@ mod tier;
 
 pub use config::{DEFAULT_MEMORY_MAX_OBJECT_BYTES, StoreConfig};
 pub use diffids::{DiffIdLog, DiffIdRecord};
-pub use disk::{DiskTier, Installed, LAYOUT_VERSION, PinGuard};
+pub use disk::{DiskTier, EntryInfo, Installed, LAYOUT_VERSION, PinGuard};
 pub use error::{FillError, StoreError};
 pub use fill::{
     Begin, Committed, FillFile, FillProgress, FillReader, FillStatus, FillWriter, Fills,
@@ -86,5 +86,5 @@ pub use memory::MemoryTier;
 pub use source::Source;
 pub use stats::{DiskStats, FillStats, MemoryStats, StatsSnapshot, TierStats};
 pub use store::Store;
-pub use tags::{TagIndex, TagRecord};
+pub use tags::{TagEntry, TagIndex, TagRecord};
 pub use tier::{Tier, Tiered};

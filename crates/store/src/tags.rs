@@ -63,6 +63,15 @@ enum TagOp {
     },
 }
 
+/// One tag with its upstream and repository, as listings show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagEntry {
+    pub upstream: String,
+    pub repository: String,
+    pub tag: String,
+    pub record: TagRecord,
+}
+
 type Tags = BTreeMap<String, TagRecord>;
 type Repos = BTreeMap<String, Tags>;
 
@@ -201,6 +210,23 @@ impl TagIndex {
             .unwrap_or_default()
     }
 
+    /// Every tag of every upstream, sorted by upstream, repository and tag.
+    pub fn all(&self) -> Vec<TagEntry> {
+        entries(&self.state.lock().map)
+    }
+
+    /// The tags a log holds, replayed without opening it for writing (no
+    /// compaction, no lock): for listings of a data dir another process may
+    /// be serving. A missing log is no tags. Blocking.
+    pub fn read(path: &Path) -> Result<Vec<TagEntry>, StoreError> {
+        let loaded = jsonl::load::<TagOp>(path)?;
+        let mut map: BTreeMap<String, Repos> = BTreeMap::new();
+        for op in loaded.records {
+            apply(&mut map, op);
+        }
+        Ok(entries(&map))
+    }
+
     /// Number of tags across all upstreams.
     pub fn len(&self) -> usize {
         self.state.lock().live
@@ -277,6 +303,21 @@ fn apply(map: &mut BTreeMap<String, Repos>, op: TagOp) {
             }
         }
     }
+}
+
+fn entries(map: &BTreeMap<String, Repos>) -> Vec<TagEntry> {
+    map.iter()
+        .flat_map(|(upstream, repos)| {
+            repos.iter().flat_map(move |(repository, tags)| {
+                tags.iter().map(move |(tag, record)| TagEntry {
+                    upstream: upstream.clone(),
+                    repository: repository.clone(),
+                    tag: tag.clone(),
+                    record: record.clone(),
+                })
+            })
+        })
+        .collect()
 }
 
 fn count(map: &BTreeMap<String, Repos>) -> usize {

@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod admin_page;
+mod cache_commands;
+mod cache_purge;
 mod client_auth;
 mod client_auth_clients;
 mod client_auth_tls;

@@ -214,6 +214,12 @@ impl AdminToken {
         Ok(AdminToken(token))
     }
 
+    /// The token itself, for a client of the admin API (`regcache purge`,
+    /// `prefetch`) to send. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
     /// Whether `presented` is the token, in time that does not depend on
     /// where they differ (both are hashed first, so not on their lengths either).
     pub fn matches(&self, presented: &[u8]) -> bool {

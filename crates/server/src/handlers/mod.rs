@@ -117,6 +117,11 @@ impl App {
         &self.services.store
     }
 
+    /// The services (the cache admin endpoints prefetch and purge through them).
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
     pub fn signing_key(&self) -> &SigningKey {
         self.services.schema1.key()
     }

@@ -5,6 +5,11 @@
 //! Schema 1 manifest, its canonical payload; regcache re-signs it when
 //! serving, as distribution does), and cached for good: content addressing
 //! means it never changes.
+//!
+//! Last use: a hit on the parsed cache never reaches the store, so it tells
+//! the disk tier's index about the access itself, at most once a second
+//! per manifest (one relaxed atomic load per hit otherwise): `regcache ls`
+//! and `purge --older-than` read last use from that index.
 
 use std::sync::Arc;
 
@@ -39,8 +44,24 @@ pub struct ManifestService {
     metrics: Arc<Metrics>,
     /// Parsed manifests by digest (the store keeps the bytes; parsing on
     /// every hit would cost more than the hit itself).
-    parsed: moka::sync::Cache<Digest, Arc<Manifest>>,
+    parsed: moka::sync::Cache<Digest, Arc<Parsed>>,
     flights: Arc<Coalesce<ManifestKey, Arc<Manifest>>>,
+}
+
+/// A parsed manifest and the second its last use was passed to the store.
+#[derive(Debug)]
+struct Parsed {
+    manifest: Arc<Manifest>,
+    touched_unix: std::sync::atomic::AtomicU64,
+}
+
+impl Parsed {
+    fn new(manifest: Arc<Manifest>) -> Arc<Parsed> {
+        Arc::new(Parsed {
+            manifest,
+            touched_unix: std::sync::atomic::AtomicU64::new(unix_now()),
+        })
+    }
 }
 
 impl ManifestService {
@@ -50,7 +71,9 @@ impl ManifestService {
             metrics,
             parsed: moka::sync::Cache::builder()
                 .max_capacity(64 << 20)
-                .weigher(|_, m: &Arc<Manifest>| u32::try_from(m.raw.len()).unwrap_or(u32::MAX))
+                .weigher(|_, p: &Arc<Parsed>| {
+                    u32::try_from(p.manifest.raw.len()).unwrap_or(u32::MAX)
+                })
                 .build(),
             flights: Arc::new(Coalesce::new()),
         }
@@ -62,9 +85,15 @@ impl ManifestService {
         digest: &Digest,
         hint: Option<&str>,
     ) -> Result<Option<Arc<Manifest>>, Error> {
-        if let Some(m) = self.parsed.get(digest) {
+        if let Some(p) = self.parsed.get(digest) {
             self.metrics.hit(Kind::Manifest);
-            return Ok(Some(m));
+            let now = unix_now();
+            let touched = &p.touched_unix;
+            if touched.load(std::sync::atomic::Ordering::Relaxed) != now {
+                touched.store(now, std::sync::atomic::Ordering::Relaxed);
+                self.store.disk().touch(digest);
+            }
+            return Ok(Some(p.manifest.clone()));
         }
         let Some(src) = self
             .store
@@ -89,8 +118,14 @@ impl ManifestService {
             }
         };
         self.metrics.hit(Kind::Manifest);
-        self.parsed.insert(digest.clone(), m.clone());
+        self.parsed.insert(digest.clone(), Parsed::new(m.clone()));
         Ok(Some(m))
+    }
+
+    /// Drops a manifest from the parsed cache (a purge removed it from the
+    /// store): the next request reads the store, then the upstream.
+    pub fn forget(&self, digest: &Digest) {
+        self.parsed.invalidate(digest);
     }
 
     async fn drop_bad(&self, digest: &Digest, why: &str) {
@@ -192,7 +227,7 @@ impl ManifestService {
             tracing::debug!(digest = %m.digest, %error, "manifest not cached on disk");
         }
         let m = Arc::new(m);
-        self.parsed.insert(m.digest.clone(), m.clone());
+        self.parsed.insert(m.digest.clone(), Parsed::new(m.clone()));
         Ok(m)
     }
 

@@ -94,6 +94,17 @@ pub enum Installed {
     NotCached,
 }
 
+/// One committed entry, as cache listings show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    pub digest: Digest,
+    pub size: u64,
+    /// Last access in Unix nanoseconds: exact for a running tier's index,
+    /// the persisted mtime (precise to `access_persist_interval`) when read
+    /// from the files ([`DiskTier::scan_read_only`]).
+    pub last_access_unix_nanos: u64,
+}
+
 /// The disk tier. Cheap to clone (shared state).
 #[derive(Clone)]
 pub struct DiskTier {
@@ -538,6 +549,52 @@ impl DiskTier {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
             Err(e) => Err(StoreError::io("remove", path)(e)),
         }
+    }
+
+    /// Every committed entry with its size and last access, least recently
+    /// accessed first. In-memory; not an access.
+    pub fn entries(&self) -> Vec<EntryInfo> {
+        let index = self.inner.index.lock();
+        index
+            .lru
+            .iter()
+            .map(|(tick, d)| EntryInfo {
+                digest: d.clone(),
+                size: index.entries[d].size,
+                last_access_unix_nanos: *tick,
+            })
+            .collect()
+    }
+
+    /// The committed entries under `root` (a [`StoreConfig::root`]), listed
+    /// without taking the lock or changing anything, so it works next to a
+    /// running regcache (whose in-flight writes are under `tmp/` and not
+    /// listed). Last access is each file's persisted mtime. Blocking.
+    pub fn scan_read_only(root: &Path) -> Result<Vec<EntryInfo>, StoreError> {
+        let blobs = root.join(LAYOUT_VERSION).join("blobs");
+        let mut found: Vec<EntryInfo> = scan_blobs(&blobs)?
+            .into_iter()
+            .map(|f| EntryInfo {
+                digest: f.digest,
+                size: f.size,
+                last_access_unix_nanos: f.mtime,
+            })
+            .collect();
+        found.sort_unstable_by(|a, b| {
+            (a.last_access_unix_nanos, &a.digest).cmp(&(b.last_access_unix_nanos, &b.digest))
+        });
+        Ok(found)
+    }
+
+    /// Where the entry for `digest` lives under `root` (a
+    /// [`StoreConfig::root`]), whether or not it exists.
+    pub fn entry_path_in(root: &Path, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        let mut path = root.join(LAYOUT_VERSION).join("blobs");
+        path.push(digest.algorithm().name());
+        path.push(&hex[..2]);
+        path.push(hex);
+        path
     }
 
     /// Cached digests with their sizes, least recently accessed first: the
