@@ -404,15 +404,9 @@ mod tests {
 
     #[test]
     fn the_kubernetes_configmap_config_loads() {
-        let yaml = include_str!("../../../../deploy/kubernetes/regcache.yaml");
-        let start = yaml.find("regcache.toml: |").unwrap();
-        let body: String = yaml[start..]
-            .lines()
-            .skip(1)
-            .take_while(|l| l.starts_with("    "))
-            .map(|l| format!("{}\n", &l[4..]))
-            .collect();
-        let cfg = Config::from_toml(&body, "configmap").unwrap();
+        // The kustomize base makes its ConfigMap from this file.
+        let text = include_str!("../../../../deploy/kubernetes/base/regcache.toml");
+        let cfg = Config::from_toml(text, "deploy/kubernetes/base/regcache.toml").unwrap();
         assert_eq!(cfg.upstream.0.len(), 2);
         assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/regcache"));
     }
