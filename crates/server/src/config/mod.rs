@@ -12,6 +12,7 @@
 //!   with the TLS files loaded by `tls.rs`.
 //! - `auth.rs`: `[auth]` and `[[access]]`, checked into [`AuthSettings`].
 //! - `keys.rs`: unknown keys, found from the serde types in `file.rs`.
+//! - `cross.rs`: checks across sections (rules naming unknown upstreams).
 //! - `bounds.rs`: the bounds of every numeric setting, and upstream hosts
 //!   that are no host (`0.0.0.0`, `::`).
 //!
@@ -22,6 +23,7 @@
 
 mod auth;
 mod bounds;
+mod cross;
 mod file;
 mod keys;
 mod layers;
@@ -37,7 +39,7 @@ pub use auth::{AuthMode, AuthSection, AuthSettings, ChallengeKind, TOKEN_TTL_SEC
 pub use file::{
     ByteSize, CacheSection, Config, LogSection, Schema1Section, UpstreamSection, UpstreamSections,
 };
-pub use layers::{EnvSource, Overrides, ProcessEnv};
+pub use layers::{EnvSource, OVERRIDE_ENV_VARS, Overrides, ProcessEnv, ServeEnv};
 pub use limits::{AdminSection, AdminToken, ConnLimits, LimitsSection};
 pub use settings::{Settings, TlsSettings, UpstreamSettings};
 
@@ -84,7 +86,7 @@ impl Config {
         };
         let mut problems = Vec::new();
         cfg.apply_env(env, &mut problems);
-        cfg.apply_overrides(overrides);
+        cfg.apply_overrides(overrides, &mut problems);
         cfg.validate(env, problems)
     }
 }

@@ -77,6 +77,9 @@ impl Config {
                 }
             }
         }
+        if upstreams.len() == self.upstream.0.len() {
+            super::cross::check_rule_upstreams(&self, &upstreams, &mut problems);
+        }
         if self.cache.memory_max_object.0 > self.cache.memory_size.0 {
             problems.push("cache.memory_max_object must not exceed cache.memory_size".into());
         }
