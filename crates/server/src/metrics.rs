@@ -100,6 +100,8 @@ pub struct Metrics {
     pub fills_failed: Counter,
     /// The disk cache's write health (`metrics_cache.rs`).
     pub cache: crate::metrics_cache::CacheMetrics,
+    /// Configuration reloads ([`crate::reload`]).
+    pub reload: crate::reload::ReloadMetrics,
     pub responses: Family<Via, Counter>,
     /// TLS handshakes on the API listener that failed or timed out (a plain
     /// HTTP client on the TLS port, an untrusted certificate, a port scan).
@@ -260,6 +262,7 @@ impl Metrics {
             evictions.clone(),
         );
         let cache = crate::metrics_cache::CacheMetrics::register(&mut registry);
+        let reload = crate::reload::ReloadMetrics::register(&mut registry);
         let fills_failed = Counter::default();
         registry.register(
             "fills_failed",
@@ -390,6 +393,7 @@ impl Metrics {
             evictions,
             fills_failed,
             cache,
+            reload,
             responses,
             tls_handshake_failures,
             tls_reloads,

@@ -43,9 +43,6 @@ pub use layers::{EnvSource, OVERRIDE_ENV_VARS, Overrides, ProcessEnv, ServeEnv};
 pub use limits::{AdminSection, AdminToken, ConnLimits, LimitsSection};
 pub use settings::{Settings, TlsSettings, UpstreamSettings};
 
-/// Exit status for a bad configuration (sysexits `EX_USAGE`).
-pub const EX_USAGE: i32 = 64;
-
 /// Every problem found, reported together.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigError {
@@ -92,7 +89,7 @@ impl Config {
 }
 
 #[cfg(test)]
-mod test_support {
+pub(crate) mod test_support {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
