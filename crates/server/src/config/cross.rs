@@ -2,17 +2,14 @@
 //! `upstreams` names no configured upstream would silently never apply, so
 //! it is a problem naming the entry and listing the configured upstreams.
 
-use super::UpstreamSettings;
-
 /// A problem for every `upstreams` entry of `[[policy]]` and `[[access]]`
 /// rules that matches no configured upstream (entries are globs, matched
 /// against upstream names as requests are).
 pub(super) fn check_rule_upstreams(
     config: &super::Config,
-    upstreams: &[UpstreamSettings],
+    names: &[String],
     problems: &mut Vec<String>,
 ) {
-    let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     let policies = (config.policy.iter()).map(|r| ("[[policy]]", r.upstreams.as_deref()));
     let access = (config.access.iter()).map(|r| ("[[access]]", r.upstreams.as_deref()));
     let mut numbers = std::collections::HashMap::new();

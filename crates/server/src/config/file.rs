@@ -312,6 +312,19 @@ impl Config {
     /// taken out (its default applies) and the document read again, until
     /// nothing fails.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        match Config::from_toml_lenient(text, origin)? {
+            (config, problems) if problems.is_empty() => Ok(config),
+            (_, problems) => Err(ConfigError { problems }),
+        }
+    }
+
+    /// As [`Config::from_toml`], but past a syntax error the file is
+    /// returned with its problems (every failing value at its default), so
+    /// that validation can report its own problems in the same run.
+    pub(super) fn from_toml_lenient(
+        text: &str,
+        origin: &str,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
         let mut root = toml::de::DeTable::parse(text).map_err(|e| ConfigError {
             problems: vec![format!("{origin}: {}", e.to_string().trim_end())],
         })?;
@@ -330,10 +343,7 @@ impl Config {
                     let mut all: Vec<String> =
                         unknown.iter().map(|p| format!("{origin}: {p}")).collect();
                     all.append(&mut problems);
-                    return match all.is_empty() {
-                        true => Ok(config),
-                        false => Err(ConfigError { problems: all }),
-                    };
+                    return Ok((config, all));
                 }
                 Err(e) => e,
             };
@@ -489,6 +499,10 @@ mod tests {
         let cfg = Config::from_toml(text, "deploy/multi-registry.toml").unwrap();
         assert_eq!(cfg.upstream.0.len(), 3);
         assert_eq!(cfg.upstream.default_index(), 0);
+        // As shipped, it validates completely (what `regcache check` does).
+        let (_dir, file) = config_file(text);
+        let s = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(s.upstreams.len(), 3);
     }
 
     #[test]

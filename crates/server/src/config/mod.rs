@@ -72,16 +72,15 @@ impl Config {
         env: &dyn EnvSource,
         overrides: &Overrides,
     ) -> Result<Settings, ConfigError> {
-        let mut cfg = match file {
-            None => Config::default(),
+        let (mut cfg, mut problems) = match file {
+            None => (Config::default(), Vec::new()),
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
                     problems: vec![format!("cannot read config file {}: {e}", path.display())],
                 })?;
-                Config::from_toml(&text, &path.display().to_string())?
+                Config::from_toml_lenient(&text, &path.display().to_string())?
             }
         };
-        let mut problems = Vec::new();
         cfg.apply_env(env, &mut problems);
         cfg.apply_overrides(overrides, &mut problems);
         cfg.validate(env, problems)
