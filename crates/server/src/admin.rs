@@ -1,6 +1,7 @@
 //! The admin listener's endpoints: `/healthz` (liveness), `/readyz`
 //! (readiness, 503 while starting, stopping or saturated), `/metrics`,
-//! `/mappings`, and the state-changing ones (`POST /tls/reload`; purge and
+//! `/mappings`, and the state-changing ones (`POST /tls/reload`, `POST
+//! /reload` of the configuration ([`crate::reload`]); purge and
 //! prefetch to come).
 //!
 //! Every request that is not a `GET` or `HEAD` changes state, so it is
