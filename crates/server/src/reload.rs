@@ -348,3 +348,44 @@ fn upstream_fixed(u: &UpstreamSettings) -> String {
         u.breaker_probe
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::test_support::{config_file, env};
+    use crate::config::{Config, Overrides};
+
+    #[test]
+    fn restart_only_changes_are_named_and_reloadable_ones_are_not() {
+        let load = |text: &str| {
+            let (_dir, file) = config_file(text);
+            Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap()
+        };
+        let old = load(
+            "listen = \"127.0.0.1:7000\"\n[upstream]\nname = \"a\"\nurl = \"http://127.0.0.1:9\"\ntag_ttl_secs = 5\n",
+        );
+        let reloadable = load(
+            "listen = \"127.0.0.1:7000\"\n[upstream]\nname = \"a\"\nurl = \"http://127.0.0.1:9\"\ntag_ttl_secs = 50\n\
+             [[policy]]\nrepositories = [\"x/*\"]\nschema1 = \"reject\"\n",
+        );
+        assert_eq!(
+            super::needs_restart(&old, &reloadable),
+            Vec::<String>::new()
+        );
+        let restart = load(
+            "listen = \"127.0.0.1:7001\"\n[cache]\ndisk_size = \"2GiB\"\n\
+             [upstream]\nname = \"a\"\nurl = \"http://127.0.0.1:10\"\nretry_attempts = 1\n",
+        );
+        let changed = super::needs_restart(&old, &restart);
+        for want in [
+            "listen (127.0.0.1:7000 -> 127.0.0.1:7001)",
+            "cache.disk_size (",
+            "upstreams (",
+            "upstream \"a\" (",
+        ] {
+            assert!(
+                changed.iter().any(|c| c.starts_with(want)),
+                "{want} missing from {changed:#?}"
+            );
+        }
+    }
+}

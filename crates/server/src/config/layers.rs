@@ -288,4 +288,59 @@ mod tests {
         assert_eq!(s.default_upstream().url.as_str(), "http://127.0.0.1:11/");
         assert_eq!(s.default_upstream().name, "127.0.0.1:11");
     }
+
+    #[test]
+    fn upstream_name_defaults_and_the_flag() {
+        let named = |url: &str, name: Option<&str>| {
+            let o = Overrides {
+                upstream: Some(url.into()),
+                upstream_name: name.map(str::to_owned),
+                ..Overrides::default()
+            };
+            Config::load(None, &env(&[]), &o)
+                .unwrap()
+                .default_upstream()
+                .name
+                .clone()
+        };
+        assert_eq!(named("https://registry-1.docker.io", None), "docker.io");
+        assert_eq!(named("https://index.docker.io", None), "docker.io");
+        assert_eq!(named("https://docker.io", None), "docker.io");
+        assert_eq!(named("http://127.0.0.1:5500", None), "127.0.0.1:5500");
+        assert_eq!(named("https://quay.io", None), "quay.io");
+        assert_eq!(
+            named("http://127.0.0.1:5500", Some("docker.io")),
+            "docker.io"
+        );
+        // The flag wins over the file's name.
+        let (_dir, file) =
+            config_file("[upstream]\nname = \"mirror\"\nurl = \"http://127.0.0.1:9\"\n");
+        let o = Overrides {
+            upstream_name: Some("docker.io".into()),
+            ..Overrides::default()
+        };
+        let s = Config::load(Some(&file), &env(&[]), &o).unwrap();
+        assert_eq!(s.default_upstream().name, "docker.io");
+        // Sizes from flags go through the same parser, named in problems.
+        let o = Overrides {
+            disk_size: Some("1.5GiB".into()),
+            memory_size: Some("12 parsecs".into()),
+            ..Overrides::default()
+        };
+        let err = Config::load(None, &env(&[]), &o).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--memory-size (REGCACHE_MEMORY_SIZE): \"12 parsecs\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn serve_env_hides_the_variables_clap_reads() {
+        use crate::config::{EnvSource, OVERRIDE_ENV_VARS, ServeEnv};
+        for var in OVERRIDE_ENV_VARS {
+            assert_eq!(ServeEnv.var(var), None, "{var}");
+        }
+        assert_eq!(ServeEnv.var("PATH"), std::env::var("PATH").ok());
+    }
 }
