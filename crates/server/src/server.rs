@@ -424,7 +424,7 @@ pub async fn reload_on_hangup(
             let _ = tokio::task::spawn_blocking(move || config.reload()).await;
         }
         let Some(reloader) = &reloader else {
-            tracing::info!("sighup: tls is not configured, no certificate to reload");
+            tracing::info!("sighup: tls is not configured: no certificate, nothing to reload");
             continue;
         };
         tracing::info!("sighup: reloading the tls certificate");
