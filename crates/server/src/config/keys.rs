@@ -9,8 +9,13 @@
 //! kept beside the types: a field added to a struct is known at once.
 //!
 //! It wraps the TOML deserializer itself (not a `toml::Value`), so type errors
-//! keep toml's line and column. Enum contents are not checked (the file has
-//! only unit variants).
+//! keep toml's spans. Enum contents are not checked (the file has only unit
+//! variants).
+//!
+//! serde stops at the first value that fails; [`Pass::failed_at`] says where
+//! it was, and [`remove`] takes that key out of the parsed document, so
+//! `Config::from_toml` reads it again and collects every failing value, one
+//! pass each (a file has a few dozen keys at most).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;

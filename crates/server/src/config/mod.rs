@@ -11,7 +11,8 @@
 //! - `validate.rs`: checking the result into [`Settings`] (`settings.rs`),
 //!   with the TLS files loaded by `tls.rs`.
 //! - `auth.rs`: `[auth]` and `[[access]]`, checked into [`AuthSettings`].
-//! - `keys.rs`: unknown keys, found from the serde types in `file.rs`.
+//! - `keys.rs`: unknown keys, found from the serde types in `file.rs`, and
+//!   where a value failed (so every failing value is reported, not the first).
 //! - `cross.rs`: checks across sections (rules naming unknown upstreams).
 //! - `bounds.rs`: the bounds of every numeric setting, and upstream hosts
 //!   that are no host (`0.0.0.0`, `::`).
