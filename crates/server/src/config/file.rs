@@ -68,7 +68,7 @@ pub struct UpstreamSections(pub Vec<UpstreamSection>);
 
 impl<'de> Deserialize<'de> for UpstreamSections {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{Error, MapAccess, SeqAccess, value::MapAccessDeserializer};
+        use serde::de::{MapAccess, SeqAccess, value::MapAccessDeserializer};
 
         struct OneOrMany;
 
@@ -88,17 +88,13 @@ impl<'de> Deserialize<'de> for UpstreamSections {
                 self,
                 mut seq: A,
             ) -> Result<UpstreamSections, A::Error> {
+                // A failing item's error passes unchanged (with its span):
+                // `Config::from_toml` names the item and the key.
                 let mut all = Vec::new();
-                loop {
-                    match seq.next_element::<UpstreamSection>() {
-                        Ok(Some(u)) => all.push(u),
-                        Ok(None) => return Ok(UpstreamSections(all)),
-                        Err(e) => {
-                            let n = all.len() + 1;
-                            return Err(A::Error::custom(format!("upstream #{n}: {e}")));
-                        }
-                    }
+                while let Some(u) = seq.next_element::<UpstreamSection>()? {
+                    all.push(u);
                 }
+                Ok(UpstreamSections(all))
             }
         }
 
@@ -448,6 +444,22 @@ mod tests {
             "f.toml:7:16: key `tag_ttl_secs` in [upstream]:",
             "key `writes` in [upstream]:",
             "key `schema1` in [[policy]] #1:",
+        ] {
+            assert!(all.contains(want), "{want:?} missing from {all}");
+        }
+        // In an array of tables, each item's keys too.
+        let err = Config::from_toml(
+            "[[upstream]]\nurl = \"http://a:1\"\nretry_attempts = \"x\"\n\
+             [[upstream]]\nurl = \"http://b:1\"\ntag_ttl_secs = -1\nwrites = 3\n",
+            "f.toml",
+        )
+        .unwrap_err();
+        let all = err.to_string();
+        assert_eq!(err.problems.len(), 3, "{all}");
+        for want in [
+            "f.toml:3:18: key `retry_attempts` in [[upstream]] #1: invalid type: string \"x\", expected u32\n",
+            "key `tag_ttl_secs` in [[upstream]] #2",
+            "key `writes` in [[upstream]] #2",
         ] {
             assert!(all.contains(want), "{want:?} missing from {all}");
         }
