@@ -486,7 +486,9 @@ fn listen(addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
     socket.listen(ACCEPT_BACKLOG).map_err(err)
 }
 
-/// Bind both listeners (after the configuration validated).
+/// Bind both listeners (after the configuration validated, before
+/// [`build`]: an address in use fails before anything is written to the
+/// data dir; `regcache serve` exits 69 then).
 pub async fn bind(settings: &Settings) -> Result<(TcpListener, TcpListener), StartError> {
     let api = listen(settings.listen)?;
     let admin = listen(settings.admin_listen)?;
