@@ -3,7 +3,8 @@
 //! `/mappings`, the cockpit (`/` and `/ui`: the admin page; `/api/stats`:
 //! its figures as JSON; [`crate::cockpit`]), the cache listing
 //! `GET /api/cache`, and the state-changing ones (`POST /tls/reload`,
-//! `POST /api/purge`, `POST /api/prefetch`; the cache endpoints live in
+//! `POST /reload` of the configuration ([`crate::reload`]), `POST /api/purge`,
+//! `POST /api/prefetch`; the cache endpoints live in
 //! [`crate::cache_admin::api`]).
 //!
 //! Every request that is not a `GET` or `HEAD` changes state, so it is
@@ -34,6 +35,8 @@ pub struct Admin {
     pub app: Arc<App>,
     pub ready: Arc<AtomicBool>,
     pub reloader: Option<Arc<crate::tls::Reloader>>,
+    /// `POST /reload` (None: started without a configuration to re-read).
+    pub config_reloader: Option<Arc<crate::reload::ConfigReloader>>,
     /// The API listener's guard: its open connections for `/readyz`.
     pub api: Arc<Guard>,
     pub access: AdminAccess,
@@ -166,6 +169,17 @@ impl Admin {
                 Ok(json) => text(StatusCode::OK, "application/json", Bytes::from(json)),
                 Err(e) => rescue(Error::bug(format!("encoding /api/stats: {e}")), false),
             },
+            "/reload" if req.method() != Method::POST => {
+                let mut r = text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "text/plain",
+                    Bytes::from_static(b"POST to reload the configuration\n"),
+                );
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
+                r
+            }
+            "/reload" => self.config_reload(),
             "/metrics" => {
                 self.app.refresh_metrics();
                 // OpenMetrics for whoever asks for it (Prometheus does); the
@@ -274,6 +288,35 @@ impl Admin {
             body.push_str(&u.breaker.report());
         }
         text(StatusCode::OK, "text/plain", Bytes::from(body))
+    }
+
+    /// 200 with what was applied and what needs a restart; 422 with every
+    /// problem when the configuration is bad (nothing changed). JSON.
+    fn config_reload(&self) -> Response<Body> {
+        let json = |status, value: serde_json::Value| {
+            text(
+                status,
+                "application/json",
+                Bytes::from(format!("{value}\n")),
+            )
+        };
+        let Some(reloader) = &self.config_reloader else {
+            return json(
+                StatusCode::CONFLICT,
+                serde_json::json!({"reloaded": false, "problems": ["regcache was not started with a configuration to reload"]}),
+            );
+        };
+        match reloader.reload() {
+            Ok(out) => json(
+                StatusCode::OK,
+                serde_json::json!({"reloaded": true, "applied": out.applied, "needs_restart": out.needs_restart}),
+            ),
+            // Problems name keys and files, never a secret's value.
+            Err(e) => json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({"reloaded": false, "problems": e.problems}),
+            ),
+        }
     }
 
     fn tls_reload(&self) -> Response<Body> {

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use regcache_server::config::{Config, EX_USAGE, Overrides, ProcessEnv, Settings};
-use regcache_server::{cache_cli, convert_cli, server, stats_cli, telemetry};
+use regcache_server::config::{Overrides, ProcessEnv, ServeEnv, Settings};
+use regcache_server::exit::{self, EX_NOINPUT, EX_UNAVAILABLE, EX_USAGE};
+use regcache_server::{cache_cli, check_cli, convert_cli, server, stats_cli, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -74,9 +75,21 @@ enum Command {
     },
     /// Run the caching proxy (no config file needed: the defaults serve Docker Hub
     /// on 0.0.0.0:5000 with the cache in ./regcache-data).
+    #[command(after_help = SECRET_ENV_HELP)]
     Serve {
         /// TOML configuration file (optional; see deploy/regcache.toml).
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", env = "REGCACHE_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Load and validate the configuration as `serve` would (files it names
+    /// included) without binding or writing anything; print every problem
+    /// (exit 78) or a one-line summary (exit 0).
+    #[command(after_help = SECRET_ENV_HELP)]
+    Check {
+        /// TOML configuration file.
+        #[arg(long, value_name = "FILE", env = "REGCACHE_CONFIG")]
         config: Option<PathBuf>,
         #[command(flatten)]
         overrides: Overrides,
@@ -84,7 +97,7 @@ enum Command {
     /// Verify every cached blob and manifest against its digest and remove the
     /// bad ones (and leftover temp files). Refuses while a regcache runs on the
     /// data dir. Exit status: 0 clean, 1 problems found and removed, 2 problems
-    /// left, 64 bad flags or config, 66 no cache there, 74 I/O error, 75 in use.
+    /// left, 78 bad configuration, 66 no cache there, 74 I/O error, 75 in use.
     Fsck {
         /// TOML configuration file (for its data_dir).
         #[arg(long, value_name = "FILE")]
@@ -112,6 +125,12 @@ enum Command {
     /// instance, with progress.
     Prefetch(cache_cli::prefetch::PrefetchArgs),
 }
+
+/// The variables with no flag (a flag would show secrets in `ps`).
+const SECRET_ENV_HELP: &str = "Environment variables without a flag (secrets):
+  REGCACHE_UPSTREAM_PASSWORD  password of the default upstream (with --upstream-username)
+  REGCACHE_ADMIN_TOKEN        bearer token of the admin listener's state-changing endpoints
+Exit status: 0 ok, 2 bad command line, 69 a listen address cannot be bound, 78 bad configuration.";
 
 /// mimalloc instead of glibc malloc: the request path allocates small, short-lived
 /// objects (headers, routes, futures), where glibc's malloc/free took ~8% of
@@ -153,6 +172,7 @@ fn main() -> ExitCode {
             mappings_export(config.as_deref(), &overrides, &format)
         }
         Command::Serve { config, overrides } => serve(config.as_deref(), &overrides),
+        Command::Check { config, overrides } => check(config.as_deref(), &overrides),
         Command::Convert(args) => convert(&args),
         Command::Stats(args) => stats(&args),
         Command::Fsck {
@@ -193,16 +213,13 @@ fn stats(args: &stats_cli::StatsArgs) -> Result<(), ExitCode> {
 }
 
 /// Defaults, then `file`, the environment and `overrides`, validated; on a
-/// bad configuration every problem is printed and the exit status is `EX_USAGE`.
+/// bad configuration every problem is printed and the exit status is `EX_CONFIG`.
 fn load_settings(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, ExitCode> {
-    Config::load(file, &ProcessEnv, overrides).map_err(|e| {
-        eprint!("regcache: {e}");
-        usage_error()
-    })
+    exit::load_settings(file, &ProcessEnv, overrides)
 }
 
 fn usage_error() -> ExitCode {
-    ExitCode::from(EX_USAGE as u8)
+    exit::code(EX_USAGE)
 }
 
 fn policy_explain(
@@ -228,6 +245,14 @@ fn mappings_export(
     format: &str,
 ) -> Result<(), ExitCode> {
     let settings = load_settings(file, overrides)?;
+    let root = regcache_server::admin_cli::store_root(&settings.data_dir);
+    if !root.is_dir() {
+        eprintln!(
+            "regcache mappings export: no cache at {} (is --data-dir right?)",
+            root.display()
+        );
+        return Err(exit::code(EX_NOINPUT));
+    }
     let records = regcache_server::admin_cli::mappings(&settings).map_err(|e| {
         eprintln!("regcache mappings export: {e}");
         ExitCode::from(1)
@@ -244,9 +269,15 @@ fn mappings_export(
     Ok(())
 }
 
+fn check(file: Option<&Path>, overrides: &Overrides) -> Result<(), ExitCode> {
+    let settings = exit::load_settings(file, &ServeEnv, overrides)?;
+    println!("{}", check_cli::summary(&settings));
+    Ok(())
+}
+
 fn serve(file: Option<&Path>, overrides: &Overrides) -> Result<(), ExitCode> {
     // Configuration is loaded and validated before anything is bound.
-    let settings = load_settings(file, overrides)?;
+    let settings = exit::load_settings(file, &ServeEnv, overrides)?;
     telemetry::init(settings.log_json, &settings.log_level);
     server::raise_open_files(&settings.limits);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -257,21 +288,28 @@ fn serve(file: Option<&Path>, overrides: &Overrides) -> Result<(), ExitCode> {
             ExitCode::from(1)
         })?;
     rt.block_on(async move {
-        let started = async {
-            let running = server::build(&settings).await?;
-            let (api, admin) = server::bind(&settings).await?;
-            Ok::<_, server::StartError>((running, api, admin))
-        };
-        let (running, api, admin) = started.await.map_err(|e| {
+        // Bound first: an address in use fails before anything is written
+        // to the data dir (the cache, the signing key).
+        let (api, admin) = server::bind(&settings).await.map_err(|e| {
+            tracing::error!(error = %e, "start-up failed");
+            eprintln!("regcache: {e}");
+            exit::code(EX_UNAVAILABLE)
+        })?;
+        let running = server::build(&settings).await.map_err(|e| {
             tracing::error!(error = %e, "start-up failed");
             ExitCode::from(1)
         })?;
+        let running = running.with_reload(regcache_server::reload::ReloadSource {
+            file: file.map(Path::to_path_buf),
+            overrides: overrides.clone(),
+        });
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             listen = %api.local_addr().map_or_else(|_| settings.listen.to_string(), |a| a.to_string()),
             admin = %admin.local_addr().map_or_else(|_| settings.admin_listen.to_string(), |a| a.to_string()),
             scheme = if settings.tls.is_some() { "https" } else { "http" },
             upstream = %settings.default_upstream().url,
+            upstream_name = %settings.default_upstream().name,
             data_dir = %settings.data_dir.display(),
             "regcache serving"
         );

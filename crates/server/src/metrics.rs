@@ -102,6 +102,8 @@ pub struct Metrics {
     pub http: crate::metrics_http::HttpMetrics,
     /// `process_*`, apart: no `regcache_` prefix.
     process: Registry,
+    /// Configuration reloads ([`crate::reload`]).
+    pub reload: crate::reload::ReloadMetrics,
     pub responses: Family<Via, Counter>,
     /// TLS handshakes on the API listener that failed or timed out (a plain
     /// HTTP client on the TLS port, an untrusted certificate, a port scan).
@@ -255,6 +257,7 @@ impl Metrics {
         if let Err(e) = kubert_prometheus_process::register(&mut process) {
             tracing::warn!(error = %e, "process metrics are not available");
         }
+        let reload = crate::reload::ReloadMetrics::register(&mut registry);
         let fills_failed = Counter::default();
         registry.register(
             "fills_failed",
@@ -385,6 +388,7 @@ impl Metrics {
             cache,
             http,
             process,
+            reload,
             responses,
             tls_handshake_failures,
             tls_reloads,

@@ -201,6 +201,16 @@ impl Policies {
         }
     }
 
+    /// How many rules there are.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// No rules: every repository gets the defaults.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
     /// The policy for `repository` reached through `upstream`.
     pub fn resolve(&self, upstream: &str, repository: &str) -> Policy {
         match self.matching(upstream, repository) {

@@ -14,6 +14,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use regcache_formats::reference::RepositoryName;
 use regcache_formats::{ErrorCode, RegistryError};
 use regcache_upstream::UpstreamApi;
@@ -36,12 +38,9 @@ pub struct Upstream {
     /// One-component names get `library/` (Docker Hub only).
     pub docker_hub: bool,
     pub client: Arc<dyn UpstreamApi>,
-    pub tag_ttl: Duration,
-    pub stale_if_error: Duration,
-    /// Past `tag_ttl` and within this, a by-tag request is answered from the
-    /// cached tag at once and the revalidating HEAD runs in the background
-    /// (zero: off, the request waits for the HEAD).
-    pub stale_while_revalidate: Duration,
+    /// How long tags are trusted; a configuration reload swaps them whole
+    /// (read them once per request with [`Upstream::ttls`]).
+    pub ttls: ArcSwap<Ttls>,
     /// Uploads, mounts, manifest PUTs and deletes ([`crate::writes`]).
     pub writes: Forwarding,
     /// `/v2/_catalog` ([`crate::writes`]).
@@ -49,6 +48,28 @@ pub struct Upstream {
     /// The upstream's circuit breaker; `client` (and every identity made
     /// from it) goes through it ([`crate::breaker`]).
     pub breaker: Arc<Breaker>,
+}
+
+/// An upstream's tag lifetimes, replaced together by a reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ttls {
+    pub tag_ttl: Duration,
+    pub stale_if_error: Duration,
+    /// Past `tag_ttl` and within this, a by-tag request is answered from the
+    /// cached tag at once and the revalidating HEAD runs in the background
+    /// (zero: off, the request waits for the HEAD).
+    pub stale_while_revalidate: Duration,
+}
+
+impl Ttls {
+    /// The lifetimes `settings` gives.
+    pub fn of(settings: &UpstreamSettings) -> Ttls {
+        Ttls {
+            tag_ttl: settings.tag_ttl,
+            stale_if_error: settings.stale_if_error,
+            stale_while_revalidate: settings.stale_while_revalidate,
+        }
+    }
 }
 
 impl std::fmt::Debug for Upstream {
@@ -79,12 +100,20 @@ impl Upstream {
             docker_hub: settings.docker_hub,
             client: Arc::new(Guarded::new(client, breaker.clone())),
             breaker,
-            tag_ttl: settings.tag_ttl,
-            stale_if_error: settings.stale_if_error,
-            stale_while_revalidate: settings.stale_while_revalidate,
+            ttls: ArcSwap::from_pointee(Ttls::of(settings)),
             writes: settings.writes,
             catalog: settings.catalog,
         }
+    }
+
+    /// The tag lifetimes now (one consistent set).
+    pub fn ttls(&self) -> Ttls {
+        **self.ttls.load()
+    }
+
+    /// Replace the tag lifetimes (a configuration reload).
+    pub fn set_ttls(&self, ttls: Ttls) {
+        self.ttls.store(Arc::new(ttls));
     }
 
     fn answers_to(&self, registry: &str) -> bool {

@@ -19,9 +19,11 @@ fn upstream(name: &str, host: &str, hub: bool, aliases: Vec<String>) -> Arc<Upst
         host: host.into(),
         docker_hub: hub,
         client,
-        tag_ttl: Duration::from_secs(1),
-        stale_if_error: Duration::from_secs(1),
-        stale_while_revalidate: Duration::ZERO,
+        ttls: arc_swap::ArcSwap::from_pointee(crate::request::Ttls {
+            tag_ttl: Duration::from_secs(1),
+            stale_if_error: Duration::from_secs(1),
+            stale_while_revalidate: Duration::ZERO,
+        }),
         writes: Forwarding::Off,
         catalog: Forwarding::Off,
     })

@@ -2,8 +2,9 @@
 //! when `tls_cert_file`/`tls_key_file` are set) and the admin endpoints
 //! (always plain HTTP: they stay on loopback or a cluster network).
 //!
-//! SIGHUP (or `POST /tls/reload` on the admin listener) reloads the API
-//! listener's certificate and key from their files ([`crate::tls`]).
+//! SIGHUP reloads the configuration ([`crate::reload`]; also `POST /reload`
+//! on the admin listener) and the API listener's certificate and key from
+//! their files ([`crate::tls`]; also `POST /tls/reload`).
 
 use std::future::Future;
 use std::path::Path;
@@ -123,6 +124,21 @@ pub struct Running {
     tls: Option<crate::config::TlsSettings>,
     limits: crate::config::ConnLimits,
     admin_access: crate::admin::AdminAccess,
+    /// The settings it started with, and the clients whose credentials a
+    /// configuration reload replaces.
+    settings: Settings,
+    clients: Vec<crate::reload::UpstreamClients>,
+    /// Where the configuration is read again on SIGHUP and `POST /reload`;
+    /// `None`: no reload (tests building a server from settings).
+    reload: Option<crate::reload::ReloadSource>,
+}
+
+impl Running {
+    /// Reload the configuration from `source` on SIGHUP and `POST /reload`.
+    pub fn with_reload(mut self, source: crate::reload::ReloadSource) -> Running {
+        self.reload = Some(source);
+        self
+    }
 }
 
 impl std::fmt::Debug for Running {
@@ -151,14 +167,21 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
     let key = load_or_create_key(&settings.signing_key_path)?;
     tracing::info!(kid = key.kid(), path = %settings.signing_key_path.display(), "schema 1 signing key");
     let mut ups = Vec::new();
+    let mut clients = Vec::new();
     for up in &settings.upstreams {
-        let client: Arc<dyn UpstreamApi> = Arc::new(UpstreamClient::new(up.client_config())?);
+        let typed = UpstreamClient::new(up.client_config())?;
         // The breaker's probe: regcache's own identity, one attempt a probe.
         let mut probe_config = up.client_config();
         probe_config.retry = regcache_upstream::RetryConfig::none();
         // The breaker logs the outage once; its probe's failures are debug.
         probe_config.quiet_failures = true;
-        let probe: Arc<dyn UpstreamApi> = Arc::new(UpstreamClient::new(probe_config)?);
+        let typed_probe = UpstreamClient::new(probe_config)?;
+        clients.push(crate::reload::UpstreamClients {
+            name: up.name.clone(),
+            clients: vec![typed.clone(), typed_probe.clone()],
+        });
+        let client: Arc<dyn UpstreamApi> = Arc::new(typed);
+        let probe: Arc<dyn UpstreamApi> = Arc::new(typed_probe);
         let breaker = crate::breaker::Breaker::new(
             up.name.clone(),
             up.breaker_failures,
@@ -250,6 +273,9 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
         tls: settings.tls.clone(),
         limits: settings.limits.clone(),
         admin_access,
+        settings: settings.clone(),
+        clients,
+        reload: None,
     })
 }
 
@@ -267,7 +293,18 @@ pub async fn serve(
         tls,
         limits,
         admin_access,
+        settings,
+        clients,
+        reload,
     } = running;
+    let config_reloader = reload.map(|source| {
+        Arc::new(crate::reload::ConfigReloader::new(
+            source,
+            settings,
+            app.clone(),
+            clients,
+        ))
+    });
     let api_guard = Arc::new(crate::conn::Guard::new(
         "api",
         limits.clone(),
@@ -299,7 +336,11 @@ pub async fn serve(
     // Installed before readiness is reported: from then on SIGHUP reloads
     // (or is logged as a no-op) instead of terminating the process.
     let hangup_task = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(hangups) => Some(tokio::spawn(reload_on_hangup(hangups, reloader.clone()))),
+        Ok(hangups) => Some(tokio::spawn(reload_on_hangup(
+            hangups,
+            reloader.clone(),
+            config_reloader.clone(),
+        ))),
         Err(e) => {
             tracing::warn!(error = %e, "cannot handle SIGHUP; the tls certificate cannot be reloaded by signal");
             None
@@ -331,6 +372,7 @@ pub async fn serve(
         app: app.clone(),
         ready: ready.clone(),
         reloader,
+        config_reloader,
         api: api_guard,
         access: admin_access,
     });
@@ -378,15 +420,23 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Reloads the TLS certificate on every SIGHUP in `hangups` (runs until
-/// aborted). Without TLS, a SIGHUP is logged and otherwise ignored.
+/// On every SIGHUP in `hangups` (runs until aborted): reloads the
+/// configuration (when regcache was started from one) and the TLS
+/// certificate (when TLS is on). Each logs and counts its own result.
 pub async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
     reloader: Option<Arc<crate::tls::Reloader>>,
+    config: Option<Arc<crate::reload::ConfigReloader>>,
 ) {
     while hangups.recv().await.is_some() {
+        if let Some(config) = &config {
+            tracing::info!("sighup: reloading the configuration");
+            let config = config.clone();
+            // Logged and counted inside; a bad file changes nothing.
+            let _ = tokio::task::spawn_blocking(move || config.reload()).await;
+        }
         let Some(reloader) = &reloader else {
-            tracing::info!("sighup: tls is not configured, nothing to reload");
+            tracing::info!("sighup: tls is not configured: no certificate, nothing to reload");
             continue;
         };
         tracing::info!("sighup: reloading the tls certificate");
@@ -448,7 +498,9 @@ fn listen(addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
     socket.listen(ACCEPT_BACKLOG).map_err(err)
 }
 
-/// Bind both listeners (after the configuration validated).
+/// Bind both listeners (after the configuration validated, before
+/// [`build`]: an address in use fails before anything is written to the
+/// data dir; `regcache serve` exits 69 then).
 pub async fn bind(settings: &Settings) -> Result<(TcpListener, TcpListener), StartError> {
     let api = listen(settings.listen)?;
     let admin = listen(settings.admin_listen)?;

@@ -32,9 +32,11 @@ fn upstream(client: Arc<dyn UpstreamApi>) -> Arc<Upstream> {
         host: format!("{}.test", client.name()),
         docker_hub: false,
         client,
-        tag_ttl: Duration::from_secs(10),
-        stale_if_error: Duration::from_secs(60),
-        stale_while_revalidate: Duration::ZERO,
+        ttls: arc_swap::ArcSwap::from_pointee(regcache_server::request::Ttls {
+            tag_ttl: Duration::from_secs(10),
+            stale_if_error: Duration::from_secs(60),
+            stale_while_revalidate: Duration::ZERO,
+        }),
         writes: regcache_server::writes::Forwarding::Off,
         catalog: regcache_server::writes::Forwarding::Off,
     })

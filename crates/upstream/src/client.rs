@@ -16,6 +16,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -75,7 +76,10 @@ pub struct UpstreamClient {
 }
 
 struct Inner {
+    /// Its `credentials` are where they started; [`Inner::credentials`] has
+    /// the ones in use ([`UpstreamClient::set_credentials`] replaces them).
     config: ClientConfig,
+    credentials: ArcSwapOption<Credentials>,
     /// `name` or `name (host:port)`: how errors and logs name the upstream.
     label: String,
     /// Scheme, host and port of the registry.
@@ -211,6 +215,7 @@ impl UpstreamClient {
                 tokens: TokenCache::default(),
                 mode: Mutex::new(AuthMode::Unknown),
                 stats: Arc::default(),
+                credentials: ArcSwapOption::from(config.credentials.clone().map(Arc::new)),
                 config,
             }),
         })
@@ -235,6 +240,27 @@ impl UpstreamClient {
         self.inner.tokens.clear();
     }
 
+    /// The credentials requests go with now (`None`: anonymous).
+    pub fn credentials(&self) -> Option<Arc<Credentials>> {
+        self.inner.credentials.load_full()
+    }
+
+    /// Go on with `credentials` (a configuration reload): requests from now
+    /// on use them, and the tokens fetched with the old ones are dropped.
+    /// The connection pool, the learned authentication scheme and the
+    /// counters stay; other clients (other upstreams, identities made with
+    /// [`UpstreamClient::acting_as`]) are not touched. Returns whether they
+    /// changed (unchanged credentials keep the tokens).
+    pub fn set_credentials(&self, credentials: Option<Credentials>) -> bool {
+        if self.credentials().as_deref() == credentials.as_ref() {
+            return false;
+        }
+        self.inner.credentials.store(credentials.map(Arc::new));
+        self.inner.tokens.clear();
+        info!(upstream = %self.inner.label, "upstream credentials replaced; cached tokens dropped");
+        true
+    }
+
     /// The same upstream acting with `credentials` instead of the configured
     /// ones (`None`: anonymous), for requests made on a client's behalf. It
     /// shares the connection pool and the request counters, starts from the
@@ -243,6 +269,7 @@ impl UpstreamClient {
         let i = &self.inner;
         UpstreamClient {
             inner: Arc::new(Inner {
+                credentials: ArcSwapOption::from(credentials.clone().map(Arc::new)),
                 config: ClientConfig {
                     credentials,
                     ..i.config.clone()
@@ -699,7 +726,7 @@ impl UpstreamClient {
     }
 
     fn basic_header(&self) -> Option<HeaderValue> {
-        self.inner.config.credentials.as_ref().map(|c| {
+        self.credentials().map(|c| {
             let raw = format!("{}:{}", c.username, c.password.expose());
             let mut h = header_value(&format!(
                 "Basic {}",
@@ -757,13 +784,9 @@ impl UpstreamClient {
             &self.inner.base,
             &self.inner.config.auth_realms,
         );
-        let credentials = self
-            .inner
-            .config
-            .credentials
-            .as_ref()
-            .filter(|_| trust.is_ok());
-        if let (Some(_), Err(why)) = (&self.inner.config.credentials, &trust) {
+        let configured = self.credentials();
+        let credentials = configured.as_ref().filter(|_| trust.is_ok());
+        if let (Some(_), Err(why)) = (&configured, &trust) {
             warn!(upstream = %self.inner.label, reason = %why, "not sending credentials to the token realm; asking for an anonymous token");
         }
         debug!(
@@ -782,7 +805,7 @@ impl UpstreamClient {
         }
         let mut result = self.token_exchange(req, &realm.realm).await;
         if let (Err(UpstreamError::Unauthorized { detail, .. }), Some(_), Err(why)) =
-            (&mut result, &self.inner.config.credentials, &trust)
+            (&mut result, &configured, &trust)
         {
             detail.push_str(&format!("; credentials were not sent: {why}"));
         }

@@ -32,14 +32,16 @@ fn check_of(relative: &str) -> Option<&'static str> {
         (r, _) if r.starts_with("kubernetes/") => "kubernetes_overlays_render_and_validate",
         ("regcache.service", _) => "systemd_unit_verifies_and_is_hardened",
         ("Dockerfile", _) => "dockerfile_lints_clean_and_ships_a_stripped_non_root_binary",
-        ("regcache.toml" | "multi-registry.toml", _) => "config::tests (deploy files load)",
+        ("regcache.toml" | "multi-registry.toml", _) => {
+            "shipped_configurations_pass_regcache_check"
+        }
         ("podman/registries.conf", _) => "client_configurations_load",
         (r, _) if r.starts_with("containerd/") && r.ends_with("/hosts.toml") => {
             "client_configurations_load"
         }
         ("docker/daemon.json", _) => "client_configurations_load",
         (r, Some("json")) if r.starts_with("grafana/") => {
-            "observability::grafana_dashboard_names_only_exported_metrics"
+            "observability::a_pull_is_logged_counted_and_lints_clean_and_the_dashboard_finds_its_metrics"
         }
         _ => return None,
     })
@@ -404,6 +406,27 @@ fn dockerfile_lints_clean_and_ships_a_stripped_non_root_binary() {
         );
     }
     assert!(lines.contains(&"**/target"));
+}
+
+#[tokio::test]
+async fn shipped_configurations_pass_regcache_check() {
+    let files = [
+        deploy_dir().join("regcache.toml"),
+        deploy_dir().join("multi-registry.toml"),
+        deploy_dir().join("kubernetes/base/regcache.toml"),
+    ];
+    for file in &files {
+        let (code, stdout, stderr) = regcache_tests::regcache::run_regcache(
+            &["check", "--config", file.to_str().unwrap()],
+            &[],
+        )
+        .await;
+        println!(
+            "regcache check --config {}: {code:?}\n{stdout}{stderr}",
+            file.display()
+        );
+        assert_eq!(code, Some(0), "{}: {stdout}{stderr}", file.display());
+    }
 }
 
 #[test]

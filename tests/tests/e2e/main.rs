@@ -13,6 +13,8 @@ mod client_auth;
 mod client_auth_clients;
 mod client_auth_tls;
 mod client_bodies;
+mod config_cli;
+mod config_reload;
 mod connections;
 mod crash;
 mod deploy_files;

@@ -2,7 +2,7 @@
 //! digests and tags (400 with the right code, without asking the upstream),
 //! upstream 404s and 429s relayed, a failed revalidation masked by the cached
 //! tag, an unreachable upstream (502 naming it), and a bad
-//! configuration file (exit 64 before binding anything).
+//! configuration file (exit 78, `EX_CONFIG`, before binding anything).
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -287,7 +287,7 @@ async fn unreachable_upstream_with_nothing_cached_is_a_502_naming_it() {
 }
 
 #[tokio::test]
-async fn unknown_config_keys_exit_64_listing_every_problem_before_binding() {
+async fn unknown_config_keys_exit_78_listing_every_problem_before_binding() {
     // Hold the configured ports: a regcache that bound before validating
     // would report them in use.
     let listen = TcpListener::bind(free_addr()).unwrap();
@@ -317,7 +317,7 @@ async fn unknown_config_keys_exit_64_listing_every_problem_before_binding() {
     .expect("regcache serve with a bad config must exit, not serve");
     assert_eq!(
         code,
-        Some(64),
+        Some(78),
         "exit status for unknown keys\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
     for key in ["colour", "verbosity", "disk_sise", "tag_tll_secs"] {

@@ -4,7 +4,7 @@
 //! plain-HTTP client, get no registry answer and are counted as failed
 //! handshakes; HTTP/2 is negotiated with ALPN; every request is served by
 //! hyper (the `sendfile` fast path is for plain TCP); a bad certificate/key
-//! pair stops start-up with exit 64; SIGHUP (and `POST /tls/reload` on the
+//! pair stops start-up with exit 78 (`EX_CONFIG`); SIGHUP (and `POST /tls/reload` on the
 //! admin listener) swaps in a rotated certificate, keeps the old one when the
 //! new files are bad, and is harmless without TLS.
 
@@ -305,7 +305,7 @@ async fn alpn_negotiates_h2_and_http1() {
 }
 
 #[tokio::test]
-async fn a_bad_certificate_or_key_stops_start_up_with_exit_64() {
+async fn a_bad_certificate_or_key_stops_start_up_with_exit_78() {
     let pki = make_pki();
     let data = tempfile::tempdir().unwrap();
     let listen = free_addr().to_string();
@@ -332,7 +332,7 @@ async fn a_bad_certificate_or_key_stops_start_up_with_exit_64() {
 
     // A certificate without a key.
     let (code, _, stderr) = run(base(&pki.chain_file), &[]).await;
-    assert_eq!(code, Some(64), "{stderr}");
+    assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("tls_key_file is not"), "{stderr}");
 
     // The wrong key (from the environment), and an unreadable certificate
@@ -343,7 +343,7 @@ async fn a_bad_certificate_or_key_stops_start_up_with_exit_64() {
         pki.other_key_file.display().to_string(),
     ]);
     let (code, _, stderr) = run(args, &[]).await;
-    assert_eq!(code, Some(64), "{stderr}");
+    assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains("does not match the certificate"),
         "{stderr}"
@@ -355,7 +355,7 @@ async fn a_bad_certificate_or_key_stops_start_up_with_exit_64() {
     let mut args = base(&missing);
     args[2] = "not-an-address".into();
     let (code, _, stderr) = run(args, &[("REGCACHE_TLS_KEY_FILE", &key)]).await;
-    assert_eq!(code, Some(64), "{stderr}");
+    assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("2 problem(s)"), "{stderr}");
     assert!(stderr.contains("missing.pem: cannot read"), "{stderr}");
     assert!(stderr.contains("not-an-address"), "{stderr}");

@@ -198,7 +198,7 @@ impl Auth {
                         Some(r) => Resource::Repository(r),
                         None => *res,
                     };
-                    decide(principal, up, resource, action, &self.settings.rules).allowed()
+                    decide(principal, up, resource, action, &self.rules.load()).allowed()
                 });
                 if ok {
                     granted.insert(wanted.clone());

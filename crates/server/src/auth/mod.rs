@@ -40,13 +40,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{Method, Request, header};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use regcache_formats::{ErrorCode, RegistryError};
 use sha2::{Digest as _, Sha256};
 
-use self::access::{Action, Principal, Resource, decide};
+use self::access::{AccessRules, Action, Principal, Resource, decide};
 use self::basic::{BasicError, Presented};
 use self::htpasswd::Htpasswd;
 use self::token::{Claims, TokenError, TokenKey};
@@ -131,8 +132,13 @@ pub fn action_of(method: &Method, route: &Route) -> Action {
 
 /// Client authentication as the server runs it.
 pub struct Auth {
+    /// As at start-up; `rules` and `htpasswd` are what a reload replaces.
     settings: AuthSettings,
-    htpasswd: Option<Htpasswd>,
+    /// The `[[access]]` rules in force (a reload swaps them whole).
+    rules: ArcSwap<AccessRules>,
+    htpasswd: ArcSwapOption<Htpasswd>,
+    /// Failed htpasswd reloads (for an htpasswd file opened by a reload).
+    htpasswd_errors: Counter,
     key: Option<TokenKey>,
     /// The API listener speaks TLS.
     tls: bool,
@@ -160,7 +166,9 @@ impl Auth {
     pub fn disabled() -> Auth {
         Auth {
             settings: AuthSettings::default(),
-            htpasswd: None,
+            rules: ArcSwap::default(),
+            htpasswd: ArcSwapOption::empty(),
+            htpasswd_errors: Counter::default(),
             key: None,
             tls: false,
             fallback_host: String::new(),
@@ -192,7 +200,9 @@ impl Auth {
         };
         Ok(Auth {
             settings: settings.clone(),
-            htpasswd,
+            rules: ArcSwap::from_pointee(settings.rules.clone()),
+            htpasswd: ArcSwapOption::from(htpasswd.map(Arc::new)),
+            htpasswd_errors: metrics.htpasswd_reload_errors.clone(),
             key: Some(key),
             tls,
             fallback_host: listen.to_string(),
@@ -208,6 +218,23 @@ impl Auth {
 
     pub fn mode(&self) -> AuthMode {
         self.settings.mode
+    }
+
+    /// A configuration reload: the `[[access]]` rules of `settings` from
+    /// now on, and its htpasswd file if it names another one (loaded first:
+    /// a bad file keeps the old one and is the error). The mode, realm,
+    /// service and token settings stay as started (a restart changes them).
+    pub fn reload(&self, settings: &AuthSettings) -> Result<(), String> {
+        if self.settings.mode == AuthMode::Htpasswd
+            && let Some(path) = &settings.htpasswd_file
+            && self.htpasswd.load().as_deref().map(Htpasswd::path) != Some(path.as_path())
+        {
+            let h = Htpasswd::open(path, self.htpasswd_errors.clone()).map_err(|p| p.join("; "))?;
+            self.htpasswd.store(Some(Arc::new(h)));
+            self.verified.invalidate_all();
+        }
+        self.rules.store(Arc::new(settings.rules.clone()));
+        Ok(())
     }
 
     /// Whether `path` is the token endpoint and client authentication is on.
@@ -245,14 +272,8 @@ impl Auth {
             }
             return Ok(Grant::of(principal));
         };
-        let allowed = decide(
-            &principal,
-            upstream,
-            *resource,
-            *action,
-            &self.settings.rules,
-        )
-        .allowed();
+        let allowed =
+            decide(&principal, upstream, *resource, *action, &self.rules.load()).allowed();
         let in_token = claims
             .as_ref()
             .is_none_or(|c| c.grants(kind, scope_name, action.as_str()));
@@ -293,7 +314,7 @@ impl Auth {
 
     /// The user whose password `c` holds, if any.
     async fn check_password(&self, c: &basic::BasicCredentials) -> Option<Principal> {
-        let h = self.htpasswd.as_ref()?;
+        let h = self.htpasswd.load_full()?;
         h.verify(&c.user, c.password())
             .await
             .then(|| Principal::User(c.user.clone()))

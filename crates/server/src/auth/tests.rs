@@ -432,3 +432,61 @@ fn actions_of_routes() {
         assert_eq!(action_of(&method, &r(path)), want, "{method} {path}");
     }
 }
+
+#[tokio::test]
+async fn a_reload_swaps_the_access_rules_and_the_htpasswd_file() {
+    let f = fixture(|s| s.allow_insecure_http = true);
+    let uri = "/v2/team/app/manifests/v1";
+    let (alice, bob) = (basic("alice", "alice-pw"), basic("bob", "bob-pw"));
+    assert!(f.check(Method::GET, uri, Some(&alice)).await.is_ok());
+    assert!(f.check(Method::GET, uri, Some(&bob)).await.is_err());
+
+    // New rules: bob may pull team/**, alice nothing; a new htpasswd file
+    // where bob has another password.
+    let rules: Vec<AccessRuleConfig> = toml::from_str::<BTreeMap<String, Vec<AccessRuleConfig>>>(
+        "[[access]]\nusers = [\"bob\"]\nrepositories = [\"team/**\"]\nactions = [\"pull\"]\n",
+    )
+    .unwrap()
+    .remove("access")
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("htpasswd2");
+    std::fs::write(
+        &file,
+        format!(
+            "alice:{}\nbob:{}\n",
+            bcrypt::hash("alice-pw", 4).unwrap(),
+            bcrypt::hash("bob-new", 4).unwrap()
+        ),
+    )
+    .unwrap();
+    let settings = AuthSettings {
+        mode: AuthMode::Htpasswd,
+        htpasswd_file: Some(file),
+        rules: AccessRules::new(&rules, &BTreeMap::new()).unwrap(),
+        ..AuthSettings::default()
+    };
+    f.auth.reload(&settings).unwrap();
+    let (status, ..) = refusal(f.check(Method::GET, uri, Some(&alice)).await);
+    assert_eq!(status, 403, "alice's rule is gone");
+    let (status, ..) = refusal(f.check(Method::GET, uri, Some(&bob)).await);
+    assert_eq!(status, 401, "bob's old password is gone");
+    assert_eq!(
+        f.check(Method::GET, uri, Some(&basic("bob", "bob-new")))
+            .await
+            .unwrap(),
+        user("bob")
+    );
+    // A missing htpasswd file is refused and changes nothing.
+    let broken = AuthSettings {
+        htpasswd_file: Some(dir.path().join("missing")),
+        rules: AccessRules::default(),
+        ..settings
+    };
+    assert!(f.auth.reload(&broken).is_err());
+    assert!(
+        f.check(Method::GET, uri, Some(&basic("bob", "bob-new")))
+            .await
+            .is_ok()
+    );
+}

@@ -24,12 +24,9 @@ pub mod prefetch;
 pub mod progress;
 pub mod purge;
 
-pub const EX_USAGE: u8 = 64;
-pub const EX_NOINPUT: u8 = 66;
-pub const EX_UNAVAILABLE: u8 = 69;
-pub const EX_IOERR: u8 = 74;
-pub const EX_TEMPFAIL: u8 = 75;
-pub const EX_NOPERM: u8 = 77;
+pub use crate::exit::{
+    EX_CONFIG, EX_IOERR, EX_NOINPUT, EX_NOPERM, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE,
+};
 
 /// A failed subcommand: its exit status and the message for stderr.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +86,7 @@ pub fn settings(w: &Where, data_dir: Option<PathBuf>) -> Result<Settings, Failur
         ..Overrides::default()
     };
     Config::load(w.config.as_deref(), &ProcessEnv, &overrides)
-        .map_err(|e| Failure::new(EX_USAGE, e.to_string().trim_end().to_owned()))
+        .map_err(|e| Failure::new(EX_CONFIG, e.to_string().trim_end().to_owned()))
 }
 
 /// The upstreams of a configuration as image references name them.

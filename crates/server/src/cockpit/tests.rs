@@ -29,7 +29,11 @@ async fn get(app: &Arc<App>, uri: &str) -> (StatusCode, Bytes) {
 
 async fn admin_get(admin: &Admin, path: &str) -> (StatusCode, String, Bytes) {
     let resp = admin
-        .handle(Request::get(path).body(http_body_util::Empty::<Bytes>::new()).unwrap())
+        .handle(
+            Request::get(path)
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap(),
+        )
         .await;
     let ct = resp
         .headers()

@@ -70,7 +70,7 @@ pub struct UpstreamSections(pub Vec<UpstreamSection>);
 
 impl<'de> Deserialize<'de> for UpstreamSections {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{Error, MapAccess, SeqAccess, value::MapAccessDeserializer};
+        use serde::de::{MapAccess, SeqAccess, value::MapAccessDeserializer};
 
         struct OneOrMany;
 
@@ -90,17 +90,13 @@ impl<'de> Deserialize<'de> for UpstreamSections {
                 self,
                 mut seq: A,
             ) -> Result<UpstreamSections, A::Error> {
+                // A failing item's error passes unchanged (with its span):
+                // `Config::from_toml` names the item and the key.
                 let mut all = Vec::new();
-                loop {
-                    match seq.next_element::<UpstreamSection>() {
-                        Ok(Some(u)) => all.push(u),
-                        Ok(None) => return Ok(UpstreamSections(all)),
-                        Err(e) => {
-                            let n = all.len() + 1;
-                            return Err(A::Error::custom(format!("upstream #{n}: {e}")));
-                        }
-                    }
+                while let Some(u) = seq.next_element::<UpstreamSection>()? {
+                    all.push(u);
                 }
+                Ok(UpstreamSections(all))
             }
         }
 
@@ -248,69 +244,135 @@ impl Default for Schema1Section {
     }
 }
 
-/// A byte count written as an integer or a string such as `"512MiB"`, `"10GB"`.
+/// A byte count written as an integer or a string such as `"512MiB"`,
+/// `"1.5GiB"`, `"50GB"`. Parsed by the `bytesize` crate: `KB`/`MB`/`GB`/`TB`
+/// (and `K`/`M`/`G`/`T`) are decimal (10^3, 10^6, ...), `KiB`/`MiB`/`GiB`/`TiB`
+/// (and `Ki`/`Mi`/...) binary (2^10, 2^20, ...), units in any case,
+/// fractions allowed; a bare number is bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
     pub fn parse(s: &str) -> Result<ByteSize, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| {
-            format!("{s:?} is not a size (examples: 1048576, \"512MiB\", \"10GB\")")
-        })?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KiB" | "K" | "k" => 1 << 10,
-            "MiB" | "M" => 1 << 20,
-            "GiB" | "G" => 1 << 30,
-            "TiB" | "T" => 1 << 40,
-            "KB" | "kB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            "TB" => 1_000_000_000_000,
-            other => return Err(format!("{s:?} has an unknown unit {other:?}")),
-        };
-        n.checked_mul(mult)
-            .map(ByteSize)
-            .ok_or_else(|| format!("{s:?} is too large"))
+        const EXAMPLES: &str = "examples: 1048576, \"512MiB\", \"1.5GiB\", \"50GB\"; KB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB of 1024";
+        let t = s.trim();
+        if t.starts_with('-') {
+            return Err(format!("{s:?} is not a size ({EXAMPLES})"));
+        }
+        let n = t
+            .parse::<bytesize::ByteSize>()
+            .map_err(|e| format!("{s:?} is not a size: {e} ({EXAMPLES})"))?
+            .as_u64();
+        // bytesize saturates: u64::MAX from anything but itself overflowed.
+        if n == u64::MAX && t != u64::MAX.to_string() {
+            return Err(format!("{s:?} is too large"));
+        }
+        Ok(ByteSize(n))
     }
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
+        struct Size;
+
+        impl serde::de::Visitor<'_> for Size {
+            type Value = ByteSize;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a size: a number of bytes, or a string such as \"512MiB\" or \"1.5GB\"",
+                )
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(n))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ByteSize, E> {
+                u64::try_from(n)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("{n} is not a size: sizes are not negative")))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(s).map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
-        }
+
+        d.deserialize_any(Size)
     }
 }
 
 impl Config {
-    /// Parse a TOML document. Unknown keys are errors, and all of them are
-    /// reported together (serde's `deny_unknown_fields` stops at the first),
-    /// with a type error if there is one.
+    /// Parse a TOML document, reporting every problem at once: a syntax
+    /// error is one problem (with its line and column); past it, every
+    /// unknown key, and every value of the wrong type or refused by its
+    /// parser, each with its line, column and key. A value that fails is
+    /// taken out (its default applies) and the document read again, until
+    /// nothing fails.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let problem = |e: toml::de::Error| format!("{origin}: {}", e.to_string().trim_end());
-        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
-            problems: vec![problem(e)],
-        })?;
-        let (config, unknown) = super::keys::deserialize::<Config, _>(de);
-        let mut problems: Vec<String> = unknown.iter().map(|p| format!("{origin}: {p}")).collect();
-        match config {
-            Ok(config) if problems.is_empty() => return Ok(config),
-            Ok(_) => {}
-            Err(e) => problems.push(problem(e)),
+        match Config::from_toml_lenient(text, origin)? {
+            (config, problems) if problems.is_empty() => Ok(config),
+            (_, problems) => Err(ConfigError { problems }),
         }
-        Err(ConfigError { problems })
     }
+
+    /// As [`Config::from_toml`], but past a syntax error the file is
+    /// returned with its problems (every failing value at its default), so
+    /// that validation can report its own problems in the same run.
+    pub(super) fn from_toml_lenient(
+        text: &str,
+        origin: &str,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let mut root = toml::de::DeTable::parse(text).map_err(|e| ConfigError {
+            problems: vec![format!("{origin}: {}", e.to_string().trim_end())],
+        })?;
+        let mut unknown: Vec<String> = Vec::new();
+        let mut problems = Vec::new();
+        loop {
+            let pass =
+                super::keys::deserialize::<Config, _>(toml::de::Deserializer::from(root.clone()));
+            for u in pass.unknown {
+                if !unknown.contains(&u) {
+                    unknown.push(u);
+                }
+            }
+            let e = match pass.result {
+                Ok(config) => {
+                    let mut all: Vec<String> =
+                        unknown.iter().map(|p| format!("{origin}: {p}")).collect();
+                    all.append(&mut problems);
+                    return Ok((config, all));
+                }
+                Err(e) => e,
+            };
+            let at = e
+                .span()
+                .map(|span| line_column(text, span.start))
+                .map_or_else(String::new, |(l, c)| format!(":{l}:{c}"));
+            let path = pass.failed_at.unwrap_or_default();
+            let key = super::keys::describe(&path);
+            problems.push(format!("{origin}{at}: {key}{}", e.message().trim_end()));
+            if !super::keys::remove(&mut root, &path) {
+                // Nothing left to take out: report what there is.
+                let mut all: Vec<String> =
+                    unknown.iter().map(|p| format!("{origin}: {p}")).collect();
+                all.append(&mut problems);
+                return Err(ConfigError { problems: all });
+            }
+        }
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, column)
 }
 
 impl UpstreamSections {
@@ -353,9 +415,61 @@ mod tests {
         assert_eq!(err.problems.len(), 2, "{err}");
         assert!(err.problems[0].contains("unknown key `colour`"), "{err}");
         assert!(
-            err.problems[1].contains("line 2") && err.problems[1].contains("expected a string"),
+            err.problems[1].starts_with("f.toml:2:10: key `listen`: ")
+                && err.problems[1].contains("expected a string"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_type_error_is_reported_in_one_run() {
+        let text = concat!(
+            "listen = 5\n",
+            "colour = \"red\"\n",
+            "[cache]\n",
+            "disk_size = \"12 parsecs\"\n",
+            "memory_size = true\n",
+            "[upstream]\n",
+            "tag_ttl_secs = \"1m\"\n",
+            "writes = \"sometimes\"\n",
+            "[[policy]]\n",
+            "repositories = [\"a/*\"]\n",
+            "schema1 = \"maybe\"\n",
+        );
+        let err = Config::from_toml(text, "f.toml").unwrap_err();
+        let all = err.to_string();
+        assert_eq!(err.problems.len(), 7, "{all}");
+        for want in [
+            "f.toml: unknown key `colour`",
+            "f.toml:1:10: key `listen`: invalid type",
+            "f.toml:4:13: key `disk_size` in [cache]: \"12 parsecs\" is not a size",
+            "f.toml:5:15: key `memory_size` in [cache]:",
+            "f.toml:7:16: key `tag_ttl_secs` in [upstream]:",
+            "key `writes` in [upstream]:",
+            "key `schema1` in [[policy]] #1:",
+        ] {
+            assert!(all.contains(want), "{want:?} missing from {all}");
+        }
+        // In an array of tables, each item's keys too.
+        let err = Config::from_toml(
+            "[[upstream]]\nurl = \"http://a:1\"\nretry_attempts = \"x\"\n\
+             [[upstream]]\nurl = \"http://b:1\"\ntag_ttl_secs = -1\nwrites = 3\n",
+            "f.toml",
+        )
+        .unwrap_err();
+        let all = err.to_string();
+        assert_eq!(err.problems.len(), 3, "{all}");
+        for want in [
+            "f.toml:3:18: key `retry_attempts` in [[upstream]] #1: invalid type: string \"x\", expected u32\n",
+            "key `tag_ttl_secs` in [[upstream]] #2",
+            "key `writes` in [[upstream]] #2",
+        ] {
+            assert!(all.contains(want), "{want:?} missing from {all}");
+        }
+        // A syntax error is one problem, with its line and column.
+        let err = Config::from_toml("listen = \"a\"\n[cache\n", "f.toml").unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert!(err.problems[0].contains("line 2, column"), "{err}");
     }
 
     #[test]
@@ -388,9 +502,9 @@ mod tests {
         let s = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap();
         let p = s.policies.resolve("docker.io", "legacy/a/b");
         assert_eq!(p.schema2_push, crate::policy::Schema2Push::Reject);
-        let p = s.policies.resolve("registry.redhat.io", "ubi8/ubi");
-        assert_eq!(p.schema1, crate::policy::Schema1Mode::Reject);
         let p = s.policies.resolve("docker.io", "ubi8/ubi");
+        assert_eq!(p.schema1, crate::policy::Schema1Mode::Reject);
+        let p = s.policies.resolve("docker.io", "library/alpine");
         assert_eq!(p.rule, None);
     }
 
@@ -400,6 +514,10 @@ mod tests {
         let cfg = Config::from_toml(text, "deploy/multi-registry.toml").unwrap();
         assert_eq!(cfg.upstream.0.len(), 3);
         assert_eq!(cfg.upstream.default_index(), 0);
+        // As shipped, it validates completely (what `regcache check` does).
+        let (_dir, file) = config_file(text);
+        let s = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(s.upstreams.len(), 3);
     }
 
     #[test]
@@ -426,10 +544,34 @@ mod tests {
 
     #[test]
     fn byte_sizes() {
-        assert_eq!(ByteSize::parse("512MiB").unwrap().0, 512 << 20);
-        assert_eq!(ByteSize::parse("10GB").unwrap().0, 10_000_000_000);
-        assert_eq!(ByteSize::parse("42").unwrap().0, 42);
-        assert!(ByteSize::parse("x").is_err());
-        assert!(ByteSize::parse("99999999999999TiB").is_err());
+        let parse = |s: &str| ByteSize::parse(s).map(|b| b.0);
+        assert_eq!(parse("512MiB"), Ok(512 << 20));
+        assert_eq!(parse("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse("50G"), Ok(50_000_000_000), "G is decimal, as GB");
+        assert_eq!(parse("50GB"), Ok(50_000_000_000));
+        assert_eq!(parse("10gb"), Ok(10_000_000_000));
+        assert_eq!(parse("2 TiB"), Ok(2 << 40));
+        assert_eq!(parse("1024"), Ok(1024));
+        assert_eq!(parse("42"), Ok(42));
+        assert!(parse("x").is_err());
+        assert!(parse("-1GiB").is_err());
+        assert!(
+            parse("12 parsecs")
+                .unwrap_err()
+                .contains("\"12 parsecs\" is not a size")
+        );
+        assert!(
+            parse("99999999999999TiB")
+                .unwrap_err()
+                .contains("too large")
+        );
+        // In the file, a bad size names its key.
+        let err = Config::from_toml("[cache]\ndisk_size = \"5 XB\"\n", "f.toml").unwrap_err();
+        assert!(
+            err.problems[0].starts_with("f.toml:2:13: key `disk_size` in [cache]: \"5 XB\""),
+            "{err}"
+        );
+        let cfg = Config::from_toml("[cache]\ndisk_size = \"1.5GiB\"\n", "f.toml").unwrap();
+        assert_eq!(cfg.cache.disk_size, ByteSize(3 << 29));
     }
 }

@@ -9,8 +9,13 @@
 //! kept beside the types: a field added to a struct is known at once.
 //!
 //! It wraps the TOML deserializer itself (not a `toml::Value`), so type errors
-//! keep toml's line and column. Enum contents are not checked (the file has
-//! only unit variants).
+//! keep toml's spans. Enum contents are not checked (the file has only unit
+//! variants).
+//!
+//! serde stops at the first value that fails; [`Pass::failed_at`] says where
+//! it was, and [`remove`] takes that key out of the parsed document, so
+//! `Config::from_toml` reads it again and collects every failing value, one
+//! pass each (a file has a few dozen keys at most).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -21,21 +26,35 @@ use serde::de::{
     Visitor,
 };
 
-/// Deserialise `T` from `de`; also returns every unknown key met on the way,
-/// as `unknown key `k` in [section] (known: a, b)`. Keys after a type error are
-/// not reached.
-pub(super) fn deserialize<'de, T, D>(de: D) -> (Result<T, D::Error>, Vec<String>)
+/// What one pass over a document found.
+pub(super) struct Pass<T, E> {
+    pub result: Result<T, E>,
+    /// Every unknown key met on the way, as `unknown key `k` in [section]
+    /// (known: a, b)`. Keys after a type error are not reached.
+    pub unknown: Vec<String>,
+    /// Where the value that failed sits (the innermost one), when it failed.
+    pub failed_at: Option<Vec<Seg>>,
+}
+
+/// Deserialise `T` from `de`, noting unknown keys and where a failure was.
+pub(super) fn deserialize<'de, T, D>(de: D) -> Pass<T, D::Error>
 where
     T: de::Deserialize<'de>,
     D: Deserializer<'de>,
 {
     let unknown = RefCell::new(Vec::new());
+    let failed = RefCell::new(None);
     let ctx = Ctx {
         unknown: &unknown,
+        failed: &failed,
         path: Vec::new(),
     };
     let result = T::deserialize(Checked { de, ctx });
-    (result, unknown.into_inner())
+    Pass {
+        result,
+        unknown: unknown.into_inner(),
+        failed_at: failed.into_inner(),
+    }
 }
 
 /// The field names serde's derive declares for the struct `T`.
@@ -89,8 +108,8 @@ impl<'de> Deserializer<'de> for Probe<'_> {
     }
 }
 
-#[derive(Clone, Debug)]
-enum Seg {
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Seg {
     Key(String),
     /// 1-based, as the messages count.
     Index(usize),
@@ -100,6 +119,8 @@ enum Seg {
 #[derive(Clone)]
 struct Ctx<'a> {
     unknown: &'a RefCell<Vec<String>>,
+    /// The path of the first (innermost) value that failed.
+    failed: &'a RefCell<Option<Vec<Seg>>>,
     path: Vec<Seg>,
 }
 
@@ -109,23 +130,25 @@ impl Ctx<'_> {
         path.push(seg);
         Ctx {
             unknown: self.unknown,
+            failed: self.failed,
             path,
         }
     }
 
+    /// Notes this place as the failure's, unless an inner value already failed.
+    fn note_failed<T, E>(&self, result: Result<T, E>) -> Result<T, E> {
+        if result.is_err() {
+            let mut failed = self.failed.borrow_mut();
+            if failed.is_none() {
+                *failed = Some(self.path.clone());
+            }
+        }
+        result
+    }
+
     /// `` in [log]``, `` in [[upstream]] #2``, or nothing at the top.
     fn place(&self) -> String {
-        let keys: Vec<&str> = (self.path.iter())
-            .filter_map(|s| match s {
-                Seg::Key(k) => Some(k.as_str()),
-                Seg::Index(_) => None,
-            })
-            .collect();
-        match self.path.last() {
-            None => String::new(),
-            Some(Seg::Key(_)) => format!(" in [{}]", keys.join(".")),
-            Some(Seg::Index(i)) => format!(" in [[{}]] #{i}", keys.join(".")),
-        }
+        place(&self.path)
     }
 
     fn note_unknown(&self, key: &str, known: &[&str]) {
@@ -134,6 +157,78 @@ impl Ctx<'_> {
             self.place(),
             known.join(", ")
         ));
+    }
+}
+
+/// `` in [log]``, `` in [[upstream]] #2``, or nothing at the top, for a
+/// table at `path`.
+pub(super) fn place(path: &[Seg]) -> String {
+    let keys: Vec<&str> = (path.iter())
+        .filter_map(|s| match s {
+            Seg::Key(k) => Some(k.as_str()),
+            Seg::Index(_) => None,
+        })
+        .collect();
+    match path.last() {
+        None => String::new(),
+        Some(Seg::Key(_)) => format!(" in [{}]", keys.join(".")),
+        Some(Seg::Index(i)) => format!(" in [[{}]] #{i}", keys.join(".")),
+    }
+}
+
+/// `key `k` in [section]: ` for the value at `path` (empty at the top).
+pub(super) fn describe(path: &[Seg]) -> String {
+    let Some(last) = path.iter().rposition(|s| matches!(s, Seg::Key(_))) else {
+        return String::new();
+    };
+    let Seg::Key(key) = &path[last] else {
+        return String::new();
+    };
+    let rest: String = path[last + 1..]
+        .iter()
+        .map(|s| match s {
+            Seg::Index(i) => format!(" item {i}"),
+            Seg::Key(k) => format!(".{k}"),
+        })
+        .collect();
+    format!("key `{key}`{rest}{}: ", place(&path[..last]))
+}
+
+/// Takes the deepest key on `path` out of `root` (a failing array item
+/// takes its whole key); false when there is no such key.
+pub(super) fn remove(root: &mut toml::Spanned<toml::de::DeTable<'_>>, path: &[Seg]) -> bool {
+    let Some(last) = path.iter().rposition(|s| matches!(s, Seg::Key(_))) else {
+        return false;
+    };
+    remove_in(root.get_mut(), &path[..=last])
+}
+
+fn remove_in(table: &mut toml::de::DeTable<'_>, path: &[Seg]) -> bool {
+    match path {
+        [Seg::Key(key)] => {
+            let found = table
+                .keys()
+                .find(|k| &**k.get_ref() == key.as_str())
+                .cloned();
+            found.is_some_and(|k| table.remove(&k).is_some())
+        }
+        [Seg::Key(key), rest @ ..] => table
+            .iter_mut()
+            .find(|(k, _)| &**k.get_ref() == key.as_str())
+            .is_some_and(|(_, v)| remove_value(v.get_mut(), rest)),
+        _ => false,
+    }
+}
+
+fn remove_value(value: &mut toml::de::DeValue<'_>, path: &[Seg]) -> bool {
+    use toml::de::DeValue;
+    match (value, path) {
+        (DeValue::Table(t), [Seg::Key(_), ..]) => remove_in(t, path),
+        (DeValue::Array(a), [Seg::Index(i), rest @ ..]) => a
+            .as_mut()
+            .get_mut(i.saturating_sub(1))
+            .is_some_and(|v| remove_value(v.get_mut(), rest)),
+        _ => false,
     }
 }
 
@@ -300,7 +395,11 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Map<'_, A> {
     fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, A::Error> {
         let key = self.key.take().unwrap_or_default();
         let ctx = self.ctx.child(Seg::Key(key));
-        self.map.next_value_seed(Seed { seed, ctx })
+        let result = self.map.next_value_seed(Seed {
+            seed,
+            ctx: ctx.clone(),
+        });
+        ctx.note_failed(result)
     }
 }
 
@@ -320,7 +419,11 @@ impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Seq<'_, A> {
     ) -> Result<Option<T::Value>, A::Error> {
         self.index += 1;
         let ctx = self.ctx.child(Seg::Index(self.index));
-        self.seq.next_element_seed(Seed { seed, ctx })
+        let result = self.seq.next_element_seed(Seed {
+            seed,
+            ctx: ctx.clone(),
+        });
+        ctx.note_failed(result)
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -366,7 +469,8 @@ mod tests {
     }
 
     fn parse<T: DeserializeOwned>(text: &str) -> (Result<T, toml::de::Error>, Vec<String>) {
-        deserialize(toml::Deserializer::parse(text).unwrap())
+        let pass = deserialize(toml::Deserializer::parse(text).unwrap());
+        (pass.result, pass.unknown)
     }
 
     #[test]
@@ -388,11 +492,17 @@ mod tests {
     }
 
     #[test]
-    fn type_errors_keep_toml_positions() {
-        let (out, unknown) = parse::<Outer>("top = \"t\"\n[inner]\na = \"one\"\n");
-        assert!(unknown.is_empty());
-        let text = out.unwrap_err().to_string();
+    fn type_errors_keep_toml_positions_and_their_path() {
+        let pass = deserialize::<Outer, _>(
+            toml::Deserializer::parse("top = \"t\"\n[inner]\na = \"one\"\n").unwrap(),
+        );
+        assert!(pass.unknown.is_empty());
+        let text = pass.result.unwrap_err().to_string();
         assert!(text.contains("line 3"), "{text}");
+        assert_eq!(
+            pass.failed_at,
+            Some(vec![Seg::Key("inner".into()), Seg::Key("a".into())])
+        );
     }
 
     #[test]

@@ -5,28 +5,92 @@ use std::path::PathBuf;
 
 use super::{ByteSize, Config};
 
-/// Overrides from the command line (`None` = not given); `regcache serve`'s
-/// flags.
+/// Overrides from the command line and their environment variables (`None`
+/// = neither given; a flag wins over its variable); `regcache serve`'s and
+/// `regcache check`'s flags. clap reads the variables, so `--help` lists
+/// them; [`ServeEnv`] hides those same variables from the [`EnvSource`]
+/// layer so they are not applied twice. The two secrets
+/// (`REGCACHE_UPSTREAM_PASSWORD`, `REGCACHE_ADMIN_TOKEN`) have no flag (a
+/// flag shows in `ps`): the environment layer reads them.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct Overrides {
     /// Address for registry clients, e.g. 0.0.0.0:5000.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "REGCACHE_LISTEN")]
     pub listen: Option<String>,
     /// Address for /metrics, /healthz and /readyz, e.g. 127.0.0.1:5001.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "REGCACHE_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
-    /// Upstream registry URL, e.g. https://registry-1.docker.io.
-    #[arg(long, value_name = "URL")]
+    /// Upstream registry URL (the default upstream's), e.g. https://registry-1.docker.io.
+    #[arg(long, value_name = "URL", env = "REGCACHE_UPSTREAM")]
     pub upstream: Option<String>,
+    /// The registry name clients use for the default upstream (containerd's
+    /// ?ns=, path prefixes, policies). Default: docker.io for Docker Hub's
+    /// URLs, else the URL's host[:port].
+    #[arg(long, value_name = "NAME", env = "REGCACHE_UPSTREAM_NAME")]
+    pub upstream_name: Option<String>,
+    /// User name regcache logs in to the default upstream with (the password:
+    /// REGCACHE_UPSTREAM_PASSWORD or the file's password_file/password_env).
+    #[arg(long, value_name = "USER", env = "REGCACHE_UPSTREAM_USERNAME")]
+    pub upstream_username: Option<String>,
     /// Folder for the disk cache, tag index and signing key.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "REGCACHE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// PEM certificate chain for the API listener (with --tls-key-file: TLS only).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "REGCACHE_TLS_CERT_FILE")]
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key (PKCS#8, SEC1 or PKCS#1) of that certificate.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "REGCACHE_TLS_KEY_FILE")]
     pub tls_key_file: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long, value_name = "FORMAT", env = "REGCACHE_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. info or regcache_server=debug,info.
+    #[arg(long, value_name = "FILTER", env = "REGCACHE_LOG")]
+    pub log_level: Option<String>,
+    /// Memory tier budget, e.g. 256MiB (units: KB/MB/GB = 10^3/10^6/10^9, KiB/MiB/GiB = 2^10/2^20/2^30).
+    #[arg(long, value_name = "SIZE", env = "REGCACHE_MEMORY_SIZE")]
+    pub memory_size: Option<String>,
+    /// Disk tier budget, e.g. 50GiB or 1.5TB.
+    #[arg(long, value_name = "SIZE", env = "REGCACHE_DISK_SIZE")]
+    pub disk_size: Option<String>,
+    /// Client authentication: none, htpasswd or upstream.
+    #[arg(long, value_name = "MODE", env = "REGCACHE_AUTH_MODE")]
+    pub auth_mode: Option<String>,
+    /// htpasswd file of the users ([auth] mode = "htpasswd").
+    #[arg(long, value_name = "FILE", env = "REGCACHE_AUTH_HTPASSWD_FILE")]
+    pub auth_htpasswd_file: Option<PathBuf>,
+}
+
+/// The environment variables [`Overrides`] reads (through clap).
+pub const OVERRIDE_ENV_VARS: [&str; 14] = [
+    "REGCACHE_LISTEN",
+    "REGCACHE_ADMIN_LISTEN",
+    "REGCACHE_UPSTREAM",
+    "REGCACHE_UPSTREAM_NAME",
+    "REGCACHE_UPSTREAM_USERNAME",
+    "REGCACHE_DATA_DIR",
+    "REGCACHE_TLS_CERT_FILE",
+    "REGCACHE_TLS_KEY_FILE",
+    "REGCACHE_LOG_FORMAT",
+    "REGCACHE_LOG",
+    "REGCACHE_MEMORY_SIZE",
+    "REGCACHE_DISK_SIZE",
+    "REGCACHE_AUTH_MODE",
+    "REGCACHE_AUTH_HTPASSWD_FILE",
+];
+
+/// The process environment without the variables clap already read into
+/// [`Overrides`]: what `serve` and `check` pass as their [`EnvSource`].
+#[derive(Debug, Clone, Copy)]
+pub struct ServeEnv;
+
+impl EnvSource for ServeEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        if OVERRIDE_ENV_VARS.contains(&name) {
+            return None;
+        }
+        ProcessEnv.var(name)
+    }
 }
 
 /// Where environment variables come from; tests pass a map instead of mutating
@@ -83,14 +147,7 @@ impl Config {
             self.tls_key_file = Some(v.into());
         }
         if let Some(v) = env.var("REGCACHE_AUTH_MODE") {
-            match v.as_str() {
-                "none" => self.auth.mode = super::AuthMode::None,
-                "htpasswd" => self.auth.mode = super::AuthMode::Htpasswd,
-                "upstream" => self.auth.mode = super::AuthMode::Upstream,
-                other => problems.push(format!(
-                    "REGCACHE_AUTH_MODE = {other:?}: expected \"none\" or \"htpasswd\""
-                )),
-            }
+            self.set_auth_mode("REGCACHE_AUTH_MODE", &v, problems);
         }
         if let Some(v) = env.var("REGCACHE_AUTH_HTPASSWD_FILE") {
             self.auth.htpasswd_file = Some(v.into());
@@ -107,7 +164,18 @@ impl Config {
         size("REGCACHE_DISK_SIZE", &mut self.cache.disk_size);
     }
 
-    pub(super) fn apply_overrides(&mut self, o: &Overrides) {
+    fn set_auth_mode(&mut self, what: &str, v: &str, problems: &mut Vec<String>) {
+        match v {
+            "none" => self.auth.mode = super::AuthMode::None,
+            "htpasswd" => self.auth.mode = super::AuthMode::Htpasswd,
+            "upstream" => self.auth.mode = super::AuthMode::Upstream,
+            other => problems.push(format!(
+                "{what} = {other:?}: expected \"none\", \"htpasswd\" or \"upstream\""
+            )),
+        }
+    }
+
+    pub(super) fn apply_overrides(&mut self, o: &Overrides, problems: &mut Vec<String>) {
         if let Some(v) = &o.listen {
             self.listen = v.clone();
         }
@@ -115,8 +183,16 @@ impl Config {
             self.admin_listen = v.clone();
         }
         let di = self.upstream.default_index();
-        if let (Some(v), Some(up)) = (&o.upstream, self.upstream.0.get_mut(di)) {
-            up.url = v.clone();
+        if let Some(up) = self.upstream.0.get_mut(di) {
+            if let Some(v) = &o.upstream {
+                up.url = v.clone();
+            }
+            if let Some(v) = &o.upstream_name {
+                up.name = Some(v.clone());
+            }
+            if let Some(v) = &o.upstream_username {
+                up.username = Some(v.clone());
+            }
         }
         if let Some(v) = &o.data_dir {
             self.data_dir = v.clone();
@@ -126,6 +202,37 @@ impl Config {
         }
         if let Some(v) = &o.tls_key_file {
             self.tls_key_file = Some(v.clone());
+        }
+        if let Some(v) = &o.log_format {
+            self.log.format = v.clone();
+        }
+        if let Some(v) = &o.log_level {
+            self.log.level = v.clone();
+        }
+        for (what, value, slot) in [
+            (
+                "--memory-size (REGCACHE_MEMORY_SIZE)",
+                &o.memory_size,
+                &mut self.cache.memory_size,
+            ),
+            (
+                "--disk-size (REGCACHE_DISK_SIZE)",
+                &o.disk_size,
+                &mut self.cache.disk_size,
+            ),
+        ] {
+            if let Some(v) = value {
+                match ByteSize::parse(v) {
+                    Ok(b) => *slot = b,
+                    Err(e) => problems.push(format!("{what}: {e}")),
+                }
+            }
+        }
+        if let Some(v) = &o.auth_mode {
+            self.set_auth_mode("--auth-mode (REGCACHE_AUTH_MODE)", v, problems);
+        }
+        if let Some(v) = &o.auth_htpasswd_file {
+            self.auth.htpasswd_file = Some(v.clone());
         }
     }
 }
@@ -181,5 +288,60 @@ mod tests {
         assert_eq!(s.listen.to_string(), "127.0.0.1:7002");
         assert_eq!(s.default_upstream().url.as_str(), "http://127.0.0.1:11/");
         assert_eq!(s.default_upstream().name, "127.0.0.1:11");
+    }
+
+    #[test]
+    fn upstream_name_defaults_and_the_flag() {
+        let named = |url: &str, name: Option<&str>| {
+            let o = Overrides {
+                upstream: Some(url.into()),
+                upstream_name: name.map(str::to_owned),
+                ..Overrides::default()
+            };
+            Config::load(None, &env(&[]), &o)
+                .unwrap()
+                .default_upstream()
+                .name
+                .clone()
+        };
+        assert_eq!(named("https://registry-1.docker.io", None), "docker.io");
+        assert_eq!(named("https://index.docker.io", None), "docker.io");
+        assert_eq!(named("https://docker.io", None), "docker.io");
+        assert_eq!(named("http://127.0.0.1:5500", None), "127.0.0.1:5500");
+        assert_eq!(named("https://quay.io", None), "quay.io");
+        assert_eq!(
+            named("http://127.0.0.1:5500", Some("docker.io")),
+            "docker.io"
+        );
+        // The flag wins over the file's name.
+        let (_dir, file) =
+            config_file("[upstream]\nname = \"mirror\"\nurl = \"http://127.0.0.1:9\"\n");
+        let o = Overrides {
+            upstream_name: Some("docker.io".into()),
+            ..Overrides::default()
+        };
+        let s = Config::load(Some(&file), &env(&[]), &o).unwrap();
+        assert_eq!(s.default_upstream().name, "docker.io");
+        // Sizes from flags go through the same parser, named in problems.
+        let o = Overrides {
+            disk_size: Some("1.5GiB".into()),
+            memory_size: Some("12 parsecs".into()),
+            ..Overrides::default()
+        };
+        let err = Config::load(None, &env(&[]), &o).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--memory-size (REGCACHE_MEMORY_SIZE): \"12 parsecs\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn serve_env_hides_the_variables_clap_reads() {
+        use crate::config::{EnvSource, OVERRIDE_ENV_VARS, ServeEnv};
+        for var in OVERRIDE_ENV_VARS {
+            assert_eq!(ServeEnv.var(var), None, "{var}");
+        }
+        assert_eq!(ServeEnv.var("PATH"), std::env::var("PATH").ok());
     }
 }

@@ -11,7 +11,9 @@
 //! - `validate.rs`: checking the result into [`Settings`] (`settings.rs`),
 //!   with the TLS files loaded by `tls.rs`.
 //! - `auth.rs`: `[auth]` and `[[access]]`, checked into [`AuthSettings`].
-//! - `keys.rs`: unknown keys, found from the serde types in `file.rs`.
+//! - `keys.rs`: unknown keys, found from the serde types in `file.rs`, and
+//!   where a value failed (so every failing value is reported, not the first).
+//! - `cross.rs`: checks across sections (rules naming unknown upstreams).
 //! - `bounds.rs`: the bounds of every numeric setting, and upstream hosts
 //!   that are no host (`0.0.0.0`, `::`).
 //!
@@ -22,6 +24,7 @@
 
 mod auth;
 mod bounds;
+mod cross;
 mod file;
 mod keys;
 mod layers;
@@ -37,12 +40,9 @@ pub use auth::{AuthMode, AuthSection, AuthSettings, ChallengeKind, TOKEN_TTL_SEC
 pub use file::{
     ByteSize, CacheSection, Config, LogSection, Schema1Section, UpstreamSection, UpstreamSections,
 };
-pub use layers::{EnvSource, Overrides, ProcessEnv};
+pub use layers::{EnvSource, OVERRIDE_ENV_VARS, Overrides, ProcessEnv, ServeEnv};
 pub use limits::{AdminSection, AdminToken, ConnLimits, LimitsSection};
 pub use settings::{Settings, TlsSettings, UpstreamSettings};
-
-/// Exit status for a bad configuration (sysexits `EX_USAGE`).
-pub const EX_USAGE: i32 = 64;
 
 /// Every problem found, reported together.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,24 +73,23 @@ impl Config {
         env: &dyn EnvSource,
         overrides: &Overrides,
     ) -> Result<Settings, ConfigError> {
-        let mut cfg = match file {
-            None => Config::default(),
+        let (mut cfg, mut problems) = match file {
+            None => (Config::default(), Vec::new()),
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
                     problems: vec![format!("cannot read config file {}: {e}", path.display())],
                 })?;
-                Config::from_toml(&text, &path.display().to_string())?
+                Config::from_toml_lenient(&text, &path.display().to_string())?
             }
         };
-        let mut problems = Vec::new();
         cfg.apply_env(env, &mut problems);
-        cfg.apply_overrides(overrides);
+        cfg.apply_overrides(overrides, &mut problems);
         cfg.validate(env, problems)
     }
 }
 
 #[cfg(test)]
-mod test_support {
+pub(crate) mod test_support {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 

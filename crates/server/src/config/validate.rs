@@ -85,6 +85,19 @@ impl Config {
                 }
             }
         }
+        // Named as validation names them, even when one failed for another
+        // reason (a missing password file): a rule's names are checked too.
+        let names: Option<Vec<String>> = (self.upstream.0.iter())
+            .map(|u| match &u.name {
+                Some(n) => Some(n.clone()),
+                None => url::Url::parse(&u.url)
+                    .ok()
+                    .map(|url| default_upstream_name(&url)),
+            })
+            .collect();
+        if let Some(names) = names {
+            super::cross::check_rule_upstreams(&self, &names, &mut problems);
+        }
         if self.cache.memory_max_object.0 > self.cache.memory_size.0 {
             problems.push("cache.memory_max_object must not exceed cache.memory_size".into());
         }

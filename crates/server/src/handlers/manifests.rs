@@ -34,7 +34,10 @@ impl App {
         headers: &HeaderMap,
         head: bool,
     ) -> Result<Response<Body>, Error> {
-        let policy = self.policies.resolve(&target.upstream.name, name.as_str());
+        let policy = self
+            .policies
+            .load()
+            .resolve(&target.upstream.name, name.as_str());
         let accepts = Accepts::from_headers(headers.get_all(header::ACCEPT).iter());
         let (stored, tag) = match reference {
             Reference::Tag(t) => (self.services.tags.resolve(target, name, t).await?, Some(t)),

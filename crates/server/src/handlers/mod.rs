@@ -44,7 +44,9 @@ pub mod referrers;
 /// Everything a request handler needs; shared by all connections.
 pub struct App {
     upstreams: Upstreams,
-    policies: Policies,
+    /// The `[[policy]]` rules in force (a reload swaps them whole; a
+    /// request loads them once).
+    policies: arc_swap::ArcSwap<Policies>,
     services: Services,
     /// Client authentication and access rules ([`crate::auth`]).
     auth: Auth,
@@ -98,7 +100,7 @@ impl App {
         Ok(Arc::new(App {
             services: Services::new(store, key, metrics.clone()),
             upstreams,
-            policies,
+            policies: arc_swap::ArcSwap::from_pointee(policies),
             auth,
             metrics,
             cockpit: crate::cockpit::Cockpit::default(),
@@ -106,6 +108,16 @@ impl App {
             id_prefix: crate::access_log::id_prefix(),
             access: AtomicU8::new(crate::access_log::AccessLevel::Info.as_u8()),
         }))
+    }
+
+    /// Client authentication (a reload replaces its access rules).
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    /// Use `policies` from the next request on (a configuration reload).
+    pub fn set_policies(&self, policies: Policies) {
+        self.policies.store(Arc::new(policies));
     }
 
     /// The configured upstreams (their breakers, for `/readyz`).

@@ -51,7 +51,10 @@ impl App {
             .as_deref()
             .and_then(MediaType::from_manifest_type)
             .or_else(|| regcache_formats::manifest::classify(&bytes, content_type.as_deref()).ok());
-        let policy = self.policies.resolve(&target.upstream.name, name.as_str());
+        let policy = self
+            .policies
+            .load()
+            .resolve(&target.upstream.name, name.as_str());
         let is_schema1 = kind.is_some_and(MediaType::is_schema1)
             || content_type.as_deref() == Some(media_type::APPLICATION_JSON);
         if policy.schema2_push == Schema2Push::Reject && !is_schema1 {

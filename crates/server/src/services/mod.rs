@@ -131,9 +131,11 @@ pub(crate) mod test_support {
             host: format!("{}.test", client.name()),
             docker_hub: false,
             client,
-            tag_ttl: Duration::from_secs(10),
-            stale_if_error: Duration::from_secs(60),
-            stale_while_revalidate: Duration::ZERO,
+            ttls: arc_swap::ArcSwap::from_pointee(crate::request::Ttls {
+                tag_ttl: Duration::from_secs(10),
+                stale_if_error: Duration::from_secs(60),
+                stale_while_revalidate: Duration::ZERO,
+            }),
             writes: crate::writes::Forwarding::Off,
             catalog: crate::writes::Forwarding::Off,
         };

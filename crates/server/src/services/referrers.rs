@@ -134,8 +134,9 @@ impl ReferrersService {
             return Ok(answer(&listed, artifact_type));
         }
         let known = self.lists.get(&key);
+        let ttls = up.ttls();
         if let Some(l) = &known
-            && unix_now().saturating_sub(l.fetched_at_unix) < up.tag_ttl.as_secs()
+            && unix_now().saturating_sub(l.fetched_at_unix) < ttls.tag_ttl.as_secs()
         {
             self.metrics.hit(Kind::Referrers);
             return Ok(answer(l, artifact_type));
@@ -151,7 +152,7 @@ impl ReferrersService {
         match fetched {
             Ok(l) => Ok(answer(&l, artifact_type)),
             Err(Error::Upstream(e)) if e.is_unavailable() => {
-                let limit = up.tag_ttl.saturating_add(up.stale_if_error).as_secs();
+                let limit = ttls.tag_ttl.saturating_add(ttls.stale_if_error).as_secs();
                 match known {
                     Some(l) if unix_now().saturating_sub(l.fetched_at_unix) < limit => {
                         tracing::info!(repo = %name, %subject, error = %e, "upstream unavailable; serving the cached referrers");

@@ -81,8 +81,11 @@ async fn upstream_failures_are_the_upstreams_unless_a_kept_list_covers_them() {
     let upstream = Arc::new(FailureUpstream::new(MemoryRegistry::new("quay.io")));
     // Every request is past the TTL; stale-if-error for an hour.
     let target = target_for(upstream.clone() as Arc<dyn UpstreamApi>, |u| {
-        u.tag_ttl = Duration::ZERO;
-        u.stale_if_error = Duration::from_secs(3600);
+        u.set_ttls(crate::request::Ttls {
+            tag_ttl: Duration::ZERO,
+            stale_if_error: Duration::from_secs(3600),
+            ..u.ttls()
+        });
     });
     let name = RepositoryName::parse("team/app").unwrap();
     let referrers = &services.referrers;

@@ -85,7 +85,8 @@ impl TagService {
         let known = self.store.tags().get(&up.name, name.as_str(), tag.as_str());
         if let Some(rec) = &known {
             let age = now.saturating_sub(rec.fetched_at_unix);
-            let ttl = up.tag_ttl.as_secs();
+            let ttls = up.ttls();
+            let ttl = ttls.tag_ttl.as_secs();
             if age < ttl {
                 self.metrics.hit(Kind::Tag);
                 return self
@@ -93,7 +94,7 @@ impl TagService {
                     .get(target, name, &rec.digest, Some(&rec.media_type))
                     .await;
             }
-            if age < ttl.saturating_add(up.stale_while_revalidate.as_secs()) {
+            if age < ttl.saturating_add(ttls.stale_while_revalidate.as_secs()) {
                 self.revalidate_in_background(target, name, tag, rec.clone());
                 match self
                     .manifests
@@ -137,6 +138,7 @@ impl TagService {
         known: Option<TagRecord>,
     ) -> Revalidation {
         let up = &target.upstream;
+        let ttls = up.ttls();
         Revalidation {
             key: TagKey {
                 upstream: up.name.clone(),
@@ -147,7 +149,7 @@ impl TagService {
             store: self.store.clone(),
             manifests: self.manifests.clone(),
             known,
-            stale_limit: up.tag_ttl.saturating_add(up.stale_if_error),
+            stale_limit: ttls.tag_ttl.saturating_add(ttls.stale_if_error),
         }
     }
 

@@ -55,9 +55,11 @@ async fn moved_tag(age_secs: u64, swr_secs: u64) -> MovedTag {
         )
         .unwrap();
     let target = target_for(registry.clone(), |u| {
-        u.tag_ttl = Duration::from_secs(10);
-        u.stale_if_error = Duration::from_secs(3600);
-        u.stale_while_revalidate = Duration::from_secs(swr_secs);
+        u.set_ttls(crate::request::Ttls {
+            tag_ttl: Duration::from_secs(10),
+            stale_if_error: Duration::from_secs(3600),
+            stale_while_revalidate: Duration::from_secs(swr_secs),
+        });
     });
     let gate = registry.hold(Op::HeadManifest);
     MovedTag {

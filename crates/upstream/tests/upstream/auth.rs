@@ -232,6 +232,42 @@ async fn identities_use_their_own_credentials() {
     assert!(up.stats().count("HEAD", 200) >= 1);
 }
 
+/// A configuration reload replaces the credentials: the next token is
+/// fetched with the new ones (the cached one is dropped), identities made
+/// before keep theirs, and unchanged credentials keep the cached token.
+#[tokio::test]
+async fn replaced_credentials_drop_the_cached_tokens() {
+    let tokens = TestServer::start(|req| async move {
+        let token = if req.authorization() == Some(basic("bob", "bob-pw").as_str()) {
+            "tok-bob"
+        } else if req.authorization() == Some(basic("robot", "robot-pw").as_str()) {
+            "tok-robot"
+        } else {
+            return json(401, "{}");
+        };
+        json(200, &format!(r#"{{"token":"{token}","expires_in":300}}"#))
+    })
+    .await;
+    let registry = bearer_registry(format!("{}token", tokens.url()), "tok-bob").await;
+    let mut cfg = config(registry.url()).with_credentials(Credentials::new("robot", "robot-pw"));
+    cfg.auth_realms = vec![tokens.url().authority().to_owned()];
+    let up = UpstreamClient::new(cfg).unwrap();
+    let robot = up.acting_as(Some(Credentials::new("robot", "robot-pw")));
+    assert!(up.head_manifest("a/b", "latest", &[]).await.is_err());
+    assert!(!up.set_credentials(Some(Credentials::new("robot", "robot-pw"))));
+    assert!(up.set_credentials(Some(Credentials::new("bob", "bob-pw"))));
+    assert_eq!(up.credentials().unwrap().username, "bob");
+    up.head_manifest("a/b", "latest", &[]).await.unwrap();
+    let fetched = tokens.requests().len();
+    up.head_manifest("a/b", "latest", &[]).await.unwrap();
+    assert_eq!(tokens.requests().len(), fetched, "bob's token is cached");
+    assert!(!up.set_credentials(Some(Credentials::new("bob", "bob-pw"))));
+    up.head_manifest("a/b", "latest", &[]).await.unwrap();
+    assert_eq!(tokens.requests().len(), fetched, "unchanged: still cached");
+    // An identity made before the reload keeps its own credentials.
+    assert!(robot.head_manifest("a/b", "latest", &[]).await.is_err());
+}
+
 #[tokio::test]
 async fn anonymous_token_uses_access_token_and_no_credentials() {
     let tokens = token_server(None, r#"{"access_token":"anon-tok"}"#).await;
