@@ -88,6 +88,47 @@ fn json_lines(log: &str) -> Vec<Value> {
         .collect()
 }
 
+/// jq, as an operator would use it, reads every log line: one compact
+/// object out for each line in (`json_lines` has checked the keys are unique,
+/// which jq can't: it keeps the last of a repeated key).
+fn jq_reads_every_line(log: &str, expected: usize) {
+    use std::io::Write as _;
+    let jq = require_program("jq", "jq");
+    let input: String = log
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("===== "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut child = std::process::Command::new(jq)
+        .args(["-c", "{level, target, message}"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "jq could not read the log: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().count(), expected, "{stdout}");
+    for line in stdout.lines() {
+        assert!(
+            !line.contains("\"message\":null"),
+            "an event without its message: {line}"
+        );
+    }
+    println!("jq read {expected} log lines, each with its level, target and message");
+}
+
 fn access_lines(lines: &[Value]) -> Vec<&Value> {
     lines
         .iter()
@@ -242,6 +283,7 @@ async fn a_pull_is_logged_counted_and_lints_clean_and_the_dashboard_finds_its_me
         .await;
     let log = regcache.log();
     let lines = json_lines(&log);
+    jq_reads_every_line(&log, lines.len());
     let access = access_lines(&lines);
     let total = metrics.sum(REQUESTS, &[]);
     assert_eq!(total as usize, access.len(), "{log}\n{}", metrics.text);

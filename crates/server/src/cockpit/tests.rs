@@ -127,6 +127,7 @@ async fn fills_tops_errors_and_the_sampler_reach_the_stats() {
         app: app.clone(),
         ready: Arc::new(AtomicBool::new(true)),
         reloader: None,
+        config_reloader: None,
         api: Arc::new(crate::conn::Guard::new(
             "api",
             crate::config::ConnLimits::default(),
