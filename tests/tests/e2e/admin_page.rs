@@ -153,7 +153,7 @@ fn figures(m: &Metrics) -> [f64; 5] {
         m.sum(LOOKUPS, &[("result", "miss")]),
         m.sum(SERVED, &[("source", "cache")]),
         m.sum(SERVED, &[("source", "upstream")]),
-        m.sum("regcache_disk_bytes", &[]),
+        m.sum("regcache_cache_bytes", &[("tier", "disk")]),
     ]
 }
 
@@ -235,7 +235,7 @@ async fn admin_page_in_a_browser_shows_what_metrics_report() {
     let misses = metrics.sum(LOOKUPS, &[("result", "miss")]) as u64;
     let from_cache = metrics.sum(SERVED, &[("source", "cache")]) as u64;
     let from_upstream = metrics.sum(SERVED, &[("source", "upstream")]) as u64;
-    let disk = metrics.sum("regcache_disk_bytes", &[]) as u64;
+    let disk = metrics.sum("regcache_cache_bytes", &[("tier", "disk")]) as u64;
     assert!(
         hits > 0 && misses > 0 && from_cache > 0 && from_upstream > 0 && disk > 0,
         "the pulls should have hit, missed and filled:\n{}",
