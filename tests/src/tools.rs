@@ -64,6 +64,36 @@ pub fn require_venv_program(program: &str) -> PathBuf {
     path
 }
 
+/// Runs `program args…` with `input` on its standard input and waits for
+/// it: its exit status and both outputs.
+///
+/// # Panics
+/// When the program can't be started or fed.
+pub fn run_with_stdin(program: &Path, args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    // Written from a thread: a program that answers while it reads would
+    // otherwise fill its output pipe and wait on us while we wait on it.
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {}: {e}", program.display()));
+    writer
+        .join()
+        .expect("stdin writer")
+        .unwrap_or_else(|e| panic!("feeding {}: {e}", program.display()));
+    out
+}
+
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
     path.metadata()

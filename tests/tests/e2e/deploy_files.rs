@@ -21,7 +21,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use regcache_tests::tools::{require_program, require_venv_program, workspace_root};
+use regcache_tests::tools::{
+    require_program, require_venv_program, run_with_stdin, workspace_root,
+};
 use serde_json::Value;
 
 /// Which check covers each file of `deploy/` (by path relative to it).
@@ -110,17 +112,14 @@ fn run(program: &Path, args: &[&str], dir: Option<&Path>) -> (bool, String, Stri
 /// virtualenv, where kubernetes-validate brought it).
 fn yaml_documents(yaml: &str) -> Vec<Value> {
     let python = require_venv_program("python3");
-    let mut child = Command::new(python)
-        .args([
+    let out = run_with_stdin(
+        &python,
+        &[
             "-c",
             "import json, sys, yaml; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), yaml.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+        ],
+        yaml.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "PyYAML could not read the rendered manifests"

@@ -7,11 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 
 use regcache_tests::image::Platform;
-use regcache_tests::tools::require_program;
+use regcache_tests::tools::{require_program, run_with_stdin};
 use regcache_tests::{
     ManifestFormat, Regcache, RegcacheOptions, Registry, RegistryClient, RegistryOptions, Skopeo,
 };
@@ -92,27 +90,13 @@ fn json_lines(log: &str) -> Vec<Value> {
 /// object out for each line in (`json_lines` has checked the keys are unique,
 /// which jq can't: it keeps the last of a repeated key).
 fn jq_reads_every_line(log: &str, expected: usize) {
-    use std::io::Write as _;
     let jq = require_program("jq", "jq");
     let input: String = log
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with("===== "))
         .map(|l| format!("{l}\n"))
         .collect();
-    let mut child = std::process::Command::new(jq)
-        .args(["-c", "{level, target, message}"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(&jq, &["-c", "{level, target, message}"], input.as_bytes());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -139,20 +123,7 @@ fn access_lines(lines: &[Value]) -> Vec<&Value> {
 /// `promtool check metrics` on `text`: its complaints (empty when clean).
 fn promtool_check(text: &str) -> String {
     let promtool = require_program("promtool", "prometheus");
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(&promtool, &["check", "metrics"], text.as_bytes());
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
