@@ -37,6 +37,27 @@ pub enum StoreError {
     /// A persisted record could not be encoded.
     #[error("cache record could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A request to the shared object store failed. `op` names the step
+    /// ("head", "put", "complete upload", ...). object_store's errors name the
+    /// key and the HTTP status, never the credentials (they travel in
+    /// signature headers, which no error prints).
+    #[error("shared object store {op} failed: {source}")]
+    Shared {
+        op: &'static str,
+        #[source]
+        source: object_store::Error,
+    },
+    /// The shared tier's settings can't work (say, a multipart part below the
+    /// 5 MiB S3 minimum, or an access key without its secret).
+    #[error("shared object store settings are invalid: {0}")]
+    SharedConfig(String),
+    /// A ranged read started past the end of the content.
+    #[error("range start {start} is beyond the length {len} of {digest}")]
+    RangeNotSatisfiable {
+        digest: Digest,
+        start: u64,
+        len: u64,
+    },
 }
 
 impl StoreError {
@@ -50,6 +71,10 @@ impl StoreError {
 
     pub(crate) fn task(e: tokio::task::JoinError) -> StoreError {
         StoreError::Task(e.to_string())
+    }
+
+    pub(crate) fn shared(op: &'static str) -> impl FnOnce(object_store::Error) -> StoreError {
+        move |source| StoreError::Shared { op, source }
     }
 }
 
