@@ -9,6 +9,9 @@
 //!   restarts), composed by [`Tiered`] fastest first.
 //! * [`Fills`] — the leader writes through a [`FillWriter`]; every client
 //!   streams a [`FillReader`] that follows the partial file.
+//! * [`SharedTier`] — an S3-compatible bucket shared by all replicas
+//!   (object_store), a [`Tier`] for small objects plus streamed reads and
+//!   conditional uploads of large blobs.
 //!
 //! Two contracts hold everywhere (STYLE habit 5): absence is `Ok(None)`, and a
 //! write either commits whole, verified content or leaves nothing behind.
@@ -66,6 +69,7 @@ mod jsonl;
 mod mapping;
 mod memory;
 mod relay;
+mod shared;
 mod source;
 mod stats;
 mod store;
@@ -83,6 +87,10 @@ pub use fsck::{FsckError, FsckReport, Problem, ProblemKind, fsck_blocking};
 pub use health::{CacheHealth, CacheState, WriteErrorKind};
 pub use mapping::{Direction, MappingLog, MappingRecord};
 pub use memory::MemoryTier;
+pub use shared::{
+    DEFAULT_PART_SIZE, DEFAULT_SMALL_OBJECT_MAX, MIN_PART_SIZE, SharedBody, SharedConfig,
+    SharedStats, SharedTier, Stored,
+};
 pub use source::Source;
 pub use stats::{DiskStats, FillStats, MemoryStats, StatsSnapshot, TierStats};
 pub use store::Store;
