@@ -5,6 +5,8 @@ mod common;
 mod disk;
 mod fill;
 mod model;
+mod moto;
 mod pass_through;
 mod records;
+mod shared;
 mod startup;
