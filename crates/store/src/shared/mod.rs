@@ -31,7 +31,10 @@
 //! copy checks only `x-amz-copy-source-if-*`) and overwrites silently.
 //! `CompleteMultipartUpload` with `If-None-Match: *` is honoured by AWS S3
 //! (since 2024) and by moto, which answers 412 to the loser; the race tests
-//! in `tests/shared_moto.rs` show exactly one `Created` per round.
+//! in `crates/store/tests/it/shared.rs` show exactly one `Created` per round
+//! (against moto serving one request at a time: threaded moto checks and
+//! inserts without a lock, so overlapping creates both win there, by any
+//! mechanism; see `tests/it/moto.rs`).
 //! Cost: the blob is written twice inside the store (server-side copy, no
 //! traffic through regcache). Limit: S3 caps one `UploadPartCopy` at 5 GiB,
 //! so a blob above that can't be shared on AWS (the upload fails cleanly,
