@@ -42,6 +42,11 @@ pub struct StoreConfig {
     /// The server doesn't change when one is added: it keeps calling
     /// [`crate::Store::get`].
     pub extra_tiers: Vec<Arc<dyn Tier>>,
+    /// The S3-compatible tier the replicas of a cluster share: looked up
+    /// after every local tier misses, and written after local writes (in the
+    /// background: a slow object store never holds up a response). See
+    /// [`crate::Store::shared`].
+    pub shared: Option<crate::SharedTier>,
 }
 
 impl StoreConfig {
@@ -56,6 +61,7 @@ impl StoreConfig {
             access_persist_interval: Duration::from_secs(600),
             read_chunk_bytes: 128 * 1024,
             extra_tiers: Vec::new(),
+            shared: None,
         }
     }
 
@@ -81,6 +87,11 @@ impl StoreConfig {
 
     pub fn read_chunk_bytes(mut self, bytes: usize) -> Self {
         self.read_chunk_bytes = bytes.max(1);
+        self
+    }
+
+    pub fn shared(mut self, tier: crate::SharedTier) -> Self {
+        self.shared = Some(tier);
         self
     }
 

@@ -93,6 +93,6 @@ pub use shared::{
 };
 pub use source::Source;
 pub use stats::{DiskStats, FillStats, MemoryStats, StatsSnapshot, TierStats};
-pub use store::Store;
+pub use store::{SHARED_LOOKUP_WAIT, Store};
 pub use tags::{TagEntry, TagIndex, TagRecord};
 pub use tier::{Tier, Tiered};

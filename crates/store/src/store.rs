@@ -17,10 +17,14 @@ use crate::fill::{Begin, Fills};
 use crate::hasher::verify_bytes;
 use crate::mapping::MappingLog;
 use crate::memory::MemoryTier;
+use crate::shared::SharedTier;
 use crate::source::Source;
 use crate::stats::StatsSnapshot;
 use crate::tags::TagIndex;
 use crate::tier::{Tier, Tiered};
+
+/// The longest a local miss waits for the shared tier's answer.
+pub const SHARED_LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The cache. Cheap to clone (all state is shared).
 ///
@@ -42,6 +46,7 @@ struct Inner {
     tags: TagIndex,
     mappings: MappingLog,
     diff_ids: DiffIdLog,
+    shared: Option<SharedTier>,
 }
 
 impl Store {
@@ -78,6 +83,7 @@ impl Store {
                 tags,
                 mappings,
                 diff_ids,
+                shared: config.shared.clone(),
                 config,
             }),
         })
@@ -86,8 +92,39 @@ impl Store {
     /// Looks the digest up in each tier, fastest first. `Ok(None)` on a miss.
     /// A small disk hit is promoted to memory and returned as bytes; a large
     /// one comes back as an open file. See [`Tiered::get`].
+    ///
+    /// With a shared tier, a local miss asks it next (bounded by
+    /// [`SHARED_LOOKUP_WAIT`]; an error or a slow answer is a miss): a small
+    /// object there (a manifest, a config) is verified, stored locally and
+    /// returned; a blob is left to the fill, which streams it.
     pub async fn get(&self, digest: &Digest) -> Result<Option<Source>, StoreError> {
-        self.inner.tiers.get(digest).await
+        if let Some(source) = self.inner.tiers.get(digest).await? {
+            return Ok(Some(source));
+        }
+        let Some(shared) = &self.inner.shared else {
+            return Ok(None);
+        };
+        let bytes = match tokio::time::timeout(SHARED_LOOKUP_WAIT, shared.get(digest)).await {
+            Ok(Ok(Some(Source::Bytes(bytes)))) => bytes,
+            Ok(Ok(_)) => return Ok(None),
+            Ok(Err(error)) => {
+                tracing::warn!(%digest, %error, "shared tier lookup failed; treating as a miss");
+                return Ok(None);
+            }
+            Err(_) => {
+                tracing::warn!(%digest, "shared tier lookup too slow; treating as a miss");
+                return Ok(None);
+            }
+        };
+        if let Err(error) = self.inner.tiers.put(digest, bytes.clone()).await {
+            tracing::warn!(%digest, %error, "keeping a shared-tier hit locally failed");
+        }
+        Ok(Some(Source::Bytes(bytes)))
+    }
+
+    /// The tier the replicas share, when configured.
+    pub fn shared(&self) -> Option<&SharedTier> {
+        self.inner.shared.as_ref()
     }
 
     /// The content length, if cached, without opening anything (for `HEAD`).
@@ -108,6 +145,15 @@ impl Store {
             expected: digest.clone(),
             actual,
         })?;
+        if let Some(shared) = &self.inner.shared {
+            // Background: the object store's latency stays off the request.
+            let (shared, digest, bytes) = (shared.clone(), digest.clone(), bytes.clone());
+            tokio::spawn(async move {
+                if let Err(error) = shared.put_bytes(&digest, bytes).await {
+                    tracing::warn!(%digest, %error, "sharing content failed; other replicas will fetch it themselves");
+                }
+            });
+        }
         self.inner.tiers.put(digest, bytes).await
     }
 
