@@ -17,6 +17,7 @@
 //! | [`metrics`] | parsed Prometheus text from regcache's `/metrics` |
 //! | [`mounts`] | [`mounts::Tmpfs`] (a small tmpfs, unmounted on drop) and [`mounts::Bind`] (a data dir switched to read-only under a running regcache); root only |
 //! | [`moto`] | [`moto::MotoServer`]: moto's S3 server from the test virtualenv, a bucket, key listings, kill on drop |
+//! | [`cluster`] | [`cluster::TestCluster`]: n regcache replicas sharing a moto bucket, with `[cluster]`/`[shared]` tables, rendezvous owners, `kill9`, a late replica |
 //! | [`fault`] | [`FaultProxy`]: forwards to the registry, corrupts / truncates blob bodies, injects statuses and stalls, counts requests |
 //! | [`token`] | [`TokenServer`]: a JWT token service that distribution's `auth: token` trusts |
 //! | [`referrers`] | [`referrers::ReferrersUpstream`]: a small registry with the OCI 1.1 referrers API (distribution 2.8 has none), counting requests |
@@ -31,6 +32,7 @@
 
 pub mod client;
 pub mod clients;
+pub mod cluster;
 pub mod fault;
 pub mod http_server;
 pub mod image;

@@ -13,6 +13,7 @@ mod client_auth;
 mod client_auth_clients;
 mod client_auth_tls;
 mod client_bodies;
+mod cluster_harness;
 mod config_cli;
 mod config_reload;
 mod connections;
