@@ -16,6 +16,8 @@
 //! | [`regcache`] | locating and running the `regcache` binary: `regcache convert`, and [`Regcache`] for `regcache serve` (ephemeral ports, readiness, metrics, SIGTERM, restarts) |
 //! | [`metrics`] | parsed Prometheus text from regcache's `/metrics` |
 //! | [`mounts`] | [`mounts::Tmpfs`] (a small tmpfs, unmounted on drop) and [`mounts::Bind`] (a data dir switched to read-only under a running regcache); root only |
+//! | [`moto`] | [`moto::MotoServer`]: moto's S3 server from the test virtualenv, a bucket, key listings, kill on drop |
+//! | [`cluster`] | [`cluster::TestCluster`]: n regcache replicas sharing a moto bucket, with `[cluster]`/`[shared]` tables, rendezvous owners, `kill9`, a late replica |
 //! | [`fault`] | [`FaultProxy`]: forwards to the registry, corrupts / truncates blob bodies, injects statuses and stalls, counts requests |
 //! | [`token`] | [`TokenServer`]: a JWT token service that distribution's `auth: token` trusts |
 //! | [`referrers`] | [`referrers::ReferrersUpstream`]: a small registry with the OCI 1.1 referrers API (distribution 2.8 has none), counting requests |
@@ -30,12 +32,14 @@
 
 pub mod client;
 pub mod clients;
+pub mod cluster;
 pub mod fault;
 pub mod http_server;
 pub mod image;
 pub mod jws;
 pub mod keys;
 pub mod metrics;
+pub mod moto;
 pub mod mounts;
 pub mod policy_support;
 pub mod ports;
@@ -52,7 +56,7 @@ pub use image::{Image, ImageGen, Layer, LayerKind, OciLayout, Platform};
 pub use metrics::Metrics;
 pub use ports::{free_addr, free_port};
 pub use regcache::{ConvertArgs, ConvertOutput, regcache_bin};
-pub use regcache::{Regcache, RegcacheOptions};
+pub use regcache::{EnvVars, Regcache, RegcacheOptions};
 pub use registry::{AccessLogEntry, Credentials, Registry, RegistryOptions};
 pub use skopeo::{Skopeo, SkopeoFormat};
 pub use token::{TokenAuth, TokenServer, TokenServerOptions};

@@ -48,6 +48,27 @@ pub fn free_addr_pair() -> (SocketAddr, SocketAddr) {
     (addr(&a), addr(&b))
 }
 
+/// `n` different free loopback addresses, all held bound at once before
+/// being released (see [`free_addr_pair`]).
+///
+/// # Panics
+/// When nothing can be bound on 127.0.0.1 at all.
+pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0: {e}"))
+        })
+        .collect();
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .unwrap_or_else(|e| panic!("no local address for a bound listener: {e}"))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +86,12 @@ mod tests {
             let (a, b) = free_addr_pair();
             assert_ne!(a, b);
         }
+    }
+
+    #[test]
+    fn free_addrs_are_distinct() {
+        let addrs = free_addrs(5);
+        let unique: std::collections::HashSet<_> = addrs.iter().collect();
+        assert_eq!((addrs.len(), unique.len()), (5, 5), "{addrs:?}");
     }
 }

@@ -177,6 +177,23 @@ pub struct RegcacheOptions {
     /// need the admin token. [`Regcache::admin_url`] still connects via
     /// 127.0.0.1.
     pub admin_on_all_addresses: bool,
+    /// Environment variables set for the child process (e.g. the secrets a
+    /// `*_env` config key names). `Debug` shows their names only.
+    pub env: EnvVars,
+}
+
+/// Extra environment variables for `regcache serve`, in order (a later
+/// entry for the same name wins). Values are often secrets, so `Debug`
+/// prints the names only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EnvVars(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for EnvVars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, _)| (k, "<redacted>")))
+            .finish()
+    }
 }
 
 impl RegcacheOptions {
@@ -208,6 +225,7 @@ impl RegcacheOptions {
             extra_toml: String::new(),
             tls: None,
             admin_on_all_addresses: false,
+            env: EnvVars::default(),
         }
     }
 
@@ -277,6 +295,12 @@ impl RegcacheOptions {
     /// TLS on the API listener with these PEM files (certificate chain, key).
     pub fn tls(mut self, cert_file: impl Into<PathBuf>, key_file: impl Into<PathBuf>) -> Self {
         self.tls = Some((cert_file.into(), key_file.into()));
+        self
+    }
+
+    /// Sets `key=value` in the child's environment (every start).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.0.push((key.into(), value.into()));
         self
     }
 
@@ -467,6 +491,7 @@ impl Regcache {
                     .env("REGCACHE_UPSTREAM_USERNAME", &creds.username)
                     .env("REGCACHE_UPSTREAM_PASSWORD", &creds.password);
             }
+            command.envs(self.options.env.0.iter().map(|(k, v)| (k, v)));
             let child = command
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", bin.display()));
@@ -789,6 +814,18 @@ mod tests {
             table.contains("\ncatalog = \"stored-credentials\"\n"),
             "{toml}"
         );
+    }
+
+    #[test]
+    fn env_values_stay_out_of_debug() {
+        let options = RegcacheOptions::new("http://127.0.0.1:1").env("MY_SECRET", "hunter2-xyz");
+        assert_eq!(
+            options.env.0,
+            vec![("MY_SECRET".to_owned(), "hunter2-xyz".to_owned())]
+        );
+        let debug = format!("{options:?}");
+        assert!(debug.contains("MY_SECRET"), "{debug}");
+        assert!(!debug.contains("hunter2-xyz"), "{debug}");
     }
 
     #[test]
