@@ -43,13 +43,13 @@ pub struct AuthFailure {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
-    /// `api` or `admin`.
+    /// `api`, `admin` or `internal` (`[cluster]`).
     pub listener: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnReason {
-    /// `api` or `admin`.
+    /// `api`, `admin` or `internal` (`[cluster]`).
     pub listener: &'static str,
     /// Why; see the metric's help.
     pub reason: &'static str,
@@ -341,7 +341,7 @@ impl Metrics {
         let open_connections = Family::<ListenerLabel, Gauge>::default();
         registry.register(
             "open_connections",
-            "Client connections open now, by listener (api, admin)",
+            "Client connections open now, by listener (api, admin, internal)",
             open_connections.clone(),
         );
         let connections_refused = Family::<ConnReason, Counter>::default();

@@ -20,6 +20,8 @@ mod peer;
 mod rendezvous;
 
 #[cfg(test)]
+mod startup_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
