@@ -19,8 +19,22 @@ pub fn summary(settings: &Settings) -> String {
             format!("{} ({}{default})", u.name, u.url)
         })
         .collect();
+    let mut extra = String::new();
+    if let Some(c) = &settings.cluster {
+        let peers = match &c.peers {
+            crate::config::PeerSource::Static(list) => format!("{} static peer(s)", list.len()),
+            crate::config::PeerSource::Dns { host, port } => format!("peers from {host}:{port}"),
+        };
+        extra.push_str(&format!(
+            "; cluster {} as {}, {peers}",
+            c.listen, c.advertise
+        ));
+    }
+    if let Some(sh) = &settings.shared {
+        extra.push_str(&format!("; shared tier s3://{}/{}", sh.bucket, sh.prefix));
+    }
     format!(
-        "configuration ok: {} upstream(s): {}; {} policy rule(s); {} access rule(s); listen {} ({}), admin {}",
+        "configuration ok: {} upstream(s): {}; {} policy rule(s); {} access rule(s); listen {} ({}), admin {}{extra}",
         settings.upstreams.len(),
         upstreams.join(", "),
         settings.policies.len(),
@@ -46,6 +60,22 @@ mod tests {
         assert_eq!(
             super::summary(&s),
             "configuration ok: 1 upstream(s): docker.io (https://registry-1.docker.io/, default); 0 policy rule(s); 0 access rule(s); listen 0.0.0.0:5000 (http), admin 127.0.0.1:5001"
+        );
+        let (_d, file) = crate::config::test_support::config_file(
+            "[cluster]\nlisten = \"10.0.0.5:5002\"\npeers_dns = \"peers.local:5002\"\n[shared]\nbucket = \"b\"\nprefix = \"rc/\"\n",
+        );
+        let s = Config::load(
+            Some(&file),
+            &env(&[("REGCACHE_CLUSTER_SECRET", "0123456789abcdef0123")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(
+            super::summary(&s).ends_with(
+                "admin 127.0.0.1:5001; cluster 10.0.0.5:5002 as 10.0.0.5:5002, peers from peers.local:5002; shared tier s3://b/rc/"
+            ),
+            "{}",
+            super::summary(&s)
         );
     }
 }

@@ -290,23 +290,36 @@ fn serve(file: Option<&Path>, overrides: &Overrides) -> Result<(), ExitCode> {
     rt.block_on(async move {
         // Bound first: an address in use fails before anything is written
         // to the data dir (the cache, the signing key).
-        let (api, admin) = server::bind(&settings).await.map_err(|e| {
+        let bound = match server::bind(&settings).await {
+            Ok((api, admin)) => server::bind_internal(&settings)
+                .await
+                .map(|internal| (api, admin, internal)),
+            Err(e) => Err(e),
+        };
+        let (api, admin, internal) = bound.map_err(|e| {
             tracing::error!(error = %e, "start-up failed");
             eprintln!("regcache: {e}");
             exit::code(EX_UNAVAILABLE)
         })?;
+        let internal_addr = internal
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string());
         let running = server::build(&settings).await.map_err(|e| {
             tracing::error!(error = %e, "start-up failed");
             ExitCode::from(1)
         })?;
-        let running = running.with_reload(regcache_server::reload::ReloadSource {
-            file: file.map(Path::to_path_buf),
-            overrides: overrides.clone(),
-        });
+        let running = running
+            .with_reload(regcache_server::reload::ReloadSource {
+                file: file.map(Path::to_path_buf),
+                overrides: overrides.clone(),
+            })
+            .with_internal_listener(internal);
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             listen = %api.local_addr().map_or_else(|_| settings.listen.to_string(), |a| a.to_string()),
             admin = %admin.local_addr().map_or_else(|_| settings.admin_listen.to_string(), |a| a.to_string()),
+            internal = internal_addr.as_deref(),
             scheme = if settings.tls.is_some() { "https" } else { "http" },
             upstream = %settings.default_upstream().url,
             upstream_name = %settings.default_upstream().name,

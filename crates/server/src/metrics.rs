@@ -43,13 +43,13 @@ pub struct AuthFailure {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
-    /// `api` or `admin`.
+    /// `api`, `admin` or `internal` (`[cluster]`).
     pub listener: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnReason {
-    /// `api` or `admin`.
+    /// `api`, `admin` or `internal` (`[cluster]`).
     pub listener: &'static str,
     /// Why; see the metric's help.
     pub reason: &'static str,
@@ -100,6 +100,8 @@ pub struct Metrics {
     pub cache: crate::metrics_cache::CacheMetrics,
     /// Requests, latency, fills in flight, cache tiers (`metrics_http.rs`).
     pub http: crate::metrics_http::HttpMetrics,
+    /// Cluster members and peer requests (`metrics_cluster.rs`).
+    pub cluster: crate::metrics_cluster::ClusterMetrics,
     /// `process_*`, apart: no `regcache_` prefix.
     process: Registry,
     /// Configuration reloads ([`crate::reload`]).
@@ -253,6 +255,7 @@ impl Metrics {
         );
         let cache = crate::metrics_cache::CacheMetrics::register(&mut registry);
         let http = crate::metrics_http::HttpMetrics::register(&mut registry);
+        let cluster = crate::metrics_cluster::ClusterMetrics::register(&mut registry);
         let mut process = Registry::with_prefix("process");
         if let Err(e) = kubert_prometheus_process::register(&mut process) {
             tracing::warn!(error = %e, "process metrics are not available");
@@ -338,7 +341,7 @@ impl Metrics {
         let open_connections = Family::<ListenerLabel, Gauge>::default();
         registry.register(
             "open_connections",
-            "Client connections open now, by listener (api, admin)",
+            "Client connections open now, by listener (api, admin, internal)",
             open_connections.clone(),
         );
         let connections_refused = Family::<ConnReason, Counter>::default();
@@ -387,6 +390,7 @@ impl Metrics {
             fills_failed,
             cache,
             http,
+            cluster,
             process,
             reload,
             responses,

@@ -269,6 +269,17 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<String> {
         new.signing_key_path.display().to_string(),
     );
     check("log", log_of(old), log_of(new));
+    // Debug: the secrets are redacted (a changed secret alone is not named).
+    check(
+        "cluster",
+        format!("{:?}", old.cluster),
+        format!("{:?}", new.cluster),
+    );
+    check(
+        "shared",
+        format!("{:?}", old.shared),
+        format!("{:?}", new.shared),
+    );
     let tls = |s: &Settings| {
         s.tls.as_ref().map_or("none".to_owned(), |t| {
             format!("{} {}", t.cert_file.display(), t.key_file.display())

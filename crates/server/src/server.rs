@@ -1,6 +1,8 @@
 //! Start-up and the two listeners: the registry API (plain HTTP, or TLS only
 //! when `tls_cert_file`/`tls_key_file` are set) and the admin endpoints
-//! (always plain HTTP: they stay on loopback or a cluster network).
+//! (always plain HTTP: they stay on loopback or a cluster network); with
+//! `[cluster]`, a third: the internal listener other replicas ask for blobs
+//! ([`crate::cluster`]; [`bind_internal`], [`Running::with_internal_listener`]).
 //!
 //! SIGHUP reloads the configuration ([`crate::reload`]; also `POST /reload`
 //! on the admin listener) and the API listener's certificate and key from
@@ -131,12 +133,31 @@ pub struct Running {
     /// Where the configuration is read again on SIGHUP and `POST /reload`;
     /// `None`: no reload (tests building a server from settings).
     reload: Option<crate::reload::ReloadSource>,
+    /// The internal listener (`[cluster]`), bound by [`bind_internal`];
+    /// `None`: not served.
+    internal: Option<TcpListener>,
+    /// What the internal listener serves blobs from.
+    internal_blobs: Arc<dyn crate::cluster::InternalBlobs>,
 }
 
 impl Running {
     /// Reload the configuration from `source` on SIGHUP and `POST /reload`.
     pub fn with_reload(mut self, source: crate::reload::ReloadSource) -> Running {
         self.reload = Some(source);
+        self
+    }
+
+    /// Serve the internal endpoints on `listener` (from [`bind_internal`];
+    /// only with `[cluster]`, which [`build`] made the app a member of).
+    pub fn with_internal_listener(mut self, listener: Option<TcpListener>) -> Running {
+        self.internal = listener;
+        self
+    }
+
+    /// Serve peers' blob requests from `blobs` (by default
+    /// [`crate::cluster::Unwired`]: 503).
+    pub fn with_internal_blobs(mut self, blobs: Arc<dyn crate::cluster::InternalBlobs>) -> Running {
+        self.internal_blobs = blobs;
         self
     }
 }
@@ -257,6 +278,10 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
             "admin_listen is not a loopback address and no admin token is set: state-changing admin endpoints are refused (set [admin] token_file or REGCACHE_ADMIN_TOKEN)"
         ),
     }
+    if let Some(c) = &settings.cluster {
+        let cluster = crate::cluster::Cluster::start_with_metrics(c, app.metrics.cluster.clone());
+        app.set_cluster(cluster);
+    }
     let l = &settings.limits;
     tracing::info!(
         max_connections = l.max_connections,
@@ -276,6 +301,8 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
         settings: settings.clone(),
         clients,
         reload: None,
+        internal: None,
+        internal_blobs: Arc::new(crate::cluster::Unwired),
     })
 }
 
@@ -296,6 +323,8 @@ pub async fn serve(
         settings,
         clients,
         reload,
+        internal,
+        internal_blobs,
     } = running;
     let config_reloader = reload.map(|source| {
         Arc::new(crate::reload::ConfigReloader::new(
@@ -316,7 +345,7 @@ pub async fn serve(
     let admin_limits = crate::config::ConnLimits {
         max_connections: 64,
         max_connections_per_client: None,
-        ..limits
+        ..limits.clone()
     };
     let admin_guard = Arc::new(crate::conn::Guard::new(
         "admin",
@@ -391,6 +420,36 @@ pub async fn serve(
         },
         Duration::from_secs(1),
     ));
+    // The internal listener (`[cluster]`): other replicas, no rate limit
+    // (a peer asks for many blobs at once), the API's connection cap.
+    let internal_task = match (internal, app.cluster().cloned()) {
+        (Some(listener), Some(cluster)) => {
+            let guard = Arc::new(crate::conn::Guard::new(
+                "internal",
+                crate::config::ConnLimits {
+                    max_connections_per_client: None,
+                    ..limits
+                },
+                &app.metrics,
+                false,
+            ));
+            let mut rx3 = stop_rx.clone();
+            Some(tokio::spawn(crate::cluster::serve_internal(
+                listener,
+                cluster,
+                internal_blobs,
+                guard,
+                async move {
+                    let _ = rx3.changed().await;
+                },
+            )))
+        }
+        (Some(_), None) => {
+            tracing::warn!("an internal listener without [cluster]: not served");
+            None
+        }
+        _ => None,
+    };
     let sampler = crate::cockpit::spawn_sampler(&app);
     ready.store(true, Ordering::SeqCst);
     shutdown.await;
@@ -404,6 +463,9 @@ pub async fn serve(
     }
     let _ = api_task.await;
     let _ = admin_task.await;
+    if let Some(task) = internal_task {
+        let _ = task.await;
+    }
     tracing::info!("stopped");
 }
 
@@ -505,4 +567,14 @@ pub async fn bind(settings: &Settings) -> Result<(TcpListener, TcpListener), Sta
     let api = listen(settings.listen)?;
     let admin = listen(settings.admin_listen)?;
     Ok((api, admin))
+}
+
+/// Bind the internal listener when `[cluster]` is set (with [`bind`]:
+/// before [`build`]; an address in use exits 69 as theirs does).
+pub async fn bind_internal(settings: &Settings) -> Result<Option<TcpListener>, StartError> {
+    settings
+        .cluster
+        .as_ref()
+        .map(|c| listen(c.listen))
+        .transpose()
 }

@@ -40,6 +40,10 @@ pub struct Config {
     /// `[[access]]` rules granting actions to users and groups
     /// (see `auth/access.rs`); only with client authentication.
     pub access: Vec<crate::auth::access::AccessRuleConfig>,
+    /// Replicas sharing one cache (see `cluster.rs`); absent: one replica.
+    pub cluster: Option<super::ClusterSection>,
+    /// The S3-compatible shared tier (see `shared.rs`); absent: none.
+    pub shared: Option<super::SharedSection>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -185,6 +189,8 @@ impl Default for Config {
             policy: Vec::new(),
             auth: super::auth::AuthSection::default(),
             access: Vec::new(),
+            cluster: None,
+            shared: None,
         }
     }
 }

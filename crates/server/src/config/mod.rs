@@ -14,6 +14,8 @@
 //! - `keys.rs`: unknown keys, found from the serde types in `file.rs`, and
 //!   where a value failed (so every failing value is reported, not the first).
 //! - `cross.rs`: checks across sections (rules naming unknown upstreams).
+//! - `cluster.rs`, `shared.rs`: `[cluster]` (replicas, the internal
+//!   listener, the shared secret) and `[shared]` (the S3 tier).
 //! - `bounds.rs`: the bounds of every numeric setting, and upstream hosts
 //!   that are no host (`0.0.0.0`, `::`).
 //!
@@ -24,12 +26,14 @@
 
 mod auth;
 mod bounds;
+mod cluster;
 mod cross;
 mod file;
 mod keys;
 mod layers;
 mod limits;
 mod settings;
+mod shared;
 mod tls;
 mod validate;
 
@@ -37,12 +41,16 @@ use std::fmt;
 use std::path::Path;
 
 pub use auth::{AuthMode, AuthSection, AuthSettings, ChallengeKind, TOKEN_TTL_SECS};
+pub use cluster::{
+    ADVERTISE_ENV, ClusterSecret, ClusterSection, ClusterSettings, DEFAULT_SECRET_ENV, PeerSource,
+};
 pub use file::{
     ByteSize, CacheSection, Config, LogSection, Schema1Section, UpstreamSection, UpstreamSections,
 };
 pub use layers::{EnvSource, OVERRIDE_ENV_VARS, Overrides, ProcessEnv, ServeEnv};
 pub use limits::{AdminSection, AdminToken, ConnLimits, LimitsSection};
 pub use settings::{Settings, TlsSettings, UpstreamSettings};
+pub use shared::{SharedSection, SharedSettings};
 
 /// Every problem found, reported together.
 #[derive(Debug, Clone, PartialEq)]

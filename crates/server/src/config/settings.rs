@@ -34,6 +34,10 @@ pub struct Settings {
     pub limits: super::ConnLimits,
     /// The admin listener's bearer token (redacted in `Debug`).
     pub admin_token: Option<super::AdminToken>,
+    /// `[cluster]`; `None`: a single replica.
+    pub cluster: Option<super::ClusterSettings>,
+    /// `[shared]`; `None`: no shared tier.
+    pub shared: Option<super::SharedSettings>,
 }
 
 /// The API listener's certificate and key, loaded and checked against each

@@ -150,6 +150,11 @@ impl Config {
         let limits = self.limits.validate(&mut problems);
         let admin_token =
             super::limits::load_admin_token(self.admin.token_file.as_ref(), env, &mut problems);
+        let cluster = (self.cluster.as_ref()).and_then(|c| {
+            super::cluster::validate_cluster(c, listen, admin_listen, env, &mut problems)
+        });
+        let shared = (self.shared.as_ref())
+            .and_then(|s| super::shared::validate_shared(s, env, &mut problems));
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -181,6 +186,8 @@ impl Config {
             auth,
             limits,
             admin_token,
+            cluster,
+            shared,
         })
     }
 }

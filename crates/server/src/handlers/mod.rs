@@ -59,6 +59,10 @@ pub struct App {
     id_prefix: u32,
     /// `[log] access` ([`crate::access_log::AccessLevel`]).
     access: AtomicU8,
+    /// The cluster this replica is a member of (`[cluster]`), set once at
+    /// start-up after the app exists (its metrics count in the app's
+    /// registry); unset: a single replica.
+    cluster: std::sync::OnceLock<crate::cluster::Cluster>,
 }
 
 impl std::fmt::Debug for App {
@@ -107,7 +111,21 @@ impl App {
             next_id: AtomicU64::new(1),
             id_prefix: crate::access_log::id_prefix(),
             access: AtomicU8::new(crate::access_log::AccessLevel::Info.as_u8()),
+            cluster: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The cluster, when `[cluster]` is configured.
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.cluster.get()
+    }
+
+    /// Make this app a cluster member (once; a second call is ignored and
+    /// logged).
+    pub fn set_cluster(&self, cluster: crate::cluster::Cluster) {
+        if self.cluster.set(cluster).is_err() {
+            tracing::warn!("the cluster was set twice; keeping the first");
+        }
     }
 
     /// Client authentication (a reload replaces its access rules).
