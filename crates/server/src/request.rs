@@ -206,6 +206,20 @@ impl std::fmt::Debug for Target {
 }
 
 impl Target {
+    /// The target of another replica's internal request for a blob
+    /// ([`crate::handlers::peer`]): the named upstream with regcache's own
+    /// identity, no client path or prefix.
+    pub fn for_peer(upstream: Arc<Upstream>) -> Target {
+        Target {
+            upstream,
+            span: RequestSpan::default(),
+            prefix: None,
+            library_added: false,
+            upstream_path: String::new(),
+            acting_as: None,
+        }
+    }
+
     /// The request's span (`id`, `method`, `route`, `repository`,
     /// `upstream`): every log line of the request's slow work runs in it.
     /// Made on first use: a cache hit logs nothing, and formatting a span's

@@ -178,13 +178,14 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
             source,
         });
     }
-    let store = Store::open(
-        StoreConfig::new(crate::admin_cli::store_root(&settings.data_dir))
-            .disk_max_bytes(settings.disk_size)
-            .memory_max_bytes(settings.memory_size)
-            .memory_max_object_bytes(settings.memory_max_object),
-    )
-    .await?;
+    let mut store_config = StoreConfig::new(crate::admin_cli::store_root(&settings.data_dir))
+        .disk_max_bytes(settings.disk_size)
+        .memory_max_bytes(settings.memory_size)
+        .memory_max_object_bytes(settings.memory_max_object);
+    if let Some(shared) = &settings.shared {
+        store_config = store_config.shared(crate::cluster::shared_tier(shared).await?);
+    }
+    let store = Store::open(store_config).await?;
     let key = load_or_create_key(&settings.signing_key_path)?;
     tracing::info!(kid = key.kid(), path = %settings.signing_key_path.display(), "schema 1 signing key");
     let mut ups = Vec::new();
@@ -280,8 +281,16 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
     }
     if let Some(c) = &settings.cluster {
         let cluster = crate::cluster::Cluster::start_with_metrics(c, app.metrics.cluster.clone());
+        tracing::info!(me = %cluster.me(), members = cluster.members().len(), "cluster member");
         app.set_cluster(cluster);
     }
+    let cluster_fill =
+        crate::services::ClusterFill::new(app.store().shared().cloned(), app.cluster().cloned());
+    if cluster_fill.is_on() {
+        app.services().blobs.join_cluster(cluster_fill);
+    }
+    let internal_blobs: Arc<dyn crate::cluster::InternalBlobs> =
+        Arc::new(crate::handlers::peer::PeerBlobs::new(app.clone()));
     let l = &settings.limits;
     tracing::info!(
         max_connections = l.max_connections,
@@ -302,7 +311,7 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
         clients,
         reload: None,
         internal: None,
-        internal_blobs: Arc::new(crate::cluster::Unwired),
+        internal_blobs,
     })
 }
 

@@ -18,6 +18,7 @@ mod internal;
 mod members;
 mod peer;
 mod rendezvous;
+mod shared;
 
 #[cfg(test)]
 mod startup_tests;
@@ -35,6 +36,7 @@ use crate::metrics_cluster::ClusterMetrics;
 pub use internal::{InternalBlob, InternalBlobs, Unwired, serve_internal};
 pub use peer::{PeerBody, PeerError};
 pub use rendezvous::score;
+pub use shared::shared_tier;
 
 /// A replica, as `host:port` of its internal listener (its `advertise`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -38,6 +38,7 @@ mod gated;
 pub mod listings;
 pub mod manifests;
 mod observed;
+pub mod peer;
 pub mod push;
 pub mod referrers;
 

@@ -26,6 +26,8 @@ use crate::error::{Error, UpstreamFillError};
 use crate::metrics::{Kind, Metrics};
 use crate::request::Target;
 
+use super::cluster_fill::{ClusterFill, Tried};
+
 /// Most bytes of a blob download written to its fill in one batch.
 const FILL_BATCH_BYTES: usize = 1 << 20;
 
@@ -57,6 +59,9 @@ pub struct BlobService {
     metrics: Arc<Metrics>,
     /// Clients attached to each fill in progress (the waiters-per-fill histogram).
     waiters: Arc<Mutex<HashMap<Digest, u64>>>,
+    /// The shared tier and the other replicas, once set at start-up
+    /// ([`BlobService::join_cluster`]); unset: a replica on its own.
+    cluster: Arc<std::sync::OnceLock<ClusterFill>>,
 }
 
 impl BlobService {
@@ -65,7 +70,14 @@ impl BlobService {
             store,
             metrics,
             waiters: Arc::default(),
+            cluster: Arc::default(),
         }
+    }
+
+    /// Fills look in the shared tier and ask the digest's owner first (see
+    /// [`super::cluster_fill`]). Set once, at start-up; later calls are ignored.
+    pub fn join_cluster(&self, cluster: ClusterFill) {
+        let _ = self.cluster.set(cluster);
     }
 
     /// The cached blob, from memory or disk; counted as a hit.
@@ -94,7 +106,23 @@ impl BlobService {
         name: &RepositoryName,
         digest: &Digest,
     ) -> Result<ColdBlob, Error> {
-        target.in_span(self.cold_now(target, name, digest)).await
+        let ask_owner = target.acting_as.is_none();
+        target
+            .in_span(self.cold_now(target, name, digest, ask_owner))
+            .await
+    }
+
+    /// [`BlobService::cold`] for another replica that asked this one, the
+    /// digest's owner: a fill started here never asks a peer.
+    pub async fn cold_for_peer(
+        &self,
+        target: &Target,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<ColdBlob, Error> {
+        target
+            .in_span(self.cold_now(target, name, digest, false))
+            .await
     }
 
     async fn cold_now(
@@ -102,11 +130,12 @@ impl BlobService {
         target: &Target,
         name: &RepositoryName,
         digest: &Digest,
+        ask_owner: bool,
     ) -> Result<ColdBlob, Error> {
         self.metrics.miss(Kind::Blob);
         let mut attempt = 0;
         loop {
-            let mut reader = self.fill(target, name, digest).await?;
+            let mut reader = self.fill(target, name, digest, ask_owner).await?;
             match reader.wait_len().await {
                 Ok(len) => return Ok(ColdBlob { len, reader }),
                 Err(e) => {
@@ -204,6 +233,7 @@ impl BlobService {
         target: &Target,
         name: &RepositoryName,
         digest: &Digest,
+        ask_owner: bool,
     ) -> Result<FillReader, Error> {
         let begin = self
             .store
@@ -233,6 +263,9 @@ impl BlobService {
                     repository: name.as_str().to_owned(),
                     digest: digest.clone(),
                     failed: self.metrics.fills_failed.clone(),
+                    cluster: self.cluster.get().cloned().unwrap_or_default(),
+                    ask_owner,
+                    store: self.store.clone(),
                 };
                 let in_flight = self.metrics.http.fill_started();
                 tokio::spawn(
@@ -257,12 +290,35 @@ pub(super) struct Pump {
     pub(super) repository: String,
     pub(super) digest: Digest,
     failed: prometheus_client::metrics::counter::Counter,
+    /// The shared tier and the other replicas ([`super::cluster_fill`]).
+    pub(super) cluster: ClusterFill,
+    /// Whether this fill may ask the digest's owner (not when it serves a
+    /// peer, nor with a client's own upstream credentials).
+    pub(super) ask_owner: bool,
+    pub(super) store: Store,
 }
 
 impl Pump {
     async fn run(self, mut writer: FillWriter) {
+        if self.cluster.is_on() {
+            writer = match self
+                .fill_from_cluster(&self.cluster, self.ask_owner, writer)
+                .await
+            {
+                Tried::Done => return,
+                Tried::Next(w) => w,
+            };
+        }
         let d = &self.digest;
-        let body = match self.upstream.get_blob(&self.repository, d, None).await {
+        // Past 0 when the shared tier or a peer broke off mid-way: the
+        // upstream gives the rest (`Range`), and the length is known already.
+        let offset = writer.written();
+        let body = if offset == 0 {
+            self.upstream.get_blob(&self.repository, d, None).await
+        } else {
+            self.reopen(offset, None).await
+        };
+        let body = match body {
             Ok(b) => b,
             Err(e) => {
                 tracing::info!(digest = %d, error = %e, "blob fill could not start");
@@ -270,7 +326,7 @@ impl Pump {
                 return;
             }
         };
-        let total = body.len;
+        let total = if offset == 0 { body.len } else { None };
         if let Some(len) = total
             && writer.set_len(len).is_err()
         {
@@ -284,14 +340,28 @@ impl Pump {
             }
             return;
         }
+        if self.commit(writer, "the upstream").await == Some(true) {
+            self.cluster.upload_later(&self.store, d);
+        }
+    }
+
+    /// Commits the fill and logs how it ended; `Some(true)` when the disk
+    /// tier kept it.
+    pub(super) async fn commit(&self, writer: FillWriter, from: &str) -> Option<bool> {
+        let d = &self.digest;
         match writer.commit().await {
             Ok(c) if c.installed == regcache_store::Installed::NotCached => {
-                tracing::info!(digest = %d, bytes = c.len, "blob served without being cached")
+                tracing::info!(digest = %d, bytes = c.len, from, "blob served without being cached");
+                Some(false)
             }
-            Ok(c) => tracing::info!(digest = %d, bytes = c.len, "blob cached"),
+            Ok(c) => {
+                tracing::info!(digest = %d, bytes = c.len, from, "blob cached");
+                Some(true)
+            }
             Err(e) => {
                 self.failed.inc();
-                tracing::warn!(digest = %d, error = %e, "blob fill rejected");
+                tracing::warn!(digest = %d, error = %e, from, "blob fill rejected");
+                None
             }
         }
     }

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 
 pub mod blobs;
 pub mod bridge;
+mod cluster_fill;
 pub mod coalesce;
 mod diffid;
 pub mod links;
@@ -28,6 +29,7 @@ pub mod upgrade;
 
 pub use blobs::BlobService;
 pub use bridge::BridgeService;
+pub use cluster_fill::ClusterFill;
 pub use manifests::ManifestService;
 pub use referrers::ReferrersService;
 pub use schema1::Schema1Service;

@@ -181,7 +181,11 @@ impl Pump {
     }
 
     /// The rest of the blob from `offset`.
-    async fn reopen(&self, offset: u64, total: Option<u64>) -> Result<BlobBody, UpstreamError> {
+    pub(super) async fn reopen(
+        &self,
+        offset: u64,
+        total: Option<u64>,
+    ) -> Result<BlobBody, UpstreamError> {
         let range = (offset > 0).then_some((offset, None));
         let body = self
             .upstream

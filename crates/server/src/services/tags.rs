@@ -149,6 +149,7 @@ impl TagService {
             store: self.store.clone(),
             manifests: self.manifests.clone(),
             known,
+            tag_ttl: ttls.tag_ttl,
             stale_limit: ttls.tag_ttl.saturating_add(ttls.stale_if_error),
         }
     }
@@ -233,6 +234,8 @@ struct Revalidation {
     store: Store,
     manifests: ManifestService,
     known: Option<TagRecord>,
+    /// How long an answer is trusted, here and from the shared tier.
+    tag_ttl: Duration,
     /// How long past its fetch the known answer may serve when the
     /// upstream is unavailable (`tag_ttl + stale_if_error`).
     stale_limit: Duration,
@@ -246,6 +249,9 @@ impl Revalidation {
             tag,
         } = &self.key;
         let now = unix_now();
+        if let Some(r) = self.shared_answer(now).await {
+            return Ok(r);
+        }
         match self
             .upstream
             .head_manifest(repo, tag, &ALL_MANIFEST_TYPES)
@@ -276,6 +282,7 @@ impl Revalidation {
                     size: h.size.unwrap_or(0),
                     fetched_at_unix: now,
                 };
+                self.share(&rec).await;
                 if let Err(e) = self.store.tags().put(up_name, repo, tag, rec) {
                     tracing::warn!(error = %e, "could not record tag");
                 }
@@ -312,6 +319,87 @@ impl Revalidation {
         }
     }
 }
+
+impl Revalidation {
+    /// Another replica's answer, when the shared tier has one younger than
+    /// the TTL (and newer than this replica's): recorded here with its own
+    /// fetch time, so every replica's copy expires together and N replicas
+    /// make about one upstream `HEAD` per tag per TTL.
+    async fn shared_answer(&self, now: u64) -> Option<Resolved> {
+        let shared = self.store.shared()?;
+        let TagKey {
+            upstream,
+            repository,
+            tag,
+        } = &self.key;
+        let rec = match tokio::time::timeout(
+            SHARED_TAG_WAIT,
+            shared.get_tag(upstream, repository, tag),
+        )
+        .await
+        {
+            Ok(Ok(Some(rec))) => rec,
+            Ok(Ok(None)) => return None,
+            Ok(Err(error)) => {
+                tracing::warn!(repo = repository, tag, %error, "shared tier unavailable for the tag; asking the upstream");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    repo = repository,
+                    tag,
+                    "shared tier slow for the tag; asking the upstream"
+                );
+                return None;
+            }
+        };
+        let fresh = now.saturating_sub(rec.fetched_at_unix) < self.tag_ttl.as_secs();
+        let newer = self
+            .known
+            .as_ref()
+            .is_none_or(|k| rec.fetched_at_unix > k.fetched_at_unix);
+        if !fresh || !newer {
+            return None;
+        }
+        let resolved = Resolved {
+            digest: rec.digest.clone(),
+            media_type: Some(rec.media_type.clone()).filter(|m| !m.is_empty()),
+            stale: false,
+        };
+        tracing::debug!(repo = repository, tag, digest = %rec.digest, "tag answered by the shared tier");
+        if let Err(e) = self.store.tags().put(upstream, repository, tag, rec) {
+            tracing::warn!(error = %e, "could not record tag");
+        }
+        Some(resolved)
+    }
+
+    /// Publish a fresh answer for the other replicas (best effort).
+    async fn share(&self, rec: &TagRecord) {
+        let Some(shared) = self.store.shared() else {
+            return;
+        };
+        let TagKey {
+            upstream,
+            repository,
+            tag,
+        } = &self.key;
+        match tokio::time::timeout(
+            SHARED_TAG_WAIT,
+            shared.put_tag(upstream, repository, tag, rec),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(repo = repository, tag, %error, "could not share the tag")
+            }
+            Err(_) => tracing::warn!(repo = repository, tag, "sharing the tag timed out"),
+        }
+    }
+}
+
+/// How long a tag lookup or publication in the shared tier may take.
+const SHARED_TAG_WAIT: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
 #[path = "tags_tests.rs"]
