@@ -20,13 +20,38 @@ pub struct PeerResult {
     pub result: &'static str,
 }
 
-/// `regcache_cluster_members{state}` and `regcache_peer_requests_total{result}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FillSource {
+    /// Where a committed blob fill's bytes came from: `shared` (the S3
+    /// tier), `peer` (the digest's owner) or `upstream`.
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SharedOp {
+    /// `get`, `create`, `exists` (a create that found the object), `upload`
+    /// or `error`.
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SharedDirection {
+    /// `read` or `written`.
+    pub direction: &'static str,
+}
+
+/// `regcache_cluster_members{state}`, `regcache_peer_requests_total{result}`,
+/// `regcache_fills_total{source}` and the shared tier's
+/// `regcache_shared_operations_total{op}` and `regcache_shared_bytes_total{direction}`.
 /// Clones share their series; [`ClusterMetrics::default`] is unregistered
 /// (tests, a cluster started without an app).
 #[derive(Debug, Clone, Default)]
 pub struct ClusterMetrics {
     members: Family<MemberState, Gauge>,
     peer_requests: Family<PeerResult, Counter>,
+    fills: Family<FillSource, Counter>,
+    shared_ops: Family<SharedOp, Counter>,
+    shared_bytes: Family<SharedDirection, Counter>,
 }
 
 impl ClusterMetrics {
@@ -42,7 +67,55 @@ impl ClusterMetrics {
             "Blob requests to other replicas, by result (ok, unreachable, status, bad_response, body)",
             m.peer_requests.clone(),
         );
+        registry.register(
+            "fills",
+            "Blob fills committed, by where their bytes came from: shared (the S3 tier), peer (the digest's owner) or upstream",
+            m.fills.clone(),
+        );
+        registry.register(
+            "shared_operations",
+            "Shared tier operations: get (hits read), create (objects this replica stored), exists (creates that found the object there), upload (files uploaded), error",
+            m.shared_ops.clone(),
+        );
+        registry.register(
+            "shared_bytes",
+            "Bytes read from and written to the shared tier",
+            m.shared_bytes.clone(),
+        );
         m
+    }
+
+    /// A fill committed with bytes from `source` (`shared`, `peer`, `upstream`).
+    pub fn fill_from(&self, source: &'static str) {
+        self.fills.get_or_create(&FillSource { source }).inc();
+    }
+
+    /// Brings the shared tier's counters up to `stats` (they only grow).
+    pub fn set_shared(&self, stats: &regcache_store::SharedStats) {
+        let ops = [
+            ("get", stats.gets),
+            ("create", stats.puts_created),
+            ("exists", stats.puts_existing),
+            ("upload", stats.uploads),
+            ("error", stats.errors),
+        ];
+        for (op, n) in ops {
+            let c = self.shared_ops.get_or_create(&SharedOp { op }).clone();
+            let have = c.get();
+            if n > have {
+                c.inc_by(n - have);
+            }
+        }
+        for (direction, n) in [("read", stats.get_bytes), ("written", stats.upload_bytes)] {
+            let c = self
+                .shared_bytes
+                .get_or_create(&SharedDirection { direction })
+                .clone();
+            let have = c.get();
+            if n > have {
+                c.inc_by(n - have);
+            }
+        }
     }
 
     /// Sets both gauges (one statement each: a family's guard must be gone

@@ -284,11 +284,13 @@ pub async fn build(settings: &Settings) -> Result<Running, StartError> {
         tracing::info!(me = %cluster.me(), members = cluster.members().len(), "cluster member");
         app.set_cluster(cluster);
     }
-    let cluster_fill =
-        crate::services::ClusterFill::new(app.store().shared().cloned(), app.cluster().cloned());
-    if cluster_fill.is_on() {
-        app.services().blobs.join_cluster(cluster_fill);
-    }
+    app.services()
+        .blobs
+        .join_cluster(crate::services::ClusterFill::new(
+            app.store().shared().cloned(),
+            app.cluster().cloned(),
+            app.metrics.cluster.clone(),
+        ));
     let internal_blobs: Arc<dyn crate::cluster::InternalBlobs> =
         Arc::new(crate::handlers::peer::PeerBlobs::new(app.clone()));
     let l = &settings.limits;

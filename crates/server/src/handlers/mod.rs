@@ -172,6 +172,9 @@ impl App {
             http.tier("memory", m.bytes_used, m.entries, None);
         }
         self.metrics.cache.update(&s.disk, &s.fills);
+        if let Some(shared) = self.store().shared() {
+            self.metrics.cluster.set_shared(&shared.stats());
+        }
         let evicted = s.disk.evictions;
         let counted = self.metrics.evictions.get();
         if evicted > counted {

@@ -340,16 +340,20 @@ impl Pump {
             }
             return;
         }
-        if self.commit(writer, "the upstream").await == Some(true) {
+        if self.commit(writer, "upstream").await == Some(true) {
             self.cluster.upload_later(&self.store, d);
         }
     }
 
     /// Commits the fill and logs how it ended; `Some(true)` when the disk
-    /// tier kept it.
-    pub(super) async fn commit(&self, writer: FillWriter, from: &str) -> Option<bool> {
+    /// tier kept it. `from`: `shared`, `peer` or `upstream`.
+    pub(super) async fn commit(&self, writer: FillWriter, from: &'static str) -> Option<bool> {
         let d = &self.digest;
-        match writer.commit().await {
+        let committed = writer.commit().await;
+        if committed.is_ok() {
+            self.cluster.metrics.fill_from(from);
+        }
+        match committed {
             Ok(c) if c.installed == regcache_store::Installed::NotCached => {
                 tracing::info!(digest = %d, bytes = c.len, from, "blob served without being cached");
                 Some(false)

@@ -35,6 +35,7 @@ use regcache_upstream::{BlobBody, UpstreamError};
 
 use super::blobs::Pump;
 use crate::cluster::{Cluster, Owner};
+use crate::metrics_cluster::ClusterMetrics;
 
 /// How long the first answer of the shared tier may take before the fill
 /// goes on without it (a sick object store costs a little latency, not pulls).
@@ -47,6 +48,7 @@ pub struct ClusterFill {
     pub(super) cluster: Option<Cluster>,
     /// Digests being uploaded to the shared tier by this replica.
     uploads: Arc<Mutex<HashSet<Digest>>>,
+    pub(super) metrics: ClusterMetrics,
 }
 
 /// How trying one source ended.
@@ -59,11 +61,16 @@ pub(super) enum Tried {
 }
 
 impl ClusterFill {
-    pub fn new(shared: Option<SharedTier>, cluster: Option<Cluster>) -> ClusterFill {
+    pub fn new(
+        shared: Option<SharedTier>,
+        cluster: Option<Cluster>,
+        metrics: ClusterMetrics,
+    ) -> ClusterFill {
         ClusterFill {
             shared,
             cluster,
             uploads: Arc::default(),
+            metrics,
         }
     }
 
@@ -164,7 +171,7 @@ impl Pump {
         };
         match self.copy(blob, &mut writer).await {
             Ok(()) => {
-                self.commit(writer, "the shared tier").await;
+                self.commit(writer, "shared").await;
                 Tried::Done
             }
             Err(None) => Tried::Done,
@@ -225,7 +232,7 @@ impl Pump {
             };
             match self.copy(blob, &mut writer).await {
                 Ok(()) => {
-                    self.commit(writer, "a peer").await;
+                    self.commit(writer, "peer").await;
                     return Tried::Done;
                 }
                 Err(None) => return Tried::Done,
