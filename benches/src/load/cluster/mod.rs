@@ -282,7 +282,6 @@ fn warm_replicas(
     upstream: &Registry,
 ) -> Result<Vec<ReplicaWarm>, String> {
     let mut warm = Vec::new();
-    let mut conns = Vec::new();
     for (i, replica) in replicas.iter().enumerate() {
         let target = target_of(i, replica);
         log(format!("S8: warming {}", target.name));
@@ -310,11 +309,15 @@ fn warm_replicas(
             upstream_cold: summarize_upstream(&upstream.access_entries()[start..end]),
             upstream_second: Vec::new(),
         });
-        conns.push((target, conn));
     }
-    for (record, (target, conn)) in warm.iter_mut().zip(&mut conns) {
+    // New connections: the first ones may have gone idle past the server's
+    // keep-alive timeout while the others warmed.
+    for (i, (record, replica)) in warm.iter_mut().zip(replicas).enumerate() {
+        let target = target_of(i, replica);
+        let mut conn = Conn::connect(target.addr)
+            .map_err(|e| format!("{}: cannot connect to {}: {e}", target.name, target.addr))?;
         let start = settle(upstream);
-        fetch_checked(conn, target, &set.blob)?;
+        fetch_checked(&mut conn, &target, &set.blob)?;
         let end = settle(upstream);
         record.upstream_second = upstream.access_entries()[start..end]
             .iter()

@@ -102,12 +102,20 @@ impl ClusterReport {
         } else {
             "the same server CPU(s)".to_owned()
         };
+        let costs = match self.mode {
+            ClusterMode::Cluster => {
+                "the replicas' cluster and S3 traffic, three processes' scheduling"
+            }
+            ClusterMode::Plain => {
+                "three processes' scheduling; plain replicas have no cluster traffic"
+            }
+        };
         let verdict = match self.ratio() {
             Some(r) if r >= 0.8 => format!(
-                "at {r:.2}× it holds up: spreading the clients costs little (the replicas' cluster and S3 traffic, three processes' scheduling) and does not collapse"
+                "at {r:.2}× (≥ 0.8×) it holds up: spreading the clients costs little ({costs})"
             ),
             Some(r) => format!(
-                "at {r:.2}× it does not hold up: look at the replicas' logs and the per-replica bytes below"
+                "at {r:.2}× (< 0.8×) it does not hold up: look at the replicas' logs and the per-replica bytes below"
             ),
             None => "there is no ratio (a case has no run)".to_owned(),
         };
