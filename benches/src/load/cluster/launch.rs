@@ -51,11 +51,10 @@ impl Moto {
             Ok(program)
         } else {
             Err(format!(
-                "S8 needs moto (a local S3) and {} is missing: install it with `{}/bin/pip install 'moto[server]'` \
-                 (or point REGCACHE_TEST_VENV at a virtualenv that has it; `scripts/test` creates {})",
+                "needs moto (a local S3), and {} is missing: install it with `{}/bin/pip install 'moto[server]'` \
+                 (or point REGCACHE_TEST_VENV at a virtualenv that has it)",
                 program.display(),
                 venv.display(),
-                venv.display()
             ))
         }
     }
