@@ -588,8 +588,10 @@ async fn shipped_configurations_pass_regcache_check() {
         deploy_dir().join("multi-registry.toml"),
         deploy_dir().join("kubernetes/base/regcache.toml"),
         // lead: add the replicated overlay's regcache.toml to the check list once [cluster] lands
-        // (deploy_dir().join("kubernetes/overlays/replicated/regcache.toml"); today's binary
-        // refuses its [cluster] and [shared] sections).
+        // (deploy_dir().join("kubernetes/overlays/replicated/regcache.toml"); this branch's binary
+        // refuses its [cluster] and [shared] sections). Run that check with the environment the
+        // pod has: REGCACHE_CLUSTER_SECRET (>= 16 printable bytes) and REGCACHE_CLUSTER_ADVERTISE
+        // (e.g. 10.0.0.5:5002); without them `check` rightly fails (listen is 0.0.0.0, no secret).
     ];
     for file in &files {
         let (code, stdout, stderr) = regcache_tests::regcache::run_regcache(
