@@ -6,6 +6,7 @@
 //! cargo build --release -p regcache-server               # the binary under test
 //! cargo bench -p regcache-benches --bench load           # ~5-6 min; writes benches/RESULTS.md
 //! cargo bench -p regcache-benches --bench load -- --quick  # ~2 min; prints only
+//! cargo bench -p regcache-benches --bench load -- --cluster  # S8 alone, ~1 min
 //! ```
 //!
 //! Flags (after `--`): `--quick` (also `REGCACHE_BENCH_QUICK=1`): one round
@@ -20,7 +21,16 @@
 //! write RESULTS.md);
 //! `--regcache-bin PATH` to measure another build of regcache (say, of an
 //! older commit) instead of `target/release/regcache`;
-//! `--no-write` to leave RESULTS.md alone.
+//! `--no-write` to leave RESULTS.md alone;
+//! `--cluster` to run S8 alone instead (3 regcache replicas in cluster mode
+//! on moto, warm-blob load spread over them against all on one; needs
+//! `moto_server` in the test virtualenv, `$REGCACHE_TEST_VENV` or
+//! `target/test-venv`; ~1 min): it writes only its own section of
+//! RESULTS.md, which a full run keeps; `--cluster-plain` runs the same with
+//! independent replicas (no `[cluster]`/`[shared]`: a check of the harness
+//! with a binary that has no cluster mode) and writes nothing.
+//! The other flags apply to S8 too (`--quick`, `--duration`, `--rounds`,
+//! `--no-pin`, `--regcache-bin`, `--no-write`).
 //!
 //! What is measured and how: `regcache_benches::load`.
 //!
@@ -30,9 +40,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use regcache_benches::load::cluster::{self, ClusterMode};
 use regcache_benches::load::harness::{self, Options};
 
-const USAGE: &str = "usage: cargo bench -p regcache-benches --bench load [-- [--quick] [--duration SECS] [--rounds N] [--servers regcache,distribution,nginx-cache,nginx-static] [--regcache-bin PATH] [--no-pin] [--no-write]]";
+const USAGE: &str = "usage: cargo bench -p regcache-benches --bench load [-- [--quick] [--duration SECS] [--rounds N] [--servers regcache,distribution,nginx-cache,nginx-static] [--regcache-bin PATH] [--no-pin] [--no-write] [--cluster | --cluster-plain]]";
 
 fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
     if !args.iter().any(|a| a == "--bench") {
@@ -89,6 +100,11 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
                 options.pin = false;
                 options.shown_args.push("--no-pin".into());
             }
+            "--cluster" => options.cluster = Some(ClusterMode::Cluster),
+            "--cluster-plain" => {
+                options.cluster = Some(ClusterMode::Plain);
+                options.write_results = false;
+            }
             "--no-write" => {
                 options.write_results = false;
                 options.shown_args.push("--no-write".into());
@@ -115,6 +131,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(mode) = options.cluster {
+        return run_cluster(&options, mode);
+    }
     let report = match harness::run(&options) {
         Ok(report) => report,
         Err(msg) => {
@@ -125,7 +144,9 @@ fn main() -> ExitCode {
     println!("{}", report.terminal());
     if options.write_results {
         let path = harness::workspace_root().join("benches").join("RESULTS.md");
-        match std::fs::write(&path, report.markdown()) {
+        // S8 is not part of a full run: its section of the old file stays.
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        match std::fs::write(&path, cluster::report::carry_over(&old, &report.markdown())) {
             Ok(()) => println!("wrote {}", path.display()),
             Err(e) => {
                 eprintln!("load: cannot write {}: {e}", path.display());
@@ -136,4 +157,39 @@ fn main() -> ExitCode {
         println!("(RESULTS.md not written: quick or --no-write run)");
     }
     ExitCode::SUCCESS
+}
+
+/// S8 alone: prints its tables and, unless quick, plain or `--no-write`,
+/// puts its section into RESULTS.md (replacing the previous one).
+fn run_cluster(options: &Options, mode: ClusterMode) -> ExitCode {
+    let report = match cluster::run(options, mode) {
+        Ok(report) => report,
+        Err(msg) => {
+            eprintln!("load: S8: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}", report.terminal());
+    if !options.write_results {
+        println!("(RESULTS.md not written: quick, --cluster-plain or --no-write run)");
+        return ExitCode::SUCCESS;
+    }
+    let path = harness::workspace_root().join("benches").join("RESULTS.md");
+    let old = match std::fs::read_to_string(&path) {
+        Ok(old) => old,
+        Err(e) => {
+            eprintln!("load: cannot read {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match std::fs::write(&path, cluster::report::splice(&old, &report.markdown())) {
+        Ok(()) => {
+            println!("wrote S8's section of {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("load: cannot write {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
 }

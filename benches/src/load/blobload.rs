@@ -31,6 +31,9 @@ pub struct BlobLoad {
     pub errors: Vec<String>,
     /// Time per whole blob, sorted.
     pub blob_times: Vec<Duration>,
+    /// Body bytes received from each target, in the order given to
+    /// [`run_spread`] (one entry for [`run`]).
+    pub bytes_per_target: Vec<u64>,
 }
 
 impl BlobLoad {
@@ -62,13 +65,29 @@ pub fn run(
     clients: usize,
     duration: Duration,
 ) -> BlobLoad {
+    run_spread(&[(addr, request.to_vec())], expected_len, clients, duration)
+}
+
+/// Runs the load against several servers of the same blob: client `i`
+/// keeps its connection to `targets[i % targets.len()]` (each with its own
+/// request, whose `Host` names it), so `clients` connections are spread
+/// evenly. `targets` must not be empty.
+pub fn run_spread(
+    targets: &[(SocketAddr, Vec<u8>)],
+    expected_len: u64,
+    clients: usize,
+    duration: Duration,
+) -> BlobLoad {
     let barrier = Arc::new(Barrier::new(clients + 1));
-    let request = Arc::new(request.to_vec());
+    let targets: Vec<(SocketAddr, Arc<Vec<u8>>)> = targets
+        .iter()
+        .map(|(addr, request)| (*addr, Arc::new(request.clone())))
+        .collect();
     let mut handles = Vec::with_capacity(clients);
     let started = Arc::new(std::sync::OnceLock::<Instant>::new());
-    for _ in 0..clients {
+    for i in 0..clients {
         let barrier = barrier.clone();
-        let request = request.clone();
+        let (addr, request) = targets[i % targets.len()].clone();
         let started = started.clone();
         handles.push(std::thread::spawn(move || {
             // Connect before the clock starts.
@@ -84,13 +103,15 @@ pub fn run(
     barrier.wait();
     let mut out = BlobLoad {
         clients,
+        bytes_per_target: vec![0; targets.len()],
         ..BlobLoad::default()
     };
     let mut last = start;
-    for h in handles {
+    for (i, h) in handles.into_iter().enumerate() {
         match h.join() {
             Ok(c) => {
                 out.bytes += c.bytes;
+                out.bytes_per_target[i % targets.len()] += c.bytes;
                 out.completed += c.completed;
                 out.client_cpu_ticks += c.cpu;
                 out.errors.extend(c.errors);
@@ -171,5 +192,77 @@ fn client(
         errors,
         times,
         finished: Instant::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::load::http::get_request;
+
+    /// A keep-alive server answering every request with `len` bytes;
+    /// returns its address.
+    fn blob_server(len: usize) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                std::thread::spawn(move || {
+                    let body = vec![7u8; len];
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+                            if stream.write_all(head.as_bytes()).is_err()
+                                || stream.write_all(&body).is_err()
+                            {
+                                return;
+                            }
+                        }
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn spread_load_uses_every_target_and_counts_each() {
+        let len = 256 << 10;
+        let addrs = [blob_server(len), blob_server(len), blob_server(len)];
+        let targets: Vec<(SocketAddr, Vec<u8>)> = addrs
+            .iter()
+            .map(|a| (*a, get_request(*a, "/blob", &[])))
+            .collect();
+        let load = run_spread(&targets, len as u64, 5, Duration::from_millis(300));
+        assert!(load.errors.is_empty(), "{:?}", load.errors);
+        assert_eq!(load.clients, 5);
+        assert_eq!(load.bytes_per_target.len(), 3);
+        assert!(
+            load.bytes_per_target.iter().all(|b| *b > 0),
+            "a target got no load: {:?}",
+            load.bytes_per_target
+        );
+        assert_eq!(load.bytes_per_target.iter().sum::<u64>(), load.bytes);
+        assert!(load.completed > 0);
+
+        let single = run(
+            addrs[0],
+            &targets[0].1,
+            len as u64,
+            2,
+            Duration::from_millis(200),
+        );
+        assert_eq!(single.bytes_per_target, vec![single.bytes]);
     }
 }

@@ -54,6 +54,8 @@ pub struct Options {
     pub budget: Duration,
     /// The arguments after `--`, for the reproduce command.
     pub shown_args: Vec<String>,
+    /// Run S8 alone instead of S1-S7 (`--cluster`, `--cluster-plain`).
+    pub cluster: Option<super::cluster::ClusterMode>,
 }
 
 /// A run during which everything else on the machine used more than this
@@ -73,6 +75,7 @@ impl Options {
             max_retries: 2,
             budget: Duration::from_secs(290),
             shown_args: Vec::new(),
+            cluster: None,
         }
     }
 
@@ -88,6 +91,7 @@ impl Options {
             max_retries: 0,
             budget: Duration::from_secs(120),
             shown_args: vec!["--quick".into()],
+            cluster: None,
         }
     }
 }
@@ -239,7 +243,7 @@ fn locate_tools_with(
 /// (`target/release/deps/load-…`); `Err` when missing. With it, a warning
 /// when a server source file is newer than the binary (the figures are then
 /// for the binary as built, which the report says).
-fn release_binary() -> Result<(PathBuf, Option<String>), String> {
+pub(super) fn release_binary() -> Result<(PathBuf, Option<String>), String> {
     let build = "build it with `cargo build --release -p regcache-server`";
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate this executable: {e}"))?;
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -342,7 +346,7 @@ fn cpu_list(cpus: &[u32]) -> String {
 
 /// Servers on the first half of the allowed CPUs, the generator on the
 /// rest; no pinning when asked not to or with a single CPU.
-fn plan_pinning(pin: bool) -> Result<Pinning, String> {
+pub(super) fn plan_pinning(pin: bool) -> Result<Pinning, String> {
     let cpus = allowed_cpus();
     let total = cpus.len().max(1);
     if !pin || cpus.len() < 2 {
@@ -374,7 +378,7 @@ fn plan_pinning(pin: bool) -> Result<Pinning, String> {
     })
 }
 
-fn log(msg: impl AsRef<str>) {
+pub(super) fn log(msg: impl AsRef<str>) {
     eprintln!("[load] {}", msg.as_ref());
 }
 
@@ -980,7 +984,7 @@ fn warm_target(target: &Target, set: &ImageSet, upstream: &Registry) -> Result<W
 /// Waits until the upstream's access log has not grown for 1 s (at most
 /// 30 s: the registry logs a request only once it has answered it, and a
 /// proxy may still be fetching); returns its length.
-fn settle(upstream: &Registry) -> usize {
+pub(super) fn settle(upstream: &Registry) -> usize {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut len = upstream.access_entries().len();
     let mut stable_since = Instant::now();
@@ -999,7 +1003,7 @@ fn settle(upstream: &Registry) -> usize {
 
 /// `GET /v2/ ×2, HEAD manifest ×1, GET blob ×2 (100 MiB)`: what a cold
 /// fill asked of the upstream, grouped.
-fn summarize_upstream(entries: &[regcache_tests::AccessLogEntry]) -> String {
+pub(super) fn summarize_upstream(entries: &[regcache_tests::AccessLogEntry]) -> String {
     let mut counts: Vec<(String, usize)> = Vec::new();
     for e in entries {
         let kind = if e.path == "/v2/" {
@@ -1030,7 +1034,7 @@ fn summarize_upstream(entries: &[regcache_tests::AccessLogEntry]) -> String {
 /// One GET of `object`, which must be a 200 whose body hashes to its
 /// digest (and, where the server says, with the right
 /// `Docker-Content-Digest`).
-fn fetch_checked(
+pub(super) fn fetch_checked(
     conn: &mut Conn,
     target: &Target,
     object: &Object,

@@ -29,6 +29,9 @@
 //!   ≥ 0.9× its own S2 by-tag rate of the same run; docker-registry proxy
 //!   refuses (404), its rate is shown as not comparable;
 //!
+//! and, only when asked (`-- --cluster`, run alone): S8, warm-blob load on
+//! 3 regcache replicas in cluster mode against 1 (see [`cluster`]);
+//!
 //! then prints a table of each figure and the ratio regcache/peer and
 //! writes `benches/RESULTS.md` (machine, date, the reproducing command).
 //!
@@ -46,7 +49,8 @@
 //! | [`servers`] | launchers: regcache, docker-registry proxy, nginx (static / proxy_cache) |
 //! | [`imageset`] | the seeded image set and the objects fetched |
 //! | [`http`] | a minimal keep-alive HTTP/1.1 client (warm-up checks, S1) |
-//! | [`blobload`] | S1's load generator |
+//! | [`blobload`] | S1's load generator (S8's too: connections spread over several servers) |
+//! | [`cluster`] | S8: moto, the replicas, the two cases, its section of RESULTS.md |
 //! | [`cold`] | S3's fan-in client |
 //! | [`convert`] | S6 and S7: conversions by tag (Schema 1, OCI to Docker twin), their check and table |
 //! | [`pull`] | S4's client (`skopeo copy`) and the check of its copy |
@@ -56,6 +60,7 @@
 //! | [`report`] | the tables and RESULTS.md |
 
 pub mod blobload;
+pub mod cluster;
 pub mod cold;
 pub mod convert;
 pub mod harness;

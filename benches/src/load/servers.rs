@@ -23,7 +23,7 @@ use super::procstat;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Waits until `ready(http_status(addr, path))`, or the child exits, or 30 s.
-fn wait_ready(
+pub(super) fn wait_ready(
     child: &mut Child,
     addr: SocketAddr,
     path: &str,
@@ -102,14 +102,14 @@ impl Cpus {
     }
 }
 
-fn temp_dir(prefix: &str) -> tempfile::TempDir {
+pub(super) fn temp_dir(prefix: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix(prefix)
         .tempdir()
         .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"))
 }
 
-fn log_file(path: &Path) -> (Stdio, Stdio) {
+pub(super) fn log_file(path: &Path) -> (Stdio, Stdio) {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -123,7 +123,7 @@ fn log_file(path: &Path) -> (Stdio, Stdio) {
 
 /// Stops `child`: SIGTERM (by pid, through `kill`), up to 5 s of grace,
 /// then SIGKILL; reaped either way.
-fn stop(child: &mut Child) {
+pub(super) fn stop(child: &mut Child) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
