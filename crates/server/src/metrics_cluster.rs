@@ -90,6 +90,13 @@ impl ClusterMetrics {
         self.fills.get_or_create(&FillSource { source }).inc();
     }
 
+    /// How many fills committed from `source` so far (no series is made).
+    pub fn fills_from(&self, source: &'static str) -> u64 {
+        self.fills
+            .get(&FillSource { source })
+            .map_or(0, |c| c.get())
+    }
+
     /// Brings the shared tier's counters up to `stats` (they only grow).
     pub fn set_shared(&self, stats: &regcache_store::SharedStats) {
         let ops = [

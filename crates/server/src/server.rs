@@ -154,8 +154,8 @@ impl Running {
         self
     }
 
-    /// Serve peers' blob requests from `blobs` (by default
-    /// [`crate::cluster::Unwired`]: 503).
+    /// Serve peers' blob requests from `blobs` instead of the app's own
+    /// blob path ([`crate::handlers::peer::PeerBlobs`], what [`build`] sets).
     pub fn with_internal_blobs(mut self, blobs: Arc<dyn crate::cluster::InternalBlobs>) -> Running {
         self.internal_blobs = blobs;
         self

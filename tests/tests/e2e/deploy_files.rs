@@ -587,12 +587,39 @@ async fn shipped_configurations_pass_regcache_check() {
         deploy_dir().join("regcache.toml"),
         deploy_dir().join("multi-registry.toml"),
         deploy_dir().join("kubernetes/base/regcache.toml"),
-        // lead: add the replicated overlay's regcache.toml to the check list once [cluster] lands
-        // (deploy_dir().join("kubernetes/overlays/replicated/regcache.toml"); this branch's binary
-        // refuses its [cluster] and [shared] sections). Run that check with the environment the
-        // pod has: REGCACHE_CLUSTER_SECRET (>= 16 printable bytes) and REGCACHE_CLUSTER_ADVERTISE
-        // (e.g. 10.0.0.5:5002); without them `check` rightly fails (listen is 0.0.0.0, no secret).
     ];
+    // The replicated overlay's file as its pods read it: the secret and the
+    // advertised address come from the environment (the Secret and POD_IP).
+    let replicated = deploy_dir().join("kubernetes/overlays/replicated/regcache.toml");
+    let pod_env = [
+        (
+            "REGCACHE_CLUSTER_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        ),
+        ("REGCACHE_CLUSTER_ADVERTISE", "10.0.0.5:5002"),
+    ];
+    let (code, stdout, stderr) = regcache_tests::regcache::run_regcache(
+        &["check", "--config", replicated.to_str().unwrap()],
+        &pod_env,
+    )
+    .await;
+    println!(
+        "regcache check --config {} (pod env): {code:?}\n{stdout}{stderr}",
+        replicated.display()
+    );
+    assert_eq!(code, Some(0), "{}: {stdout}{stderr}", replicated.display());
+    assert!(
+        stdout.contains("cluster") && stdout.contains("shared tier"),
+        "check names the cluster and the shared tier: {stdout}"
+    );
+    // Without the pod's environment it is refused: no secret, and 0.0.0.0
+    // can't be advertised.
+    let (code, _, stderr) = regcache_tests::regcache::run_regcache(
+        &["check", "--config", replicated.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(78), "{stderr}");
     for file in &files {
         let (code, stdout, stderr) = regcache_tests::regcache::run_regcache(
             &["check", "--config", file.to_str().unwrap()],

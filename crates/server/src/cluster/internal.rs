@@ -63,10 +63,13 @@ pub trait InternalBlobs: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<InternalBlob, Error>>;
 }
 
-/// The placeholder until the blob path serves peers: 503 for every blob.
+/// A blob source that has nothing: 503 for every blob (tests of the
+/// listener itself; the server serves [`crate::handlers::peer::PeerBlobs`]).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Unwired;
 
+#[cfg(test)]
 impl InternalBlobs for Unwired {
     fn blob<'a>(
         &'a self,

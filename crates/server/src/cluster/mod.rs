@@ -33,7 +33,9 @@ use regcache_formats::Digest;
 use crate::config::ClusterSettings;
 use crate::metrics_cluster::ClusterMetrics;
 
-pub use internal::{InternalBlob, InternalBlobs, Unwired, serve_internal};
+#[cfg(test)]
+pub use internal::Unwired;
+pub use internal::{InternalBlob, InternalBlobs, serve_internal};
 pub use peer::{PeerBody, PeerError};
 pub use rendezvous::score;
 pub use shared::shared_tier;

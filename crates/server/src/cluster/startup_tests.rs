@@ -55,17 +55,19 @@ async fn serve_runs_the_internal_listener_with_the_cluster() {
     assert_eq!(r.text().await.unwrap(), r#"{"member":"10.9.8.7:5002"}"#);
     let r = client
         .get(format!(
-            "http://{internal_addr}/internal/v1/blobs/{}?upstream=docker.io&repository=library/alpine",
+            "http://{internal_addr}/internal/v1/blobs/{}?upstream=nowhere&repository=library/alpine",
             regcache_formats::Digest::sha256_of(b"x")
         ))
         .bearer_auth(SECRET)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 503);
+    // Served by the app's blob path (handlers::peer): an upstream this
+    // replica does not have is the asker's error, in a registry error body.
+    assert_eq!(r.status().as_u16(), 404);
     let body = r.text().await.unwrap();
     assert!(
-        body.contains("UNAVAILABLE") && body.contains("not wired yet"),
+        body.contains("NAME_UNKNOWN") && body.contains("no upstream named \"nowhere\""),
         "{body}"
     );
     let metrics = client

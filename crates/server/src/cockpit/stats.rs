@@ -45,6 +45,28 @@ pub struct Stats {
     /// Newest first.
     pub recent_errors: Vec<ErrorRecord>,
     pub setup: Setup,
+    /// The other replicas and the shared tier; `None` on a replica alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStats>,
+}
+
+/// `[cluster]` and `[shared]` as this replica sees them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStats {
+    /// This replica's advertised address; `None` without `[cluster]`.
+    pub me: Option<String>,
+    pub members: Vec<MemberRow>,
+    /// The shared bucket; `None` without `[shared]`.
+    pub shared_bucket: Option<String>,
+    /// `regcache_fills_total` by source (`shared`, `peer`, `upstream`).
+    pub fills_by_source: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemberRow {
+    pub member: String,
+    pub live: bool,
+    pub me: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -280,6 +302,35 @@ impl Stats {
             },
             recent_errors: super::errors::recent().recent(),
             setup: c.setup().cloned().unwrap_or_default(),
+            cluster: cluster_stats(app),
         }
     }
+}
+
+fn cluster_stats(app: &App) -> Option<ClusterStats> {
+    let cluster = app.cluster();
+    let shared = app.store().shared();
+    if cluster.is_none() && shared.is_none() {
+        return None;
+    }
+    let members = cluster.map_or_else(Vec::new, |c| {
+        c.members()
+            .into_iter()
+            .map(|m| MemberRow {
+                member: m.member.to_string(),
+                live: m.live,
+                me: m.is_me,
+            })
+            .collect()
+    });
+    let fills_by_source = ["shared", "peer", "upstream"]
+        .into_iter()
+        .map(|source| (source.to_owned(), app.metrics.cluster.fills_from(source)))
+        .collect();
+    Some(ClusterStats {
+        me: cluster.map(|c| c.me().to_string()),
+        members,
+        shared_bucket: shared.map(|s| s.config().bucket.clone()),
+        fills_by_source,
+    })
 }

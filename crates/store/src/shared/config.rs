@@ -13,7 +13,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut, S3CopyIfNotExists};
+use object_store::aws::{
+    AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut, S3CopyIfNotExists,
+};
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 
 use crate::error::StoreError;
@@ -132,7 +134,7 @@ impl SharedConfig {
             max_retries: MAX_RETRIES,
             retry_timeout: self.request_timeout.saturating_mul(2),
         };
-        let mut builder = AmazonS3Builder::from_env()
+        let mut builder = from_env_non_empty()
             .with_bucket_name(&self.bucket)
             .with_region(&self.region)
             .with_virtual_hosted_style_request(!self.path_style)
@@ -172,4 +174,24 @@ impl fmt::Debug for SharedConfig {
             .field("part_size", &self.part_size)
             .finish()
     }
+}
+
+/// `AmazonS3Builder::from_env`, except that empty `AWS_*` variables are
+/// skipped: a Kubernetes Secret with an empty `AWS_ACCESS_KEY_ID`
+/// placeholder must leave the web-identity / instance-role chain in charge,
+/// not sign with empty keys.
+fn from_env_non_empty() -> AmazonS3Builder {
+    let mut builder = AmazonS3Builder::new();
+    for (key, value) in std::env::vars_os() {
+        let (Some(key), Some(value)) = (key.to_str(), value.to_str()) else {
+            continue;
+        };
+        if !key.starts_with("AWS_") || value.is_empty() {
+            continue;
+        }
+        if let Ok(config_key) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+            builder = builder.with_config(config_key, value);
+        }
+    }
+    builder
 }
