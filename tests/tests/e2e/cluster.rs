@@ -361,6 +361,7 @@ async fn clients_of_other_replicas_get_the_blob_when_its_owner_is_killed_mid_fil
 }
 
 /// `HEAD` or `GET` of `/v2/<repo>/manifests/<tag>` in the access log.
+/// Upstream `GET`/`HEAD`s of `/v2/<repo>/manifests/<reference>` (a tag or a digest).
 fn upstream_tag_requests(registry: &Registry, repo: &str, tag: &str) -> usize {
     let path = format!("/v2/{repo}/manifests/{tag}");
     registry
@@ -388,6 +389,7 @@ async fn a_tag_answered_by_one_replica_is_not_asked_upstream_by_the_others() {
     let cluster = TestCluster::start(3, &registry.url(), |o| o.tag_ttl_secs(60)).await;
     settle(&registry, Duration::from_millis(200)).await;
     let before = upstream_tag_requests(&registry, repo, tag);
+    let before_by_digest = upstream_tag_requests(&registry, repo, &pushed);
     let accept = [
         media::OCI_MANIFEST,
         media::DOCKER_MANIFEST,
@@ -413,9 +415,13 @@ async fn a_tag_answered_by_one_replica_is_not_asked_upstream_by_the_others() {
             // The answer is shared through a record in the bucket; wait for
             // it, so the next replica's lookup cannot race its upload.
             let suffix = format!("/{repo}/{tag}");
+            // The manifest itself goes to the bucket too (in the background).
+            let manifest_key = format!("blobs/{}", pushed.replace(':', "/"));
             let shared = eventually(Duration::from_secs(10), async || {
-                let keys = cluster.moto().list_keys(BUCKET, "tags/").await;
-                keys.iter().any(|k| k.ends_with(&suffix))
+                let keys = cluster.moto().list_keys(BUCKET, "").await;
+                keys.iter()
+                    .any(|k| k.starts_with("tags/") && k.ends_with(&suffix))
+                    && keys.contains(&manifest_key)
             })
             .await;
             let keys = cluster.moto().list_keys(BUCKET, "").await;
@@ -430,8 +436,10 @@ async fn a_tag_answered_by_one_replica_is_not_asked_upstream_by_the_others() {
     }
     settle(&registry, Duration::from_millis(300)).await;
     let by_tag = upstream_tag_requests(&registry, repo, tag) - before;
+    let by_digest = upstream_tag_requests(&registry, repo, &pushed) - before_by_digest;
     eprintln!(
-        "tags: digests via replicas 0, 1, 2: {digests:?}; upstream requests by tag: {by_tag}"
+        "tags: digests via replicas 0, 1, 2: {digests:?}; upstream manifest requests by tag: \
+         {by_tag}, by digest: {by_digest}"
     );
     assert!(
         digests.iter().all(|d| *d == pushed),
@@ -441,6 +449,13 @@ async fn a_tag_answered_by_one_replica_is_not_asked_upstream_by_the_others() {
         by_tag,
         1,
         "one upstream manifest request by tag for three replicas within the TTL; access log:\n{}",
+        registry.access_log().join("\n")
+    );
+    assert_eq!(
+        by_digest,
+        1,
+        "the manifest is fetched by digest once (replica 0); the others read the bucket; \
+         access log:\n{}",
         registry.access_log().join("\n")
     );
 }
