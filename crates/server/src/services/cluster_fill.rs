@@ -27,7 +27,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use parking_lot::Mutex;
 use regcache_formats::Digest;
 use regcache_store::{FillWriter, SharedTier, Source, Store};
@@ -149,33 +151,22 @@ impl Pump {
                 return Tried::Next(writer);
             }
         };
-        if writer.set_len(body.len).is_err() {
-            return Tried::Done;
-        }
-        let name = "shared tier".to_owned();
-        let stream = body
-            .stream
-            .map(move |r| {
-                r.map_err(|e| UpstreamError::Transport {
-                    upstream: name.clone(),
-                    source: Arc::new(e),
-                })
-            })
-            .boxed();
-        let blob = BlobBody {
-            status: if offset > 0 { 206 } else { 200 },
-            len: Some(body.len - body.offset),
-            content_range: None,
-            content_type: None,
-            stream,
-        };
-        match self.copy(blob, &mut writer).await {
-            Ok(()) => {
+        match self
+            .feed(
+                body.stream,
+                body.len,
+                body.offset,
+                "shared tier",
+                &mut writer,
+            )
+            .await
+        {
+            Fed::Whole => {
                 self.commit(writer, "shared").await;
                 Tried::Done
             }
-            Err(None) => Tried::Done,
-            Err(Some(error)) => {
+            Fed::WriterFailed => Tried::Done,
+            Fed::BrokeOff(error) => {
                 tracing::warn!(digest = %d, %error, written = writer.written(), "shared tier body broke off; going on from a peer or the upstream");
                 Tried::Next(writer)
             }
@@ -210,33 +201,17 @@ impl Pump {
                     return Tried::Next(writer);
                 }
             };
-            if writer.set_len(body.len).is_err() {
-                return Tried::Done;
-            }
-            let peer = format!("peer {member}");
-            let stream = body
-                .stream
-                .map(move |r| {
-                    r.map_err(|e| UpstreamError::Transport {
-                        upstream: peer.clone(),
-                        source: Arc::new(e),
-                    })
-                })
-                .boxed();
-            let blob = BlobBody {
-                status: if offset > 0 { 206 } else { 200 },
-                len: Some(body.len - body.offset),
-                content_range: None,
-                content_type: None,
-                stream,
-            };
-            match self.copy(blob, &mut writer).await {
-                Ok(()) => {
+            let source = format!("peer {member}");
+            match self
+                .feed(body.stream, body.len, body.offset, &source, &mut writer)
+                .await
+            {
+                Fed::Whole => {
                     self.commit(writer, "peer").await;
                     return Tried::Done;
                 }
-                Err(None) => return Tried::Done,
-                Err(Some(error)) => {
+                Fed::WriterFailed => return Tried::Done,
+                Fed::BrokeOff(error) => {
                     tracing::warn!(digest = %d, %member, %error, written = writer.written(), "the owner's stream broke off; asking the next owner from there");
                     cluster.suspect(&member);
                 }
@@ -244,4 +219,54 @@ impl Pump {
         }
         Tried::Next(writer)
     }
+
+    /// Announce the blob's length, then copy a body that starts at `offset`
+    /// into the fill (the writer hashes it; the commit's digest check
+    /// decides). `source` names it in errors.
+    async fn feed<E>(
+        &self,
+        stream: BoxStream<'static, Result<Bytes, E>>,
+        len: u64,
+        offset: u64,
+        source: &str,
+        writer: &mut FillWriter,
+    ) -> Fed
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        if writer.set_len(len).is_err() {
+            return Fed::WriterFailed;
+        }
+        let name = source.to_owned();
+        let stream = stream
+            .map(move |r| {
+                r.map_err(|e| UpstreamError::Transport {
+                    upstream: name.clone(),
+                    source: Arc::new(e),
+                })
+            })
+            .boxed();
+        let body = BlobBody {
+            status: if offset > 0 { 206 } else { 200 },
+            len: Some(len.saturating_sub(offset)),
+            content_range: None,
+            content_type: None,
+            stream,
+        };
+        match self.copy(body, writer).await {
+            Ok(()) => Fed::Whole,
+            Err(None) => Fed::WriterFailed,
+            Err(Some(error)) => Fed::BrokeOff(error),
+        }
+    }
+}
+
+/// How [`Pump::feed`] ended.
+enum Fed {
+    /// Every byte is in the fill: commit it.
+    Whole,
+    /// The writer failed and told its readers.
+    WriterFailed,
+    /// The body broke off; the fill keeps what it has.
+    BrokeOff(UpstreamError),
 }
