@@ -61,6 +61,10 @@ pub(super) struct Index {
     /// Access tick → digest, oldest first. Ticks are unique (see [`AccessClock`]).
     lru: BTreeMap<u64, Key>,
     pub(super) used: u64,
+    /// Live [`PinGuard`]s per digest; eviction skips pinned entries. Kept
+    /// apart from [`Entry`] (pinned entries are few) so every entry's hash
+    /// bucket is 8 bytes smaller.
+    pins: HashMap<Key, u32>,
     /// Space promised to fills in flight (their temp files), counted
     /// against the budget with `used`, so the data directory never holds more
     /// than the budget however many fills run.
@@ -74,8 +78,6 @@ pub(super) struct Entry {
     pub(super) tick: u64,
     /// The access time last written to the file's mtime.
     pub(super) persisted: u64,
-    /// Live [`PinGuard`]s; eviction skips pinned entries.
-    pub(super) pins: u32,
 }
 
 impl Index {
@@ -98,7 +100,6 @@ impl Index {
                         size: f.size,
                         tick,
                         persisted: f.mtime,
-                        pins: 0,
                     },
                 );
                 (tick, f.key)
@@ -107,6 +108,7 @@ impl Index {
         let index = Index {
             entries,
             lru,
+            pins: HashMap::new(),
             used,
             reserved: 0,
         };
@@ -125,15 +127,35 @@ impl Index {
         self.entries.get(&Key::of(digest))
     }
 
-    pub(super) fn get_mut(&mut self, digest: &Digest) -> Option<&mut Entry> {
-        self.entries.get_mut(&Key::of(digest))
-    }
-
     /// Entries least recently accessed first: (tick, key, entry).
     pub(super) fn oldest_first(&self) -> impl Iterator<Item = (u64, &Key, &Entry)> + '_ {
         self.lru
             .iter()
             .filter_map(|(tick, key)| Some((*tick, key, self.entries.get(key)?)))
+    }
+
+    /// Pins a present entry; `false` if absent.
+    pub(super) fn pin(&mut self, digest: &Digest) -> bool {
+        let key = Key::of(digest);
+        if !self.entries.contains_key(&key) {
+            return false;
+        }
+        *self.pins.entry(key).or_default() += 1;
+        true
+    }
+
+    pub(super) fn unpin(&mut self, digest: &Digest) {
+        let key = Key::of(digest);
+        if let Some(count) = self.pins.get_mut(&key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.pins.remove(&key);
+            }
+        }
+    }
+
+    pub(super) fn is_pinned(&self, key: &Key) -> bool {
+        self.pins.contains_key(key)
     }
 
     pub(super) fn insert(&mut self, digest: &Digest, size: u64, tick: u64, persisted: u64) {
@@ -145,7 +167,6 @@ impl Index {
                 size,
                 tick,
                 persisted,
-                pins: 0,
             },
         ) {
             // Callers check first; keep the sums right if one did not.
@@ -182,7 +203,7 @@ impl Index {
             if used + incoming <= max {
                 break;
             }
-            if entry.pins > 0 {
+            if self.is_pinned(key) {
                 continue;
             }
             used -= entry.size;
@@ -264,5 +285,24 @@ mod tests {
             index.get(&first).map(|e| (e.size, e.persisted)),
             Some((1, 100))
         );
+    }
+
+    #[test]
+    fn pins_count_and_keep_entries_from_eviction() {
+        let mut index = Index::default();
+        let a = Digest::sha256_of(b"a");
+        let b = Digest::sha256_of(b"b");
+        assert!(!index.pin(&a), "absent entries can't be pinned");
+        index.insert(&a, 10, 1, 1);
+        index.insert(&b, 10, 2, 2);
+        assert!(index.pin(&a));
+        assert!(index.pin(&a));
+        // a is oldest but pinned: b goes.
+        assert_eq!(index.pick_victims(5, 20), Some(vec![b.clone()]));
+        index.unpin(&a);
+        assert!(index.is_pinned(&Key::of(&a)), "one guard still alive");
+        index.unpin(&a);
+        assert!(!index.is_pinned(&Key::of(&a)));
+        assert_eq!(index.pick_victims(5, 20), Some(vec![a]));
     }
 }

@@ -203,9 +203,7 @@ pub struct PinGuard {
 impl Drop for PinGuard {
     fn drop(&mut self) {
         let mut index = self.inner.index.lock();
-        if let Some(entry) = index.get_mut(&self.digest) {
-            entry.pins = entry.pins.saturating_sub(1);
-        }
+        index.unpin(&self.digest);
     }
 }
 
@@ -405,8 +403,9 @@ impl DiskTier {
     /// the digest isn't cached.
     pub fn pin(&self, digest: &Digest) -> Option<PinGuard> {
         let mut index = self.inner.index.lock();
-        let entry = index.get_mut(digest)?;
-        entry.pins += 1;
+        if !index.pin(digest) {
+            return None;
+        }
         Some(PinGuard {
             inner: self.inner.clone(),
             digest: digest.clone(),
@@ -494,7 +493,7 @@ impl DiskTier {
             if freed >= bytes {
                 break;
             }
-            if entry.pins > 0 {
+            if index.is_pinned(key) {
                 continue;
             }
             freed += entry.size;
