@@ -2,7 +2,7 @@
 //! and lookup latency (issue 16).
 //!
 //! ```sh
-//! cargo bench -p regcache-benches --bench scale                 # ~3 min
+//! cargo bench -p regcache-benches --bench scale                 # 5-10 min (deleting 1M files is half)
 //! cargo bench -p regcache-benches --bench scale -- --n 100000   # one size
 //! ```
 //!
