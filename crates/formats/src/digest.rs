@@ -118,6 +118,15 @@ impl Digest {
         }
     }
 
+    /// The sha256 digest whose raw 32 bytes are `bytes` (the inverse of
+    /// hex-decoding [`Digest::hex`]); lets an index keep digests compactly.
+    pub fn from_sha256_bytes(bytes: &[u8; 32]) -> Self {
+        Digest {
+            text: format!("sha256:{}", hex::encode(bytes)).into(),
+            algorithm: Algorithm::Sha256,
+        }
+    }
+
     /// Does `bytes` hash to this digest?
     pub fn verifies(&self, bytes: &[u8]) -> bool {
         Digest::compute(self.algorithm, bytes) == *self
@@ -229,6 +238,15 @@ mod tests {
     use super::*;
 
     const EMPTY: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn from_sha256_bytes_round_trips_hex() {
+        let d = Digest::parse(EMPTY).unwrap();
+        let mut raw = [0u8; 32];
+        hex::decode_to_slice(d.hex(), &mut raw).unwrap();
+        assert_eq!(Digest::from_sha256_bytes(&raw), d);
+        assert_eq!(raw[0], 0xe3);
+    }
 
     #[test]
     fn parses_and_computes() {

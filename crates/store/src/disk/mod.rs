@@ -203,9 +203,7 @@ pub struct PinGuard {
 impl Drop for PinGuard {
     fn drop(&mut self) {
         let mut index = self.inner.index.lock();
-        if let Some(entry) = index.entries.get_mut(&self.digest) {
-            entry.pins = entry.pins.saturating_sub(1);
-        }
+        index.unpin(&self.digest);
     }
 }
 
@@ -279,19 +277,8 @@ impl DiskTier {
 
         let mut found = scan_blobs(&blobs)?;
         // Oldest access first; ties (same mtime) broken by digest so the order is deterministic.
-        found.sort_unstable_by(|a, b| a.mtime.cmp(&b.mtime).then_with(|| a.digest.cmp(&b.digest)));
-        let mut index = Index {
-            entries: HashMap::with_capacity(found.len()),
-            lru: BTreeMap::new(),
-            used: 0,
-            reserved: 0,
-        };
-        let mut last_tick = 0u64;
-        for f in found {
-            let tick = f.mtime.max(last_tick + 1);
-            last_tick = tick;
-            index.insert(f.digest, f.size, tick, f.mtime);
-        }
+        found.sort_unstable_by(|a, b| a.mtime.cmp(&b.mtime).then_with(|| a.key.cmp(&b.key)));
+        let (index, last_tick) = Index::from_sorted(found);
 
         let fs_bytes = rustix::fs::statvfs(&base)
             .map(|s| s.f_blocks.saturating_mul(s.f_frsize))
@@ -324,7 +311,7 @@ impl DiskTier {
             }
             tier.inner.publish_usage(&index);
             tracing::info!(
-                entries = index.entries.len(),
+                entries = index.len(),
                 bytes = index.used,
                 "disk cache index loaded"
             );
@@ -344,12 +331,12 @@ impl DiskTier {
 
     /// Is the digest committed? In-memory check, not an access.
     pub fn contains(&self, digest: &Digest) -> bool {
-        self.inner.index.lock().entries.contains_key(digest)
+        self.inner.index.lock().contains(digest)
     }
 
     /// Size of a committed entry without opening it. Not an access.
     pub fn len_of(&self, digest: &Digest) -> Option<u64> {
-        self.inner.index.lock().entries.get(digest).map(|e| e.size)
+        self.inner.index.lock().get(digest).map(|e| e.size)
     }
 
     /// Opens a committed entry and records the access. `Ok(None)` if absent
@@ -416,8 +403,9 @@ impl DiskTier {
     /// the digest isn't cached.
     pub fn pin(&self, digest: &Digest) -> Option<PinGuard> {
         let mut index = self.inner.index.lock();
-        let entry = index.entries.get_mut(digest)?;
-        entry.pins += 1;
+        if !index.pin(digest) {
+            return None;
+        }
         Some(PinGuard {
             inner: self.inner.clone(),
             digest: digest.clone(),
@@ -501,16 +489,15 @@ impl DiskTier {
         let mut index = inner.index.lock();
         let mut victims = Vec::new();
         let mut freed = 0;
-        for digest in index.lru.values() {
+        for (_, key, entry) in index.oldest_first() {
             if freed >= bytes {
                 break;
             }
-            let entry = &index.entries[digest];
-            if entry.pins > 0 {
+            if index.is_pinned(key) {
                 continue;
             }
             freed += entry.size;
-            victims.push(digest.clone());
+            victims.push(key.digest());
         }
         if !victims.is_empty() {
             tracing::info!(
@@ -556,12 +543,11 @@ impl DiskTier {
     pub fn entries(&self) -> Vec<EntryInfo> {
         let index = self.inner.index.lock();
         index
-            .lru
-            .iter()
-            .map(|(tick, d)| EntryInfo {
-                digest: d.clone(),
-                size: index.entries[d].size,
-                last_access_unix_nanos: *tick,
+            .oldest_first()
+            .map(|(tick, key, entry)| EntryInfo {
+                digest: key.digest(),
+                size: entry.size,
+                last_access_unix_nanos: tick,
             })
             .collect()
     }
@@ -575,7 +561,7 @@ impl DiskTier {
         let mut found: Vec<EntryInfo> = scan_blobs(&blobs)?
             .into_iter()
             .map(|f| EntryInfo {
-                digest: f.digest,
+                digest: f.key.digest(),
                 size: f.size,
                 last_access_unix_nanos: f.mtime,
             })
@@ -602,9 +588,8 @@ impl DiskTier {
     pub fn lru_order(&self) -> Vec<(Digest, u64)> {
         let index = self.inner.index.lock();
         index
-            .lru
-            .values()
-            .map(|d| (d.clone(), index.entries[d].size))
+            .oldest_first()
+            .map(|(_, key, entry)| (key.digest(), entry.size))
             .collect()
     }
 
@@ -678,7 +663,7 @@ impl DiskTier {
         {
             let mut index = inner.index.lock();
             release(&mut index);
-            if index.entries.contains_key(digest) {
+            if index.contains(digest) {
                 drop(index);
                 inner.access_blocking(digest);
                 return Ok(Installed::AlreadyPresent);
@@ -695,7 +680,7 @@ impl DiskTier {
             rename_creating_parent(&temp.path, &target)
                 .map_err(StoreError::io("rename", &target))?;
             temp.installed = true;
-            index.insert(digest.clone(), len, tick, tick);
+            index.insert(digest, len, tick, tick);
             inner.counters.bytes_committed.add(len);
             inner.publish_usage(&index);
         }
@@ -773,7 +758,7 @@ impl DiskInner {
     /// Drop it from the index unless a concurrent commit put it back.
     fn forget_missing(&self, digest: &Digest, path: &Path) {
         let mut index = self.index.lock();
-        if index.entries.contains_key(digest) && !path.exists() {
+        if index.contains(digest) && !path.exists() {
             tracing::warn!(%digest, "cache file missing; dropping it from the index");
             index.remove(digest);
             self.publish_usage(&index);
@@ -782,7 +767,7 @@ impl DiskInner {
 
     fn publish_usage(&self, index: &Index) {
         self.counters.bytes_used.set(index.used);
-        self.counters.entries.set(index.entries.len() as u64);
+        self.counters.entries.set(index.len() as u64);
     }
 }
 

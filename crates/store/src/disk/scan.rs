@@ -1,5 +1,6 @@
 //! Startup: clearing temp files and scanning committed blobs.
 
+use super::index::Key;
 use super::*;
 
 /// Deletes everything in `tmp`: only writes that never committed live there.
@@ -26,7 +27,7 @@ pub(super) fn clean_tmp(tmp: &Path) -> Result<usize, StoreError> {
 }
 
 pub(super) struct Found {
-    pub(super) digest: Digest,
+    pub(super) key: Key,
     pub(super) size: u64,
     pub(super) mtime: u64,
 }
@@ -78,22 +79,18 @@ pub(super) fn scan_blobs(blobs: &Path) -> Result<Vec<Found>, StoreError> {
 
 pub(super) fn scan_prefix_dirs(dirs: &[(Algorithm, PathBuf)]) -> Result<Vec<Found>, StoreError> {
     let mut found = Vec::new();
-    let mut text = String::with_capacity(140);
     for (algorithm, dir) in dirs {
         let prefix = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
         for entry in fs::read_dir(dir).map_err(StoreError::io("list", dir))? {
             let entry = entry.map_err(StoreError::io("list", dir))?;
             let name = entry.file_name();
-            let digest = name.to_str().and_then(|hex| {
-                text.clear();
-                text.push_str(algorithm.name());
-                text.push(':');
-                text.push_str(hex);
-                Digest::parse(&text)
-                    .ok()
-                    .filter(|_| hex.starts_with(prefix))
-            });
-            let Some(digest) = digest else {
+            // Parsed straight into the index's compact key: no `Digest`
+            // (a heap string) per entry.
+            let key = name
+                .to_str()
+                .filter(|hex| hex.starts_with(prefix))
+                .and_then(|hex| Key::from_hex(*algorithm, hex));
+            let Some(key) = key else {
                 tracing::warn!(path = %entry.path().display(), "ignoring file with a non-digest name in cache directory");
                 continue;
             };
@@ -108,7 +105,7 @@ pub(super) fn scan_prefix_dirs(dirs: &[(Algorithm, PathBuf)]) -> Result<Vec<Foun
             }
             let mtime = meta.modified().map(unix_nanos).unwrap_or(0);
             found.push(Found {
-                digest,
+                key,
                 size: meta.len(),
                 mtime,
             });
