@@ -23,8 +23,7 @@
 //! server's memory: keep them small (the one 100 MiB blob of the cluster
 //! tests is fine).
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -112,7 +111,7 @@ impl MotoServer {
             if let Ok(Some(status)) = moto.child.try_wait() {
                 return Err(format!("(exited with {status}) on {addr}\n{}", moto.log()));
             }
-            if answers_http(addr) {
+            if crate::ports::answers_http(addr, "/") {
                 return Ok(moto);
             }
             if Instant::now() > deadline {
@@ -270,27 +269,6 @@ fn unescape(text: &str) -> String {
         .replace("&quot;", "\"")
         .replace("&apos;", "'")
         .replace("&amp;", "&")
-}
-
-/// Whether `GET /` over a raw socket gets an HTTP status line back.
-fn answers_http(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET / HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    let mut got = 0;
-    while got < head.len() {
-        match stream.read(&mut head[got..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
-        }
-    }
-    head[..got].starts_with(b"HTTP/1.")
 }
 
 #[cfg(test)]

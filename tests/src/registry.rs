@@ -14,8 +14,7 @@
 //! many times a pull-through peer asked its upstream for a blob.
 
 use std::fmt;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -275,7 +274,8 @@ impl Registry {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("(exited with {status})\n{}", self.log()));
             }
-            if probe_v2(self.addr) {
+            // Any status counts (401 when auth is on).
+            if crate::ports::answers_http(self.addr, "/v2/") {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -294,28 +294,6 @@ impl Drop for Registry {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// Sends `GET /v2/` over a raw socket and reports whether an HTTP status
-/// line came back (any status: 401 counts when auth is on).
-fn probe_v2(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET /v2/ HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    let mut got = 0;
-    while got < head.len() {
-        match stream.read(&mut head[got..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
-        }
-    }
-    head[..got].starts_with(b"HTTP/1.")
 }
 
 /// `user:$2b$…` for the registry's htpasswd file. distribution only accepts
