@@ -38,7 +38,8 @@ pub struct StoreConfig {
     pub access_persist_interval: Duration,
     /// Size of each read by a [`crate::FillReader`]: bounds memory per reader.
     pub read_chunk_bytes: usize,
-    /// Extra tiers tried after memory and disk (a shared object store later).
+    /// Extra tiers tried after memory and disk (the shared S3 tier is not one:
+    /// see [`StoreConfig::shared`]).
     /// The server doesn't change when one is added: it keeps calling
     /// [`crate::Store::get`].
     pub extra_tiers: Vec<Arc<dyn Tier>>,

@@ -98,7 +98,7 @@ impl Store {
     /// object there (a manifest, a config) is verified, stored locally and
     /// returned; a blob is left to the fill, which streams it.
     pub async fn get(&self, digest: &Digest) -> Result<Option<Source>, StoreError> {
-        if let Some(source) = self.inner.tiers.get(digest).await? {
+        if let Some(source) = self.get_local(digest).await? {
             return Ok(Some(source));
         }
         let Some(shared) = &self.inner.shared else {
@@ -120,6 +120,12 @@ impl Store {
             tracing::warn!(%digest, %error, "keeping a shared-tier hit locally failed");
         }
         Ok(Some(Source::Bytes(bytes)))
+    }
+
+    /// [`Store::get`] without the shared tier: this replica's memory and
+    /// disk only. For blobs, which a fill streams from the shared tier.
+    pub async fn get_local(&self, digest: &Digest) -> Result<Option<Source>, StoreError> {
+        self.inner.tiers.get(digest).await
     }
 
     /// The tier the replicas share, when configured.

@@ -5,8 +5,9 @@
 //! hit in a slower tier is copied into the faster ones when it is small (the
 //! memory tier's object limit), and an error in one tier is logged and counted
 //! as a miss so a sick disk degrades to upstream fetches instead of failing
-//! requests. A shared object-store tier can be added later as one more
-//! `Arc<dyn Tier>` in [`crate::StoreConfig::extra_tiers`]; the server only ever
+//! requests. The shared S3 tier is a `Tier` too, but it sits behind these in
+//! [`crate::Store`] rather than in the composition: its writes run in the
+//! background and its lookups are bounded in time; the server only ever
 //! talks to [`crate::Store`].
 
 use std::fmt;

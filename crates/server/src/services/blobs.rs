@@ -89,10 +89,12 @@ impl BlobService {
         Ok(src)
     }
 
-    /// The store's copy, uncounted.
+    /// This replica's copy, uncounted. Not the shared tier: a blob there is
+    /// streamed by the fill ([`super::cluster_fill`]), so asking the bucket
+    /// here too would cost every cold blob one more request.
     async fn stored(&self, digest: &Digest) -> Result<Option<Source>, Error> {
         self.store
-            .get(digest)
+            .get_local(digest)
             .await
             .map_err(|e| Error::cache("reading the blob cache", e))
     }
