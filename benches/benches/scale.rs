@@ -7,7 +7,10 @@
 //! ```
 //!
 //! Flags (after `--`): `--n N[,N…]` the sizes (default `100000,1000000`,
-//! ascending); `--runs R` fresh processes per size (default 3).
+//! ascending); `--runs R` fresh processes per size (default 3); `--dir DIR`
+//! to keep the generated store in DIR (created if missing; entries a
+//! previous `--dir` run wrote there are reused, nothing is deleted), for
+//! repeated measurements without regenerating a million files.
 //!
 //! Entries are not pulled: they are written straight into the disk tier's v1
 //! layout (`v1/blobs/sha256/<hex[..2]>/<hex>`), as a previous run would leave
@@ -48,8 +51,9 @@ use regcache_store::{Store, StoreConfig};
 const CHILD_ENV: &str = "REGCACHE_SCALE_CHILD";
 const LOOKUPS: usize = 100_000;
 const TAG_EVERY: u64 = 10;
-const USAGE: &str =
-    "usage: cargo bench -p regcache-benches --bench scale [-- [--n N[,N...]] [--runs R]]";
+const USAGE: &str = "usage: cargo bench -p regcache-benches --bench scale [-- [--n N[,N...]] [--runs R] [--dir DIR]]";
+/// In a `--dir` store: how many entries it holds.
+const GENERATED: &str = "generated-entries";
 
 fn main() -> ExitCode {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
     }
     let mut sizes = vec![100_000u64, 1_000_000];
     let mut runs = 3usize;
+    let mut keep: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -92,13 +97,20 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             },
+            "--dir" => match it.next() {
+                Some(d) => keep = Some(PathBuf::from(d)),
+                None => {
+                    eprintln!("--dir needs a value\n{USAGE}");
+                    return ExitCode::FAILURE;
+                }
+            },
             other => {
                 eprintln!("unknown argument {other}\n{USAGE}");
                 return ExitCode::FAILURE;
             }
         }
     }
-    match parent(&sizes, runs) {
+    match parent(&sizes, runs, keep.as_deref()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("scale: {message}");
@@ -117,21 +129,45 @@ fn entry_digest(i: u64) -> Digest {
     Digest::sha256_of(&i.to_le_bytes())
 }
 
-fn parent(sizes: &[u64], runs: usize) -> Result<(), String> {
+fn parent(sizes: &[u64], runs: usize, keep: Option<&Path>) -> Result<(), String> {
     let target = target_dir();
     fs::create_dir_all(&target).map_err(|e| format!("create {}: {e}", target.display()))?;
-    let dir = tempfile::Builder::new()
-        .prefix("scale-bench-")
-        .tempdir_in(&target)
-        .map_err(|e| format!("temp dir under {}: {e}", target.display()))?;
+    let temp;
+    let (root, mut written) = match keep {
+        Some(dir) => {
+            fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+            let had = fs::read_to_string(dir.join(GENERATED))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            (dir.to_path_buf(), had)
+        }
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("scale-bench-")
+                .tempdir_in(&target)
+                .map_err(|e| format!("temp dir under {}: {e}", target.display()))?;
+            (temp.path().to_path_buf(), 0)
+        }
+    };
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    println!("store directory: {}", dir.path().display());
+    println!("store directory: {}", root.display());
     let mut rows = Vec::new();
-    let mut written = 0u64;
     for &n in sizes {
         let started = Instant::now();
-        generate(dir.path(), written, n)?;
-        written = n;
+        if n > written {
+            generate(&root, written, n)?;
+            written = n;
+            if keep.is_some() {
+                fs::write(root.join(GENERATED), n.to_string())
+                    .map_err(|e| format!("write {}: {e}", root.join(GENERATED).display()))?;
+            }
+        } else if n < written {
+            return Err(format!(
+                "{} already holds {written} entries: use --n {written} or a new --dir",
+                root.display()
+            ));
+        }
         println!(
             "wrote entries up to {n} and {} tag lines in {:.1} s",
             n / TAG_EVERY,
@@ -139,7 +175,7 @@ fn parent(sizes: &[u64], runs: usize) -> Result<(), String> {
         );
         for run in 1..=runs {
             let output = Command::new(&exe)
-                .env(CHILD_ENV, format!("{n} {}", dir.path().display()))
+                .env(CHILD_ENV, format!("{n} {}", root.display()))
                 .output()
                 .map_err(|e| format!("spawn child: {e}"))?;
             if !output.status.success() {
@@ -156,9 +192,13 @@ fn parent(sizes: &[u64], runs: usize) -> Result<(), String> {
     }
     println!();
     print_table(&rows);
+    if keep.is_some() {
+        println!("\nkept the store in {}", root.display());
+        return Ok(());
+    }
     // The TempDir's drop deletes the tree; say how long it took.
     let started = Instant::now();
-    dir.close().map_err(|e| format!("delete store: {e}"))?;
+    fs::remove_dir_all(&root).map_err(|e| format!("delete store: {e}"))?;
     println!(
         "\ndeleted the store in {:.1} s",
         started.elapsed().as_secs_f64()

@@ -60,11 +60,17 @@ impl Store {
 
     /// [`Store::open`] for callers outside a runtime. Blocking.
     pub fn open_blocking(config: StoreConfig) -> Result<Store, StoreError> {
-        let disk = DiskTier::open(&config)?;
         let base = config.root.join(LAYOUT_VERSION);
-        let tags = TagIndex::open(base.join("tags.jsonl"))?;
-        let mappings = MappingLog::open(MappingLog::path_in(&config.root))?;
-        let diff_ids = DiffIdLog::open(DiffIdLog::path_in(&config.root))?;
+        // The logs are replayed on a thread of their own while the disk
+        // tier scans its entries (with a million entries each takes a
+        // while), once the disk tier holds the root's lock.
+        let (disk, logs) = DiskTier::open_with(&config, || {
+            let tags = TagIndex::open(base.join("tags.jsonl"))?;
+            let mappings = MappingLog::open(MappingLog::path_in(&config.root))?;
+            let diff_ids = DiffIdLog::open(DiffIdLog::path_in(&config.root))?;
+            Ok::<_, StoreError>((tags, mappings, diff_ids))
+        })?;
+        let (tags, mappings, diff_ids) = logs?;
         let memory = (config.memory_max_bytes > 0)
             .then(|| MemoryTier::new(config.memory_max_bytes, config.memory_max_object_bytes));
         let mut tiers: Vec<Arc<dyn Tier>> = Vec::new();

@@ -32,15 +32,7 @@ impl Key {
     /// a sha256 hex part that does not decode.
     pub(super) fn from_hex(algorithm: Algorithm, hex: &str) -> Option<Key> {
         match algorithm {
-            Algorithm::Sha256 => {
-                // Digest grammar: lowercase only (`decode_to_slice` takes both cases).
-                if hex.bytes().any(|b| b.is_ascii_uppercase()) {
-                    return None;
-                }
-                let mut raw = [0u8; 32];
-                hex::decode_to_slice(hex, &mut raw).ok()?;
-                Some(Key::Sha256(raw))
-            }
+            Algorithm::Sha256 => decode_sha256(hex.as_bytes()).map(Key::Sha256),
             _ => Digest::parse(&format!("{}:{hex}", algorithm.name()))
                 .ok()
                 .map(Key::Other),
@@ -55,16 +47,51 @@ impl Key {
     }
 }
 
+/// 64 lowercase hex digits (the digest grammar: no uppercase) as 32 bytes.
+/// Table-driven: a million of these run at every start-up.
+fn decode_sha256(hex: &[u8]) -> Option<[u8; 32]> {
+    const BAD: u8 = 0xff;
+    const TABLE: [u8; 256] = {
+        let mut t = [BAD; 256];
+        let mut i = 0;
+        while i < 10 {
+            t[b'0' as usize + i] = i as u8;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 6 {
+            t[b'a' as usize + i] = 10 + i as u8;
+            i += 1;
+        }
+        t
+    };
+    let hex: &[u8; 64] = hex.try_into().ok()?;
+    let mut raw = [0u8; 32];
+    let mut bad = 0u8;
+    for (out, pair) in raw.iter_mut().zip(hex.chunks_exact(2)) {
+        let (hi, lo) = (TABLE[pair[0] as usize], TABLE[pair[1] as usize]);
+        bad |= hi | lo;
+        *out = (hi << 4) | (lo & 0x0f);
+    }
+    // Valid nibbles are < 16: any BAD (0xff) sets the high bits.
+    (bad & 0xf0 == 0).then_some(raw)
+}
+
+/// The index's maps: foldhash, seeded per process (the std SipHash cost a
+/// third of building a million-entry index at start-up; keys are digests,
+/// which a client can't choose freely, and the seed is random).
+type KeyMap<V> = HashMap<Key, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 pub(super) struct Index {
-    entries: HashMap<Key, Entry>,
+    entries: KeyMap<Entry>,
     /// Access tick → digest, oldest first. Ticks are unique (see [`AccessClock`]).
     lru: BTreeMap<u64, Key>,
     pub(super) used: u64,
     /// Live [`PinGuard`]s per digest; eviction skips pinned entries. Kept
     /// apart from [`Entry`] (pinned entries are few) so every entry's hash
     /// bucket is 8 bytes smaller.
-    pins: HashMap<Key, u32>,
+    pins: KeyMap<u32>,
     /// Space promised to fills in flight (their temp files), counted
     /// against the budget with `used`, so the data directory never holds more
     /// than the budget however many fills run.
@@ -85,30 +112,44 @@ impl Index {
     /// key). Ticks are the persisted mtimes, made strictly increasing.
     /// Returns the index and the last tick.
     pub(super) fn from_sorted(found: Vec<scan::Found>) -> (Index, u64) {
-        let mut entries = HashMap::with_capacity(found.len());
-        let mut used = 0u64;
-        let mut last_tick = 0u64;
-        let lru = found
-            .into_iter()
-            .map(|f| {
+        // Both maps are built at once, each on its own thread, from the same
+        // ticks (a million entries take a while either way).
+        let ticks = || {
+            let mut last_tick = 0u64;
+            found.iter().map(move |f| {
                 let tick = f.mtime.max(last_tick + 1);
                 last_tick = tick;
-                used += f.size;
-                entries.insert(
-                    f.key.clone(),
-                    Entry {
+                (tick, f)
+            })
+        };
+        let (entries, lru) = std::thread::scope(|scope| {
+            let entries = scope.spawn(|| {
+                let mut entries = KeyMap::with_capacity_and_hasher(
+                    found.len(),
+                    foldhash::fast::RandomState::default(),
+                );
+                for (tick, f) in ticks() {
+                    let entry = Entry {
                         size: f.size,
                         tick,
                         persisted: f.mtime,
-                    },
-                );
-                (tick, f.key)
-            })
-            .collect();
+                    };
+                    entries.insert(f.key.clone(), entry);
+                }
+                entries
+            });
+            let lru: BTreeMap<u64, Key> = ticks().map(|(tick, f)| (tick, f.key.clone())).collect();
+            let entries = entries
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (entries, lru)
+        });
+        let used = found.iter().map(|f| f.size).sum();
+        let last_tick = lru.last_key_value().map_or(0, |(t, _)| *t);
         let index = Index {
             entries,
             lru,
-            pins: HashMap::new(),
+            pins: KeyMap::default(),
             used,
             reserved: 0,
         };
@@ -239,6 +280,28 @@ impl AccessClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sha256_hex_decodes_like_the_hex_crate_and_refuses_what_the_grammar_does() {
+        for i in 0..1000u32 {
+            let d = Digest::sha256_of(&i.to_le_bytes());
+            let mut want = [0u8; 32];
+            hex::decode_to_slice(d.hex(), &mut want).unwrap();
+            assert_eq!(decode_sha256(d.hex().as_bytes()), Some(want));
+        }
+        let good = "0123456789abcdef".repeat(4);
+        assert!(decode_sha256(good.as_bytes()).is_some());
+        for bad in [
+            "0123456789ABCDEF".repeat(4),
+            format!("{}g", &good[..63]),
+            format!("{} ", &good[..63]),
+            good[..62].to_owned(),
+            format!("{good}0"),
+            format!("{}\u{e9}", &good[..62]),
+        ] {
+            assert_eq!(decode_sha256(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn keys_round_trip_every_algorithm() {

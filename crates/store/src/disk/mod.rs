@@ -223,6 +223,16 @@ impl DiskTier {
     /// Listing uses up to 4 threads; 100,000 entries open in well under a
     /// second (see `examples/open_100k.rs`).
     pub fn open(config: &StoreConfig) -> Result<DiskTier, StoreError> {
+        DiskTier::open_with(config, || ()).map(|(tier, ())| tier)
+    }
+
+    /// [`DiskTier::open`], running `alongside` on another thread while the
+    /// entries are scanned, once the root is locked (so it may read the
+    /// root's other files: nobody else has it open).
+    pub fn open_with<T: Send>(
+        config: &StoreConfig,
+        alongside: impl FnOnce() -> T + Send,
+    ) -> Result<(DiskTier, T), StoreError> {
         let base = config.root.join(LAYOUT_VERSION);
         let blobs = base.join("blobs");
         let tmp = base.join("tmp");
@@ -275,10 +285,16 @@ impl DiskTier {
             Err(e) => return Err(e),
         }
 
-        let mut found = scan_blobs(&blobs)?;
-        // Oldest access first; ties (same mtime) broken by digest so the order is deterministic.
-        found.sort_unstable_by(|a, b| a.mtime.cmp(&b.mtime).then_with(|| a.key.cmp(&b.key)));
-        let (index, last_tick) = Index::from_sorted(found);
+        let (scanned, beside) = std::thread::scope(|scope| {
+            let beside = scope.spawn(alongside);
+            // Oldest access first (see `scan_blobs`).
+            let scanned = scan_blobs(&blobs).map(Index::from_sorted);
+            let beside = beside
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (scanned, beside)
+        });
+        let (index, last_tick) = scanned?;
 
         let fs_bytes = rustix::fs::statvfs(&base)
             .map(|s| s.f_blocks.saturating_mul(s.f_frsize))
@@ -316,7 +332,7 @@ impl DiskTier {
                 "disk cache index loaded"
             );
         }
-        Ok(tier)
+        Ok((tier, beside))
     }
 
     /// `<root>/v1`.

@@ -32,9 +32,11 @@ pub(super) struct Found {
     pub(super) mtime: u64,
 }
 
-/// Lists every committed entry. Prefix directories are split across a few
-/// threads: the work is one `getdents` per directory and one `statx` per
-/// file, which parallelises well on a warm dentry cache.
+/// Lists every committed entry, oldest access (mtime) first, ties broken
+/// by digest so the order is deterministic. Prefix directories are split
+/// across a few threads: the work is one `getdents` per directory and one
+/// `statx` per file, which parallelises well on a warm dentry cache. Each
+/// thread sorts its own share; the shares are then merged.
 pub(super) fn scan_blobs(blobs: &Path) -> Result<Vec<Found>, StoreError> {
     let mut prefix_dirs = Vec::new();
     for algorithm in ALGORITHMS {
@@ -60,7 +62,13 @@ pub(super) fn scan_blobs(blobs: &Path) -> Result<Vec<Found>, StoreError> {
     let results: Vec<Result<Vec<Found>, StoreError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = prefix_dirs
             .chunks(per_thread)
-            .map(|chunk| scope.spawn(move || scan_prefix_dirs(chunk)))
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let mut found = scan_prefix_dirs(chunk)?;
+                    found.sort_unstable_by(oldest_first);
+                    Ok(found)
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -74,39 +82,73 @@ pub(super) fn scan_blobs(blobs: &Path) -> Result<Vec<Found>, StoreError> {
     for r in results {
         found.extend(r?);
     }
+    // A few sorted runs back to back: the stable sort finds and merges them.
+    found.sort_by(oldest_first);
     Ok(found)
 }
 
+fn oldest_first(a: &Found, b: &Found) -> std::cmp::Ordering {
+    a.mtime.cmp(&b.mtime).then_with(|| a.key.cmp(&b.key))
+}
+
 pub(super) fn scan_prefix_dirs(dirs: &[(Algorithm, PathBuf)]) -> Result<Vec<Found>, StoreError> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags, StatxFlags};
     let mut found = Vec::new();
     for (algorithm, dir) in dirs {
         let prefix = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        for entry in fs::read_dir(dir).map_err(StoreError::io("list", dir))? {
-            let entry = entry.map_err(StoreError::io("list", dir))?;
+        // rustix's directory reader and `statx` relative to the directory:
+        // no heap name per entry (std's `DirEntry` has one), and only the
+        // fields the index needs.
+        let fd = rustix::fs::open(
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| StoreError::io("list", dir)(e.into()))?;
+        let mut entries =
+            rustix::fs::Dir::read_from(&fd).map_err(|e| StoreError::io("list", dir)(e.into()))?;
+        while let Some(entry) = entries.read() {
+            let entry = entry.map_err(|e| StoreError::io("list", dir)(e.into()))?;
             let name = entry.file_name();
+            let bytes = name.to_bytes();
+            if bytes == b"." || bytes == b".." {
+                continue;
+            }
             // Parsed straight into the index's compact key: no `Digest`
             // (a heap string) per entry.
-            let key = name
-                .to_str()
+            let key = std::str::from_utf8(bytes)
+                .ok()
                 .filter(|hex| hex.starts_with(prefix))
                 .and_then(|hex| Key::from_hex(*algorithm, hex));
             let Some(key) = key else {
-                tracing::warn!(path = %entry.path().display(), "ignoring file with a non-digest name in cache directory");
+                tracing::warn!(path = %dir.join(String::from_utf8_lossy(bytes).as_ref()).display(), "ignoring file with a non-digest name in cache directory");
                 continue;
             };
-            let meta = match entry.metadata() {
+            let meta = match rustix::fs::statx(
+                &fd,
+                name,
+                AtFlags::SYMLINK_NOFOLLOW,
+                StatxFlags::TYPE | StatxFlags::SIZE | StatxFlags::MTIME,
+            ) {
                 Ok(meta) => meta,
                 // Deleted while listing (should not happen under the root lock).
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StoreError::io("stat", entry.path())(e)),
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => {
+                    let path = dir.join(String::from_utf8_lossy(bytes).as_ref());
+                    return Err(StoreError::io("stat", path)(e.into()));
+                }
             };
-            if !meta.is_file() {
+            if FileType::from_raw_mode(meta.stx_mode.into()) != FileType::RegularFile {
                 continue;
             }
-            let mtime = meta.modified().map(unix_nanos).unwrap_or(0);
+            // As `unix_nanos` reads a `SystemTime`: before the epoch is 0.
+            let mtime = u64::try_from(meta.stx_mtime.tv_sec).map_or(0, |secs| {
+                secs.saturating_mul(1_000_000_000)
+                    .saturating_add(u64::from(meta.stx_mtime.tv_nsec))
+            });
             found.push(Found {
                 key,
-                size: meta.len(),
+                size: meta.stx_size,
                 mtime,
             });
         }
