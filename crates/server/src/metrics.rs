@@ -146,6 +146,7 @@ struct Hot {
     via_sendfile: Counter,
     via_sendfile_fill: Counter,
     via_fast: Counter,
+    via_prepared: Counter,
     via_hyper: Counter,
 }
 
@@ -196,6 +197,8 @@ pub enum ResponseVia {
     SendfileFill,
     /// Fast path, any other body (manifests, errors, memory-tier blobs).
     Fast,
+    /// Fast path, a by-tag manifest answer kept ready (`handlers::prepared`).
+    Prepared,
     /// hyper (requests with bodies, HTTP/2, and everything after them on
     /// their connection).
     Hyper,
@@ -294,7 +297,7 @@ impl Metrics {
         let responses = Family::<Via, Counter>::default();
         registry.register(
             "responses",
-            "Responses by how they were written: sendfile (cached blob), sendfile_fill (blob being fetched), fast (regcache's HTTP/1 loop) or hyper",
+            "Responses by how they were written: sendfile (cached blob), sendfile_fill (blob being fetched), fast (regcache's HTTP/1 loop), prepared (a warm by-tag manifest answer kept ready, on that loop) or hyper",
             responses.clone(),
         );
         let via = |via: &'static str| -> Counter {
@@ -304,6 +307,7 @@ impl Metrics {
         let via_sendfile = via("sendfile");
         let via_sendfile_fill = via("sendfile_fill");
         let via_fast = via("fast");
+        let via_prepared = via("prepared");
         let via_hyper = via("hyper");
         let tls_handshake_failures = Counter::default();
         registry.register(
@@ -366,6 +370,7 @@ impl Metrics {
             via_sendfile,
             via_sendfile_fill,
             via_fast,
+            via_prepared,
             via_hyper,
             tag_hit,
             manifest_hit,
@@ -412,6 +417,7 @@ impl Metrics {
             ResponseVia::Sendfile => self.hot.via_sendfile.inc(),
             ResponseVia::SendfileFill => self.hot.via_sendfile_fill.inc(),
             ResponseVia::Fast => self.hot.via_fast.inc(),
+            ResponseVia::Prepared => self.hot.via_prepared.inc(),
             ResponseVia::Hyper => self.hot.via_hyper.inc(),
         };
     }

@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use regcache_formats::Digest;
@@ -92,6 +93,9 @@ struct State {
 pub struct TagIndex {
     path: PathBuf,
     state: Mutex<State>,
+    /// Bumped after every change to the map: an answer derived from the
+    /// index (a prepared response) is still current while it is unchanged.
+    generation: AtomicU64,
 }
 
 /// Rewrite when lines exceed `2 * live + COMPACT_SLACK`.
@@ -128,7 +132,15 @@ impl TagIndex {
                 log,
                 needs_rewrite: false,
             }),
+            generation: AtomicU64::new(0),
         })
+    }
+
+    /// Changes every time a tag is put or removed. Read it before reading
+    /// the index: something derived from what was read is current as long
+    /// as the generation still equals the one read first.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn get(&self, upstream: &str, repository: &str, tag: &str) -> Option<TagRecord> {
@@ -252,6 +264,7 @@ impl TagIndex {
             return Err(e);
         }
         apply(&mut state.map, op);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         state.live = count(&state.map);
         state.lines += 1;
         if state.lines > 2 * state.live + COMPACT_SLACK {

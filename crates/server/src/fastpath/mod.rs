@@ -34,6 +34,7 @@ mod send;
 mod wire;
 
 pub use rewind::Rewind;
+pub use wire::head_lines;
 use wire::{Parsed, parse, write_reply};
 
 /// Largest request head the fast path reads before giving up (hyper's default
@@ -78,6 +79,12 @@ pub enum ReplyBody {
     },
     /// Anything else a handler produced.
     Body(Body),
+    /// A prepared answer (`handlers::prepared`): its header lines, each
+    /// `name: value\r\n` with `Content-Length` among them, and its body.
+    Prepared {
+        head: Bytes,
+        body: Bytes,
+    },
 }
 
 impl Reply {

@@ -120,27 +120,38 @@ pub(super) async fn write_reply(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let mut out = Vec::with_capacity(512);
+    // A prepared answer's head lines (its length and API version included)
+    // are written as they are; its body is plain bytes.
+    let (prepared, body) = match body {
+        ReplyBody::Prepared { head, body } => (Some(head), ReplyBody::Bytes(body)),
+        body => (None, body),
+    };
+    let mut out = Vec::with_capacity(512 + prepared.as_ref().map_or(0, |p| p.len()));
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    if let Some(lines) = &prepared {
+        out.extend_from_slice(lines);
+    }
     for (name, value) in &headers {
         put_header(&mut out, name.as_str(), value.as_bytes());
     }
-    if !headers.contains_key(&API_VERSION) {
+    if prepared.is_none() && !headers.contains_key(&API_VERSION) {
         put_header(&mut out, "docker-distribution-api-version", b"registry/2.0");
     }
     if !headers.contains_key(header::DATE) {
         with_date(|date| put_header(&mut out, "date", date));
     }
-    let declared = headers.contains_key(header::CONTENT_LENGTH);
+    let declared = prepared.is_some() || headers.contains_key(header::CONTENT_LENGTH);
     let mut chunked = false;
     let mut close = close;
     if !bodiless && !declared {
         match &body {
             ReplyBody::Empty => put_header(&mut out, "content-length", b"0"),
+            // Its head lines declare its length (made `Bytes` above).
+            ReplyBody::Prepared { .. } => {}
             ReplyBody::Bytes(b) => {
                 put_header(&mut out, "content-length", b.len().to_string().as_bytes())
             }
@@ -199,13 +210,13 @@ async fn write_body(
 ) -> io::Result<()> {
     match body {
         ReplyBody::Empty => write_all(stream, &out, wt).await,
-        ReplyBody::Bytes(b) if b.len() <= INLINE_BODY => {
+        ReplyBody::Bytes(b) | ReplyBody::Prepared { body: b, .. } if b.len() <= INLINE_BODY => {
             out.extend_from_slice(&b);
             write_all(stream, &out, wt).await?;
             *written += b.len() as u64;
             Ok(())
         }
-        ReplyBody::Bytes(b) => {
+        ReplyBody::Bytes(b) | ReplyBody::Prepared { body: b, .. } => {
             write_all(stream, &out, wt).await?;
             write_counted(stream, &b, wt, written).await
         }
@@ -298,6 +309,19 @@ fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
         }
         f(cached.1.as_bytes())
     })
+}
+
+/// `headers` as the fast path writes them, `name: value\r\n` each: the
+/// part of a prepared answer's head that is the same for every request.
+pub fn head_lines(headers: &HeaderMap) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(256);
+    for (name, value) in headers {
+        put_header(&mut out, name.as_str(), value.as_bytes());
+    }
+    if !headers.contains_key(&API_VERSION) {
+        put_header(&mut out, "docker-distribution-api-version", b"registry/2.0");
+    }
+    out.into()
 }
 
 fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {

@@ -6,13 +6,14 @@
 use futures_util::future::BoxFuture;
 use http::{Method, Request, Response, header};
 use regcache_formats::Digest;
+use regcache_formats::reference::Reference;
 use regcache_formats::schema1::EMPTY_LAYER_DIGEST;
 use regcache_store::Source;
 
 use super::App;
 use super::blobs::ColdSlice;
 use crate::fastpath::{FastPath, Reply, ReplyBody};
-use crate::metrics::{ResponseVia, ServedFrom};
+use crate::metrics::{Kind, ResponseVia, ServedFrom};
 use crate::request::{Routed, route};
 use crate::rescue::rescue_at;
 use crate::routes::Route;
@@ -60,6 +61,12 @@ impl App {
                     return Reply::from_response(refused, head);
                 }
             };
+            if let Ok(r) = &routed
+                && let Some(reply) = self.prepared_reply(r, &req)
+            {
+                self.metrics.responded(ResponseVia::Prepared);
+                return reply;
+            }
             if let Ok(r) = &routed
                 && let Some(reply) = self.fast_blob(r, &req).await
             {
@@ -161,6 +168,53 @@ impl App {
             }
             Err(_) => None,
         }
+    }
+}
+
+impl App {
+    /// A by-tag manifest answer kept ready ([`super::prepared`]), counted
+    /// as the full path would count it (a tag hit and a manifest hit).
+    fn prepared_reply(&self, routed: &Routed, req: &Request<ReqBody>) -> Option<Reply> {
+        let Route::Manifest {
+            name,
+            reference: Reference::Tag(tag),
+        } = &routed.route
+        else {
+            return None;
+        };
+        if routed.target.acting_as.is_some() || req.headers().contains_key(header::IF_NONE_MATCH) {
+            return None;
+        }
+        let key = super::prepared::Key {
+            upstream: &routed.target.upstream.name,
+            repository: name.as_str(),
+            tag: tag.as_str(),
+            accept: req.headers(),
+        };
+        let now = crate::services::unix_now();
+        let answer = self
+            .prepared
+            .get(&key, self.prepared_basis(&routed.target), now)?;
+        self.metrics.hit(Kind::Tag);
+        self.metrics.hit(Kind::Manifest);
+        if super::prepared::Prepared::touch_due(&answer, now) {
+            self.store().disk().touch(&answer.digest);
+        }
+        let head = req.method() == Method::HEAD;
+        let tally = self.cockpit.tally(&routed.route);
+        if !head {
+            tally.bytes(answer.body.len() as u64);
+        }
+        Some(Reply {
+            status: http::StatusCode::OK,
+            headers: http::HeaderMap::new(),
+            body: ReplyBody::Prepared {
+                head: answer.head.clone(),
+                body: answer.body.clone(),
+            },
+            meter: None,
+            access: None,
+        })
     }
 }
 

@@ -17,6 +17,7 @@ use regcache_formats::reference::{Reference, RepositoryName, Tag};
 use regcache_formats::{Digest, ErrorCode, RegistryError};
 
 use super::App;
+use super::prepared::Basis;
 use crate::error::Error;
 use crate::policy::{Policy, Schema1Digests, Schema1Mode};
 use crate::request::Target;
@@ -34,6 +35,8 @@ impl App {
         headers: &HeaderMap,
         head: bool,
     ) -> Result<Response<Body>, Error> {
+        // What a prepared answer depends on, read before anything it covers.
+        let basis = self.prepared_basis(target);
         let policy = self
             .policies
             .load()
@@ -69,9 +72,18 @@ impl App {
         let rules = policy.rules();
         // Digest requests are only ever served as stored or refused, so the
         // tag is only read on the paths that generate.
+        let prepare = |served: &Manifest| {
+            if let Some(tag) = tag {
+                self.prepare(target, name, tag, headers, basis, &stored, served);
+            }
+        };
         let tag = tag.map_or("", Tag::as_str);
         match negotiate::decide(request, accepts, &stored, rules) {
-            Decision::ServeAsIs => self.serve_manifest(&stored, head),
+            Decision::ServeAsIs => {
+                let resp = self.serve_manifest(&stored, head)?;
+                prepare(&stored);
+                Ok(resp)
+            }
             Decision::RefuseOci(msg) => Err(Error::client(ErrorCode::ManifestUnknown, msg)),
             Decision::NoAmd64Entry => Err(self.no_amd64_entry(name, tag, &stored, policy)),
             Decision::Schema1(action) => {
@@ -100,7 +112,11 @@ impl App {
                     .get(target, name, &child.digest, Some(&child.media_type))
                     .await?;
                 match negotiate::decide_child(c.handler_kind(), accepts, rules) {
-                    ChildDecision::ServeAsIs => self.serve_manifest(&c, head),
+                    ChildDecision::ServeAsIs => {
+                        let resp = self.serve_manifest(&c, head)?;
+                        prepare(&c);
+                        Ok(resp)
+                    }
                     ChildDecision::Schema1(action) => {
                         let images = (&stored, &c);
                         self.to_schema1(target, name, tag, images, action, policy, headers, head)
@@ -112,6 +128,79 @@ impl App {
                 }
             }
         }
+    }
+
+    /// What a prepared answer for `target` is made on and checked against
+    /// ([`super::prepared`]).
+    pub(super) fn prepared_basis(&self, target: &Target) -> Basis {
+        Basis {
+            generation: self.store().tags().generation(),
+            policies: Arc::as_ptr(&self.policies.load()) as usize,
+            tag_ttl: target.upstream.ttls().tag_ttl,
+        }
+    }
+
+    /// Keep the answer `served` (the tag's manifest `tagged`, or its child)
+    /// ready for the next request like this one, while the tag is fresh.
+    /// `basis` was read before the policy and the tag were.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare(
+        &self,
+        target: &Target,
+        name: &RepositoryName,
+        tag: &Tag,
+        headers: &HeaderMap,
+        basis: Basis,
+        tagged: &Manifest,
+        served: &Manifest,
+    ) {
+        if target.acting_as.is_some()
+            || served.media_type.is_schema1()
+            || headers.contains_key(header::IF_NONE_MATCH)
+        {
+            return;
+        }
+        let up = &target.upstream.name;
+        // The answer holds for the tag index as read now if the tag still
+        // names what was served: resolving it may have changed the index
+        // (a miss records the tag), which must not void its own answer.
+        let tags = self.store().tags();
+        let basis = Basis {
+            generation: tags.generation(),
+            ..basis
+        };
+        let Some(record) = tags.get(up, name.as_str(), tag.as_str()) else {
+            return;
+        };
+        if record.digest != tagged.digest {
+            return;
+        }
+        let fresh_until = record
+            .fetched_at_unix
+            .saturating_add(basis.tag_ttl.as_secs());
+        let body = bytes::Bytes::from_owner(served.raw.clone());
+        let resp = manifest_response(
+            served.media_type.as_str(),
+            &served.digest,
+            body.clone(),
+            true,
+        );
+        let key = super::prepared::Key {
+            upstream: up,
+            repository: name.as_str(),
+            tag: tag.as_str(),
+            accept: headers,
+        };
+        let now = crate::services::unix_now();
+        self.prepared.put(
+            &key,
+            basis,
+            fresh_until,
+            now,
+            resp.headers(),
+            body,
+            &served.digest,
+        );
     }
 
     /// A list or index without a linux/amd64 entry, for a client that can

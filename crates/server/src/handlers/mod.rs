@@ -39,6 +39,7 @@ pub mod listings;
 pub mod manifests;
 mod observed;
 pub mod peer;
+pub mod prepared;
 pub mod push;
 pub mod referrers;
 
@@ -64,6 +65,8 @@ pub struct App {
     /// start-up after the app exists (its metrics count in the app's
     /// registry); unset: a single replica.
     cluster: std::sync::OnceLock<crate::cluster::Cluster>,
+    /// Warm by-tag manifest answers kept ready ([`prepared`]).
+    prepared: prepared::Prepared,
 }
 
 impl std::fmt::Debug for App {
@@ -113,6 +116,7 @@ impl App {
             id_prefix: crate::access_log::id_prefix(),
             access: AtomicU8::new(crate::access_log::AccessLevel::Info.as_u8()),
             cluster: std::sync::OnceLock::new(),
+            prepared: prepared::Prepared::default(),
         }))
     }
 

@@ -297,3 +297,119 @@ async fn writes_and_catalog_follow_each_upstreams_keys() {
         "the oversize manifest never went upstream"
     );
 }
+
+/// A warm by-tag GET through the fast path is answered from the prepared
+/// answer: the same bytes as the full path's, counted as a tag and a
+/// manifest hit, no upstream call; a tag index change, other `Accept`
+/// values or `If-None-Match` go the full path.
+#[tokio::test]
+async fn a_warm_by_tag_get_is_the_prepared_answer_of_the_first() {
+    use crate::fastpath::{FastPath, ReplyBody};
+    let t = two_upstreams().await;
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+    let manifest = |seed: u32| {
+        let config = Digest::sha256_of(&blob(seed, 10));
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{oci}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":10}},"layers":[]}}"#
+        )
+    };
+    let first = manifest(1);
+    let digest = t.a.put_manifest("team/app", oci, first.clone());
+    t.a.tag("team/app", "v1", &digest);
+    let request = |accept: &'static str, extra: Option<(&'static str, &'static str)>| {
+        let mut b = Request::get("/v2/team/app/manifests/v1?ns=a.test").header("accept", accept);
+        if let Some((k, v)) = extra {
+            b = b.header(k, v);
+        }
+        b.body(ReqBody::Empty).unwrap()
+    };
+    let accept =
+        "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
+    let via = |app: &App, v: &str| {
+        let text = app.metrics.encode();
+        let line = format!("regcache_responses_total{{via=\"{v}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0.0, |n| n.parse::<f64>().unwrap())
+    };
+
+    let full = FastPath::respond(&*t.app, request(accept, None)).await;
+    assert_eq!(full.status, StatusCode::OK);
+    let ReplyBody::Bytes(full_body) = &full.body else {
+        panic!("the full path answers with bytes: {:?}", full.body);
+    };
+    assert_eq!(&full_body[..], first.as_bytes());
+    let mut full_headers = full.headers.clone();
+    full_headers.remove(&crate::access_log::X_REQUEST_ID);
+    let upstream_calls = t.a.calls(Op::GetManifest) + t.a.calls(Op::HeadManifest);
+
+    let warm = FastPath::respond(&*t.app, request(accept, None)).await;
+    assert_eq!(warm.status, StatusCode::OK);
+    let ReplyBody::Prepared { head, body } = &warm.body else {
+        panic!("the second GET is not the prepared answer: {:?}", warm.body);
+    };
+    assert_eq!(&body[..], first.as_bytes());
+    assert_eq!(head, &crate::fastpath::head_lines(&full_headers));
+    assert!(warm.headers.contains_key(&crate::access_log::X_REQUEST_ID));
+    assert_eq!(via(&t.app, "prepared"), 1.0);
+    let text = t.app.metrics.encode();
+    assert!(
+        text.contains("regcache_cache_lookups_total{kind=\"tag\",result=\"hit\"} 1"),
+        "{text}"
+    );
+    assert_eq!(
+        t.a.calls(Op::GetManifest) + t.a.calls(Op::HeadManifest),
+        upstream_calls
+    );
+
+    // HEAD shares it (the writer sends its head only).
+    let head_req = Request::head("/v2/team/app/manifests/v1?ns=a.test")
+        .header("accept", accept)
+        .body(ReqBody::Empty)
+        .unwrap();
+    assert!(matches!(
+        FastPath::respond(&*t.app, head_req).await.body,
+        ReplyBody::Prepared { .. }
+    ));
+
+    // Other Accept values, or a conditional request: the full path.
+    let other = FastPath::respond(
+        &*t.app,
+        request("application/vnd.oci.image.manifest.v1+json", None),
+    )
+    .await;
+    assert!(
+        matches!(other.body, ReplyBody::Bytes(_)),
+        "{:?}",
+        other.body
+    );
+    let etag = format!("\"{digest}\"");
+    let etag: &'static str = Box::leak(etag.into_boxed_str());
+    let conditional =
+        FastPath::respond(&*t.app, request(accept, Some(("if-none-match", etag)))).await;
+    assert_eq!(conditional.status, StatusCode::NOT_MODIFIED);
+
+    // The tag moves (a revalidation would put the new record): the next
+    // GET is the full path's answer of the new manifest, then prepared again.
+    let second = manifest(2);
+    let moved = t.a.put_manifest("team/app", oci, second.clone());
+    t.a.tag("team/app", "v1", &moved);
+    let tags = t.app.store().tags();
+    let mut record = tags.get("a.test", "team/app", "v1").unwrap();
+    record.digest = moved.clone();
+    record.size = second.len() as u64;
+    tags.put("a.test", "team/app", "v1", record).unwrap();
+    let after = FastPath::respond(&*t.app, request(accept, None)).await;
+    let ReplyBody::Bytes(after_body) = &after.body else {
+        panic!(
+            "a changed tag index must not be answered from the old answer: {:?}",
+            after.body
+        );
+    };
+    assert_eq!(&after_body[..], second.as_bytes());
+    let again = FastPath::respond(&*t.app, request(accept, None)).await;
+    let ReplyBody::Prepared { body, .. } = &again.body else {
+        panic!("{:?}", again.body);
+    };
+    assert_eq!(&body[..], second.as_bytes());
+}

@@ -164,3 +164,26 @@ fn mapping_log_reads_lines_from_before_directions() {
     let line = serde_json::to_string(&found).unwrap();
     assert!(line.contains("\"direction\":\"to-schema1\""), "{line}");
 }
+
+#[test]
+fn the_tag_generation_changes_with_every_change_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let tags = TagIndex::open(dir.path().join("tags.jsonl")).unwrap();
+    let g0 = tags.generation();
+    tags.put("hub", "a", "v1", record(1)).unwrap();
+    let g1 = tags.generation();
+    assert_ne!(g1, g0, "a put changes it");
+    // The same record again is not a change.
+    tags.put("hub", "a", "v1", record(1)).unwrap();
+    assert_eq!(tags.generation(), g1);
+    tags.get("hub", "a", "v1");
+    assert_eq!(tags.generation(), g1, "reads leave it alone");
+    tags.put("hub", "a", "v1", record(2)).unwrap();
+    let g2 = tags.generation();
+    assert_ne!(g2, g1, "a moved tag changes it");
+    // Removing what is not there is not a change; removing a tag is.
+    tags.remove("hub", "a", "nope").unwrap();
+    assert_eq!(tags.generation(), g2);
+    tags.remove("hub", "a", "v1").unwrap();
+    assert_ne!(tags.generation(), g2);
+}

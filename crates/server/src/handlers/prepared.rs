@@ -1,0 +1,373 @@
+//! Prepared by-tag manifest answers: a warm `GET /v2/<name>/manifests/<tag>`
+//! is one lookup and one write.
+//!
+//! The full path for such a request parses the `Accept` headers, locks and
+//! clones the tag record, finds the parsed manifest, negotiates, copies the
+//! body and builds a header map, every time, for an answer that changes only
+//! when the tag does. So the first answer is kept ready: the response head's
+//! lines (type, length, digest, ETag, API version) serialized once and the
+//! body, per (upstream, repository, tag, `Accept` values as sent). A later
+//! request with the same key, admitted like any other (authentication,
+//! access rules and rate limits run first), gets those bytes; only `Date`,
+//! `X-Request-Id` and framing are added per request.
+//!
+//! An answer is used only while everything it was derived from still holds:
+//! - the tag index is unchanged since the answer was made, when the tag
+//!   still named the manifest served (its generation: any put or removal, a
+//!   revalidation that moved or merely refreshed a tag, a purge, drops every
+//!   prepared answer on its next use);
+//! - the tag is fresh: `fetched_at + tag_ttl` has not passed (a stale tag
+//!   goes the full path, which revalidates it), with the `tag_ttl` in force
+//!   (a reload that changes it, or the policies, drops them too).
+//!
+//! Only answers served as stored are prepared (a manifest, list or index as
+//! the upstream has it, or the child a single-image client is given); a
+//! generated rendering (Schema 1, the Docker twin of an OCI image, an
+//! upgrade) and a stored Schema 1 manifest (re-signed per answer) go the
+//! full path. A request acting as its client (credential pass-through) is
+//! never answered from, nor used to prepare, a shared answer.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, header};
+use regcache_formats::Digest;
+
+/// Most bytes (heads and bodies) kept ready; the least used go first.
+const MAX_BYTES: u64 = 32 << 20;
+
+/// What an answer is for.
+#[derive(Debug, Clone, Copy)]
+pub struct Key<'a> {
+    pub upstream: &'a str,
+    pub repository: &'a str,
+    pub tag: &'a str,
+    pub accept: &'a HeaderMap,
+}
+
+impl Key<'_> {
+    fn accepts(&self) -> impl Iterator<Item = &[u8]> {
+        self.accept
+            .get_all(header::ACCEPT)
+            .iter()
+            .map(HeaderValue::as_bytes)
+    }
+}
+
+/// What was true when an answer was made, checked on every use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Basis {
+    /// The tag index's generation when the answer was made.
+    pub generation: u64,
+    /// The policies in force (their address: a reload swaps them whole).
+    pub policies: usize,
+    pub tag_ttl: Duration,
+}
+
+/// One prepared answer.
+#[derive(Debug)]
+pub struct Answer {
+    upstream: String,
+    repository: String,
+    tag: String,
+    accept: Vec<Bytes>,
+    basis: Basis,
+    /// Unix second from which the tag is no longer fresh.
+    fresh_until: u64,
+    /// Header lines, each `name: value\r\n`, without `Date`.
+    pub head: Bytes,
+    pub body: Bytes,
+    pub digest: Digest,
+    /// The second its last use was passed to the disk index.
+    pub touched_unix: AtomicU64,
+}
+
+impl Answer {
+    fn answers(&self, key: &Key<'_>) -> bool {
+        self.upstream == key.upstream
+            && self.repository == key.repository
+            && self.tag == key.tag
+            && key.accepts().eq(self.accept.iter().map(|a| &a[..]))
+    }
+}
+
+/// The prepared answers of one app.
+pub struct Prepared {
+    answers: moka::sync::Cache<u64, Arc<Answer>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("answers", &self.answers.entry_count())
+            .finish()
+    }
+}
+
+impl Default for Prepared {
+    fn default() -> Prepared {
+        Prepared {
+            answers: moka::sync::Cache::builder()
+                .max_capacity(MAX_BYTES)
+                .weigher(|_, a: &Arc<Answer>| {
+                    u32::try_from(a.head.len() + a.body.len() + 256).unwrap_or(u32::MAX)
+                })
+                .build(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+}
+
+impl Prepared {
+    fn hash(&self, key: &Key<'_>) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        key.upstream.hash(&mut h);
+        key.repository.hash(&mut h);
+        key.tag.hash(&mut h);
+        for a in key.accepts() {
+            a.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// The answer for `key` if it is still what the full path would send
+    /// (see the module documentation); one that no longer is, is dropped.
+    pub fn get(&self, key: &Key<'_>, basis: Basis, now_unix: u64) -> Option<Arc<Answer>> {
+        let h = self.hash(key);
+        let answer = self.answers.get(&h)?;
+        if !answer.answers(key) {
+            // Another key with the same hash: not this one's answer.
+            return None;
+        }
+        if answer.basis != basis || now_unix >= answer.fresh_until {
+            self.answers.invalidate(&h);
+            return None;
+        }
+        Some(answer)
+    }
+
+    /// Keep `headers` and `body` ready for `key`, made on `basis`, while
+    /// the tag is fresh (until `fresh_until`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn put(
+        &self,
+        key: &Key<'_>,
+        basis: Basis,
+        fresh_until: u64,
+        now_unix: u64,
+        headers: &HeaderMap,
+        body: Bytes,
+        digest: &Digest,
+    ) {
+        if now_unix >= fresh_until {
+            return;
+        }
+        let answer = Answer {
+            upstream: key.upstream.to_owned(),
+            repository: key.repository.to_owned(),
+            tag: key.tag.to_owned(),
+            accept: key.accepts().map(Bytes::copy_from_slice).collect(),
+            basis,
+            fresh_until,
+            head: crate::fastpath::head_lines(headers),
+            body,
+            digest: digest.clone(),
+            touched_unix: AtomicU64::new(now_unix),
+        };
+        self.answers.insert(self.hash(key), Arc::new(answer));
+    }
+
+    /// Whether the disk index should hear of a use now (once a second).
+    pub fn touch_due(answer: &Answer, now_unix: u64) -> bool {
+        answer.touched_unix.swap(now_unix, Ordering::Relaxed) != now_unix
+    }
+
+    /// Drop every answer (a purge; tests).
+    pub fn clear(&self) {
+        self.answers.invalidate_all();
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> u64 {
+        self.answers.run_pending_tasks();
+        self.answers.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(values: &[&'static str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::ACCEPT, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn basis(generation: u64) -> Basis {
+        Basis {
+            generation,
+            policies: 1,
+            tag_ttl: Duration::from_secs(60),
+        }
+    }
+
+    fn headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("a/b"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(2));
+        h
+    }
+
+    #[test]
+    fn an_answer_serves_only_its_own_key_on_its_own_basis_while_fresh() {
+        let p = Prepared::default();
+        let docker = accept(&["a/b", "c/d"]);
+        let key = Key {
+            upstream: "hub",
+            repository: "library/alpine",
+            tag: "3",
+            accept: &docker,
+        };
+        let digest = Digest::sha256_of(b"{}");
+        p.put(
+            &key,
+            basis(7),
+            1_000,
+            900,
+            &headers(),
+            Bytes::from_static(b"{}"),
+            &digest,
+        );
+        let got = p.get(&key, basis(7), 999).expect("prepared");
+        assert_eq!(&got.body[..], b"{}");
+        assert_eq!(
+            &got.head[..],
+            &b"content-type: a/b\r\ncontent-length: 2\r\ndocker-distribution-api-version: registry/2.0\r\n"[..]
+        );
+
+        // Other Accept values (or the same in another order), another tag,
+        // repository or upstream: not this answer.
+        for other in [accept(&["c/d", "a/b"]), accept(&["a/b"]), accept(&[])] {
+            assert!(
+                p.get(
+                    &Key {
+                        accept: &other,
+                        ..key
+                    },
+                    basis(7),
+                    999
+                )
+                .is_none()
+            );
+        }
+        assert!(p.get(&Key { tag: "4", ..key }, basis(7), 999).is_none());
+        assert!(
+            p.get(
+                &Key {
+                    repository: "x",
+                    ..key
+                },
+                basis(7),
+                999
+            )
+            .is_none()
+        );
+        assert!(
+            p.get(
+                &Key {
+                    upstream: "quay",
+                    ..key
+                },
+                basis(7),
+                999
+            )
+            .is_none()
+        );
+        assert!(
+            p.get(&key, basis(7), 999).is_some(),
+            "misses leave it alone"
+        );
+
+        // The tag's freshness ends: dropped.
+        assert!(p.get(&key, basis(7), 1_000).is_none());
+        assert_eq!(p.len(), 0);
+
+        // A tag index change, a reload of the policies or of the TTL: dropped.
+        p.put(
+            &key,
+            basis(7),
+            1_000,
+            900,
+            &headers(),
+            Bytes::from_static(b"{}"),
+            &digest,
+        );
+        assert!(p.get(&key, basis(8), 901).is_none());
+        assert!(p.get(&key, basis(7), 901).is_none(), "gone once seen stale");
+        for changed in [
+            Basis {
+                policies: 2,
+                ..basis(7)
+            },
+            Basis {
+                tag_ttl: Duration::from_secs(5),
+                ..basis(7)
+            },
+        ] {
+            p.put(
+                &key,
+                basis(7),
+                1_000,
+                900,
+                &headers(),
+                Bytes::from_static(b"{}"),
+                &digest,
+            );
+            assert!(p.get(&key, changed, 901).is_none());
+        }
+        // An answer that is stale when made is not kept.
+        p.put(
+            &key,
+            basis(7),
+            1_000,
+            1_000,
+            &headers(),
+            Bytes::from_static(b"{}"),
+            &digest,
+        );
+        assert!(p.get(&key, basis(7), 999).is_none());
+    }
+
+    #[test]
+    fn touches_are_due_once_a_second() {
+        let p = Prepared::default();
+        let none = HeaderMap::new();
+        let key = Key {
+            upstream: "hub",
+            repository: "r",
+            tag: "t",
+            accept: &none,
+        };
+        let digest = Digest::sha256_of(b"x");
+        p.put(
+            &key,
+            basis(1),
+            100,
+            10,
+            &headers(),
+            Bytes::from_static(b"x"),
+            &digest,
+        );
+        let a = p.get(&key, basis(1), 10).unwrap();
+        assert!(!Prepared::touch_due(&a, 10));
+        assert!(Prepared::touch_due(&a, 11));
+        assert!(!Prepared::touch_due(&a, 11));
+    }
+}
