@@ -1,5 +1,5 @@
 //! The TLS client of the TLS scenarios: rustls (ring) with exactly one
-//! protocol version, one cipher suite and one key-exchange group, so every
+//! protocol version and one cipher suite, X25519 first, so every
 //! server negotiates the same thing (checked on every connection), ALPN
 //! `http/1.1` only (regcache's listener also offers h2), and the run's
 //! self-signed certificate as its only root.
@@ -85,7 +85,11 @@ pub fn client_config(
     roots.add(root.clone()).map_err(TlsError::Root)?;
     let provider = CryptoProvider {
         cipher_suites: vec![tls.suite()],
-        kx_groups: vec![ring::kx_group::X25519],
+        // X25519 first, so it is what every server picks (checked). P-256
+        // must be offered too: in TLS 1.2 the offered groups also bound the
+        // ECDSA certificate's curve (RFC 8422), and OpenSSL refuses every
+        // ECDSA suite ("no shared cipher") to a client without P-256.
+        kx_groups: vec![ring::kx_group::X25519, ring::kx_group::SECP256R1],
         ..ring::default_provider()
     };
     let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
@@ -94,6 +98,10 @@ pub fn client_config(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Every connection a full handshake: the session cache is keyed by the
+    // server name, the same 127.0.0.1 for every server, and a resumed TLS
+    // 1.2 session has no key exchange to check.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 
@@ -239,6 +247,10 @@ mod tests {
         let addr = server(&files, Arc::new(body.clone()));
         for tls in Tls::ALL {
             let config = client_config(tls, &files.cert_der).expect("client config");
+            // A second connection with the same config is a full handshake
+            // too (no resumption), so it reports the same group.
+            let first = connect(addr, &config, tls).expect("first connect");
+            drop(first);
             let mut conn = connect(addr, &config, tls).expect("connect");
             assert_eq!(negotiated(&conn.stream().conn), tls.expected());
             assert!(tls.expected().contains(match tls {
