@@ -233,6 +233,26 @@ impl TlsReport {
         out
     }
 
+    /// A warning when other work used more than
+    /// [`NOISY_CORES`](super::super::harness::NOISY_CORES) during a
+    /// reported (best) run, with the range it used.
+    pub fn noise(&self) -> Option<String> {
+        let others: Vec<f64> = TlsScenario::ALL
+            .iter()
+            .flat_map(|s| [REGCACHE, NGINX_STATIC, NGINX_CACHE].map(|t| self.best(*s, t)))
+            .flatten()
+            .map(|r| r.other_cores)
+            .collect();
+        let max = others.iter().copied().fold(0.0, f64::max);
+        let min = others.iter().copied().fold(f64::INFINITY, f64::min);
+        (max > super::super::harness::NOISY_CORES).then(|| {
+            format!(
+                "other work on the machine used {min:.2}-{max:.2} cores (of {}) during the reported runs: throughput and latency are depressed and uneven (the servers' CPU was shared); CPU per GiB is the steadier figure",
+                self.machine.cores
+            )
+        })
+    }
+
     /// What to print at the end of a run.
     pub fn terminal(&self) -> String {
         let mut out = String::new();
@@ -251,6 +271,9 @@ impl TlsReport {
             let _ = writeln!(out, "- {g}");
         }
         let _ = writeln!(out, "- {}", self.ktls);
+        if let Some(noise) = self.noise() {
+            let _ = writeln!(out, "- NOISY: {noise}");
+        }
         for e in self.errors() {
             let _ = writeln!(out, "ERROR {e}");
         }
@@ -287,6 +310,9 @@ impl TlsReport {
             self.pinning,
             self.elapsed.as_secs_f64()
         );
+        if let Some(noise) = self.noise() {
+            let _ = writeln!(out, "**Noisy run**: {noise}.\n");
+        }
         let _ = writeln!(
             out,
             "Ratio = regcache / peer: above 1 favours regcache for throughput, below 1 for p99 and CPU per GiB. \"(!)\" marks a run with errors.\n"
