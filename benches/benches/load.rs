@@ -7,6 +7,7 @@
 //! cargo bench -p regcache-benches --bench load           # ~5-6 min; writes benches/RESULTS.md
 //! cargo bench -p regcache-benches --bench load -- --quick  # ~2 min; prints only
 //! cargo bench -p regcache-benches --bench load -- --cluster  # S8 alone, ~1 min
+//! cargo bench -p regcache-benches --bench load -- --tls      # TLS alone, ~2.5 min
 //! ```
 //!
 //! Flags (after `--`): `--quick` (also `REGCACHE_BENCH_QUICK=1`): one round
@@ -31,6 +32,12 @@
 //! with a binary that has no cluster mode) and writes nothing.
 //! The other flags apply to S8 too (`--quick`, `--duration`, `--rounds`,
 //! `--no-pin`, `--regcache-bin`, `--no-write`).
+//! `--tls` to run the TLS scenarios alone instead (S1 and S2 over TLS 1.3
+//! and 1.2, regcache against nginx static and nginx `proxy_cache` with
+//! `ssl`, one certificate; 2 rounds of 3 s unless `--rounds`/`--duration`
+//! say otherwise; ~2.5 min): it writes only its own section of RESULTS.md,
+//! which a full run keeps; `--quick`, `--duration`, `--rounds`, `--no-pin`,
+//! `--regcache-bin` and `--no-write` apply.
 //!
 //! What is measured and how: `regcache_benches::load`.
 //!
@@ -42,8 +49,9 @@ use std::time::Duration;
 
 use regcache_benches::load::cluster::{self, ClusterMode};
 use regcache_benches::load::harness::{self, Options};
+use regcache_benches::load::tls;
 
-const USAGE: &str = "usage: cargo bench -p regcache-benches --bench load [-- [--quick] [--duration SECS] [--rounds N] [--servers regcache,distribution,nginx-cache,nginx-static] [--regcache-bin PATH] [--no-pin] [--no-write] [--cluster | --cluster-plain]]";
+const USAGE: &str = "usage: cargo bench -p regcache-benches --bench load [-- [--quick] [--duration SECS] [--rounds N] [--servers regcache,distribution,nginx-cache,nginx-static] [--regcache-bin PATH] [--no-pin] [--no-write] [--cluster | --cluster-plain | --tls]]";
 
 fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
     if !args.iter().any(|a| a == "--bench") {
@@ -56,6 +64,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         Options::full()
     };
     let mut it = args.iter();
+    let (mut duration_given, mut rounds_given) = (false, false);
     while let Some(arg) = it.next() {
         let mut number = |name: &str| -> Result<u64, String> {
             let v = it
@@ -69,8 +78,14 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         };
         match arg.as_str() {
             "--bench" | "--quick" => {}
-            "--duration" => options.duration = Duration::from_secs(number("--duration")?),
-            "--rounds" => options.rounds = number("--rounds")? as usize,
+            "--duration" => {
+                options.duration = Duration::from_secs(number("--duration")?);
+                duration_given = true;
+            }
+            "--rounds" => {
+                options.rounds = number("--rounds")? as usize;
+                rounds_given = true;
+            }
             "--servers" => {
                 let list = it
                     .next()
@@ -105,12 +120,25 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
                 options.cluster = Some(ClusterMode::Plain);
                 options.write_results = false;
             }
+            "--tls" => options.tls = true,
             "--no-write" => {
                 options.write_results = false;
                 options.shown_args.push("--no-write".into());
             }
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    if options.tls && options.cluster.is_some() {
+        return Err(format!("--tls and --cluster run alone: pick one\n{USAGE}"));
+    }
+    // 18 pairs: 2 rounds of 3 s keep a TLS run near 2.5 minutes.
+    if options.tls && !options.quick {
+        if !duration_given {
+            options.duration = Duration::from_secs(3);
+        }
+        if !rounds_given {
+            options.rounds = 2;
         }
     }
     Ok(Some(options))
@@ -134,6 +162,9 @@ fn main() -> ExitCode {
     if let Some(mode) = options.cluster {
         return run_cluster(&options, mode);
     }
+    if options.tls {
+        return run_tls(&options);
+    }
     let report = match harness::run(&options) {
         Ok(report) => report,
         Err(msg) => {
@@ -144,9 +175,11 @@ fn main() -> ExitCode {
     println!("{}", report.terminal());
     if options.write_results {
         let path = harness::workspace_root().join("benches").join("RESULTS.md");
-        // S8 is not part of a full run: its section of the old file stays.
+        // S8 and TLS are not part of a full run: their sections of the old
+        // file stay.
         let old = std::fs::read_to_string(&path).unwrap_or_default();
-        match std::fs::write(&path, cluster::report::carry_over(&old, &report.markdown())) {
+        let new = cluster::report::carry_over(&old, &report.markdown());
+        match std::fs::write(&path, tls::report::carry_over(&old, &new)) {
             Ok(()) => println!("wrote {}", path.display()),
             Err(e) => {
                 eprintln!("load: cannot write {}: {e}", path.display());
@@ -185,6 +218,42 @@ fn run_cluster(options: &Options, mode: ClusterMode) -> ExitCode {
     match std::fs::write(&path, cluster::report::splice(&old, &report.markdown())) {
         Ok(()) => {
             println!("wrote S8's section of {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("load: cannot write {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The TLS scenarios alone: prints their tables and, unless quick or
+/// `--no-write`, puts their section into RESULTS.md (replacing the previous
+/// one).
+fn run_tls(options: &Options) -> ExitCode {
+    let report = match tls::run(options) {
+        Ok(report) => report,
+        Err(msg) => {
+            eprintln!("load: TLS: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}", report.terminal());
+    if !options.write_results {
+        println!("(RESULTS.md not written: quick or --no-write run)");
+        return ExitCode::SUCCESS;
+    }
+    let path = harness::workspace_root().join("benches").join("RESULTS.md");
+    let old = match std::fs::read_to_string(&path) {
+        Ok(old) => old,
+        Err(e) => {
+            eprintln!("load: cannot read {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match std::fs::write(&path, tls::report::splice(&old, &report.markdown())) {
+        Ok(()) => {
+            println!("wrote the TLS section of {}", path.display());
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -56,6 +56,8 @@ pub struct Options {
     pub shown_args: Vec<String>,
     /// Run S8 alone instead of S1-S7 (`--cluster`, `--cluster-plain`).
     pub cluster: Option<super::cluster::ClusterMode>,
+    /// Run the TLS scenarios alone instead of S1-S7 (`--tls`).
+    pub tls: bool,
 }
 
 /// A run during which everything else on the machine used more than this
@@ -76,6 +78,7 @@ impl Options {
             budget: Duration::from_secs(290),
             shown_args: Vec::new(),
             cluster: None,
+            tls: false,
         }
     }
 
@@ -92,6 +95,7 @@ impl Options {
             budget: Duration::from_secs(120),
             shown_args: vec!["--quick".into()],
             cluster: None,
+            tls: false,
         }
     }
 }
@@ -1034,8 +1038,8 @@ pub(super) fn summarize_upstream(entries: &[regcache_tests::AccessLogEntry]) -> 
 /// One GET of `object`, which must be a 200 whose body hashes to its
 /// digest (and, where the server says, with the right
 /// `Docker-Content-Digest`).
-pub(super) fn fetch_checked(
-    conn: &mut Conn,
+pub(super) fn fetch_checked<S: std::io::Read + std::io::Write>(
+    conn: &mut Conn<S>,
     target: &Target,
     object: &Object,
 ) -> Result<super::http::Head, String> {

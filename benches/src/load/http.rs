@@ -13,8 +13,12 @@
 //!
 //! Only what the servers under test send is supported: a status line,
 //! headers, and a `Content-Length` body (chunked answers are an error).
+//!
+//! The connection is generic over its stream so the TLS scenarios
+//! ([`crate::load::tls`]) use the same parsing over a rustls stream; only a
+//! plain TCP connection can drop a body in the kernel.
 
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -50,27 +54,70 @@ pub fn get_request(addr: SocketAddr, path: &str, headers: &[(String, String)]) -
     req.into_bytes()
 }
 
-/// One keep-alive connection.
+/// One keep-alive connection (plain TCP unless given another stream).
 #[derive(Debug)]
-pub struct Conn {
-    stream: TcpStream,
+pub struct Conn<S = TcpStream> {
+    stream: S,
     buf: Vec<u8>,
     /// Unconsumed bytes are `buf[start..end]`.
     start: usize,
     end: usize,
 }
 
+/// A loopback TCP connection as the load uses it: `TCP_NODELAY`, a 60 s
+/// read timeout.
+pub fn tcp_connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    Ok(stream)
+}
+
 impl Conn {
     pub fn connect(addr: SocketAddr) -> io::Result<Conn> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        Ok(Conn {
+        Ok(Conn::over(tcp_connect(addr)?))
+    }
+
+    /// Like [`Conn::read_body`], but the body is consumed in the kernel with
+    /// `recv(MSG_TRUNC)`, which on TCP drops the bytes without copying them
+    /// to user space: the client then costs little CPU, and a throughput
+    /// scenario measures the server rather than the client's copies. `sink`
+    /// gets each step's byte count. Used where the bytes were already checked
+    /// (S1 runs after a hashed warm-up GET).
+    pub fn discard_body(
+        &mut self,
+        len: u64,
+        mut sink: impl FnMut(usize) -> bool,
+    ) -> io::Result<u64> {
+        self.body(
+            len,
+            |stream, buf| {
+                let want = buf.len();
+                Ok(
+                    rustix::net::recv(&*stream, buf, rustix::net::RecvFlags::TRUNC)?
+                        .1
+                        .min(want),
+                )
+            },
+            |bytes| sink(bytes.len()),
+        )
+    }
+}
+
+impl<S: Read + Write> Conn<S> {
+    /// A connection over an established stream.
+    pub fn over(stream: S) -> Conn<S> {
+        Conn {
             stream,
             buf: vec![0; READ_BUF],
             start: 0,
             end: 0,
-        })
+        }
+    }
+
+    /// The stream (e.g. to ask a TLS session what it negotiated).
+    pub fn stream(&self) -> &S {
+        &self.stream
     }
 
     pub fn send(&mut self, request: &[u8]) -> io::Result<()> {
@@ -109,29 +156,15 @@ impl Conn {
     /// (returning the count so far) when `sink` returns `false`, after which
     /// the connection must not be reused.
     pub fn read_body(&mut self, len: u64, sink: impl FnMut(&[u8]) -> bool) -> io::Result<u64> {
-        self.body(len, false, sink)
+        self.body(len, |stream, buf| stream.read(buf), sink)
     }
 
-    /// Like [`Self::read_body`], but the body is consumed in the kernel with
-    /// `recv(MSG_TRUNC)`, which on TCP drops the bytes without copying them
-    /// to user space: the client then costs little CPU, and a throughput
-    /// scenario measures the server rather than the client's copies. `sink`
-    /// gets each step's byte count. Used where the bytes were already checked
-    /// (S1 runs after a hashed warm-up GET).
-    pub fn discard_body(
-        &mut self,
-        len: u64,
-        mut sink: impl FnMut(usize) -> bool,
-    ) -> io::Result<u64> {
-        self.body(len, true, |bytes| sink(bytes.len()))
-    }
-
-    /// Reads (or, with `discard`, drops in the kernel) a body of `len` bytes;
-    /// with `discard` the slices `sink` gets have the right length only.
+    /// Reads a body of `len` bytes with `read` (which may drop the bytes in
+    /// the kernel; the slices `sink` gets then have the right length only).
     fn body(
         &mut self,
         len: u64,
-        discard: bool,
+        mut read: impl FnMut(&mut S, &mut [u8]) -> io::Result<usize>,
         mut sink: impl FnMut(&[u8]) -> bool,
     ) -> io::Result<u64> {
         let mut got = 0u64;
@@ -153,17 +186,7 @@ impl Conn {
             // The buffer is empty here: read straight into all of it, but
             // never past this body (a pipelined next response stays unread).
             let want = ((len - got) as usize).min(self.buf.len());
-            let n = if discard {
-                rustix::net::recv(
-                    &self.stream,
-                    &mut self.buf[..want],
-                    rustix::net::RecvFlags::TRUNC,
-                )?
-                .1
-                .min(want)
-            } else {
-                self.stream.read(&mut self.buf[..want])?
-            };
+            let n = read(&mut self.stream, &mut self.buf[..want])?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

@@ -31,6 +31,8 @@
 //!
 //! and, only when asked (`-- --cluster`, run alone): S8, warm-blob load on
 //! 3 regcache replicas in cluster mode against 1 (see [`cluster`]);
+//! (`-- --tls`, run alone): S1 and S2 over TLS 1.3 and 1.2 against nginx
+//! with `ssl` (see [`tls`]);
 //!
 //! then prints a table of each figure and the ratio regcache/peer and
 //! writes `benches/RESULTS.md` (machine, date, the reproducing command).
@@ -51,6 +53,7 @@
 //! | [`http`] | a minimal keep-alive HTTP/1.1 client (warm-up checks, S1) |
 //! | [`blobload`] | S1's load generator (S8's too: connections spread over several servers) |
 //! | [`cluster`] | S8: moto, the replicas, the two cases, its section of RESULTS.md |
+//! | [`tls`] | S1/S2 over TLS: the certificate, the rustls client, nginx `ssl`, its section of RESULTS.md |
 //! | [`cold`] | S3's fan-in client |
 //! | [`convert`] | S6 and S7: conversions by tag (Schema 1, OCI to Docker twin), their check and table |
 //! | [`pull`] | S4's client (`skopeo copy`) and the check of its copy |
@@ -71,4 +74,5 @@ pub mod procstat;
 pub mod pull;
 pub mod report;
 pub mod servers;
+pub mod tls;
 pub mod wrk;

@@ -162,6 +162,17 @@ pub struct RegcacheServer {
 
 impl RegcacheServer {
     pub fn start(bin: &Path, upstream_url: &str, cpus: &Cpus) -> Result<RegcacheServer, String> {
+        RegcacheServer::start_with(bin, upstream_url, cpus, "")
+    }
+
+    /// Like [`RegcacheServer::start`], with `top` (top-level keys such as
+    /// `tls_cert_file`) before [`REGCACHE_CONFIG`] in its config file.
+    pub fn start_with(
+        bin: &Path,
+        upstream_url: &str,
+        cpus: &Cpus,
+        top: &str,
+    ) -> Result<RegcacheServer, String> {
         let dir = temp_dir("regcache-load-regcache-");
         let addr = regcache_tests::free_addr();
         let admin = regcache_tests::free_addr();
@@ -171,7 +182,7 @@ impl RegcacheServer {
         // limit (200/s, burst 400) would answer most of it 429, and no
         // peer has one.
         let config = dir.path().join("regcache.toml");
-        std::fs::write(&config, REGCACHE_CONFIG)
+        std::fs::write(&config, format!("{top}{REGCACHE_CONFIG}"))
             .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
         let mut child = cpus
             .command(bin)
@@ -350,6 +361,18 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(program: &Path, mode: &NginxMode, cpus: &Cpus) -> Result<Nginx, String> {
+        Nginx::start_with(program, mode, cpus, |conf, _| Ok((conf, None)))
+    }
+
+    /// Like [`Nginx::start`], with the rendered config passed through
+    /// `adapt(conf, prefix)`, which may also name another address for the
+    /// plain-HTTP readiness probe (e.g. when the main listener speaks TLS).
+    pub fn start_with(
+        program: &Path,
+        mode: &NginxMode,
+        cpus: &Cpus,
+        adapt: impl FnOnce(String, &Path) -> Result<(String, Option<SocketAddr>), String>,
+    ) -> Result<Nginx, String> {
         let dir = temp_dir("regcache-load-nginx-");
         let addr = regcache_tests::free_addr();
         for sub in ["tmp", "cache", "logs"] {
@@ -359,6 +382,7 @@ impl Nginx {
         // One worker per CPU it may use: `auto` counts the machine's CPUs,
         // not the pinned ones.
         let conf = render_nginx_conf(dir.path(), addr, mode, as_root, cpus.count());
+        let (conf, probe) = adapt(conf, dir.path())?;
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, &conf).map_err(|e| e.to_string())?;
         let log = dir.path().join("logs").join("error.log");
@@ -380,7 +404,8 @@ impl Nginx {
             .stderr(err)
             .spawn()
             .map_err(|e| format!("cannot spawn {}: {e}", program.display()))?;
-        if let Err(e) = wait_ready(&mut child, addr, "/healthz", |s| s == 200, &log) {
+        let probe = probe.unwrap_or(addr);
+        if let Err(e) = wait_ready(&mut child, probe, "/healthz", |s| s == 200, &log) {
             stop(&mut child);
             let stderr = std::fs::read_to_string(dir.path().join("logs").join("stderr.log"))
                 .unwrap_or_default();
