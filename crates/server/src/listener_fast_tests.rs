@@ -338,6 +338,10 @@ async fn the_path_is_kernel_tls_iff_the_kernel_has_it() {
     let (_, body) = response(&mut c, false).await;
     assert!(body == content(FILE_LEN, 1), "file body differs");
     assert_eq!((s.paths.kernel.get(), s.paths.user.get()), (0, 1));
+    // `Connection: close` ends with close_notify: a clean end, not a cut.
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
     let _ = s.stop.send(());
     s.task.await.unwrap();
 }

@@ -236,7 +236,17 @@ pub async fn run<S: Wire>(
                 }
                 return Outcome::Done;
             }
-            Ok(()) if close => return Outcome::Done,
+            Ok(()) if close => {
+                if S::TLS {
+                    // close_notify, so a client can tell the end from a cut.
+                    let _ = tokio::time::timeout(
+                        limits.write_timeout,
+                        tokio::io::AsyncWriteExt::shutdown(&mut stream),
+                    )
+                    .await;
+                }
+                return Outcome::Done;
+            }
             Ok(()) => {}
         }
         if *stop.borrow() {
