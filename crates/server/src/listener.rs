@@ -43,10 +43,6 @@ use crate::fastpath::{FastPath, Outcome, Rewind, Wire};
 use crate::kernel_tls::{KernelTls, TlsPaths};
 use crate::web::body::Body;
 
-/// rustls's limit on queued records for a userspace TLS connection on the
-/// fast path: a whole `pread` chunk (and the response head) at once.
-const USER_TLS_BUFFER: usize = 320 << 10;
-
 /// TLS for a listener.
 #[derive(Clone)]
 pub struct Tls {
@@ -273,7 +269,7 @@ impl Conn<'_> {
             false => None,
         };
         let Some(ciphers) = ciphers else {
-            let Some(mut io) = handshake(tls, stream, self, stop_rx).await else {
+            let Some(io) = handshake(tls, stream, self, stop_rx).await else {
                 return;
             };
             tls.paths.user.inc();
@@ -281,9 +277,6 @@ impl Conn<'_> {
                 self.serve_hyper(io, true, handler, stop_rx).await;
                 return;
             }
-            // rustls may queue a whole pread chunk of records, sent in one
-            // writev, instead of a quarter of it (64 KiB by default).
-            io.get_mut().1.set_buffer_limit(Some(USER_TLS_BUFFER));
             self.serve_fast(io, fast, handler, stop_rx).await;
             return;
         };
