@@ -29,6 +29,7 @@ pub mod exit;
 pub mod fastpath;
 pub mod fsck_cli;
 pub mod handlers;
+pub mod kernel_tls;
 pub mod listener;
 pub mod metrics;
 pub mod metrics_cache;

@@ -12,9 +12,12 @@
 //! `regcache_open_connections`, until it ends.
 //!
 //! With [`Tls`], every connection must finish a TLS handshake within
-//! `header_timeout` of accept and is then served by hyper, HTTP/1.1 or
-//! HTTP/2 as ALPN chose; the fast path is for plain connections only
-//! (`sendfile` writes file bytes to the socket, past any TLS layer).
+//! `header_timeout` of accept. One whose ALPN chose `h2` is served by hyper
+//! over rustls; any other (`http/1.1`, or no ALPN) starts on the fast path
+//! like a plain connection, with the same timeouts and the same handoff to
+//! hyper. Its bytes go through the kernel's TLS where the kernel has it
+//! ([`crate::kernel_tls`]: blobs with `sendfile`), else through rustls
+//! (blobs in large `pread`s; see `fastpath/stream.rs`).
 //! hyper's IO is [`Watched`]: write and body timeouts; its header timeout
 //! runs from accept and from the end of each response.
 
@@ -36,6 +39,8 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::conn::{ConnInfo, ConnState, Cut, Guard, IoCut, TrackedBody, Watched};
 use crate::error::Error;
+use crate::fastpath::{FastPath, Outcome, Rewind, Wire};
+use crate::kernel_tls::{KernelTls, TlsPaths};
 use crate::web::body::Body;
 
 /// TLS for a listener.
@@ -44,13 +49,35 @@ pub struct Tls {
     pub acceptor: tokio_rustls::TlsAcceptor,
     /// Counts handshakes that failed or timed out.
     pub handshake_failures: Counter,
+    /// Connections by the path their data took (kernel or userspace TLS).
+    pub paths: TlsPaths,
+    /// Kernel TLS where the kernel has it (`kernel_tls = "auto"`).
+    pub kernel: bool,
 }
 
 impl Tls {
-    pub fn new(config: Arc<rustls::ServerConfig>, handshake_failures: Counter) -> Tls {
+    /// With `kernel` ([`KernelTls::Auto`]), `config` is copied with secret
+    /// extraction allowed (the secrets go to the kernel, nowhere else); its
+    /// certificate resolver is shared, so reloads still reach it.
+    pub fn new(
+        config: Arc<rustls::ServerConfig>,
+        handshake_failures: Counter,
+        paths: TlsPaths,
+        kernel: KernelTls,
+    ) -> Tls {
+        let kernel = kernel == KernelTls::Auto;
+        let config = if kernel && !config.enable_secret_extraction {
+            let mut c = (*config).clone();
+            c.enable_secret_extraction = true;
+            Arc::new(c)
+        } else {
+            config
+        };
         Tls {
             acceptor: tokio_rustls::TlsAcceptor::from(config),
             handshake_failures,
+            paths,
+            kernel,
         }
     }
 }
@@ -59,6 +86,7 @@ impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tls")
             .field("handshake_failures", &self.handshake_failures.get())
+            .field("kernel", &self.kernel)
             .finish_non_exhaustive()
     }
 }
@@ -66,11 +94,12 @@ impl std::fmt::Debug for Tls {
 /// Run `handler` for every request on `listener` until `shutdown` resolves, then
 /// stop accepting and give open connections `grace` to finish.
 ///
-/// With `tls`, connections are TLS only and `fast` is not used.
+/// With `tls`, connections are TLS only; `fast` serves those whose ALPN is
+/// not `h2`.
 pub async fn serve<H, F>(
     listener: TcpListener,
     handler: H,
-    fast: Option<Arc<dyn crate::fastpath::FastPath>>,
+    fast: Option<Arc<dyn FastPath>>,
     tls: Option<Tls>,
     guard: Arc<Guard>,
     shutdown: impl Future<Output = ()>,
@@ -129,32 +158,14 @@ pub async fn serve<H, F>(
                 builder: &builder,
             };
             if let Some(tls) = tls {
-                if let Some(io) = handshake(&tls, stream, &conn, &mut stop_rx).await {
-                    conn.serve_hyper(io, true, handler, &mut stop_rx).await;
-                }
-                drop((open, permit));
-                return;
+                conn.serve_tls(&tls, stream, fast, handler, &mut stop_rx)
+                    .await;
+            } else {
+                // GETs and HEADs without a body are answered on the fast path
+                // (blobs with sendfile); the first request that is anything
+                // else hands the connection to hyper.
+                conn.serve_fast(stream, fast, handler, &mut stop_rx).await;
             }
-            // GETs and HEADs without a body are answered on the fast path
-            // (blobs with sendfile); the first request that is anything
-            // else hands the connection to hyper.
-            let io = match fast {
-                Some(fast) => {
-                    let fconn = crate::fastpath::Conn {
-                        guard: &guard,
-                        peer,
-                    };
-                    match crate::fastpath::run(stream, fast, &mut stop_rx, fconn).await {
-                        crate::fastpath::Outcome::Done => {
-                            drop((open, permit));
-                            return;
-                        }
-                        crate::fastpath::Outcome::Handoff(io) => io,
-                    }
-                }
-                None => crate::fastpath::Rewind::new(stream, bytes::Bytes::new()),
-            };
-            conn.serve_hyper(io, false, handler, &mut stop_rx).await;
             drop((open, permit));
         });
     }
@@ -173,12 +184,15 @@ struct Conn<'a> {
 
 /// The server side of a TLS handshake, bounded by `header_timeout`; `None`
 /// when it failed (logged at debug, counted) or shutdown began.
-async fn handshake(
+async fn handshake<IO>(
     tls: &Tls,
-    stream: TcpStream,
+    stream: IO,
     conn: &Conn<'_>,
     stop_rx: &mut watch::Receiver<bool>,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> Option<tokio_rustls::server::TlsStream<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let peer = conn.peer;
     let limit = conn.guard.limits.header_timeout;
     let accept = tokio::time::timeout(limit, tls.acceptor.accept(stream));
@@ -202,7 +216,98 @@ async fn handshake(
     }
 }
 
+/// Whether ALPN chose HTTP/2 (hyper's, never the fast path's).
+fn is_h2<IO>(io: &tokio_rustls::server::TlsStream<IO>) -> bool {
+    io.get_ref().1.alpn_protocol() == Some(b"h2")
+}
+
 impl Conn<'_> {
+    /// Serve `stream` on the fast path while its requests take it, then with
+    /// hyper (on the same stream, bytes already read included).
+    async fn serve_fast<S, H, F>(
+        &self,
+        stream: S,
+        fast: Option<Arc<dyn FastPath>>,
+        handler: H,
+        stop_rx: &mut watch::Receiver<bool>,
+    ) where
+        S: Wire,
+        H: Fn(Request<TrackedBody>) -> F + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let io = match fast {
+            Some(fast) => {
+                let fconn = crate::fastpath::Conn {
+                    guard: self.guard,
+                    peer: self.peer,
+                };
+                match crate::fastpath::run(stream, fast, stop_rx, fconn).await {
+                    Outcome::Done => return,
+                    Outcome::Handoff(io) => io,
+                }
+            }
+            None => Rewind::new(stream, bytes::Bytes::new()),
+        };
+        self.serve_hyper(io, S::TLS, handler, stop_rx).await;
+    }
+
+    /// A TLS connection: the handshake, then hyper for `h2`, else the fast
+    /// path over kernel TLS where the kernel has it, or over rustls.
+    async fn serve_tls<H, F>(
+        &self,
+        tls: &Tls,
+        stream: TcpStream,
+        fast: Option<Arc<dyn FastPath>>,
+        handler: H,
+        stop_rx: &mut watch::Receiver<bool>,
+    ) where
+        H: Fn(Request<TrackedBody>) -> F + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let ciphers = match tls.kernel {
+            true => crate::kernel_tls::probe().await,
+            false => None,
+        };
+        let Some(ciphers) = ciphers else {
+            let Some(io) = handshake(tls, stream, self, stop_rx).await else {
+                return;
+            };
+            tls.paths.user.inc();
+            if is_h2(&io) {
+                self.serve_hyper(io, true, handler, stop_rx).await;
+                return;
+            }
+            self.serve_fast(io, fast, handler, stop_rx).await;
+            return;
+        };
+        // `CorkStream` stops rustls reading past the last record it
+        // decrypts, so no byte is lost when the kernel takes over.
+        let cork = ktls::CorkStream::new(stream);
+        let Some(io) = handshake(tls, cork, self, stop_rx).await else {
+            return;
+        };
+        let suite = io.get_ref().1.negotiated_cipher_suite();
+        if is_h2(&io) || !suite.is_some_and(|s| ciphers.is_compatible(s)) {
+            tls.paths.user.inc();
+            if is_h2(&io) {
+                self.serve_hyper(io, true, handler, stop_rx).await;
+            } else {
+                self.serve_fast(io, fast, handler, stop_rx).await;
+            }
+            return;
+        }
+        match ktls::config_ktls_server(io).await {
+            Ok(io) => {
+                tls.paths.kernel.inc();
+                self.serve_fast(io, fast, handler, stop_rx).await;
+            }
+            Err(e) => {
+                // The probe passed this suite; the secrets are spent.
+                tracing::warn!(peer = %self.peer, error = %e, "kernel TLS setup failed; connection closed");
+            }
+        }
+    }
+
     /// Serve one connection with hyper (HTTP/1 or HTTP/2) until it ends, or
     /// shut it down gracefully once `stop_rx` changes. Every request passes
     /// the guard's checks first and carries a [`ConnInfo`].
@@ -299,159 +404,5 @@ fn body_timed_out(after: Duration) -> Response<Body> {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// A self-signed certificate for 127.0.0.1: (server config, client config
-    /// that trusts it and offers `alpn`).
-    fn configs(alpn: &[&[u8]]) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .unwrap();
-        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(cert.der().to_vec()))
-            .unwrap();
-        let mut client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        client.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        (Arc::new(server), Arc::new(client))
-    }
-
-    fn test_guard() -> Arc<Guard> {
-        let metrics = crate::metrics::Metrics::new();
-        Arc::new(Guard::new(
-            "api",
-            crate::config::ConnLimits::default(),
-            &metrics,
-            true,
-        ))
-    }
-
-    /// `serve` with TLS on a loopback port answering 200 "ok" to everything:
-    /// (address, handshake failures, stop sender, the serve task).
-    async fn start(
-        server: Arc<rustls::ServerConfig>,
-    ) -> (
-        SocketAddr,
-        Counter,
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<()>,
-    ) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let failures = Counter::default();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(
-            listener,
-            |_req: Request<TrackedBody>| async { Response::new(Body::full("ok")) },
-            None,
-            Some(Tls::new(server, failures.clone())),
-            test_guard(),
-            async move {
-                let _ = stopped.await;
-            },
-            Duration::from_secs(5),
-        ));
-        (addr, failures, stop, task)
-    }
-
-    #[tokio::test]
-    async fn tls_negotiates_h2_refuses_plain_http_and_drains() {
-        let (server, client) = configs(&[b"h2", b"http/1.1"]);
-        let (addr, failures, stop, task) = start(server).await;
-        let connector = tokio_rustls::TlsConnector::from(client);
-        let name = ServerName::try_from("127.0.0.1").unwrap();
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let h2 = connector.connect(name.clone(), tcp).await.unwrap();
-        assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-
-        let (_, client) = configs(&[b"http/1.1"]);
-        // Another certificate: this client must not trust the server.
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let refused = tokio_rustls::TlsConnector::from(client)
-            .connect(name.clone(), tcp)
-            .await;
-        assert!(refused.is_err());
-
-        let mut plain = TcpStream::connect(addr).await.unwrap();
-        plain
-            .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = Vec::new();
-        let _ = plain.read_to_end(&mut answer).await;
-        assert!(
-            !answer.starts_with(b"HTTP/"),
-            "plain HTTP got an HTTP answer: {answer:?}"
-        );
-
-        // A kept-alive HTTP/2 connection does not hold up shutdown.
-        let _ = stop.send(());
-        tokio::time::timeout(Duration::from_secs(3), task)
-            .await
-            .unwrap()
-            .unwrap();
-        drop(h2);
-        // The untrusting client and the plain one both failed their handshake.
-        assert_eq!(failures.get(), 2);
-    }
-
-    #[tokio::test]
-    async fn tls_answers_http1_over_tls() {
-        let (server, client) = configs(&[b"http/1.1"]);
-        let (addr, failures, stop, task) = start(server).await;
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(client)
-            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
-            .await
-            .unwrap();
-        tls.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = Vec::new();
-        let _ = tls.read_to_end(&mut answer).await;
-        let text = String::from_utf8_lossy(&answer);
-        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-        assert!(text.ends_with("ok"), "{text}");
-        let _ = stop.send(());
-        task.await.unwrap();
-        assert_eq!(failures.get(), 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_silent_client_times_out_of_the_handshake() {
-        let (server, _) = configs(&[]);
-        let (addr, failures, stop, task) = start(server).await;
-        let mut silent = TcpStream::connect(addr).await.unwrap();
-        let started = tokio::time::Instant::now();
-        let mut buf = [0u8; 16];
-        // The server closes the connection once the handshake timed out.
-        let n = silent.read(&mut buf).await.unwrap_or(0);
-        assert_eq!(n, 0);
-        assert!(started.elapsed() >= crate::config::ConnLimits::default().header_timeout);
-        assert_eq!(failures.get(), 1);
-        let _ = stop.send(());
-        task.await.unwrap();
-    }
-}
+#[path = "listener_tests.rs"]
+mod tests;

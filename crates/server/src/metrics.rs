@@ -115,6 +115,8 @@ pub struct Metrics {
     pub tls_reloads: Family<TlsReload, Counter>,
     pub tls_reload_ok: Counter,
     pub tls_reload_error: Counter,
+    /// `regcache_tls_connections_total{path}` (`kernel_tls.rs`).
+    pub tls_connections: crate::kernel_tls::TlsPaths,
     /// Requests refused by client authentication or the access rules, by
     /// reason (no user names in labels).
     pub auth_failures: Family<AuthFailure, Counter>,
@@ -258,6 +260,7 @@ impl Metrics {
         );
         let cache = crate::metrics_cache::CacheMetrics::register(&mut registry);
         let http = crate::metrics_http::HttpMetrics::register(&mut registry);
+        let tls_connections = crate::kernel_tls::TlsPaths::register(&mut registry);
         let cluster = crate::metrics_cluster::ClusterMetrics::register(&mut registry);
         let mut process = Registry::with_prefix("process");
         if let Err(e) = kubert_prometheus_process::register(&mut process) {
@@ -403,6 +406,7 @@ impl Metrics {
             tls_reloads,
             tls_reload_ok,
             tls_reload_error,
+            tls_connections,
             auth_failures,
             htpasswd_reload_errors,
             open_connections,

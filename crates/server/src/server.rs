@@ -391,8 +391,14 @@ pub async fn serve(
     let api_app = app.clone();
     let mut rx1 = stop_rx.clone();
     let fast: Arc<dyn crate::fastpath::FastPath> = app.clone();
-    let tls = tls
-        .map(|t| listener::Tls::new(t.server_config, app.metrics.tls_handshake_failures.clone()));
+    let tls = tls.map(|t| {
+        listener::Tls::new(
+            t.server_config,
+            app.metrics.tls_handshake_failures.clone(),
+            app.metrics.tls_connections.clone(),
+            t.kernel,
+        )
+    });
     let api_task = tokio::spawn(listener::serve(
         api,
         move |req: Request<crate::conn::TrackedBody>| {

@@ -25,6 +25,9 @@ pub struct Config {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key (PKCS#8, SEC1 or PKCS#1) of the leaf in `tls_cert_file`.
     pub tls_key_file: Option<PathBuf>,
+    /// `auto`: kernel TLS (`sendfile` over TLS) where the kernel has it,
+    /// rustls elsewhere; `off`: rustls always (see `kernel_tls.rs`).
+    pub kernel_tls: crate::kernel_tls::KernelTls,
     pub admin: super::AdminSection,
     pub limits: super::LimitsSection,
     pub log: LogSection,
@@ -180,6 +183,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./regcache-data"),
             tls_cert_file: None,
             tls_key_file: None,
+            kernel_tls: crate::kernel_tls::KernelTls::Auto,
             admin: super::AdminSection::default(),
             limits: super::LimitsSection::default(),
             log: LogSection::default(),

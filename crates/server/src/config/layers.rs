@@ -146,6 +146,15 @@ impl Config {
         if let Some(v) = env.var("REGCACHE_TLS_KEY_FILE") {
             self.tls_key_file = Some(v.into());
         }
+        if let Some(v) = env.var("REGCACHE_KERNEL_TLS") {
+            match v.as_str() {
+                "auto" => self.kernel_tls = crate::kernel_tls::KernelTls::Auto,
+                "off" => self.kernel_tls = crate::kernel_tls::KernelTls::Off,
+                other => problems.push(format!(
+                    "REGCACHE_KERNEL_TLS: {other:?} is neither \"auto\" nor \"off\""
+                )),
+            }
+        }
         if let Some(v) = env.var("REGCACHE_AUTH_MODE") {
             self.set_auth_mode("REGCACHE_AUTH_MODE", &v, problems);
         }

@@ -49,6 +49,8 @@ pub struct TlsSettings {
     pub key_file: PathBuf,
     /// Certificates in `cert_file` (the leaf and any intermediates).
     pub chain_len: usize,
+    /// `kernel_tls`: kernel TLS where the kernel has it, or never.
+    pub kernel: crate::kernel_tls::KernelTls,
     /// rustls with the ring provider, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`;
     /// its certificate comes from `resolver`.
     pub server_config: Arc<rustls::ServerConfig>,
@@ -63,6 +65,7 @@ impl fmt::Debug for TlsSettings {
             .field("cert_file", &self.cert_file)
             .field("key_file", &self.key_file)
             .field("chain_len", &self.chain_len)
+            .field("kernel", &self.kernel)
             .field("key", &"<redacted>")
             .finish()
     }

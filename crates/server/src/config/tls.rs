@@ -12,6 +12,7 @@ use super::TlsSettings;
 pub(super) fn load_tls(
     cert_file: &Path,
     key_file: &Path,
+    kernel: crate::kernel_tls::KernelTls,
     problems: &mut Vec<String>,
 ) -> Option<TlsSettings> {
     let loaded = match crate::tls::load(cert_file, key_file) {
@@ -27,6 +28,7 @@ pub(super) fn load_tls(
             cert_file: cert_file.to_owned(),
             key_file: key_file.to_owned(),
             chain_len: loaded.chain_len,
+            kernel,
             server_config: Arc::new(server_config),
             resolver,
         }),
@@ -128,6 +130,31 @@ mod tests {
         let bad = tls_overrides(&dir.path().join("flag-cert.pem"), &key_file);
         let err = Config::load(Some(&file), &e, &bad).unwrap_err();
         assert!(err.to_string().contains("flag-cert.pem"), "{err}");
+    }
+
+    #[test]
+    fn kernel_tls_is_auto_unless_turned_off() {
+        use crate::kernel_tls::KernelTls;
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, key) = leaf_chain();
+        let (cert_file, key_file) = tls_files(dir.path(), &chain, &key);
+        let o = tls_overrides(&cert_file, &key_file);
+        let s = Config::load(None, &env(&[]), &o).unwrap();
+        assert_eq!(s.tls.unwrap().kernel, KernelTls::Auto);
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "kernel_tls = \"off\"\n").unwrap();
+        let s = Config::load(Some(&file), &env(&[]), &o).unwrap();
+        assert_eq!(s.tls.unwrap().kernel, KernelTls::Off);
+        // The environment overrides the file.
+        let e = env(&[("REGCACHE_KERNEL_TLS", "auto")]);
+        let s = Config::load(Some(&file), &e, &o).unwrap();
+        assert_eq!(s.tls.unwrap().kernel, KernelTls::Auto);
+        let e = env(&[("REGCACHE_KERNEL_TLS", "on")]);
+        let err = Config::load(None, &e, &o).unwrap_err();
+        assert!(err.to_string().contains("REGCACHE_KERNEL_TLS"), "{err}");
+        std::fs::write(&file, "kernel_tls = \"yes\"\n").unwrap();
+        let err = Config::load(Some(&file), &env(&[]), &o).unwrap_err();
+        assert!(err.to_string().contains("kernel_tls"), "{err}");
     }
 
     #[test]

@@ -131,7 +131,7 @@ impl Config {
         }
         let tls = match (&self.tls_cert_file, &self.tls_key_file) {
             (None, None) => None,
-            (Some(cert), Some(key)) => load_tls(cert, key, &mut problems),
+            (Some(cert), Some(key)) => load_tls(cert, key, self.kernel_tls, &mut problems),
             (Some(_), None) => {
                 problems.push(
                     "tls_cert_file is set but tls_key_file is not: give both (TLS) or neither (plain HTTP)"

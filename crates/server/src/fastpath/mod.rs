@@ -1,5 +1,9 @@
 //! The HTTP/1 fast path: pulls answered without hyper, blobs with `sendfile(2)`.
 //!
+//! It serves plain connections and TLS ones whose ALPN is not `h2` alike
+//! ([`Wire`], one impl per stream type: a socket or kernel TLS sends files
+//! with `sendfile`, userspace TLS with large `pread`s through rustls).
+//!
 //! Bytes from disk to socket without passing through user space is what
 //! nginx's `sendfile on` does, and hyper's body abstraction can't: every body
 //! chunk is a `Bytes` in our memory. So each connection starts here: request
@@ -31,9 +35,11 @@ use crate::web::body::{Body, ReqBody};
 
 mod rewind;
 mod send;
+mod stream;
 mod wire;
 
 pub use rewind::Rewind;
+pub use stream::{Scratch, Wire};
 pub use wire::head_lines;
 use wire::{Parsed, parse, write_reply};
 
@@ -119,11 +125,11 @@ impl Reply {
 
 /// What became of a connection on the fast path.
 #[derive(Debug)]
-pub enum Outcome {
+pub enum Outcome<S = TcpStream> {
     /// Closed (by the client, an error, or `Connection: close`).
     Done,
     /// Continue with hyper on this IO (unread bytes first).
-    Handoff(Rewind),
+    Handoff(Rewind<S>),
 }
 
 /// The connection the fast path serves: its listener's limits and metrics,
@@ -142,14 +148,15 @@ pub struct Conn<'a> {
 /// connection waits `idle_timeout` for the next request's first byte, then
 /// `header_timeout` for the rest of its head; a response the client stops
 /// reading for `write_timeout` is cut.
-pub async fn run(
-    stream: TcpStream,
+pub async fn run<S: Wire>(
+    stream: S,
     fast: Arc<dyn FastPath>,
     stop: &mut tokio::sync::watch::Receiver<bool>,
     conn: Conn<'_>,
-) -> Outcome {
+) -> Outcome<S> {
     let limits = &conn.guard.limits;
     let mut stream = stream;
+    let mut scratch = Scratch::default();
     let mut buf = BytesMut::with_capacity(4096);
     // The first request's head is due `header_timeout` after accept.
     let mut deadline = Some(tokio::time::Instant::now() + limits.header_timeout);
@@ -204,7 +211,7 @@ pub async fn run(
             None => {
                 req.extensions_mut().insert(ConnInfo {
                     peer: conn.peer,
-                    tls: false,
+                    tls: S::TLS,
                 });
                 fast.respond(req).await
             }
@@ -220,6 +227,7 @@ pub async fn run(
         }
         match write_reply(
             &mut stream,
+            &mut scratch,
             reply,
             close,
             is_head,
@@ -235,7 +243,17 @@ pub async fn run(
                 }
                 return Outcome::Done;
             }
-            Ok(()) if close => return Outcome::Done,
+            Ok(()) if close => {
+                if S::TLS {
+                    // close_notify, so a client can tell the end from a cut.
+                    let _ = tokio::time::timeout(
+                        limits.write_timeout,
+                        tokio::io::AsyncWriteExt::shutdown(&mut stream),
+                    )
+                    .await;
+                }
+                return Outcome::Done;
+            }
             Ok(()) => {}
         }
         if *stop.borrow() {

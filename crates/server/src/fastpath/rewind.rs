@@ -8,20 +8,21 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// A socket with bytes already read from it put back in front, for hyper.
+/// A stream (a socket, or TLS over one) with bytes already read from it put
+/// back in front, for hyper.
 #[derive(Debug)]
-pub struct Rewind {
+pub struct Rewind<S = TcpStream> {
     pre: Bytes,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl Rewind {
-    pub fn new(inner: TcpStream, pre: Bytes) -> Rewind {
+impl<S> Rewind<S> {
+    pub fn new(inner: S, pre: Bytes) -> Rewind<S> {
         Rewind { pre, inner }
     }
 }
 
-impl AsyncRead for Rewind {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -37,7 +38,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

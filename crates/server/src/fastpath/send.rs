@@ -1,22 +1,26 @@
 //! The fast path's body senders: `sendfile(2)` of cached files and of fills
-//! still being written, and vectored writes for chunked framing.
+//! still being written, and vectored writes for chunked framing. Writes are
+//! generic over the stream; a fill is sent with its stream's
+//! [`Wire::send_file`].
 
 use std::io;
 use std::time::Duration;
 
 use regcache_store::{FillFile, FillProgress};
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+
+use super::stream::{Scratch, Wire};
 
 /// Most bytes one `sendfile(2)` call is asked for (nginx's
 /// `sendfile_max_chunk` default).
 const SENDFILE_CHUNK: usize = 2 << 20;
 /// A sender yields to other tasks after this many bytes without blocking.
-const YIELD_EVERY: u64 = 8 << 20;
+pub(super) const YIELD_EVERY: u64 = 8 << 20;
 
 /// `TimedOut` when the socket took no byte for `wt`: the client stopped
 /// reading (`limits.write_timeout_secs`).
-fn stalled(_: tokio::time::error::Elapsed) -> io::Error {
+pub(super) fn stalled(_: tokio::time::error::Elapsed) -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
         "the client read nothing for the write timeout",
@@ -24,13 +28,17 @@ fn stalled(_: tokio::time::error::Elapsed) -> io::Error {
 }
 
 /// `write_all`, failing with `TimedOut` when one write waits longer than `wt`.
-pub(super) async fn write_all(stream: &mut TcpStream, buf: &[u8], wt: Duration) -> io::Result<()> {
+pub(super) async fn write_all<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &[u8],
+    wt: Duration,
+) -> io::Result<()> {
     write_counted(stream, buf, wt, &mut 0).await
 }
 
 /// [`write_all`] of body bytes, adding what each write took to `written`.
-pub(super) async fn write_counted(
-    stream: &mut TcpStream,
+pub(super) async fn write_counted<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     mut buf: &[u8],
     wt: Duration,
     written: &mut u64,
@@ -48,8 +56,8 @@ pub(super) async fn write_counted(
     Ok(())
 }
 
-pub(super) async fn write_all_vectored(
-    stream: &mut TcpStream,
+pub(super) async fn write_all_vectored<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     mut bufs: &mut [io::IoSlice<'_>],
     wt: Duration,
 ) -> io::Result<()> {
@@ -121,8 +129,9 @@ pub(super) async fn send_file(
 /// last byte back until the fill is verified: a response whose every byte
 /// went out is complete for the client, so it must never happen before the
 /// digest check. A failed fill ends the connection short.
-pub(super) async fn send_fill(
-    stream: &TcpStream,
+pub(super) async fn send_fill<S: Wire>(
+    stream: &mut S,
+    scratch: &mut Scratch,
     fill: &mut FillFile,
     offset: u64,
     len: u64,
@@ -145,7 +154,7 @@ pub(super) async fn send_fill(
             FillProgress::Writing { written } => written.min(end - 1),
         };
         if limit > off {
-            send_file(stream, fill.file(), off, limit - off, wt, written).await?;
+            (stream.send_file(scratch, fill.file(), off, limit - off, wt, written)).await?;
             off = limit;
         }
     }
@@ -190,10 +199,12 @@ mod tests {
         let fill = w.subscribe().into_file().unwrap();
         let (server, mut client) = pair().await;
         let send = tokio::spawn(async move {
+            let mut server = server;
             let mut fill = fill;
             let mut written = 0;
             let r = send_fill(
-                &server,
+                &mut server,
+                &mut Scratch::default(),
                 &mut fill,
                 1000,
                 299_000,
@@ -233,10 +244,12 @@ mod tests {
         let fill = w.subscribe().into_file().unwrap();
         let (server, mut client) = pair().await;
         let send = tokio::spawn(async move {
+            let mut server = server;
             let mut fill = fill;
             let mut written = 0;
             let r = send_fill(
-                &server,
+                &mut server,
+                &mut Scratch::default(),
                 &mut fill,
                 0,
                 50_000,

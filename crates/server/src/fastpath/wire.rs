@@ -7,9 +7,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, StatusCode, Version};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
-use super::send::{send_file, send_fill, write_all, write_all_vectored, write_counted};
+use super::send::{send_fill, stalled, write_all, write_all_vectored, write_counted};
+use super::stream::{Scratch, Wire};
 
 use super::{Reply, ReplyBody};
 use crate::web::body::{Body, ReqBody};
@@ -101,8 +102,10 @@ pub(super) fn parse(buf: &[u8]) -> Parsed {
 
 /// Write the head, then the body: small bytes in the same write, files with
 /// sendfile, streams chunk by chunk (chunked when their length is unknown).
-pub(super) async fn write_reply(
-    stream: &mut TcpStream,
+/// Flushed at the end: a TLS stream may hold the last record back until then.
+pub(super) async fn write_reply<S: Wire>(
+    stream: &mut S,
+    scratch: &mut Scratch,
     reply: Reply,
     close: bool,
     is_head: bool,
@@ -183,12 +186,16 @@ pub(super) async fn write_reply(
     out.extend_from_slice(b"\r\n");
     if bodiless {
         // The access line (if any) is written as it goes.
-        return write_all(stream, &out, wt).await;
+        write_all(stream, &out, wt).await?;
+        return flush(stream, wt).await;
     }
     // Body bytes the writes took, for the meter and the access line however
     // the writing ends.
     let mut written = 0u64;
-    let result = write_body(stream, out, body, chunked, wt, &mut written).await;
+    let mut result = write_body(stream, scratch, out, body, chunked, wt, &mut written).await;
+    if result.is_ok() {
+        result = flush(stream, wt).await;
+    }
     if let Some(mut meter) = meter {
         meter.add(written);
     }
@@ -198,10 +205,22 @@ pub(super) async fn write_reply(
     result
 }
 
+/// Push out whatever the stream buffered (nothing for a socket; the last
+/// TLS records for rustls), within the write timeout.
+async fn flush<S: Wire>(stream: &mut S, wt: Duration) -> io::Result<()> {
+    if !S::BUFFERED {
+        return Ok(());
+    }
+    tokio::time::timeout(wt, stream.flush())
+        .await
+        .map_err(stalled)?
+}
+
 /// Write `head` (the response head) and then `body`, adding the body bytes
 /// the socket took to `written`.
-async fn write_body(
-    stream: &mut TcpStream,
+async fn write_body<S: Wire>(
+    stream: &mut S,
+    scratch: &mut Scratch,
     mut out: Vec<u8>,
     body: ReplyBody,
     chunked: bool,
@@ -224,11 +243,11 @@ async fn write_body(
             // Corked (nginx's `tcp_nopush`): the head rides in the first full
             // segment and the kernel builds full-sized segments from the
             // file; uncorking pushes the tail.
-            let corked = rustix::net::sockopt::set_tcp_cork(&*stream, true).is_ok();
+            let corked = stream.cork(true);
             write_all(stream, &out, wt).await?;
-            let sent = send_file(stream, &file, offset, len, wt, written).await;
+            let sent = (stream.send_file(scratch, &file, offset, len, wt, written)).await;
             if corked {
-                let _ = rustix::net::sockopt::set_tcp_cork(&*stream, false);
+                stream.cork(false);
             }
             sent
         }
@@ -238,7 +257,7 @@ async fn write_body(
             len,
         } => {
             write_all(stream, &out, wt).await?;
-            send_fill(stream, &mut fill, offset, len, wt, written).await
+            send_fill(stream, scratch, &mut fill, offset, len, wt, written).await
         }
         ReplyBody::Body(Body::Full(b)) => {
             let b = b.unwrap_or_default();
@@ -400,6 +419,7 @@ mod tests {
         let (mut server, mut client) = pair().await;
         let ok = write_reply(
             &mut server,
+            &mut Scratch::default(),
             reply,
             close,
             is_head,
