@@ -7,6 +7,8 @@
 //! cargo bench -p regcache-benches --bench load           # ~5-6 min; writes benches/RESULTS.md
 //! cargo bench -p regcache-benches --bench load -- --quick  # ~2 min; prints only
 //! cargo bench -p regcache-benches --bench load -- --cluster  # S8 alone, ~1 min
+//! cargo bench -p regcache-benches --bench load -- --fanin    # S3 alone, ~1 min
+//! cargo bench -p regcache-benches --bench load -- --connections  # S9 alone, ~1 min
 //! ```
 //!
 //! Flags (after `--`): `--quick` (also `REGCACHE_BENCH_QUICK=1`): one round
@@ -29,6 +31,12 @@
 //! RESULTS.md, which a full run keeps; `--cluster-plain` runs the same with
 //! independent replicas (no `[cluster]`/`[shared]`: a check of the harness
 //! with a binary that has no cluster mode) and writes nothing.
+//! `--fanin` to run S3 alone (cold fan-in of 100 clients, then the same
+//! 100 warm, through regcache, docker-registry proxy and nginx
+//! `proxy_cache`; `--servers` picks among them); `--connections` to run S9
+//! alone (10,000 keep-alive connections each sending a warm manifest GET
+//! about once a second, regcache and nginx static). Like `--cluster`, each
+//! writes only its own section of RESULTS.md, which a full run keeps.
 //! The other flags apply to S8 too (`--quick`, `--duration`, `--rounds`,
 //! `--no-pin`, `--regcache-bin`, `--no-write`).
 //!
@@ -41,9 +49,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use regcache_benches::load::cluster::{self, ClusterMode};
-use regcache_benches::load::harness::{self, Options};
+use regcache_benches::load::harness::{self, Alone, Options};
+use regcache_benches::load::sections::Markers;
+use regcache_benches::load::{connections, fanin};
 
-const USAGE: &str = "usage: cargo bench -p regcache-benches --bench load [-- [--quick] [--duration SECS] [--rounds N] [--servers regcache,distribution,nginx-cache,nginx-static] [--regcache-bin PATH] [--no-pin] [--no-write] [--cluster | --cluster-plain]]";
+const USAGE: &str = "usage: cargo bench -p regcache-benches --bench load [-- [--quick] [--duration SECS] [--rounds N] [--servers regcache,distribution,nginx-cache,nginx-static] [--regcache-bin PATH] [--no-pin] [--no-write] [--cluster | --cluster-plain | --fanin | --connections]]";
 
 fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
     if !args.iter().any(|a| a == "--bench") {
@@ -105,6 +115,8 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
                 options.cluster = Some(ClusterMode::Plain);
                 options.write_results = false;
             }
+            "--fanin" => options.alone = Some(Alone::FanIn),
+            "--connections" => options.alone = Some(Alone::Connections),
             "--no-write" => {
                 options.write_results = false;
                 options.shown_args.push("--no-write".into());
@@ -134,6 +146,17 @@ fn main() -> ExitCode {
     if let Some(mode) = options.cluster {
         return run_cluster(&options, mode);
     }
+    match options.alone {
+        Some(Alone::FanIn) => {
+            let report = fanin::run(&options).map(|r| (r.terminal(), r.markdown()));
+            return run_alone(&options, "S3", report, fanin::report::MARKERS);
+        }
+        Some(Alone::Connections) => {
+            let report = connections::run(&options).map(|r| (r.terminal(), r.markdown()));
+            return run_alone(&options, "S9", report, connections::report::MARKERS);
+        }
+        None => {}
+    }
     let report = match harness::run(&options) {
         Ok(report) => report,
         Err(msg) => {
@@ -144,9 +167,14 @@ fn main() -> ExitCode {
     println!("{}", report.terminal());
     if options.write_results {
         let path = harness::workspace_root().join("benches").join("RESULTS.md");
-        // S8 is not part of a full run: its section of the old file stays.
+        // S8, S3 alone and S9 are not part of a full run: their sections
+        // of the old file stay.
         let old = std::fs::read_to_string(&path).unwrap_or_default();
-        match std::fs::write(&path, cluster::report::carry_over(&old, &report.markdown())) {
+        let mut new = cluster::report::carry_over(&old, &report.markdown());
+        for markers in [fanin::report::MARKERS, connections::report::MARKERS] {
+            new = markers.carry_over(&old, &new);
+        }
+        match std::fs::write(&path, new) {
             Ok(()) => println!("wrote {}", path.display()),
             Err(e) => {
                 eprintln!("load: cannot write {}: {e}", path.display());
@@ -185,6 +213,47 @@ fn run_cluster(options: &Options, mode: ClusterMode) -> ExitCode {
     match std::fs::write(&path, cluster::report::splice(&old, &report.markdown())) {
         Ok(()) => {
             println!("wrote S8's section of {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("load: cannot write {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A scenario run alone: prints its tables and, unless quick or
+/// `--no-write`, puts its section into RESULTS.md (replacing the previous
+/// one).
+fn run_alone(
+    options: &Options,
+    name: &str,
+    report: Result<(String, String), String>,
+    markers: Markers,
+) -> ExitCode {
+    let (terminal, markdown) = match report {
+        Ok(r) => r,
+        Err(msg) => {
+            eprintln!("load: {name}: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{terminal}");
+    if !options.write_results {
+        println!("(RESULTS.md not written: quick, --servers or --no-write run)");
+        return ExitCode::SUCCESS;
+    }
+    let path = harness::workspace_root().join("benches").join("RESULTS.md");
+    let old = match std::fs::read_to_string(&path) {
+        Ok(old) => old,
+        Err(e) => {
+            eprintln!("load: cannot read {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match std::fs::write(&path, markers.splice(&old, &markdown)) {
+        Ok(()) => {
+            println!("wrote {name}'s section of {}", path.display());
             ExitCode::SUCCESS
         }
         Err(e) => {

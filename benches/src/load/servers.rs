@@ -162,6 +162,16 @@ pub struct RegcacheServer {
 
 impl RegcacheServer {
     pub fn start(bin: &Path, upstream_url: &str, cpus: &Cpus) -> Result<RegcacheServer, String> {
+        RegcacheServer::start_with_config(bin, upstream_url, cpus, REGCACHE_CONFIG)
+    }
+
+    /// The same with another config file (S9: connection limits raised).
+    pub fn start_with_config(
+        bin: &Path,
+        upstream_url: &str,
+        cpus: &Cpus,
+        config_text: &str,
+    ) -> Result<RegcacheServer, String> {
         let dir = temp_dir("regcache-load-regcache-");
         let addr = regcache_tests::free_addr();
         let admin = regcache_tests::free_addr();
@@ -171,7 +181,7 @@ impl RegcacheServer {
         // limit (200/s, burst 400) would answer most of it 429, and no
         // peer has one.
         let config = dir.path().join("regcache.toml");
-        std::fs::write(&config, REGCACHE_CONFIG)
+        std::fs::write(&config, config_text)
             .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
         let mut child = cpus
             .command(bin)
@@ -498,7 +508,7 @@ pid {p}/nginx.pid;
 error_log {p}/logs/error.log warn;
 
 events {{
-    worker_connections 4096;
+    worker_connections 16384;
 }}
 
 http {{
