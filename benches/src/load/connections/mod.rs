@@ -148,9 +148,19 @@ pub fn run(options: &Options) -> Result<ConnectionsReport, String> {
         let cpu =
             |pids: &[u32]| -> u64 { pids.iter().filter_map(|p| procstat::process_cpu(*p)).sum() };
         let server_before = cpu(&target.pids);
+        let upstream_before = cpu(&[upstream.pid()]);
+        let machine_before = procstat::machine_cpu().busy;
         let req = get_request(target.addr, &object.path, &object.headers);
         let load = client::run(target.addr, &req, object.len, CONNECTIONS, PERIOD, duration)?;
         let server_ticks = cpu(&target.pids).saturating_sub(server_before);
+        // Everything else the machine did meanwhile (other jobs): the noise.
+        let ours = server_ticks
+            + cpu(&[upstream.pid()]).saturating_sub(upstream_before)
+            + load.client_cpu_ticks;
+        let other_ticks = procstat::machine_cpu()
+            .busy
+            .saturating_sub(machine_before)
+            .saturating_sub(ours);
         let peak_rss: u64 = target
             .pids
             .iter()
@@ -163,6 +173,7 @@ pub fn run(options: &Options) -> Result<ConnectionsReport, String> {
             load,
             peak_rss,
             server_cores: server_ticks as f64 / TICKS_PER_SEC / wall,
+            other_cores: other_ticks as f64 / TICKS_PER_SEC / wall,
         };
         log(format!("  {}", record.summary()));
         records.push(record);
