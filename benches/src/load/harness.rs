@@ -638,7 +638,7 @@ pub fn run(options: &Options) -> Result<Report, String> {
         .iter()
         .filter(|t| t.proxies)
         .zip(&set.cold_blobs)
-        .map(|(target, blob)| super::fanin::measure(target, blob, &upstream))
+        .map(|(target, blob)| super::fanin::measure(target, blob, &upstream, 0))
         .collect();
 
     // S4: a cold pull of a whole image with skopeo, through each proxy and

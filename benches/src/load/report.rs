@@ -266,6 +266,8 @@ impl PullReport {
 #[derive(Debug, Clone)]
 pub struct FanInRecord {
     pub target: &'static str,
+    /// 0 in a full run; `--fanin` runs `--rounds` rounds, a fresh blob each.
+    pub round: usize,
     pub clients: usize,
     pub blob_len: u64,
     /// 200 GETs of the blob's path in the upstream's access log during

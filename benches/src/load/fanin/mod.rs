@@ -11,8 +11,10 @@
 //!
 //! [`measure`] is S3 in a full run (`harness::run`); [`run`] is S3 alone
 //! (`-- --fanin`): the upstream, regcache, docker-registry proxy and nginx
-//! `proxy_cache`, no S1/S2/S4-S7; it writes only its own section of
-//! RESULTS.md (see [`report`]), which a full run keeps.
+//! `proxy_cache`, no S1/S2/S4-S7, in `--rounds` rounds (a fresh blob per
+//! server and round: one pair of fan-ins is at the mercy of whatever else
+//! the machine does); it writes only its own section of RESULTS.md (see
+//! [`report`]), which a full run keeps.
 
 pub mod report;
 
@@ -23,7 +25,7 @@ use regcache_tests::{Registry, RegistryClient, RegistryOptions};
 use super::cold;
 use super::harness::{self, Options, SEED, Target, log, plan_pinning, settle};
 use super::http::get_request;
-use super::imageset::{BIG_BLOB_BYTES, ImageSet, Object};
+use super::imageset::{BIG_BLOB_BYTES, COLD_BLOBS, ImageSet, Object, cold_blob};
 use super::machine::{self, Machine};
 use super::procstat;
 use super::report::FanInRecord;
@@ -38,10 +40,11 @@ pub const CLIENTS: usize = harness::S3_CLIENTS;
 /// fetched through `target`), the upstream left to settle, then the same
 /// fan-in again, warm. Upstream GETs count both (the warm one must add
 /// none); peak RSS is over both.
-pub fn measure(target: &Target, blob: &Object, upstream: &Registry) -> FanInRecord {
+pub fn measure(target: &Target, blob: &Object, upstream: &Registry, round: usize) -> FanInRecord {
     log(format!(
-        "S3 cold fan-in ({CLIENTS} clients) against {}",
-        target.name
+        "S3 cold fan-in ({CLIENTS} clients) against {} (round {})",
+        target.name,
+        round + 1
     ));
     let seen_start = settle(upstream);
     for pid in &target.pids {
@@ -86,6 +89,7 @@ pub fn measure(target: &Target, blob: &Object, upstream: &Registry) -> FanInReco
     ));
     FanInRecord {
         target: target.name,
+        round,
         clients: CLIENTS,
         blob_len: blob.len,
         upstream_gets,
@@ -170,11 +174,32 @@ pub fn run(options: &Options) -> Result<FanInReport, String> {
     log(format!(
         "S3 reference: direct GET from the upstream {direct_ttlb:?}"
     ));
-    let records = targets
-        .iter()
-        .zip(&set.cold_blobs)
-        .map(|(target, blob)| measure(target, blob, &upstream))
-        .collect();
+    // Round 1 uses the set's cold blobs, later rounds fresh ones; the
+    // servers take turns going first.
+    let mut records = Vec::new();
+    for round in 0..options.rounds.max(1) {
+        let blobs: Vec<Object> = if round == 0 {
+            set.cold_blobs.clone()
+        } else {
+            let first = COLD_BLOBS + (round - 1) * targets.len();
+            let blobs: Vec<Object> = (0..targets.len())
+                .map(|k| cold_blob(SEED, (first + k) as u64, BIG_BLOB_BYTES))
+                .collect();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
+            let client = RegistryClient::new(upstream.url());
+            for blob in &blobs {
+                rt.block_on(ImageSet::push_cold_blob(&client, blob));
+            }
+            blobs
+        };
+        for k in 0..targets.len() {
+            let i = (k + round) % targets.len();
+            records.push(measure(targets[i], &blobs[i], &upstream, round));
+        }
+    }
 
     Ok(FanInReport {
         options: options.clone(),
