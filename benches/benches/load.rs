@@ -8,6 +8,8 @@
 //! cargo bench -p regcache-benches --bench load -- --quick  # ~2 min; prints only
 //! cargo bench -p regcache-benches --bench load -- --cluster  # S8 alone, ~1 min
 //! cargo bench -p regcache-benches --bench load -- --tls      # TLS alone, ~2.5 min
+//! cargo bench -p regcache-benches --bench load -- --fanin    # S3 alone, ~1 min
+//! cargo bench -p regcache-benches --bench load -- --connections  # S9 alone, ~1 min
 //! ```
 //!
 //! Flags (after `--`): `--quick` (also `REGCACHE_BENCH_QUICK=1`): one round
@@ -30,6 +32,12 @@
 //! RESULTS.md, which a full run keeps; `--cluster-plain` runs the same with
 //! independent replicas (no `[cluster]`/`[shared]`: a check of the harness
 //! with a binary that has no cluster mode) and writes nothing.
+//! `--fanin` to run S3 alone (cold fan-in of 100 clients, then the same
+//! 100 warm, through regcache, docker-registry proxy and nginx
+//! `proxy_cache`; `--servers` picks among them); `--connections` to run S9
+//! alone (10,000 keep-alive connections each sending a warm manifest GET
+//! about once a second, regcache and nginx static). Like `--cluster`, each
+//! writes only its own section of RESULTS.md, which a full run keeps.
 //! The other flags apply to S8 too (`--quick`, `--duration`, `--rounds`,
 //! `--no-pin`, `--regcache-bin`, `--no-write`).
 //! `--tls` to run the TLS scenarios alone instead (S1 and S2 over TLS 1.3
@@ -48,10 +56,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use regcache_benches::load::cluster::{self, ClusterMode};
-use regcache_benches::load::harness::{self, Options};
-use regcache_benches::load::tls;
+use regcache_benches::load::harness::{self, Alone, Options};
+use regcache_benches::load::{connections, fanin, tls};
 
-const USAGE: &str = "usage: cargo bench -p regcache-benches --bench load [-- [--quick] [--duration SECS] [--rounds N] [--servers regcache,distribution,nginx-cache,nginx-static] [--regcache-bin PATH] [--no-pin] [--no-write] [--cluster | --cluster-plain | --tls]]";
+const USAGE: &str = "usage: cargo bench -p regcache-benches --bench load [-- [--quick] [--duration SECS] [--rounds N] [--servers regcache,distribution,nginx-cache,nginx-static] [--regcache-bin PATH] [--no-pin] [--no-write] [--cluster | --cluster-plain | --tls | --fanin | --connections]]";
 
 fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
     if !args.iter().any(|a| a == "--bench") {
@@ -121,6 +129,8 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
                 options.write_results = false;
             }
             "--tls" => options.tls = true,
+            "--fanin" => options.alone = Some(Alone::FanIn),
+            "--connections" => options.alone = Some(Alone::Connections),
             "--no-write" => {
                 options.write_results = false;
                 options.shown_args.push("--no-write".into());
@@ -129,8 +139,15 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
-    if options.tls && options.cluster.is_some() {
-        return Err(format!("--tls and --cluster run alone: pick one\n{USAGE}"));
+    let alone = [
+        options.tls,
+        options.cluster.is_some(),
+        options.alone.is_some(),
+    ];
+    if alone.iter().filter(|a| **a).count() > 1 {
+        return Err(format!(
+            "--tls, --cluster, --fanin and --connections each run alone: pick one\n{USAGE}"
+        ));
     }
     // 18 pairs: 2 rounds of 3 s keep a TLS run near 2.5 minutes.
     if options.tls && !options.quick {
@@ -163,7 +180,21 @@ fn main() -> ExitCode {
         return run_cluster(&options, mode);
     }
     if options.tls {
-        return run_tls(&options);
+        let report = tls::run(&options).map(|r| (r.terminal(), r.markdown()));
+        return run_alone(&options, "TLS", report, tls::report::splice);
+    }
+    match options.alone {
+        Some(Alone::FanIn) => {
+            let report = fanin::run(&options).map(|r| (r.terminal(), r.markdown()));
+            let markers = fanin::report::MARKERS;
+            return run_alone(&options, "S3", report, |old, new| markers.splice(old, new));
+        }
+        Some(Alone::Connections) => {
+            let report = connections::run(&options).map(|r| (r.terminal(), r.markdown()));
+            let markers = connections::report::MARKERS;
+            return run_alone(&options, "S9", report, |old, new| markers.splice(old, new));
+        }
+        None => {}
     }
     let report = match harness::run(&options) {
         Ok(report) => report,
@@ -175,11 +206,15 @@ fn main() -> ExitCode {
     println!("{}", report.terminal());
     if options.write_results {
         let path = harness::workspace_root().join("benches").join("RESULTS.md");
-        // S8 and TLS are not part of a full run: their sections of the old
-        // file stay.
+        // S8, TLS, S3 alone and S9 are not part of a full run: their
+        // sections of the old file stay.
         let old = std::fs::read_to_string(&path).unwrap_or_default();
-        let new = cluster::report::carry_over(&old, &report.markdown());
-        match std::fs::write(&path, tls::report::carry_over(&old, &new)) {
+        let mut new = cluster::report::carry_over(&old, &report.markdown());
+        new = tls::report::carry_over(&old, &new);
+        for markers in [fanin::report::MARKERS, connections::report::MARKERS] {
+            new = markers.carry_over(&old, &new);
+        }
+        match std::fs::write(&path, new) {
             Ok(()) => println!("wrote {}", path.display()),
             Err(e) => {
                 eprintln!("load: cannot write {}: {e}", path.display());
@@ -227,20 +262,25 @@ fn run_cluster(options: &Options, mode: ClusterMode) -> ExitCode {
     }
 }
 
-/// The TLS scenarios alone: prints their tables and, unless quick or
-/// `--no-write`, puts their section into RESULTS.md (replacing the previous
-/// one).
-fn run_tls(options: &Options) -> ExitCode {
-    let report = match tls::run(options) {
-        Ok(report) => report,
+/// A scenario run alone: prints its tables and, unless quick or
+/// `--no-write`, puts its section into RESULTS.md (replacing the previous
+/// one) with `splice(old, section)`.
+fn run_alone(
+    options: &Options,
+    name: &str,
+    report: Result<(String, String), String>,
+    splice: impl Fn(&str, &str) -> String,
+) -> ExitCode {
+    let (terminal, markdown) = match report {
+        Ok(r) => r,
         Err(msg) => {
-            eprintln!("load: TLS: {msg}");
+            eprintln!("load: {name}: {msg}");
             return ExitCode::FAILURE;
         }
     };
-    println!("{}", report.terminal());
+    println!("{terminal}");
     if !options.write_results {
-        println!("(RESULTS.md not written: quick or --no-write run)");
+        println!("(RESULTS.md not written: quick, --servers or --no-write run)");
         return ExitCode::SUCCESS;
     }
     let path = harness::workspace_root().join("benches").join("RESULTS.md");
@@ -251,9 +291,9 @@ fn run_tls(options: &Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match std::fs::write(&path, tls::report::splice(&old, &report.markdown())) {
+    match std::fs::write(&path, splice(&old, &markdown)) {
         Ok(()) => {
-            println!("wrote the TLS section of {}", path.display());
+            println!("wrote {name}'s section of {}", path.display());
             ExitCode::SUCCESS
         }
         Err(e) => {

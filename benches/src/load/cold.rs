@@ -2,6 +2,8 @@
 //! one GET of the same (uncached) blob at the same instant and read the
 //! whole body; the time to the response head (first byte) and to the last
 //! body byte of each. Also the single direct GET that is S3's reference.
+//! The same fan-in, run again once the blob is cached, is S3's warm
+//! yardstick ([`super::fanin`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
@@ -33,6 +35,13 @@ impl FanIn {
 
     pub fn ttlb_max(&self) -> Duration {
         self.ttlb.last().copied().unwrap_or_default()
+    }
+
+    pub fn ttlb_median(&self) -> Duration {
+        self.ttlb
+            .get(self.ttlb.len() / 2)
+            .copied()
+            .unwrap_or_default()
     }
 }
 

@@ -58,6 +58,18 @@ pub struct Options {
     pub cluster: Option<super::cluster::ClusterMode>,
     /// Run the TLS scenarios alone instead of S1-S7 (`--tls`).
     pub tls: bool,
+    /// Run one other scenario alone (`--fanin`, `--connections`).
+    pub alone: Option<Alone>,
+}
+
+/// Scenarios that run alone, each writing only its own section of
+/// RESULTS.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alone {
+    /// S3, cold fan-in then warm ([`super::fanin`]).
+    FanIn,
+    /// S9, 10,000 keep-alive connections ([`super::connections`]).
+    Connections,
 }
 
 /// A run during which everything else on the machine used more than this
@@ -79,6 +91,7 @@ impl Options {
             shown_args: Vec::new(),
             cluster: None,
             tls: false,
+            alone: None,
         }
     }
 
@@ -96,6 +109,7 @@ impl Options {
             shown_args: vec!["--quick".into()],
             cluster: None,
             tls: false,
+            alone: None,
         }
     }
 }
@@ -624,44 +638,12 @@ pub fn run(options: &Options) -> Result<Report, String> {
     log(format!(
         "S3 reference: direct GET from the upstream {direct_ttlb:?}"
     ));
-    let mut fan_in = Vec::new();
-    for (target, blob) in targets.iter().filter(|t| t.proxies).zip(&set.cold_blobs) {
-        log(format!(
-            "S3 cold fan-in ({S3_CLIENTS} clients) against {}",
-            target.name
-        ));
-        let seen_start = settle(&upstream);
-        for pid in &target.pids {
-            procstat::reset_peak_rss(*pid);
-        }
-        let req = get_request(target.addr, &blob.path, &blob.headers);
-        let result = cold::fan_in(target.addr, &req, blob.len, S3_CLIENTS);
-        let peak_rss: u64 = target
-            .pids
-            .iter()
-            .filter_map(|p| procstat::peak_rss(*p))
-            .sum();
-        let seen_end = settle(&upstream);
-        let upstream_gets = upstream.access_entries()[seen_start..seen_end]
-            .iter()
-            .filter(|e| e.method == "GET" && e.path == blob.path && e.status == 200)
-            .count();
-        log(format!(
-            "  upstream GETs {upstream_gets}, TTFB median {:?} max {:?}, TTLB max {:?}, {} errors",
-            result.ttfb_median(),
-            result.ttfb_max(),
-            result.ttlb_max(),
-            result.errors.len()
-        ));
-        fan_in.push(FanInRecord {
-            target: target.name,
-            clients: S3_CLIENTS,
-            blob_len: blob.len,
-            upstream_gets,
-            result,
-            peak_rss,
-        });
-    }
+    let fan_in: Vec<FanInRecord> = targets
+        .iter()
+        .filter(|t| t.proxies)
+        .zip(&set.cold_blobs)
+        .map(|(target, blob)| super::fanin::measure(target, blob, &upstream, 0))
+        .collect();
 
     // S4: a cold pull of a whole image with skopeo, through each proxy and
     // straight from the upstream.

@@ -281,19 +281,7 @@ impl ImageSet {
         let manifest_by_tag = manifest_object("manifest by tag", TAG);
         let manifest_by_digest = manifest_object("manifest by digest", &manifest_digest);
         let cold_blobs = (0..COLD_BLOBS as u64)
-            .map(|i| {
-                let mut bytes = vec![0u8; big_len];
-                ChaCha8Rng::seed_from_u64(seed ^ 0xc01d_0000 ^ i).fill_bytes(&mut bytes);
-                let digest = regcache_tests::sha256_digest(&bytes);
-                Object {
-                    label: "cold blob",
-                    path: format!("/v2/{BIG_REPO}/blobs/{digest}"),
-                    headers: vec![("Accept".into(), BLOB_ACCEPT.into())],
-                    digest,
-                    len: bytes.len() as u64,
-                    body: Bytes::from(bytes),
-                }
-            })
+            .map(|i| cold_blob(seed, i, big_len))
             .collect();
         ImageSet {
             big,
@@ -315,6 +303,13 @@ impl ImageSet {
     /// Pushes the images (tag `v1`: `bench/big` and `bench/app` under
     /// Docker Schema 2 manifests, `bench/oci` under an OCI image manifest)
     /// and the cold blobs to the upstream through the upload API.
+    /// Pushes one more blob (say, a [`cold_blob`] beyond the set's) to the
+    /// big image's repository, where the set's cold blobs are.
+    pub async fn push_cold_blob(client: &RegistryClient, blob: &Object) {
+        let digest = client.push_blob(BIG_REPO, blob.body.clone()).await;
+        assert_eq!(digest, blob.digest, "pushed cold blob digest");
+    }
+
     pub async fn push(&self, client: &RegistryClient) {
         client
             .push_image(BIG_REPO, TAG, &self.big, ManifestFormat::Docker)
@@ -331,8 +326,7 @@ impl ImageSet {
             .await;
         assert_eq!(digest, self.oci_by_tag.digest, "pushed OCI manifest digest");
         for blob in &self.cold_blobs {
-            let digest = client.push_blob(BIG_REPO, blob.body.clone()).await;
-            assert_eq!(digest, blob.digest, "pushed cold blob digest");
+            ImageSet::push_cold_blob(client, blob).await;
         }
     }
 
@@ -346,6 +340,22 @@ impl ImageSet {
             std::fs::write(&path, &object.body)?;
         }
         Ok(())
+    }
+}
+
+/// Cold blob number `i` of the set generated from `seed`: `len` random
+/// bytes no cache has seen (S3; `i` beyond [`COLD_BLOBS`] for more rounds).
+pub fn cold_blob(seed: u64, i: u64, len: usize) -> Object {
+    let mut bytes = vec![0u8; len];
+    ChaCha8Rng::seed_from_u64(seed ^ 0xc01d_0000 ^ i).fill_bytes(&mut bytes);
+    let digest = regcache_tests::sha256_digest(&bytes);
+    Object {
+        label: "cold blob",
+        path: format!("/v2/{BIG_REPO}/blobs/{digest}"),
+        headers: vec![("Accept".into(), BLOB_ACCEPT.into())],
+        digest,
+        len: bytes.len() as u64,
+        body: Bytes::from(bytes),
     }
 }
 

@@ -29,10 +29,11 @@
 //!   ≥ 0.9× its own S2 by-tag rate of the same run; docker-registry proxy
 //!   refuses (404), its rate is shown as not comparable;
 //!
-//! and, only when asked (`-- --cluster`, run alone): S8, warm-blob load on
-//! 3 regcache replicas in cluster mode against 1 (see [`cluster`]);
-//! (`-- --tls`, run alone): S1 and S2 over TLS 1.3 and 1.2 against nginx
-//! with `ssl` (see [`tls`]);
+//! and, only when asked, run alone: S3 (`-- --fanin`, see [`fanin`]); S9
+//! (`-- --connections`, 10,000 keep-alive connections, see
+//! [`connections`]); S8 (`-- --cluster`), warm-blob load on 3 regcache
+//! replicas in cluster mode against 1 (see [`cluster`]); S1 and S2 over TLS
+//! 1.3 and 1.2 against nginx with `ssl` (`-- --tls`, see [`tls`]);
 //!
 //! then prints a table of each figure and the ratio regcache/peer and
 //! writes `benches/RESULTS.md` (machine, date, the reproducing command).
@@ -55,6 +56,9 @@
 //! | [`cluster`] | S8: moto, the replicas, the two cases, its section of RESULTS.md |
 //! | [`tls`] | S1/S2 over TLS: the certificate, the rustls client, nginx `ssl`, its section of RESULTS.md |
 //! | [`cold`] | S3's fan-in client |
+//! | [`connections`] | S9 alone (`--connections`): 10,000 keep-alive connections, open-loop manifest GETs |
+//! | [`fanin`] | S3 cold against warm, in a full run or alone (`--fanin`), its table and section |
+//! | [`sections`] | sections of RESULTS.md written by a scenario run alone, kept by a full run |
 //! | [`convert`] | S6 and S7: conversions by tag (Schema 1, OCI to Docker twin), their check and table |
 //! | [`pull`] | S4's client (`skopeo copy`) and the check of its copy |
 //! | [`wrk`] | S2's load generator (Debian's `wrk`) |
@@ -65,7 +69,9 @@
 pub mod blobload;
 pub mod cluster;
 pub mod cold;
+pub mod connections;
 pub mod convert;
+pub mod fanin;
 pub mod harness;
 pub mod http;
 pub mod imageset;
@@ -73,6 +79,7 @@ pub mod machine;
 pub mod procstat;
 pub mod pull;
 pub mod report;
+pub mod sections;
 pub mod servers;
 pub mod tls;
 pub mod wrk;

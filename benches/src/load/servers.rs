@@ -162,7 +162,7 @@ pub struct RegcacheServer {
 
 impl RegcacheServer {
     pub fn start(bin: &Path, upstream_url: &str, cpus: &Cpus) -> Result<RegcacheServer, String> {
-        RegcacheServer::start_with(bin, upstream_url, cpus, "")
+        RegcacheServer::start_with_config(bin, upstream_url, cpus, REGCACHE_CONFIG)
     }
 
     /// Like [`RegcacheServer::start`], with `top` (top-level keys such as
@@ -173,6 +173,17 @@ impl RegcacheServer {
         cpus: &Cpus,
         top: &str,
     ) -> Result<RegcacheServer, String> {
+        let config = format!("{top}{REGCACHE_CONFIG}");
+        RegcacheServer::start_with_config(bin, upstream_url, cpus, &config)
+    }
+
+    /// The same with another config file (S9: connection limits raised).
+    pub fn start_with_config(
+        bin: &Path,
+        upstream_url: &str,
+        cpus: &Cpus,
+        config_text: &str,
+    ) -> Result<RegcacheServer, String> {
         let dir = temp_dir("regcache-load-regcache-");
         let addr = regcache_tests::free_addr();
         let admin = regcache_tests::free_addr();
@@ -182,7 +193,7 @@ impl RegcacheServer {
         // limit (200/s, burst 400) would answer most of it 429, and no
         // peer has one.
         let config = dir.path().join("regcache.toml");
-        std::fs::write(&config, format!("{top}{REGCACHE_CONFIG}"))
+        std::fs::write(&config, config_text)
             .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
         let mut child = cpus
             .command(bin)
@@ -523,7 +534,7 @@ pid {p}/nginx.pid;
 error_log {p}/logs/error.log warn;
 
 events {{
-    worker_connections 4096;
+    worker_connections 16384;
 }}
 
 http {{
