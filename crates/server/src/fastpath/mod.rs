@@ -259,6 +259,10 @@ pub async fn run<S: Wire>(
         if *stop.borrow() {
             return Outcome::Done;
         }
+        if buf.is_empty() {
+            // Nothing pipelined: the connection waits, without the buffer.
+            scratch.release();
+        }
     }
 }
 

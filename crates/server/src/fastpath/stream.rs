@@ -28,13 +28,21 @@ use super::send::{YIELD_EVERY, send_file, stalled, write_counted};
 pub(super) const TLS_CHUNK: usize = 256 << 10;
 
 /// Per-connection state of the senders: the userspace TLS read buffer, empty
-/// (no allocation) until the connection's first file body.
+/// (no allocation) until the connection's first file body, and given back
+/// when the connection goes idle ([`Scratch::release`]): ten thousand
+/// kept-alive TLS connections that once fetched a blob must not hold
+/// 256 KiB each.
 #[derive(Debug, Default)]
 pub struct Scratch {
     buf: Vec<u8>,
 }
 
 impl Scratch {
+    /// Free the buffer (the next file body allocates it again).
+    pub(super) fn release(&mut self) {
+        self.buf = Vec::new();
+    }
+
     fn buf(&mut self) -> &mut [u8] {
         if self.buf.is_empty() {
             self.buf = vec![0u8; TLS_CHUNK];
