@@ -206,12 +206,16 @@ fn main() -> ExitCode {
     println!("{}", report.terminal());
     if options.write_results {
         let path = harness::workspace_root().join("benches").join("RESULTS.md");
-        // S8, TLS, S3 alone and S9 are not part of a full run: their
-        // sections of the old file stay.
+        // S8, TLS, S3 alone, S9 and the scale bench's figures are not part
+        // of a full run: their sections of the old file stay.
         let old = std::fs::read_to_string(&path).unwrap_or_default();
         let mut new = cluster::report::carry_over(&old, &report.markdown());
         new = tls::report::carry_over(&old, &new);
-        for markers in [fanin::report::MARKERS, connections::report::MARKERS] {
+        for markers in [
+            fanin::report::MARKERS,
+            connections::report::MARKERS,
+            regcache_benches::load::sections::SCALE,
+        ] {
             new = markers.carry_over(&old, &new);
         }
         match std::fs::write(&path, new) {

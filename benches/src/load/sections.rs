@@ -36,6 +36,14 @@ impl Markers {
     }
 }
 
+/// The scale bench's section (`cargo bench -p regcache-benches --bench
+/// scale` prints its table; the section is written from it by hand): no
+/// load run writes it, every full run keeps it.
+pub const SCALE: Markers = Markers {
+    begin: "<!-- Scale: begin (figures of `cargo bench -p regcache-benches --bench scale`; a full load run keeps it) -->",
+    end: "<!-- Scale: end -->",
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
