@@ -194,7 +194,8 @@ impl App {
 
 impl App {
     /// A by-tag manifest answer kept ready ([`super::prepared`]), counted
-    /// as the full path would count it (a tag hit and a manifest hit).
+    /// as the full path would count it (a tag hit, a manifest hit, and the
+    /// rendering's hit if it is one).
     fn prepared_reply(&self, routed: &Routed, req: &Request<ReqBody>) -> Option<Reply> {
         let Route::Manifest {
             name,
@@ -218,6 +219,9 @@ impl App {
             .get(&key, self.prepared_basis(&routed.target), now)?;
         self.metrics.hit(Kind::Tag);
         self.metrics.hit(Kind::Manifest);
+        if let Some(kind) = answer.kind {
+            self.metrics.hit(kind);
+        }
         if super::prepared::Prepared::touch_due(&answer, now) {
             self.store().disk().touch(&answer.digest);
         }

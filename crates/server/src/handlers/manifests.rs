@@ -17,8 +17,9 @@ use regcache_formats::reference::{Reference, RepositoryName, Tag};
 use regcache_formats::{Digest, ErrorCode, RegistryError};
 
 use super::App;
-use super::prepared::Basis;
+use super::prepared::{Basis, Made};
 use crate::error::Error;
+use crate::metrics::Kind;
 use crate::policy::{Policy, Schema1Digests, Schema1Mode};
 use crate::request::Target;
 use crate::services::bridge::refusal;
@@ -72,28 +73,34 @@ impl App {
         let rules = policy.rules();
         // Digest requests are only ever served as stored or refused, so the
         // tag is only read on the paths that generate.
-        let prepare = |served: &Manifest| {
-            if let Some(tag) = tag {
-                self.prepare(target, name, tag, headers, basis, &stored, served);
+        let prepare = |made: Option<Made>| {
+            if let (Some(tag), Some(made)) = (tag, made) {
+                self.prepare(target, name, tag, headers, basis, &stored, made);
             }
         };
         let tag = tag.map_or("", Tag::as_str);
         match negotiate::decide(request, accepts, &stored, rules) {
             Decision::ServeAsIs => {
                 let resp = self.serve_manifest(&stored, head)?;
-                prepare(&stored);
+                prepare(Made::as_stored(&stored, None));
                 Ok(resp)
             }
             Decision::RefuseOci(msg) => Err(Error::client(ErrorCode::ManifestUnknown, msg)),
             Decision::NoAmd64Entry => Err(self.no_amd64_entry(name, tag, &stored, policy)),
             Decision::Schema1(action) => {
                 let images = (&stored, &stored);
-                self.to_schema1(target, name, tag, images, action, policy, headers, head)
-                    .await
+                let (resp, made) = self
+                    .to_schema1(target, name, tag, images, action, policy, headers, head)
+                    .await?;
+                prepare(made);
+                Ok(resp)
             }
             Decision::DockerTwin => {
-                self.serve_docker_form(target, name, tag, &stored, head)
-                    .await
+                let (resp, made) = self
+                    .serve_docker_form(target, name, tag, &stored, head)
+                    .await?;
+                prepare(made);
+                Ok(resp)
             }
             Decision::Upgrade => {
                 let tag = Tag::parse(tag)
@@ -103,7 +110,9 @@ impl App {
                     .upgrade
                     .upgrade(target, name, &tag, &stored)
                     .await?;
-                self.serve_manifest(&m, head)
+                let resp = self.serve_manifest(&m, head)?;
+                prepare(Made::as_stored(&m, Some(Kind::Upgrade)));
+                Ok(resp)
             }
             Decision::SelectChild(child) => {
                 let c = self
@@ -114,16 +123,22 @@ impl App {
                 match negotiate::decide_child(c.handler_kind(), accepts, rules) {
                     ChildDecision::ServeAsIs => {
                         let resp = self.serve_manifest(&c, head)?;
-                        prepare(&c);
+                        prepare(Made::as_stored(&c, None));
                         Ok(resp)
                     }
                     ChildDecision::Schema1(action) => {
                         let images = (&stored, &c);
-                        self.to_schema1(target, name, tag, images, action, policy, headers, head)
-                            .await
+                        let (resp, made) = self
+                            .to_schema1(target, name, tag, images, action, policy, headers, head)
+                            .await?;
+                        prepare(made);
+                        Ok(resp)
                     }
                     ChildDecision::DockerTwin => {
-                        self.serve_docker_form(target, name, tag, &c, head).await
+                        let (resp, made) =
+                            self.serve_docker_form(target, name, tag, &c, head).await?;
+                        prepare(made);
+                        Ok(resp)
                     }
                 }
             }
@@ -140,9 +155,10 @@ impl App {
         }
     }
 
-    /// Keep the answer `served` (the tag's manifest `tagged`, or its child)
-    /// ready for the next request like this one, while the tag is fresh.
-    /// `basis` was read before the policy and the tag were.
+    /// Keep `made` (an answer of the tag's manifest `tagged`: as stored, or
+    /// a rendering of it or of its child) ready for the next request like
+    /// this one, while the tag is fresh. `basis` was read before the policy
+    /// and the tag were.
     #[allow(clippy::too_many_arguments)]
     fn prepare(
         &self,
@@ -152,12 +168,9 @@ impl App {
         headers: &HeaderMap,
         basis: Basis,
         tagged: &Manifest,
-        served: &Manifest,
+        made: Made,
     ) {
-        if target.acting_as.is_some()
-            || served.media_type.is_schema1()
-            || headers.contains_key(header::IF_NONE_MATCH)
-        {
+        if target.acting_as.is_some() || headers.contains_key(header::IF_NONE_MATCH) {
             return;
         }
         let up = &target.upstream.name;
@@ -178,13 +191,7 @@ impl App {
         let fresh_until = record
             .fetched_at_unix
             .saturating_add(basis.tag_ttl.as_secs());
-        let body = bytes::Bytes::from_owner(served.raw.clone());
-        let resp = manifest_response(
-            served.media_type.as_str(),
-            &served.digest,
-            body.clone(),
-            true,
-        );
+        let resp = manifest_response(made.content_type, &made.digest, made.body.clone(), true);
         let key = super::prepared::Key {
             upstream: up,
             repository: name.as_str(),
@@ -192,15 +199,8 @@ impl App {
             accept: headers,
         };
         let now = crate::services::unix_now();
-        self.prepared.put(
-            &key,
-            basis,
-            fresh_until,
-            now,
-            resp.headers(),
-            body,
-            &served.digest,
-        );
+        self.prepared
+            .put(&key, basis, fresh_until, now, resp.headers(), made);
     }
 
     /// A list or index without a linux/amd64 entry, for a client that can
@@ -241,7 +241,7 @@ impl App {
         policy: Policy,
         headers: &HeaderMap,
         head: bool,
-    ) -> Result<Response<Body>, Error> {
+    ) -> Result<(Response<Body>, Option<Made>), Error> {
         let tag =
             Tag::parse(tag).map_err(|e| Error::bug(format!("a by-tag path without a tag: {e}")))?;
         match action {
@@ -264,10 +264,12 @@ impl App {
                 self.serve_rendering(target, name, &tag, image, head).await
             }
             ToSchema1::Reject => Err(schema1_refused(target, name, &tag, stored, image, policy)),
-            ToSchema1::Passthrough => {
+            // The upstream's own answer: nothing regcache holds to prepare.
+            ToSchema1::Passthrough => Ok((
                 self.passthrough_manifest(target, name, &tag, headers, head)
-                    .await
-            }
+                    .await?,
+                None,
+            )),
         }
     }
 
@@ -279,7 +281,7 @@ impl App {
         tag: &str,
         source: &Arc<Manifest>,
         head: bool,
-    ) -> Result<Response<Body>, Error> {
+    ) -> Result<(Response<Body>, Option<Made>), Error> {
         let m = self
             .services
             .bridge
@@ -288,7 +290,8 @@ impl App {
         if self.access_controlled() {
             self.services.links.link_manifest(target, name, &m);
         }
-        self.serve_manifest(&m, head)
+        let made = Made::as_stored(&m, Some(Kind::Bridge));
+        Ok((self.serve_manifest(&m, head)?, made))
     }
 
     /// A manifest by digest: cached, else a Schema 1 rendering regcache made
@@ -444,18 +447,22 @@ impl App {
         tag: &Tag,
         source: &Manifest,
         head: bool,
-    ) -> Result<Response<Body>, Error> {
+    ) -> Result<(Response<Body>, Option<Made>), Error> {
         let r = self
             .services
             .schema1
             .render(target, name, tag, source)
             .await?;
-        Ok(manifest_response(
-            media_type::SCHEMA1_SIGNED,
-            &r.digest,
-            r.signed,
-            head,
-        ))
+        // The rendering is kept signed (the same bytes every time it is
+        // served), so its answer can be prepared.
+        let made = Made {
+            content_type: media_type::SCHEMA1_SIGNED,
+            digest: r.digest.clone(),
+            body: r.signed.clone(),
+            kind: Some(Kind::Schema1),
+        };
+        let resp = manifest_response(media_type::SCHEMA1_SIGNED, &r.digest, r.signed, head);
+        Ok((resp, Some(made)))
     }
 }
 

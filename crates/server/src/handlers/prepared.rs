@@ -20,12 +20,15 @@
 //!   goes the full path, which revalidates it), with the `tag_ttl` in force
 //!   (a reload that changes it, or the policies, drops them too).
 //!
-//! Only answers served as stored are prepared (a manifest, list or index as
-//! the upstream has it, or the child a single-image client is given); a
-//! generated rendering (Schema 1, the Docker twin of an OCI image, an
-//! upgrade) and a stored Schema 1 manifest (re-signed per answer) go the
-//! full path. A request acting as its client (credential pass-through) is
-//! never answered from, nor used to prepare, a shared answer.
+//! Answers served as stored are prepared (a manifest, list or index as the
+//! upstream has it, or the child a single-image client is given), and so
+//! are regcache's own renderings, which are kept and served as the same
+//! bytes every time (a signed Schema 1 rendering, the Docker twin of an OCI
+//! image, a Schema 1 image upgraded): a prepared hit counts the rendering's
+//! hit too. A stored Schema 1 manifest (re-signed per answer) and the
+//! upstream's own answer under `schema1 = "passthrough"` go the full path.
+//! A request acting as its client (credential pass-through) is never
+//! answered from, nor used to prepare, a shared answer.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
@@ -35,6 +38,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, header};
 use regcache_formats::Digest;
+use regcache_formats::manifest::Manifest;
+
+use crate::metrics::Kind;
 
 /// Most bytes (heads and bodies) kept ready; the least used go first.
 const MAX_BYTES: u64 = 32 << 20;
@@ -67,6 +73,29 @@ pub struct Basis {
     pub tag_ttl: Duration,
 }
 
+/// An answer as the full path made it: what a prepared one is built from.
+#[derive(Debug, Clone)]
+pub struct Made {
+    pub content_type: &'static str,
+    pub digest: Digest,
+    pub body: Bytes,
+    /// The rendering it is (its hit is counted with each use), if any.
+    pub kind: Option<Kind>,
+}
+
+impl Made {
+    /// `m` served as it is kept; `None` for a Schema 1 manifest (signed
+    /// anew for each answer).
+    pub fn as_stored(m: &Manifest, kind: Option<Kind>) -> Option<Made> {
+        (!m.media_type.is_schema1()).then(|| Made {
+            content_type: m.media_type.as_str(),
+            digest: m.digest.clone(),
+            body: Bytes::from_owner(m.raw.clone()),
+            kind,
+        })
+    }
+}
+
 /// One prepared answer.
 #[derive(Debug)]
 pub struct Answer {
@@ -81,6 +110,8 @@ pub struct Answer {
     pub head: Bytes,
     pub body: Bytes,
     pub digest: Digest,
+    /// The rendering it is, if any (counted as a hit of its kind).
+    pub kind: Option<Kind>,
     /// The second its last use was passed to the disk index.
     pub touched_unix: AtomicU64,
 }
@@ -150,9 +181,8 @@ impl Prepared {
         Some(answer)
     }
 
-    /// Keep `headers` and `body` ready for `key`, made on `basis`, while
-    /// the tag is fresh (until `fresh_until`).
-    #[allow(clippy::too_many_arguments)]
+    /// Keep `headers` and `made`'s body ready for `key`, made on `basis`,
+    /// while the tag is fresh (until `fresh_until`).
     pub fn put(
         &self,
         key: &Key<'_>,
@@ -160,8 +190,7 @@ impl Prepared {
         fresh_until: u64,
         now_unix: u64,
         headers: &HeaderMap,
-        body: Bytes,
-        digest: &Digest,
+        made: Made,
     ) {
         if now_unix >= fresh_until {
             return;
@@ -174,8 +203,9 @@ impl Prepared {
             basis,
             fresh_until,
             head: crate::fastpath::head_lines(headers),
-            body,
-            digest: digest.clone(),
+            body: made.body,
+            digest: made.digest,
+            kind: made.kind,
             touched_unix: AtomicU64::new(now_unix),
         };
         self.answers.insert(self.hash(key), Arc::new(answer));
@@ -218,6 +248,15 @@ mod tests {
         }
     }
 
+    fn made(body: &'static [u8]) -> Made {
+        Made {
+            content_type: "a/b",
+            digest: Digest::sha256_of(body),
+            body: Bytes::from_static(body),
+            kind: None,
+        }
+    }
+
     fn headers() -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("a/b"));
@@ -235,16 +274,7 @@ mod tests {
             tag: "3",
             accept: &docker,
         };
-        let digest = Digest::sha256_of(b"{}");
-        p.put(
-            &key,
-            basis(7),
-            1_000,
-            900,
-            &headers(),
-            Bytes::from_static(b"{}"),
-            &digest,
-        );
+        p.put(&key, basis(7), 1_000, 900, &headers(), made(b"{}"));
         let got = p.get(&key, basis(7), 999).expect("prepared");
         assert_eq!(&got.body[..], b"{}");
         assert_eq!(
@@ -300,15 +330,7 @@ mod tests {
         assert_eq!(p.len(), 0);
 
         // A tag index change, a reload of the policies or of the TTL: dropped.
-        p.put(
-            &key,
-            basis(7),
-            1_000,
-            900,
-            &headers(),
-            Bytes::from_static(b"{}"),
-            &digest,
-        );
+        p.put(&key, basis(7), 1_000, 900, &headers(), made(b"{}"));
         assert!(p.get(&key, basis(8), 901).is_none());
         assert!(p.get(&key, basis(7), 901).is_none(), "gone once seen stale");
         for changed in [
@@ -321,27 +343,11 @@ mod tests {
                 ..basis(7)
             },
         ] {
-            p.put(
-                &key,
-                basis(7),
-                1_000,
-                900,
-                &headers(),
-                Bytes::from_static(b"{}"),
-                &digest,
-            );
+            p.put(&key, basis(7), 1_000, 900, &headers(), made(b"{}"));
             assert!(p.get(&key, changed, 901).is_none());
         }
         // An answer that is stale when made is not kept.
-        p.put(
-            &key,
-            basis(7),
-            1_000,
-            1_000,
-            &headers(),
-            Bytes::from_static(b"{}"),
-            &digest,
-        );
+        p.put(&key, basis(7), 1_000, 1_000, &headers(), made(b"{}"));
         assert!(p.get(&key, basis(7), 999).is_none());
     }
 
@@ -355,16 +361,7 @@ mod tests {
             tag: "t",
             accept: &none,
         };
-        let digest = Digest::sha256_of(b"x");
-        p.put(
-            &key,
-            basis(1),
-            100,
-            10,
-            &headers(),
-            Bytes::from_static(b"x"),
-            &digest,
-        );
+        p.put(&key, basis(1), 100, 10, &headers(), made(b"x"));
         let a = p.get(&key, basis(1), 10).unwrap();
         assert!(!Prepared::touch_due(&a, 10));
         assert!(Prepared::touch_due(&a, 11));
