@@ -413,3 +413,59 @@ async fn a_warm_by_tag_get_is_the_prepared_answer_of_the_first() {
     };
     assert_eq!(&body[..], second.as_bytes());
 }
+
+/// A rendering regcache keeps (here the Docker twin of an OCI image, for a
+/// client without the OCI types) is prepared like a stored answer: the
+/// second GET is the same bytes, counted as a bridge hit too.
+#[tokio::test]
+async fn a_warm_by_tag_rendering_is_prepared_with_its_own_digest_and_hit() {
+    use crate::fastpath::{FastPath, ReplyBody};
+    let t = two_upstreams().await;
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+    let config = t.a.put_blob("team/app", Bytes::from_static(b"{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]}}"));
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{oci}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":77}},"layers":[]}}"#
+    );
+    let digest = t.a.put_manifest("team/app", oci, manifest);
+    t.a.tag("team/app", "v1", &digest);
+    let docker17 = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v1+prettyjws, application/json";
+    let request = || {
+        Request::get("/v2/team/app/manifests/v1?ns=a.test")
+            .header("accept", docker17)
+            .body(ReqBody::Empty)
+            .unwrap()
+    };
+    let full = FastPath::respond(&*t.app, request()).await;
+    assert_eq!(full.status, StatusCode::OK, "{:?}", full.body);
+    let ReplyBody::Bytes(full_body) = &full.body else {
+        panic!("the full path answers with bytes: {:?}", full.body);
+    };
+    let twin = full.headers.get("docker-content-digest").unwrap().clone();
+    assert_ne!(
+        twin.to_str().unwrap(),
+        digest.as_str(),
+        "the twin has its own digest"
+    );
+    assert_eq!(
+        full.headers.get("content-type").unwrap(),
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let mut full_headers = full.headers.clone();
+    full_headers.remove(&crate::access_log::X_REQUEST_ID);
+    let bridge_hits = |app: &App| {
+        let text = app.metrics.encode();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("regcache_cache_lookups_total{kind=\"bridge\",result=\"hit\"} ")
+            })
+            .map_or(0.0, |n| n.parse::<f64>().unwrap())
+    };
+    let before = bridge_hits(&t.app);
+    let warm = FastPath::respond(&*t.app, request()).await;
+    let ReplyBody::Prepared { head, body } = &warm.body else {
+        panic!("the second GET is not the prepared answer: {:?}", warm.body);
+    };
+    assert_eq!(body, full_body);
+    assert_eq!(head, &crate::fastpath::head_lines(&full_headers));
+    assert_eq!(bridge_hits(&t.app), before + 1.0);
+}
