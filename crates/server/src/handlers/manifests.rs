@@ -150,7 +150,9 @@ impl App {
     pub(super) fn prepared_basis(&self, target: &Target) -> Basis {
         Basis {
             generation: self.store().tags().generation(),
-            policies: Arc::as_ptr(&self.policies.load()) as usize,
+            policies: self
+                .policies_reloads
+                .load(std::sync::atomic::Ordering::Acquire),
             tag_ttl: target.upstream.ttls().tag_ttl,
         }
     }

@@ -67,6 +67,9 @@ pub struct App {
     cluster: std::sync::OnceLock<crate::cluster::Cluster>,
     /// Warm by-tag manifest answers kept ready ([`prepared`]).
     prepared: prepared::Prepared,
+    /// How many times the policies were replaced (a prepared answer's
+    /// basis; an address could be reused by a later reload's rules).
+    policies_reloads: AtomicU64,
 }
 
 impl std::fmt::Debug for App {
@@ -117,6 +120,7 @@ impl App {
             access: AtomicU8::new(crate::access_log::AccessLevel::Info.as_u8()),
             cluster: std::sync::OnceLock::new(),
             prepared: prepared::Prepared::default(),
+            policies_reloads: AtomicU64::new(0),
         }))
     }
 
@@ -141,6 +145,10 @@ impl App {
     /// Use `policies` from the next request on (a configuration reload).
     pub fn set_policies(&self, policies: Policies) {
         self.policies.store(Arc::new(policies));
+        // After the store: an answer prepared under the old rules carries
+        // an older number and is dropped on its next use.
+        self.policies_reloads
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// The configured upstreams (their breakers, for `/readyz`).

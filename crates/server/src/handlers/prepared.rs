@@ -68,8 +68,8 @@ impl Key<'_> {
 pub struct Basis {
     /// The tag index's generation when the answer was made.
     pub generation: u64,
-    /// The policies in force (their address: a reload swaps them whole).
-    pub policies: usize,
+    /// The policies in force: how many reloads replaced them before.
+    pub policies: u64,
     pub tag_ttl: Duration,
 }
 

@@ -412,6 +412,17 @@ async fn a_warm_by_tag_get_is_the_prepared_answer_of_the_first() {
         panic!("{:?}", again.body);
     };
     assert_eq!(&body[..], second.as_bytes());
+
+    // A reload of the policies (even to the same rules) drops it.
+    t.app.set_policies(Policies::default());
+    let reloaded = FastPath::respond(&*t.app, request(accept, None)).await;
+    assert!(
+        matches!(reloaded.body, ReplyBody::Bytes(_)),
+        "{:?}",
+        reloaded.body
+    );
+    let after_reload = FastPath::respond(&*t.app, request(accept, None)).await;
+    assert!(matches!(after_reload.body, ReplyBody::Prepared { .. }));
 }
 
 /// A rendering regcache keeps (here the Docker twin of an OCI image, for a
