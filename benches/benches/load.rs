@@ -181,7 +181,8 @@ fn main() -> ExitCode {
     }
     if options.tls {
         let report = tls::run(&options).map(|r| (r.terminal(), r.markdown()));
-        return run_alone(&options, "TLS", report, tls::report::splice);
+        let markers = tls::report::MARKERS;
+        return run_alone(&options, "TLS", report, |old, new| markers.splice(old, new));
     }
     match options.alone {
         Some(Alone::FanIn) => {
@@ -209,9 +210,10 @@ fn main() -> ExitCode {
         // S8, TLS, S3 alone, S9 and the scale bench's figures are not part
         // of a full run: their sections of the old file stay.
         let old = std::fs::read_to_string(&path).unwrap_or_default();
-        let mut new = cluster::report::carry_over(&old, &report.markdown());
-        new = tls::report::carry_over(&old, &new);
+        let mut new = report.markdown();
         for markers in [
+            cluster::report::MARKERS,
+            tls::report::MARKERS,
             fanin::report::MARKERS,
             connections::report::MARKERS,
             regcache_benches::load::sections::SCALE,
@@ -254,7 +256,10 @@ fn run_cluster(options: &Options, mode: ClusterMode) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match std::fs::write(&path, cluster::report::splice(&old, &report.markdown())) {
+    match std::fs::write(
+        &path,
+        cluster::report::MARKERS.splice(&old, &report.markdown()),
+    ) {
         Ok(()) => {
             println!("wrote S8's section of {}", path.display());
             ExitCode::SUCCESS

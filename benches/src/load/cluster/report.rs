@@ -9,12 +9,18 @@ use std::time::Duration;
 use super::super::harness::Options;
 use super::super::machine::Machine;
 use super::super::report::{fmt_value, ratio, table};
+use super::super::sections::Markers;
 use super::{CLIENTS, Case, ClusterMode, ClusterRun, REPLICAS, ReplicaWarm};
 
 /// The line before S8's section in RESULTS.md.
 pub const BEGIN: &str = "<!-- S8 cluster: begin (written by `cargo bench -p regcache-benches --bench load -- --cluster`; a full run keeps it) -->";
 /// The line after it.
 pub const END: &str = "<!-- S8 cluster: end -->";
+/// Both, for splicing the section ([`Markers`]).
+pub const MARKERS: Markers = Markers {
+    begin: BEGIN,
+    end: END,
+};
 
 /// Everything an S8 run found.
 #[derive(Debug, Clone)]
@@ -315,32 +321,6 @@ impl ClusterReport {
     }
 }
 
-/// S8's section of `results` (markers included), if it has one.
-pub fn section(results: &str) -> Option<&str> {
-    let start = results.find(BEGIN)?;
-    let end = results[start..].find(END)? + start + END.len();
-    Some(&results[start..end])
-}
-
-/// `results` with its S8 section replaced by `new_section`, or with
-/// `new_section` appended when it has none.
-pub fn splice(results: &str, new_section: &str) -> String {
-    let new_section = new_section.trim_end();
-    match section(results) {
-        Some(old) => results.replacen(old, new_section, 1),
-        None => format!("{}\n\n{new_section}\n", results.trim_end()),
-    }
-}
-
-/// A freshly rendered RESULTS.md with the S8 section of the `old` one
-/// carried over (a full run does not run S8).
-pub fn carry_over(old: &str, new: &str) -> String {
-    match section(old) {
-        Some(s) => splice(new, s),
-        None => new.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,10 +332,10 @@ mod tests {
     #[test]
     fn splice_appends_then_replaces() {
         let results = "# Load harness results\n\nS1 table\n";
-        let once = splice(results, &sample("first"));
+        let once = MARKERS.splice(results, &sample("first"));
         assert!(once.starts_with("# Load harness results\n\nS1 table\n\n"));
         assert!(once.contains("first"));
-        let twice = splice(&once, &sample("second"));
+        let twice = MARKERS.splice(&once, &sample("second"));
         assert!(twice.contains("second") && !twice.contains("first"));
         assert_eq!(twice.matches(BEGIN).count(), 1);
         assert!(twice.starts_with("# Load harness results\n\nS1 table\n\n"));
@@ -363,18 +343,18 @@ mod tests {
 
     #[test]
     fn a_full_run_keeps_the_s8_section() {
-        let old = splice("# old results\n", &sample("S8 figures"));
-        let new = carry_over(&old, "# new results\n");
+        let old = MARKERS.splice("# old results\n", &sample("S8 figures"));
+        let new = MARKERS.carry_over(&old, "# new results\n");
         assert!(new.starts_with("# new results\n"));
         assert!(new.contains("S8 figures"));
         assert!(!new.contains("old results"));
         // Nothing to carry: the new file as rendered.
-        assert_eq!(carry_over("# old\n", "# new\n"), "# new\n");
+        assert_eq!(MARKERS.carry_over("# old\n", "# new\n"), "# new\n");
     }
 
     #[test]
     fn a_section_without_its_end_marker_is_not_one() {
         let broken = format!("# r\n{BEGIN}\nno end");
-        assert_eq!(section(&broken), None);
+        assert_eq!(MARKERS.find(&broken), None);
     }
 }

@@ -9,12 +9,18 @@ use std::time::Duration;
 use super::super::harness::Options;
 use super::super::machine::Machine;
 use super::super::report::{fmt_value, ratio, table};
+use super::super::sections::Markers;
 use super::{NGINX_CACHE, NGINX_STATIC, REGCACHE, TlsRun, TlsScenario};
 
 /// The line before the TLS section in RESULTS.md.
 pub const BEGIN: &str = "<!-- TLS: begin (written by `cargo bench -p regcache-benches --bench load -- --tls`; a full run keeps it) -->";
 /// The line after it.
 pub const END: &str = "<!-- TLS: end -->";
+/// Both, for splicing the section ([`Markers`]).
+pub const MARKERS: Markers = Markers {
+    begin: BEGIN,
+    end: END,
+};
 
 /// The peers, in column order.
 const PEERS: [&str; 2] = [NGINX_STATIC, NGINX_CACHE];
@@ -365,32 +371,6 @@ impl TlsReport {
     }
 }
 
-/// The TLS section of `results` (markers included), if it has one.
-pub fn section(results: &str) -> Option<&str> {
-    let start = results.find(BEGIN)?;
-    let end = results[start..].find(END)? + start + END.len();
-    Some(&results[start..end])
-}
-
-/// `results` with its TLS section replaced by `new_section`, or with
-/// `new_section` appended when it has none.
-pub fn splice(results: &str, new_section: &str) -> String {
-    let new_section = new_section.trim_end();
-    match section(results) {
-        Some(old) => results.replacen(old, new_section, 1),
-        None => format!("{}\n\n{new_section}\n", results.trim_end()),
-    }
-}
-
-/// A freshly rendered RESULTS.md with the TLS section of the `old` one
-/// carried over (a full run does not run the TLS scenarios).
-pub fn carry_over(old: &str, new: &str) -> String {
-    match section(old) {
-        Some(s) => splice(new, s),
-        None => new.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::client::Tls;
@@ -403,16 +383,16 @@ mod tests {
     #[test]
     fn splice_appends_then_replaces_and_a_full_run_keeps_it() {
         let results = "# Load harness results\n\nS1 table\n";
-        let once = splice(results, &sample("first"));
+        let once = MARKERS.splice(results, &sample("first"));
         assert!(once.starts_with(results) && once.contains("first"));
-        let twice = splice(&once, &sample("second"));
+        let twice = MARKERS.splice(&once, &sample("second"));
         assert!(twice.contains("second") && !twice.contains("first"));
         assert_eq!(twice.matches(BEGIN).count(), 1);
-        let kept = carry_over(&twice, "# new results\n");
+        let kept = MARKERS.carry_over(&twice, "# new results\n");
         assert!(kept.starts_with("# new results\n") && kept.contains("second"));
-        assert_eq!(carry_over("# old\n", "# new\n"), "# new\n");
+        assert_eq!(MARKERS.carry_over("# old\n", "# new\n"), "# new\n");
         // S8's section and the TLS one are independent.
-        let both = super::super::super::cluster::report::splice(
+        let both = super::super::super::cluster::report::MARKERS.splice(
             &twice,
             &format!(
                 "{}\nS8\n{}",
@@ -420,12 +400,12 @@ mod tests {
                 super::super::super::cluster::report::END
             ),
         );
-        assert_eq!(section(&both), section(&twice));
+        assert_eq!(MARKERS.find(&both), MARKERS.find(&twice));
     }
 
     #[test]
     fn a_section_without_its_end_marker_is_not_one() {
-        assert_eq!(section(&format!("# r\n{BEGIN}\nno end")), None);
+        assert_eq!(MARKERS.find(&format!("# r\n{BEGIN}\nno end")), None);
     }
 
     #[test]
