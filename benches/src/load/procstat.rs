@@ -56,6 +56,9 @@ pub fn reaped_children_cpu() -> u64 {
 pub struct MachineCpu {
     pub busy: u64,
     pub total: u64,
+    /// Time the hypervisor ran something else while this machine's CPUs
+    /// had work (counted in `busy` too).
+    pub steal: u64,
 }
 
 pub fn machine_cpu() -> MachineCpu {
@@ -76,6 +79,7 @@ pub fn machine_cpu() -> MachineCpu {
     MachineCpu {
         busy: total.saturating_sub(idle),
         total,
+        steal: v.get(7).copied().unwrap_or(0),
     }
 }
 

@@ -5,11 +5,16 @@
 //! Why open loop: at a closed loop's full speed, latency is just
 //! connections / throughput and says nothing about the server. Here
 //! connection `i` connects and sends its first GET at `i / connections`
-//! seconds (a staggered start), then every `period` after that first
-//! intended time. Latency runs from the intended send time to the last
-//! body byte, so a late generator or a stalled server counts against the
-//! figure rather than being hidden (no coordinated omission); how late the
-//! generator itself sent is kept apart (`send_lag`) to show its headroom.
+//! periods (a staggered ramp); then, once every connection is up (two
+//! periods after the start), it sends one GET every `period` at the same
+//! offset for `duration`: the measured phase. Latency runs from the
+//! intended send time to the last body byte, so a late generator or a
+//! stalled server counts against the figure rather than being hidden (no
+//! coordinated omission); how late the generator itself sent is kept apart
+//! (`send_lag`) to show its headroom. The ramp's first GETs (which also
+//! wait for the TCP handshake and the server's accept, while the other
+//! connections are still being made) are kept apart too (`ramp`): they
+//! are connection set-up, not the kept-alive GETs the phase measures.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,21 +29,25 @@ use tokio::time::Instant;
 pub struct ConnLoad {
     /// Connections that were established.
     pub established: usize,
-    /// Requests answered `200` with the whole expected body.
+    /// Requests of the measured phase answered `200` with the whole
+    /// expected body (the ramp's are counted in `ramp`).
     pub ok: u64,
-    /// Latency of each answered request (intended send → last byte), sorted.
+    /// Latency of each answered request of the measured phase, every
+    /// connection established (intended send → last byte), sorted.
     pub latencies: Vec<Duration>,
-    /// The same without each connection's first request (which also waited
-    /// for the connection to be accepted), sorted: the steady state.
-    pub steady: Vec<Duration>,
-    /// Actual send → last byte of each answered request, sorted: what the
-    /// server took, without the generator's own lateness.
+    /// Each connection's first GET during the ramp (intended connect →
+    /// last byte: connection set-up included), sorted.
+    pub ramp: Vec<Duration>,
+    /// Actual send → last byte of each answered request of the measured
+    /// phase, sorted: what the server took, without the generator's own
+    /// lateness.
     pub service: Vec<Duration>,
-    /// How late each request was written after its intended time, sorted.
+    /// How late each request of the measured phase was written after its
+    /// intended time, sorted.
     pub send_lag: Vec<Duration>,
     /// Every failure (connect, I/O, status, length), in no order.
     pub errors: Vec<String>,
-    /// From the first intended send to the last answer.
+    /// From the measured phase's start to the last answer.
     pub elapsed: Duration,
     /// CPU used by this thread's process during the run, in ticks.
     pub client_cpu_ticks: u64,
@@ -76,24 +85,27 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(usize, u64)>, String> {
 
 struct Outcome {
     established: bool,
+    ramp: Option<Duration>,
     latencies: Vec<Duration>,
     service: Vec<Duration>,
     lags: Vec<Duration>,
     error: Option<String>,
 }
 
-/// One connection's life: connect at `first`, then a GET at `first + k ×
-/// period` until `until`; stops at its first error.
+/// One connection's life: connect and send a first GET at `first`, then a
+/// GET at `measured + k × period` until `until`; stops at its first error.
 async fn one_connection(
     addr: SocketAddr,
     request: Arc<Vec<u8>>,
     expected_len: u64,
     first: Instant,
+    measured: Instant,
     period: Duration,
     until: Instant,
 ) -> Outcome {
     let mut out = Outcome {
         established: false,
+        ramp: None,
         latencies: Vec::new(),
         service: Vec::new(),
         lags: Vec::new(),
@@ -110,45 +122,17 @@ async fn one_connection(
     let _ = stream.set_nodelay(true);
     out.established = true;
     let mut buf = vec![0u8; 4096];
-    let mut intended = first;
+    if let Err(e) = exchange(&mut stream, &request, &mut buf, expected_len).await {
+        out.error = Some(e);
+        return out;
+    }
+    out.ramp = Some(first.elapsed());
+    let mut intended = measured;
     while intended < until {
         tokio::time::sleep_until(intended).await;
         let sent = Instant::now();
         out.lags.push(sent.saturating_duration_since(intended));
-        if let Err(e) = stream.write_all(&request).await {
-            out.error = Some(format!("send: {e}"));
-            return out;
-        }
-        let mut filled = 0;
-        let answered = loop {
-            if filled == buf.len() {
-                buf.resize(buf.len() * 2, 0);
-            }
-            match stream.read(&mut buf[filled..]).await {
-                Ok(0) => break Err("connection closed by the server".to_owned()),
-                Ok(n) => filled += n,
-                Err(e) => break Err(format!("read: {e}")),
-            }
-            match parse_head(&buf[..filled]) {
-                Ok(None) => continue,
-                Err(e) => break Err(e),
-                Ok(Some((head_len, body_len))) => {
-                    if body_len != expected_len {
-                        break Err(format!(
-                            "Content-Length {body_len}, expected {expected_len}"
-                        ));
-                    }
-                    let total = head_len + body_len as usize;
-                    if filled > total {
-                        break Err("bytes after the response (none was asked)".to_owned());
-                    }
-                    if filled == total {
-                        break Ok(());
-                    }
-                }
-            }
-        };
-        if let Err(e) = answered {
+        if let Err(e) = exchange(&mut stream, &request, &mut buf, expected_len).await {
             out.error = Some(e);
             return out;
         }
@@ -159,9 +143,50 @@ async fn one_connection(
     out
 }
 
-/// Runs the load: `connections` connections to `addr`, each sending
-/// `request` every `period` for `duration` after its staggered start;
-/// every answer must be `200` with a body of `expected_len` bytes.
+/// Writes `request` and reads one whole `200` answer of `expected_len`
+/// body bytes.
+async fn exchange(
+    stream: &mut TcpStream,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+    expected_len: u64,
+) -> Result<(), String> {
+    stream
+        .write_all(request)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match stream.read(&mut buf[filled..]).await {
+            Ok(0) => return Err("connection closed by the server".to_owned()),
+            Ok(n) => filled += n,
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        let Some((head_len, body_len)) = parse_head(&buf[..filled])? else {
+            continue;
+        };
+        if body_len != expected_len {
+            return Err(format!(
+                "Content-Length {body_len}, expected {expected_len}"
+            ));
+        }
+        let total = head_len + body_len as usize;
+        if filled > total {
+            return Err("bytes after the response (none was asked)".to_owned());
+        }
+        if filled == total {
+            return Ok(());
+        }
+    }
+}
+
+/// Runs the load: `connections` connections to `addr`, made over one
+/// `period` (each sends one GET as it is made), then each sending `request`
+/// every `period` for `duration` from two periods after the start; every
+/// answer must be `200` with a body of `expected_len` bytes.
 pub fn run(
     addr: SocketAddr,
     request: &[u8],
@@ -178,16 +203,20 @@ pub fn run(
     let request = Arc::new(request.to_vec());
     let mut load = rt.block_on(async move {
         let start = Instant::now() + Duration::from_millis(200);
-        let until = start + duration;
+        // The ramp takes one period; one more lets the last connections
+        // settle before the measured phase.
+        let measured_from = start + 2 * period;
+        let until = measured_from + duration;
         let stagger = period.as_secs_f64() / connections.max(1) as f64;
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..connections {
-            let first = start + Duration::from_secs_f64(stagger * i as f64);
+            let offset = Duration::from_secs_f64(stagger * i as f64);
             tasks.spawn(one_connection(
                 addr,
                 request.clone(),
                 expected_len,
-                first,
+                start + offset,
+                measured_from + offset,
                 period,
                 until,
             ));
@@ -198,7 +227,7 @@ pub fn run(
                 Ok(o) => {
                     load.established += usize::from(o.established);
                     load.ok += o.latencies.len() as u64;
-                    load.steady.extend(o.latencies.iter().skip(1));
+                    load.ramp.extend(o.ramp);
                     load.latencies.extend(o.latencies);
                     load.service.extend(o.service);
                     load.send_lag.extend(o.lags);
@@ -207,14 +236,14 @@ pub fn run(
                 Err(e) => load.errors.push(format!("a connection task failed: {e}")),
             }
         }
-        load.elapsed = start.elapsed();
+        load.elapsed = measured_from.elapsed();
         load
     });
     load.client_cpu_ticks = super::super::procstat::process_cpu(std::process::id())
         .unwrap_or(0)
         .saturating_sub(cpu_before);
     load.latencies.sort_unstable();
-    load.steady.sort_unstable();
+    load.ramp.sort_unstable();
     load.service.sort_unstable();
     load.send_lag.sort_unstable();
     Ok(load)
@@ -275,10 +304,12 @@ mod tests {
         .expect("runs");
         assert_eq!(load.errors, Vec::<String>::new());
         assert_eq!(load.established, 20);
-        assert_eq!(load.steady.len() as u64, load.ok - 20);
+        assert_eq!(load.ramp.len(), 20, "one ramp GET per connection");
         assert_eq!(load.service.len() as u64, load.ok);
-        // 5 sends per connection (at 0, 100, ..., 400 ms after its start).
-        assert!(load.ok >= 20 * 4 && load.ok <= 20 * 5, "{}", load.ok);
+        assert_eq!(load.send_lag.len() as u64, load.ok);
+        // 5 measured sends per connection (at 0, 100, ..., 400 ms after
+        // the measured phase's start, at the connection's offset).
+        assert_eq!(load.ok, 20 * 5);
         let wrong = run(
             addr,
             req,
