@@ -23,7 +23,11 @@
 //!
 //! Each run is a fresh child process (this executable again, with
 //! `REGCACHE_SCALE_CHILD` set), so its RSS is the store's, not the
-//! generator's. The child opens the store with `Store::open_blocking`
+//! generator's. The first run of each size starts without an index snapshot
+//! (the parent deletes any): a first start, or one after a crash, scanning
+//! every file. Each child ends as a clean shutdown does, saving the index
+//! snapshot (timed), so the later runs start from it, as a restart does.
+//! The child opens the store with `Store::open_blocking`
 //! (defaults but a 1 TiB disk budget so nothing is evicted), reads VmRSS and
 //! VmHWM from `/proc/self/status`, then times 100,000 calls each (one
 //! `Instant` pair per call, on a current-thread runtime) of `Store::stat` of
@@ -173,6 +177,13 @@ fn parent(sizes: &[u64], runs: usize, keep: Option<&Path>) -> Result<(), String>
             n / TAG_EVERY,
             started.elapsed().as_secs_f64()
         );
+        // The first run scans: no snapshot from an earlier --dir run.
+        let snapshot = root.join("v1/index.snapshot");
+        match fs::remove_file(&snapshot) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("delete {}: {e}", snapshot.display())),
+        }
         for run in 1..=runs {
             let output = Command::new(&exe)
                 .env(CHILD_ENV, format!("{n} {}", root.display()))
@@ -276,6 +287,11 @@ fn child(spec: &str) -> ExitCode {
         .build()
         .expect("runtime");
     let (rss_before, _) = memory();
+    let start = if root.join("v1/index.snapshot").exists() {
+        "snapshot"
+    } else {
+        "scan"
+    };
     let started = Instant::now();
     let store =
         Store::open_blocking(StoreConfig::new(&root).disk_max_bytes(1 << 40)).expect("open store");
@@ -319,11 +335,16 @@ fn child(spec: &str) -> ExitCode {
         (stat_hit, stat_miss, get_hit, get_miss)
     });
     let (rss_end, hwm_end) = memory();
+    // As a clean shutdown ends: the snapshot the next run starts from.
+    let saving = Instant::now();
+    let saved = store.disk().save_index().expect("save the index snapshot");
+    let save = saving.elapsed();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
-        "entries={entries} open_ms={:.1} rss_before_mib={:.1} rss_open_mib={:.1} hwm_open_mib={:.1} rss_end_mib={:.1} hwm_end_mib={:.1} \
+        "entries={entries} start={start} saved={saved} save_ms={:.1} open_ms={:.1} rss_before_mib={:.1} rss_open_mib={:.1} hwm_open_mib={:.1} rss_end_mib={:.1} hwm_end_mib={:.1} \
          stat_hit_p50_us={:.2} stat_hit_p99_us={:.2} stat_miss_p50_us={:.2} stat_miss_p99_us={:.2} \
          get_hit_p50_us={:.2} get_hit_p99_us={:.2} get_miss_p50_us={:.2} get_miss_p99_us={:.2}",
+        save.as_secs_f64() * 1e3,
         open.as_secs_f64() * 1e3,
         rss_before,
         rss_open,
@@ -381,6 +402,7 @@ fn memory() -> (f64, f64) {
 
 fn print_table(rows: &[(u64, String)]) {
     let columns = [
+        ("start", "start"),
         ("open_ms", "open (ms)"),
         ("rss_open_mib", "RSS after open (MiB)"),
         ("hwm_open_mib", "HWM after open (MiB)"),
@@ -391,6 +413,7 @@ fn print_table(rows: &[(u64, String)]) {
         ("get_hit_p50_us", "get hit p50 (µs)"),
         ("get_hit_p99_us", "get hit p99 (µs)"),
         ("get_miss_p99_us", "get miss p99 (µs)"),
+        ("save_ms", "snapshot save (ms)"),
     ];
     let mut header = String::from("| entries | run |");
     let mut rule = String::from("|--------:|----:|");

@@ -483,7 +483,28 @@ pub async fn serve(
     if let Some(task) = internal_task {
         let _ = task.await;
     }
+    save_cache_index(&app).await;
     tracing::info!("stopped");
+}
+
+/// Leaves the disk cache's index snapshot for a fast next start (a crash
+/// leaves none, and the next start scans every file instead).
+async fn save_cache_index(app: &Arc<crate::handlers::App>) {
+    let disk = app.store().disk().clone();
+    let started = std::time::Instant::now();
+    match tokio::task::spawn_blocking(move || disk.save_index()).await {
+        Ok(Ok(entries)) => tracing::info!(
+            entries,
+            ms = started.elapsed().as_millis() as u64,
+            "saved the cache index for the next start"
+        ),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot save the cache index; the next start scans the cache")
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot save the cache index; the next start scans the cache")
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -305,8 +305,22 @@ async fn restart_serves_everything_with_the_upstream_gone() {
 
     let status = regcache.stop();
     assert!(status.success(), "SIGTERM exit {status}");
+    // A clean shutdown leaves the index snapshot the next start reads
+    // (which of its directories it trusts is the store's tests' business).
+    let snapshot = regcache.data_dir().join("cache/v1/index.snapshot");
+    assert!(
+        snapshot.exists(),
+        "no index snapshot after SIGTERM; log:\n{}",
+        regcache.log()
+    );
+    assert!(
+        regcache.log().contains("saved the cache index"),
+        "{}",
+        regcache.log()
+    );
     upstream.registry.kill();
     regcache.restart();
+    assert!(!snapshot.exists(), "the start took the snapshot");
     // Past the tag TTL, so tags must be revalidated, and that fails.
     tokio::time::sleep(Duration::from_millis(1200)).await;
 

@@ -79,6 +79,11 @@ pub fn run(args: &PurgeArgs, out: &mut dyn Write) -> Result<(), Failure> {
         if !args.dry_run {
             runtime()?.block_on(purge::execute(&store, &mut plan, &|_| {}));
         }
+        // Opening took the index snapshot a clean shutdown left; leave one
+        // again so the next start stays fast.
+        if let Err(error) = store.disk().save_index() {
+            tracing::warn!(%error, "cannot save the cache index; the next start scans the cache");
+        }
         plan
     } else {
         let client = AdminClient::new(&args.at, &settings)?;

@@ -32,12 +32,97 @@ pub(super) struct Found {
     pub(super) mtime: u64,
 }
 
-/// Lists every committed entry, oldest access (mtime) first, ties broken
-/// by digest so the order is deterministic. Prefix directories are split
-/// across a few threads: the work is one `getdents` per directory and one
-/// `statx` per file, which parallelises well on a warm dentry cache. Each
-/// thread sorts its own share; the shares are then merged.
+/// Every committed entry, oldest access first (ties broken by digest, so
+/// the order is deterministic): from the index snapshot a clean shutdown
+/// left in `base` for the prefix directories it still describes (see
+/// `snapshot.rs`), by scanning the files of every other directory (all of
+/// them when there is no snapshot). Returns the entries and how many
+/// directories were scanned out of how many.
+pub(super) fn load_blobs(base: &Path, blobs: &Path) -> Result<(Vec<Found>, Loaded), StoreError> {
+    let prefix_dirs = list_prefix_dirs(blobs)?;
+    let snapshot = base.join(snapshot::FILE).exists().then(|| {
+        let now: HashMap<u8, snapshot::Stamp> = prefix_dirs
+            .iter()
+            .filter(|(algorithm, _)| *algorithm == Algorithm::Sha256)
+            .filter_map(|(_, dir)| {
+                let prefix = dir.file_name()?.to_str().and_then(snapshot::prefix_byte)?;
+                Some((prefix, snapshot::stamp_of(dir)?))
+            })
+            .collect();
+        snapshot::take(base, &now)
+    });
+    let Some(Some(snapshot)) = snapshot else {
+        let dirs = prefix_dirs.len();
+        let found = scan_sorted(prefix_dirs)?;
+        return Ok((
+            found,
+            Loaded {
+                dirs,
+                scanned: dirs,
+                from_snapshot: 0,
+            },
+        ));
+    };
+    let dirs = prefix_dirs.len();
+    let stale: Vec<(Algorithm, PathBuf)> = prefix_dirs
+        .into_iter()
+        .filter(|(algorithm, dir)| {
+            let prefix = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(snapshot::prefix_byte);
+            !(*algorithm == Algorithm::Sha256
+                && prefix.is_some_and(|p| snapshot.trusted.contains(&p)))
+        })
+        .collect();
+    let loaded = Loaded {
+        dirs,
+        scanned: stale.len(),
+        from_snapshot: snapshot.entries.len(),
+    };
+    let scanned = scan_sorted(stale)?;
+    Ok((merge(snapshot.entries, scanned), loaded))
+}
+
+/// Where an open's entries came from.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Loaded {
+    /// Prefix directories in the cache.
+    pub(super) dirs: usize,
+    /// Of those, the ones scanned file by file.
+    pub(super) scanned: usize,
+    /// Entries taken from the index snapshot.
+    pub(super) from_snapshot: usize,
+}
+
+/// Two sorted runs as one.
+fn merge(a: Vec<Found>, b: Vec<Found>) -> Vec<Found> {
+    if b.is_empty() {
+        return a;
+    }
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if oldest_first(x, y).is_le() => a.next(),
+            (Some(_), Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, _) => b.next(),
+        };
+        match next {
+            Some(f) => out.push(f),
+            None => return out,
+        }
+    }
+}
+
+/// Every committed entry under `blobs`, by scanning (see [`scan_sorted`]).
 pub(super) fn scan_blobs(blobs: &Path) -> Result<Vec<Found>, StoreError> {
+    scan_sorted(list_prefix_dirs(blobs)?)
+}
+
+/// The prefix directories (`<blobs>/<algorithm>/<xx>`).
+fn list_prefix_dirs(blobs: &Path) -> Result<Vec<(Algorithm, PathBuf)>, StoreError> {
     let mut prefix_dirs = Vec::new();
     for algorithm in ALGORITHMS {
         let dir = blobs.join(algorithm.name());
@@ -54,6 +139,18 @@ pub(super) fn scan_blobs(blobs: &Path) -> Result<Vec<Found>, StoreError> {
                 tracing::warn!(path = %entry.path().display(), "ignoring unexpected file in cache directory");
             }
         }
+    }
+    Ok(prefix_dirs)
+}
+
+/// The entries of `prefix_dirs`, oldest access (mtime) first. The
+/// directories are split across a few threads: the work is one `getdents`
+/// per directory and one `statx` per file, which parallelises well on a
+/// warm dentry cache. Each thread sorts its own share; the shares are then
+/// merged.
+fn scan_sorted(prefix_dirs: Vec<(Algorithm, PathBuf)>) -> Result<Vec<Found>, StoreError> {
+    if prefix_dirs.is_empty() {
+        return Ok(Vec::new());
     }
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())

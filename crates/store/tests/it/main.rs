@@ -9,4 +9,5 @@ mod moto;
 mod pass_through;
 mod records;
 mod shared;
+mod snapshot;
 mod startup;
