@@ -2,9 +2,13 @@
 //!
 //! Sized for millions of entries (issue 16: 1,000,000 in ≤ 256 MiB): a
 //! digest is held as a [`Key`] (the raw 32 bytes of a sha256, no heap
-//! allocation) rather than a [`Digest`] (its text, boxed), and the LRU map is
-//! bulk-built from the sorted scan at open ([`Index::from_sorted`]), which
-//! fills its nodes, where one-by-one inserts leave them about half full.
+//! allocation) rather than a [`Digest`] (its text, boxed), each entry once,
+//! in a slab that a table of positions and an intrusive LRU list index
+//! (see [`Index`]).
+
+use std::hash::BuildHasher as _;
+
+use hashbrown::HashTable;
 
 use super::*;
 
@@ -77,20 +81,48 @@ fn decode_sha256(hex: &[u8]) -> Option<[u8; 32]> {
     (bad & 0xf0 == 0).then_some(raw)
 }
 
-/// The index's maps: foldhash, seeded per process (the std SipHash cost a
+/// The index's hasher: foldhash, seeded per process (the std SipHash cost a
 /// third of building a million-entry index at start-up; keys are digests,
 /// which a client can't choose freely, and the seed is random).
-type KeyMap<V> = HashMap<Key, V, foldhash::fast::RandomState>;
+type Hasher = foldhash::fast::RandomState;
 
-#[derive(Default)]
+/// The pin counts' map.
+type KeyMap<V> = HashMap<Key, V, Hasher>;
+
+/// No slot: either end of the LRU list, or of the free list.
+const NIL: u32 = u32::MAX;
+
+/// One entry in the slab, linked into the LRU list (or, once removed, into
+/// the free list through `newer`).
+struct Slot {
+    key: Key,
+    entry: Entry,
+    older: u32,
+    newer: u32,
+}
+
+/// Entries, their LRU order and their pins.
+///
+/// Laid out for a million entries in little memory (issue 16): the entries
+/// live in one slab (72 bytes each), a hash table of 4-byte slab positions
+/// finds them by key, and the LRU order is a doubly linked list threaded
+/// through the slab by position, oldest first. (A map of entries and an
+/// ordered map of ticks held every key twice: 185 MiB a million entries
+/// against 82 MiB here, and start-up built both.)
 pub(super) struct Index {
-    entries: KeyMap<Entry>,
-    /// Access tick → digest, oldest first. Ticks are unique (see [`AccessClock`]).
-    lru: BTreeMap<u64, Key>,
+    slots: Vec<Slot>,
+    /// Slab positions by the key of their slot.
+    table: HashTable<u32>,
+    hasher: Hasher,
+    /// The least and the most recently accessed entries.
+    oldest: u32,
+    newest: u32,
+    /// Head of the free slots' list.
+    free: u32,
+    len: usize,
     pub(super) used: u64,
     /// Live [`PinGuard`]s per digest; eviction skips pinned entries. Kept
-    /// apart from [`Entry`] (pinned entries are few) so every entry's hash
-    /// bucket is 8 bytes smaller.
+    /// apart (pinned entries are few) so every slot stays small.
     pins: KeyMap<u32>,
     /// Space promised to fills in flight (their temp files), counted
     /// against the budget with `used`, so the data directory never holds more
@@ -98,10 +130,27 @@ pub(super) struct Index {
     pub(super) reserved: u64,
 }
 
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            slots: Vec::new(),
+            table: HashTable::new(),
+            hasher: Hasher::default(),
+            oldest: NIL,
+            newest: NIL,
+            free: NIL,
+            len: 0,
+            used: 0,
+            pins: KeyMap::default(),
+            reserved: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Entry {
     pub(super) size: u64,
-    /// Last access, in clock nanoseconds; key in `Index::lru`.
+    /// Last access, in clock nanoseconds: the LRU list is in this order.
     pub(super) tick: u64,
     /// The access time last written to the file's mtime.
     pub(super) persisted: u64,
@@ -112,73 +161,68 @@ impl Index {
     /// key). Ticks are the persisted mtimes, made strictly increasing.
     /// Returns the index and the last tick.
     pub(super) fn from_sorted(found: Vec<scan::Found>) -> (Index, u64) {
-        // Both maps are built at once, each on its own thread, from the same
-        // ticks (a million entries take a while either way).
-        let ticks = || {
-            let mut last_tick = 0u64;
-            found.iter().map(move |f| {
-                let tick = f.mtime.max(last_tick + 1);
-                last_tick = tick;
-                (tick, f)
-            })
-        };
-        let (entries, lru) = std::thread::scope(|scope| {
-            let entries = scope.spawn(|| {
-                let mut entries = KeyMap::with_capacity_and_hasher(
-                    found.len(),
-                    foldhash::fast::RandomState::default(),
-                );
-                for (tick, f) in ticks() {
-                    let entry = Entry {
-                        size: f.size,
-                        tick,
-                        persisted: f.mtime,
-                    };
-                    entries.insert(f.key.clone(), entry);
-                }
-                entries
-            });
-            let lru: BTreeMap<u64, Key> = ticks().map(|(tick, f)| (tick, f.key.clone())).collect();
-            let entries = entries
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (entries, lru)
-        });
-        let used = found.iter().map(|f| f.size).sum();
-        let last_tick = lru.last_key_value().map_or(0, |(t, _)| *t);
-        let index = Index {
-            entries,
-            lru,
-            pins: KeyMap::default(),
-            used,
-            reserved: 0,
-        };
+        let mut index = Index::default();
+        index.slots.reserve_exact(found.len());
+        index.table.reserve(found.len(), |_| 0);
+        let mut last_tick = 0u64;
+        for f in found {
+            // A key twice (only a damaged snapshot could say so): the first stays.
+            if index.position(&f.key).is_some() {
+                continue;
+            }
+            let tick = f.mtime.max(last_tick + 1);
+            last_tick = tick;
+            let entry = Entry {
+                size: f.size,
+                tick,
+                persisted: f.mtime,
+            };
+            // Appended: the newest so far.
+            let pos = index.allocate(f.key, entry);
+            index.link_newest(pos);
+            index.used += f.size;
+        }
         (index, last_tick)
     }
 
     pub(super) fn len(&self) -> usize {
-        self.entries.len()
+        self.len
+    }
+
+    fn hash(&self, key: &Key) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn position(&self, key: &Key) -> Option<u32> {
+        let hash = self.hash(key);
+        self.table
+            .find(hash, |&pos| self.slots[pos as usize].key == *key)
+            .copied()
     }
 
     pub(super) fn contains(&self, digest: &Digest) -> bool {
-        self.entries.contains_key(&Key::of(digest))
+        self.position(&Key::of(digest)).is_some()
     }
 
     pub(super) fn get(&self, digest: &Digest) -> Option<&Entry> {
-        self.entries.get(&Key::of(digest))
+        let pos = self.position(&Key::of(digest))?;
+        Some(&self.slots[pos as usize].entry)
     }
 
     /// Entries least recently accessed first: (tick, key, entry).
     pub(super) fn oldest_first(&self) -> impl Iterator<Item = (u64, &Key, &Entry)> + '_ {
-        self.lru
-            .iter()
-            .filter_map(|(tick, key)| Some((*tick, key, self.entries.get(key)?)))
+        let mut at = self.oldest;
+        std::iter::from_fn(move || {
+            let slot = self.slots.get(at as usize)?;
+            at = slot.newer;
+            Some((slot.entry.tick, &slot.key, &slot.entry))
+        })
     }
 
     /// Pins a present entry; `false` if absent.
     pub(super) fn pin(&mut self, digest: &Digest) -> bool {
         let key = Key::of(digest);
-        if !self.entries.contains_key(&key) {
+        if self.position(&key).is_none() {
             return false;
         }
         *self.pins.entry(key).or_default() += 1;
@@ -200,38 +244,44 @@ impl Index {
     }
 
     pub(super) fn insert(&mut self, digest: &Digest, size: u64, tick: u64, persisted: u64) {
-        let key = Key::of(digest);
-        self.lru.insert(tick, key.clone());
-        if let Some(old) = self.entries.insert(
-            key,
-            Entry {
-                size,
-                tick,
-                persisted,
-            },
-        ) {
-            // Callers check first; keep the sums right if one did not.
-            self.lru.remove(&old.tick);
-            self.used -= old.size;
-        }
+        // Callers check first; keep the sums right if one did not.
+        self.remove(digest);
+        let entry = Entry {
+            size,
+            tick,
+            persisted,
+        };
+        let pos = self.allocate(Key::of(digest), entry);
+        self.link_by_tick(pos);
         self.used += size;
     }
 
     pub(super) fn remove(&mut self, digest: &Digest) -> Option<Entry> {
-        let entry = self.entries.remove(&Key::of(digest))?;
-        self.lru.remove(&entry.tick);
+        let key = Key::of(digest);
+        let hash = self.hash(&key);
+        let slots = &self.slots;
+        let (pos, _) = self
+            .table
+            .find_entry(hash, |&pos| slots[pos as usize].key == key)
+            .ok()?
+            .remove();
+        self.unlink(pos);
+        let slot = &mut self.slots[pos as usize];
+        slot.newer = self.free;
+        self.free = pos;
+        self.len -= 1;
+        let entry = slot.entry;
         self.used -= entry.size;
         Some(entry)
     }
 
     /// Moves the entry to the most recent end. Returns the entry after the bump.
     pub(super) fn bump(&mut self, digest: &Digest, tick: u64) -> Option<&mut Entry> {
-        let key = Key::of(digest);
-        let entry = self.entries.get_mut(&key)?;
-        self.lru.remove(&entry.tick);
-        entry.tick = tick;
-        self.lru.insert(tick, key);
-        Some(entry)
+        let pos = self.position(&Key::of(digest))?;
+        self.unlink(pos);
+        self.slots[pos as usize].entry.tick = tick;
+        self.link_by_tick(pos);
+        Some(&mut self.slots[pos as usize].entry)
     }
 
     /// Picks the least recently accessed unpinned entries to free room for
@@ -251,6 +301,84 @@ impl Index {
             victims.push(key.digest());
         }
         (used + incoming <= max).then_some(victims)
+    }
+
+    /// A slot for a new entry (a free one if any) and its table entry; not
+    /// linked yet.
+    fn allocate(&mut self, key: Key, entry: Entry) -> u32 {
+        let hash = self.hash(&key);
+        let slot = Slot {
+            key,
+            entry,
+            older: NIL,
+            newer: NIL,
+        };
+        let pos = if self.free == NIL {
+            self.slots.push(slot);
+            // A slab of 4 billion entries is not a cache this runs.
+            u32::try_from(self.slots.len() - 1).unwrap_or(NIL - 1)
+        } else {
+            let pos = self.free;
+            self.free = self.slots[pos as usize].newer;
+            self.slots[pos as usize] = slot;
+            pos
+        };
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.table
+            .insert_unique(hash, pos, |&p| hasher.hash_one(&slots[p as usize].key));
+        self.len += 1;
+        pos
+    }
+
+    /// Links `pos` at the newest end.
+    fn link_newest(&mut self, pos: u32) {
+        let newest = self.newest;
+        self.link_after(pos, newest);
+    }
+
+    /// Links `pos` after every entry with an older tick. Ticks come from a
+    /// strictly increasing clock, so this is the newest end but for a
+    /// commit that took its tick before a concurrent access: a step or two
+    /// back.
+    fn link_by_tick(&mut self, pos: u32) {
+        let tick = self.slots[pos as usize].entry.tick;
+        let mut after = self.newest;
+        while after != NIL && self.slots[after as usize].entry.tick > tick {
+            after = self.slots[after as usize].older;
+        }
+        self.link_after(pos, after);
+    }
+
+    /// Links `pos` right after `after` (`NIL`: as the oldest).
+    fn link_after(&mut self, pos: u32, after: u32) {
+        let next = if after == NIL {
+            self.oldest
+        } else {
+            self.slots[after as usize].newer
+        };
+        let slot = &mut self.slots[pos as usize];
+        slot.older = after;
+        slot.newer = next;
+        match after {
+            NIL => self.oldest = pos,
+            a => self.slots[a as usize].newer = pos,
+        }
+        match next {
+            NIL => self.newest = pos,
+            n => self.slots[n as usize].older = pos,
+        }
+    }
+
+    fn unlink(&mut self, pos: u32) {
+        let Slot { older, newer, .. } = self.slots[pos as usize];
+        match older {
+            NIL => self.oldest = newer,
+            o => self.slots[o as usize].newer = newer,
+        }
+        match newer {
+            NIL => self.newest = older,
+            n => self.slots[n as usize].older = older,
+        }
     }
 }
 
@@ -279,6 +407,8 @@ impl AccessClock {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -348,6 +478,90 @@ mod tests {
             index.get(&first).map(|e| (e.size, e.persisted)),
             Some((1, 100))
         );
+    }
+
+    /// Random inserts, removals and bumps against a model of the index
+    /// the slab replaced (a map of entries and an ordered map of ticks):
+    /// same entries, same order, same sums.
+    #[test]
+    fn the_slab_keeps_the_order_and_sums_a_tick_ordered_map_would() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let digests: Vec<Digest> = (0..64u32)
+            .map(|i| Digest::sha256_of(&i.to_le_bytes()))
+            .collect();
+        let mut index = Index::default();
+        let mut model: BTreeMap<u64, (Digest, u64)> = BTreeMap::new();
+        let mut clock = 1_000u64;
+        for step in 0..20_000 {
+            let d = &digests[next(64) as usize];
+            let present = model.values().any(|(m, _)| m == d);
+            clock += 1 + next(3);
+            match next(4) {
+                0 | 1 => {
+                    // A commit's tick may be a few older than the newest.
+                    let tick = clock - next(4).min(clock - 1);
+                    let tick = if model.contains_key(&tick) {
+                        clock
+                    } else {
+                        tick
+                    };
+                    let size = 1 + next(1000);
+                    model.retain(|_, (m, _)| m != d);
+                    model.insert(tick, (d.clone(), size));
+                    index.insert(d, size, tick, tick);
+                }
+                2 => {
+                    let removed = index.remove(d).map(|e| e.size);
+                    let before = model.len();
+                    let mut was = None;
+                    model.retain(|_, (m, size)| {
+                        let hit = m == d;
+                        if hit {
+                            was = Some(*size);
+                        }
+                        !hit
+                    });
+                    assert_eq!(removed, was, "step {step}");
+                    assert_eq!(model.len() + usize::from(was.is_some()), before);
+                }
+                _ => {
+                    let bumped = index.bump(d, clock).is_some();
+                    assert_eq!(bumped, present, "step {step}");
+                    if let Some(tick) = model.iter().find(|(_, (m, _))| m == d).map(|(t, _)| *t) {
+                        let v = model.remove(&tick).unwrap();
+                        model.insert(clock, v);
+                    }
+                }
+            }
+            assert_eq!(index.len(), model.len(), "step {step}");
+            if step % 97 == 0 || step > 19_900 {
+                let got: Vec<(u64, Digest, u64)> = index
+                    .oldest_first()
+                    .map(|(t, k, e)| (t, k.digest(), e.size))
+                    .collect();
+                let want: Vec<(u64, Digest, u64)> = model
+                    .iter()
+                    .map(|(t, (d, s))| (*t, d.clone(), *s))
+                    .collect();
+                assert_eq!(got, want, "step {step}");
+                assert_eq!(index.used, model.values().map(|(_, s)| s).sum::<u64>());
+                for d in &digests {
+                    let want = model
+                        .iter()
+                        .find(|(_, (m, _))| m == d)
+                        .map(|(t, (_, s))| (*t, *s));
+                    assert_eq!(index.get(d).map(|e| (e.tick, e.size)), want);
+                }
+            }
+        }
+        // Freed slots are reused: the slab never outgrows the key space.
+        assert!(index.slots.len() <= digests.len(), "{}", index.slots.len());
     }
 
     #[test]

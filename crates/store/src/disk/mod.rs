@@ -52,7 +52,7 @@
 //! file that a concurrent commit of the same digest just renamed into place).
 //! It is never held across an `.await`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
