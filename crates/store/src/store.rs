@@ -47,6 +47,8 @@ struct Inner {
     mappings: MappingLog,
     diff_ids: DiffIdLog,
     shared: Option<SharedTier>,
+    /// Completed [`Store::remove`] calls (see [`Store::removals`]).
+    removals: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -90,6 +92,7 @@ impl Store {
                 mappings,
                 diff_ids,
                 shared: config.shared.clone(),
+                removals: std::sync::atomic::AtomicU64::new(0),
                 config,
             }),
         })
@@ -171,7 +174,23 @@ impl Store {
 
     /// Removes the digest from every tier. Readers that already hold it keep it.
     pub async fn remove(&self, digest: &Digest) -> Result<bool, StoreError> {
-        self.inner.tiers.remove(digest).await
+        let removed = self.inner.tiers.remove(digest).await;
+        // Counted once the content is gone (see `removals`).
+        self.inner
+            .removals
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        removed
+    }
+
+    /// How many removals ([`Store::remove`]: a purge, a damaged entry
+    /// dropped) have completed. Something derived from the store's content
+    /// and kept elsewhere (a prepared answer) records it when it reads the
+    /// content, and is void once it has moved. Evictions by the disk budget
+    /// don't count: they remove nothing that must not be served again.
+    pub fn removals(&self) -> u64 {
+        self.inner
+            .removals
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Starts or joins the one fill for `digest`. See [`Fills::begin`].

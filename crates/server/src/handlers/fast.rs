@@ -193,31 +193,32 @@ impl App {
 }
 
 impl App {
-    /// A by-tag manifest answer kept ready ([`super::prepared`]), counted
-    /// as the full path would count it (a tag hit, a manifest hit, and the
-    /// rendering's hit if it is one).
+    /// A manifest answer kept ready ([`super::prepared`]), counted as the
+    /// full path would count it (a tag hit if by tag, a manifest hit, and
+    /// the rendering's hit if it is one).
     fn prepared_reply(&self, routed: &Routed, req: &Request<ReqBody>) -> Option<Reply> {
-        let Route::Manifest {
-            name,
-            reference: Reference::Tag(tag),
-        } = &routed.route
-        else {
+        let Route::Manifest { name, reference } = &routed.route else {
             return None;
         };
         if routed.target.acting_as.is_some() || req.headers().contains_key(header::IF_NONE_MATCH) {
             return None;
         }
+        let (reference, by_digest) = match reference {
+            Reference::Tag(tag) => (tag.as_str(), false),
+            Reference::Digest(digest) => (digest.as_str(), true),
+        };
         let key = super::prepared::Key {
             upstream: &routed.target.upstream.name,
             repository: name.as_str(),
-            tag: tag.as_str(),
+            reference,
             accept: req.headers(),
         };
         let now = crate::services::unix_now();
-        let answer = self
-            .prepared
-            .get(&key, self.prepared_basis(&routed.target), now)?;
-        self.metrics.hit(Kind::Tag);
+        let basis = self.prepared_basis(&routed.target, by_digest);
+        let answer = self.prepared.get(&key, basis, now)?;
+        if !by_digest {
+            self.metrics.hit(Kind::Tag);
+        }
         self.metrics.hit(Kind::Manifest);
         if let Some(kind) = answer.kind {
             self.metrics.hit(kind);

@@ -37,7 +37,7 @@ impl App {
         head: bool,
     ) -> Result<Response<Body>, Error> {
         // What a prepared answer depends on, read before anything it covers.
-        let basis = self.prepared_basis(target);
+        let basis = self.prepared_basis(target, matches!(reference, Reference::Digest(_)));
         let policy = self
             .policies
             .load()
@@ -73,10 +73,14 @@ impl App {
         let rules = policy.rules();
         // Digest requests are only ever served as stored or refused, so the
         // tag is only read on the paths that generate.
-        let prepare = |made: Option<Made>| {
-            if let (Some(tag), Some(made)) = (tag, made) {
+        let prepare = |made: Option<Made>| match (reference, made) {
+            (Reference::Tag(tag), Some(made)) => {
                 self.prepare(target, name, tag, headers, basis, &stored, made);
             }
+            (Reference::Digest(digest), Some(made)) => {
+                self.prepare_by_digest(target, name, digest, headers, basis, made);
+            }
+            (_, None) => {}
         };
         let tag = tag.map_or("", Tag::as_str);
         match negotiate::decide(request, accepts, &stored, rules) {
@@ -146,15 +150,55 @@ impl App {
     }
 
     /// What a prepared answer for `target` is made on and checked against
-    /// ([`super::prepared`]).
-    pub(super) fn prepared_basis(&self, target: &Target) -> Basis {
+    /// ([`super::prepared`]); a by-digest answer depends on no tag.
+    pub(super) fn prepared_basis(&self, target: &Target, by_digest: bool) -> Basis {
         Basis {
-            generation: self.store().tags().generation(),
+            generation: if by_digest {
+                0
+            } else {
+                self.store().tags().generation()
+            },
+            removals: self.store().removals(),
             policies: self
                 .policies_reloads
                 .load(std::sync::atomic::Ordering::Acquire),
-            tag_ttl: target.upstream.ttls().tag_ttl,
+            tag_ttl: if by_digest {
+                std::time::Duration::ZERO
+            } else {
+                target.upstream.ttls().tag_ttl
+            },
         }
+    }
+
+    /// Keep `made` (the manifest `digest` names, as stored) ready for the
+    /// next request like this one. `basis` was read before the manifest
+    /// was.
+    fn prepare_by_digest(
+        &self,
+        target: &Target,
+        name: &RepositoryName,
+        digest: &Digest,
+        headers: &HeaderMap,
+        basis: Basis,
+        made: Made,
+    ) {
+        if target.acting_as.is_some() || headers.contains_key(header::IF_NONE_MATCH) {
+            return;
+        }
+        if made.digest != *digest {
+            // Only the bytes the digest names are the same forever.
+            return;
+        }
+        let resp = manifest_response(made.content_type, &made.digest, made.body.clone(), true);
+        let key = super::prepared::Key {
+            upstream: &target.upstream.name,
+            repository: name.as_str(),
+            reference: digest.as_str(),
+            accept: headers,
+        };
+        let now = crate::services::unix_now();
+        self.prepared
+            .put(&key, basis, u64::MAX, now, resp.headers(), made);
     }
 
     /// Keep `made` (an answer of the tag's manifest `tagged`: as stored, or
@@ -197,7 +241,7 @@ impl App {
         let key = super::prepared::Key {
             upstream: up,
             repository: name.as_str(),
-            tag: tag.as_str(),
+            reference: tag.as_str(),
             accept: headers,
         };
         let now = crate::services::unix_now();

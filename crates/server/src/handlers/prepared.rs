@@ -1,24 +1,30 @@
-//! Prepared by-tag manifest answers: a warm `GET /v2/<name>/manifests/<tag>`
-//! is one lookup and one write.
+//! Prepared manifest answers: a warm `GET /v2/<name>/manifests/<tag>` or
+//! `.../manifests/<digest>` is one lookup and one write.
 //!
 //! The full path for such a request parses the `Accept` headers, locks and
-//! clones the tag record, finds the parsed manifest, negotiates, copies the
-//! body and builds a header map, every time, for an answer that changes only
-//! when the tag does. So the first answer is kept ready: the response head's
-//! lines (type, length, digest, ETag, API version) serialized once and the
-//! body, per (upstream, repository, tag, `Accept` values as sent). A later
-//! request with the same key, admitted like any other (authentication,
-//! access rules and rate limits run first), gets those bytes; only `Date`,
+//! clones the tag record (by tag), finds the parsed manifest, negotiates,
+//! copies the body and builds a header map, every time, for an answer that
+//! changes only when the tag does (and by digest never). So the first
+//! answer is kept ready: the response head's lines (type, length, digest,
+//! ETag, API version) serialized once and the body, per (upstream,
+//! repository, tag or digest, `Accept` values as sent). A later request
+//! with the same key, admitted like any other (authentication, access rules
+//! and rate limits run first), gets those bytes; only `Date`,
 //! `X-Request-Id` and framing are added per request.
 //!
 //! An answer is used only while everything it was derived from still holds:
-//! - the tag index is unchanged since the answer was made, when the tag
-//!   still named the manifest served (its generation: any put or removal, a
-//!   revalidation that moved or merely refreshed a tag, a purge, drops every
-//!   prepared answer on its next use);
-//! - the tag is fresh: `fetched_at + tag_ttl` has not passed (a stale tag
-//!   goes the full path, which revalidates it), with the `tag_ttl` in force
-//!   (a reload that changes it, or the policies, drops them too).
+//! - by tag, the tag index is unchanged since the answer was made, when the
+//!   tag still named the manifest served (its generation: any put or
+//!   removal, a revalidation that moved or merely refreshed a tag, a purge,
+//!   drops every by-tag answer on its next use);
+//! - by tag, the tag is fresh: `fetched_at + tag_ttl` has not passed (a
+//!   stale tag goes the full path, which revalidates it), with the
+//!   `tag_ttl` in force (a reload that changes it, or the policies, drops
+//!   them too);
+//! - nothing was removed from the store since (a purge, a damaged entry
+//!   dropped: [`regcache_store::Store::removals`]), so a purged manifest is
+//!   never answered from memory; a digest names the same bytes forever, so
+//!   this and the policies are all a by-digest answer depends on.
 //!
 //! Answers served as stored are prepared (a manifest, list or index as the
 //! upstream has it, or the child a single-image client is given), and so
@@ -50,7 +56,8 @@ const MAX_BYTES: u64 = 32 << 20;
 pub struct Key<'a> {
     pub upstream: &'a str,
     pub repository: &'a str,
-    pub tag: &'a str,
+    /// The tag or the digest asked for (a digest has a `:`, a tag can't).
+    pub reference: &'a str,
     pub accept: &'a HeaderMap,
 }
 
@@ -66,10 +73,14 @@ impl Key<'_> {
 /// What was true when an answer was made, checked on every use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Basis {
-    /// The tag index's generation when the answer was made.
+    /// The tag index's generation when the answer was made (0 by digest:
+    /// no tag is involved).
     pub generation: u64,
+    /// The store's completed removals when the answer was made.
+    pub removals: u64,
     /// The policies in force: how many reloads replaced them before.
     pub policies: u64,
+    /// The tag TTL in force (zero by digest).
     pub tag_ttl: Duration,
 }
 
@@ -101,10 +112,11 @@ impl Made {
 pub struct Answer {
     upstream: String,
     repository: String,
-    tag: String,
+    reference: String,
     accept: Vec<Bytes>,
     basis: Basis,
-    /// Unix second from which the tag is no longer fresh.
+    /// Unix second from which the tag is no longer fresh (`u64::MAX` by
+    /// digest).
     fresh_until: u64,
     /// Header lines, each `name: value\r\n`, without `Date`.
     pub head: Bytes,
@@ -120,7 +132,7 @@ impl Answer {
     fn answers(&self, key: &Key<'_>) -> bool {
         self.upstream == key.upstream
             && self.repository == key.repository
-            && self.tag == key.tag
+            && self.reference == key.reference
             && key.accepts().eq(self.accept.iter().map(|a| &a[..]))
     }
 }
@@ -158,7 +170,7 @@ impl Prepared {
         let mut h = self.hasher.build_hasher();
         key.upstream.hash(&mut h);
         key.repository.hash(&mut h);
-        key.tag.hash(&mut h);
+        key.reference.hash(&mut h);
         for a in key.accepts() {
             a.hash(&mut h);
         }
@@ -198,7 +210,7 @@ impl Prepared {
         let answer = Answer {
             upstream: key.upstream.to_owned(),
             repository: key.repository.to_owned(),
-            tag: key.tag.to_owned(),
+            reference: key.reference.to_owned(),
             accept: key.accepts().map(Bytes::copy_from_slice).collect(),
             basis,
             fresh_until,
@@ -243,6 +255,7 @@ mod tests {
     fn basis(generation: u64) -> Basis {
         Basis {
             generation,
+            removals: 0,
             policies: 1,
             tag_ttl: Duration::from_secs(60),
         }
@@ -271,7 +284,7 @@ mod tests {
         let key = Key {
             upstream: "hub",
             repository: "library/alpine",
-            tag: "3",
+            reference: "3",
             accept: &docker,
         };
         p.put(&key, basis(7), 1_000, 900, &headers(), made(b"{}"));
@@ -297,7 +310,20 @@ mod tests {
                 .is_none()
             );
         }
-        assert!(p.get(&Key { tag: "4", ..key }, basis(7), 999).is_none());
+        let digest = Digest::sha256_of(b"{}");
+        for other in ["4", digest.as_str()] {
+            assert!(
+                p.get(
+                    &Key {
+                        reference: other,
+                        ..key
+                    },
+                    basis(7),
+                    999
+                )
+                .is_none()
+            );
+        }
         assert!(
             p.get(
                 &Key {
@@ -342,6 +368,10 @@ mod tests {
                 tag_ttl: Duration::from_secs(5),
                 ..basis(7)
             },
+            Basis {
+                removals: 1,
+                ..basis(7)
+            },
         ] {
             p.put(&key, basis(7), 1_000, 900, &headers(), made(b"{}"));
             assert!(p.get(&key, changed, 901).is_none());
@@ -358,7 +388,7 @@ mod tests {
         let key = Key {
             upstream: "hub",
             repository: "r",
-            tag: "t",
+            reference: "t",
             accept: &none,
         };
         p.put(&key, basis(1), 100, 10, &headers(), made(b"x"));

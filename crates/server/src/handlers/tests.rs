@@ -18,6 +18,8 @@ use crate::request::Upstreams;
 use crate::services::test_support::upstream_for;
 use crate::web::body::ReqBody;
 
+mod by_digest;
+
 struct TwoUpstreams {
     app: Arc<App>,
     /// Has no blobs.
