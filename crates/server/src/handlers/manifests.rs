@@ -73,14 +73,16 @@ impl App {
         let rules = policy.rules();
         // Digest requests are only ever served as stored or refused, so the
         // tag is only read on the paths that generate.
-        let prepare = |made: Option<Made>| match (reference, made) {
-            (Reference::Tag(tag), Some(made)) => {
-                self.prepare(target, name, tag, headers, basis, &stored, made);
+        let prepare = |made: Option<Made>| {
+            let Some(made) = made else { return };
+            let held = match reference {
+                Reference::Tag(tag) => self.tag_still_names(target, name, tag, basis, &stored),
+                // Only the bytes the digest names are the same forever.
+                Reference::Digest(digest) => (made.digest == *digest).then_some((basis, u64::MAX)),
+            };
+            if let Some((basis, fresh_until)) = held {
+                self.prepare(target, name, reference, headers, basis, fresh_until, made);
             }
-            (Reference::Digest(digest), Some(made)) => {
-                self.prepare_by_digest(target, name, digest, headers, basis, made);
-            }
-            (_, None) => {}
         };
         let tag = tag.map_or("", Tag::as_str);
         match negotiate::decide(request, accepts, &stored, rules) {
@@ -170,78 +172,56 @@ impl App {
         }
     }
 
-    /// Keep `made` (the manifest `digest` names, as stored) ready for the
-    /// next request like this one. `basis` was read before the manifest
-    /// was.
-    fn prepare_by_digest(
+    /// Whether the tag still names `tagged` (the manifest whose answer, as
+    /// stored or rendered, is to be kept), and if so the basis a by-tag
+    /// answer holds on and until when: the tag index as read now
+    /// (resolving the tag may have changed it, a miss records the tag,
+    /// which must not void its own answer) and the tag's freshness.
+    fn tag_still_names(
         &self,
         target: &Target,
         name: &RepositoryName,
-        digest: &Digest,
+        tag: &Tag,
+        basis: Basis,
+        tagged: &Manifest,
+    ) -> Option<(Basis, u64)> {
+        let tags = self.store().tags();
+        let basis = Basis {
+            generation: tags.generation(),
+            ..basis
+        };
+        let record = tags.get(&target.upstream.name, name.as_str(), tag.as_str())?;
+        if record.digest != tagged.digest {
+            return None;
+        }
+        let fresh_until = record
+            .fetched_at_unix
+            .saturating_add(basis.tag_ttl.as_secs());
+        Some((basis, fresh_until))
+    }
+
+    /// Keep `made` ready for the next request like this one, on `basis`
+    /// (read before anything the answer covers) until `fresh_until`. Not
+    /// for a request acting as its client or a conditional one.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare(
+        &self,
+        target: &Target,
+        name: &RepositoryName,
+        reference: &Reference,
         headers: &HeaderMap,
         basis: Basis,
+        fresh_until: u64,
         made: Made,
     ) {
         if target.acting_as.is_some() || headers.contains_key(header::IF_NONE_MATCH) {
-            return;
-        }
-        if made.digest != *digest {
-            // Only the bytes the digest names are the same forever.
             return;
         }
         let resp = manifest_response(made.content_type, &made.digest, made.body.clone(), true);
         let key = super::prepared::Key {
             upstream: &target.upstream.name,
             repository: name.as_str(),
-            reference: digest.as_str(),
-            accept: headers,
-        };
-        let now = crate::services::unix_now();
-        self.prepared
-            .put(&key, basis, u64::MAX, now, resp.headers(), made);
-    }
-
-    /// Keep `made` (an answer of the tag's manifest `tagged`: as stored, or
-    /// a rendering of it or of its child) ready for the next request like
-    /// this one, while the tag is fresh. `basis` was read before the policy
-    /// and the tag were.
-    #[allow(clippy::too_many_arguments)]
-    fn prepare(
-        &self,
-        target: &Target,
-        name: &RepositoryName,
-        tag: &Tag,
-        headers: &HeaderMap,
-        basis: Basis,
-        tagged: &Manifest,
-        made: Made,
-    ) {
-        if target.acting_as.is_some() || headers.contains_key(header::IF_NONE_MATCH) {
-            return;
-        }
-        let up = &target.upstream.name;
-        // The answer holds for the tag index as read now if the tag still
-        // names what was served: resolving it may have changed the index
-        // (a miss records the tag), which must not void its own answer.
-        let tags = self.store().tags();
-        let basis = Basis {
-            generation: tags.generation(),
-            ..basis
-        };
-        let Some(record) = tags.get(up, name.as_str(), tag.as_str()) else {
-            return;
-        };
-        if record.digest != tagged.digest {
-            return;
-        }
-        let fresh_until = record
-            .fetched_at_unix
-            .saturating_add(basis.tag_ttl.as_secs());
-        let resp = manifest_response(made.content_type, &made.digest, made.body.clone(), true);
-        let key = super::prepared::Key {
-            upstream: up,
-            repository: name.as_str(),
-            reference: tag.as_str(),
+            reference: reference.as_str(),
             accept: headers,
         };
         let now = crate::services::unix_now();

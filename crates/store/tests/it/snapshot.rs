@@ -37,6 +37,30 @@ fn set_mtime(path: &Path, when: SystemTime) {
         .unwrap();
 }
 
+/// The digests the disk index holds, least recently accessed first.
+fn listed(store: &Store) -> Vec<Digest> {
+    store
+        .disk()
+        .entries()
+        .into_iter()
+        .map(|e| e.digest)
+        .collect()
+}
+
+/// Writes `content` as an entry behind the store's back, then puts its
+/// directory's mtime back as it was: a snapshot that trusts the directory
+/// does not see the file, a scan does.
+fn hide(root: &Path, content: &[u8]) -> Digest {
+    let d = digest(content);
+    let path = DiskTier::entry_path_in(root, &d);
+    let dir = path.parent().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let stamp = mtime(dir);
+    std::fs::write(&path, content).unwrap();
+    set_mtime(dir, stamp);
+    d
+}
+
 /// Every prefix directory last changed an hour ago, as in a cache that
 /// has been left alone (the snapshot trusts only settled directories).
 fn settle(root: &Path) {
@@ -99,12 +123,7 @@ async fn a_clean_restart_brings_back_every_entry_and_the_exact_access_order() {
     // here the commit order, since no access was persisted. This is what
     // the snapshot saved the order from.
     let store = open(config(dir.path())).await;
-    let scanned: Vec<Digest> = store
-        .disk()
-        .entries()
-        .into_iter()
-        .map(|e| e.digest)
-        .collect();
+    let scanned = listed(&store);
     let mut want = scanned.clone();
     want.sort_by_key(|d| digests.iter().position(|x| x == d));
     assert_eq!(scanned, want, "a scan restores the commit order");
@@ -143,19 +162,10 @@ async fn directories_changed_after_the_snapshot_are_scanned_and_unchanged_ones_a
                 && p.parent() != DiskTier::entry_path_in(dir.path(), removed).parent()
         })
         .unwrap();
-    let hidden = digest(&hidden_content);
-    let hidden_path = DiskTier::entry_path_in(dir.path(), &hidden);
-    let stamp = mtime(hidden_path.parent().unwrap());
-    std::fs::write(&hidden_path, &hidden_content).unwrap();
-    set_mtime(hidden_path.parent().unwrap(), stamp);
+    let hidden = hide(dir.path(), &hidden_content);
 
     let store = open(config(dir.path())).await;
-    let listed: Vec<Digest> = store
-        .disk()
-        .entries()
-        .into_iter()
-        .map(|e| e.digest)
-        .collect();
+    let listed = listed(&store);
     assert!(!listed.contains(removed), "a removed file is not listed");
     assert!(listed.contains(&added), "a file added later is found");
     assert_eq!(
@@ -181,21 +191,10 @@ async fn a_directory_changed_just_before_the_snapshot_is_scanned_again() {
     // recorded, so the snapshot can't vouch for any of them.
     assert_eq!(store.disk().save_index().unwrap(), 0);
     drop(store);
-    let hidden_content = blob(77, 40);
-    let hidden = digest(&hidden_content);
-    let hidden_path = DiskTier::entry_path_in(dir.path(), &hidden);
-    std::fs::create_dir_all(hidden_path.parent().unwrap()).unwrap();
-    let stamp = mtime(hidden_path.parent().unwrap());
-    std::fs::write(&hidden_path, &hidden_content).unwrap();
-    set_mtime(hidden_path.parent().unwrap(), stamp);
+    let hidden = hide(dir.path(), &blob(77, 40));
 
     let store = open(config(dir.path())).await;
-    let listed: Vec<Digest> = store
-        .disk()
-        .entries()
-        .into_iter()
-        .map(|e| e.digest)
-        .collect();
+    let listed = listed(&store);
     assert!(listed.contains(&hidden));
     assert_eq!(listed.len(), digests.len() + 1);
 }
@@ -232,10 +231,7 @@ async fn a_damaged_snapshot_is_ignored_and_the_cache_scanned() {
                 .exists()
         })
         .unwrap();
-    let hidden_path = DiskTier::entry_path_in(dir.path(), &digest(&hidden_content));
-    let stamp = mtime(hidden_path.parent().unwrap());
-    std::fs::write(&hidden_path, &hidden_content).unwrap();
-    set_mtime(hidden_path.parent().unwrap(), stamp);
+    hide(dir.path(), &hidden_content);
 
     for (what, bytes) in damages {
         std::fs::write(dir.path().join(SNAPSHOT), &bytes).unwrap();
