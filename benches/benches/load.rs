@@ -9,7 +9,8 @@
 //! cargo bench -p regcache-benches --bench load -- --cluster  # S8 alone, ~1 min
 //! cargo bench -p regcache-benches --bench load -- --tls      # TLS alone, ~2.5 min
 //! cargo bench -p regcache-benches --bench load -- --fanin    # S3 alone, ~1 min
-//! cargo bench -p regcache-benches --bench load -- --connections  # S9 alone, ~1 min
+//! cargo bench -p regcache-benches --bench load -- --connections  # S9 alone, ~4 min
+//! cargo bench -p regcache-benches --bench load -- --paired   # S1, S2 in 10 short rounds, ~5 min
 //! ```
 //!
 //! Flags (after `--`): `--quick` (also `REGCACHE_BENCH_QUICK=1`): one round
@@ -38,6 +39,10 @@
 //! alone (10,000 keep-alive connections each sending a warm manifest GET
 //! about once a second, regcache and nginx static). Like `--cluster`, each
 //! writes only its own section of RESULTS.md, which a full run keeps.
+//! `--paired` runs S1 and S2 alone against nginx static and nginx
+//! `proxy_cache` in 10 rounds of 2 s (`--rounds`, `--duration` change them), each server
+//! once per round in a rotated order, and reports the median of the
+//! per-round ratios; it too writes only its own section.
 //! The other flags apply to S8 too (`--quick`, `--duration`, `--rounds`,
 //! `--no-pin`, `--regcache-bin`, `--no-write`).
 //! `--tls` to run the TLS scenarios alone instead (S1 and S2 over TLS 1.3
@@ -57,9 +62,9 @@ use std::time::Duration;
 
 use regcache_benches::load::cluster::{self, ClusterMode};
 use regcache_benches::load::harness::{self, Alone, Options};
-use regcache_benches::load::{connections, fanin, tls};
+use regcache_benches::load::{connections, fanin, paired, tls};
 
-const USAGE: &str = "usage: cargo bench -p regcache-benches --bench load [-- [--quick] [--duration SECS] [--rounds N] [--servers regcache,distribution,nginx-cache,nginx-static] [--regcache-bin PATH] [--no-pin] [--no-write] [--cluster | --cluster-plain | --tls | --fanin | --connections]]";
+const USAGE: &str = "usage: cargo bench -p regcache-benches --bench load [-- [--quick] [--duration SECS] [--rounds N] [--servers regcache,distribution,nginx-cache,nginx-static] [--regcache-bin PATH] [--no-pin] [--no-write] [--cluster | --cluster-plain | --tls | --fanin | --connections | --paired]]";
 
 fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
     if !args.iter().any(|a| a == "--bench") {
@@ -131,6 +136,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             "--tls" => options.tls = true,
             "--fanin" => options.alone = Some(Alone::FanIn),
             "--connections" => options.alone = Some(Alone::Connections),
+            "--paired" => options.alone = Some(Alone::Paired),
             "--no-write" => {
                 options.write_results = false;
                 options.shown_args.push("--no-write".into());
@@ -146,7 +152,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
     ];
     if alone.iter().filter(|a| **a).count() > 1 {
         return Err(format!(
-            "--tls, --cluster, --fanin and --connections each run alone: pick one\n{USAGE}"
+            "--tls, --cluster, --fanin, --connections and --paired each run alone: pick one\n{USAGE}"
         ));
     }
     // 18 pairs: 2 rounds of 3 s keep a TLS run near 2.5 minutes.
@@ -156,6 +162,14 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         }
         if !rounds_given {
             options.rounds = 2;
+        }
+    }
+    if options.alone == Some(Alone::Paired) {
+        if !duration_given {
+            options.duration = paired::DURATION;
+        }
+        if !rounds_given {
+            options.rounds = if options.quick { 2 } else { paired::ROUNDS };
         }
     }
     Ok(Some(options))
@@ -195,6 +209,13 @@ fn main() -> ExitCode {
             let markers = connections::report::MARKERS;
             return run_alone(&options, "S9", report, |old, new| markers.splice(old, new));
         }
+        Some(Alone::Paired) => {
+            let report = paired::run(&options).map(|r| (r.terminal(), r.markdown()));
+            let markers = paired::report::MARKERS;
+            return run_alone(&options, "paired", report, |old, new| {
+                markers.splice(old, new)
+            });
+        }
         None => {}
     }
     let report = match harness::run(&options) {
@@ -207,7 +228,7 @@ fn main() -> ExitCode {
     println!("{}", report.terminal());
     if options.write_results {
         let path = harness::workspace_root().join("benches").join("RESULTS.md");
-        // S8, TLS, S3 alone, S9 and the scale bench's figures are not part
+        // S8, TLS, S3 alone, S9, the paired rounds and the scale bench's figures are not part
         // of a full run: their sections of the old file stay.
         let old = std::fs::read_to_string(&path).unwrap_or_default();
         let mut new = report.markdown();
@@ -216,6 +237,7 @@ fn main() -> ExitCode {
             tls::report::MARKERS,
             fanin::report::MARKERS,
             connections::report::MARKERS,
+            paired::report::MARKERS,
             regcache_benches::load::sections::SCALE,
         ] {
             new = markers.carry_over(&old, &new);

@@ -58,7 +58,7 @@ pub struct Options {
     pub cluster: Option<super::cluster::ClusterMode>,
     /// Run the TLS scenarios alone instead of S1-S7 (`--tls`).
     pub tls: bool,
-    /// Run one other scenario alone (`--fanin`, `--connections`).
+    /// Run one other scenario alone (`--fanin`, `--connections`, `--paired`).
     pub alone: Option<Alone>,
 }
 
@@ -70,6 +70,8 @@ pub enum Alone {
     FanIn,
     /// S9, 10,000 keep-alive connections ([`super::connections`]).
     Connections,
+    /// S2 in many short rounds, per-round ratios ([`super::paired`]).
+    Paired,
 }
 
 /// A run during which everything else on the machine used more than this
@@ -928,7 +930,11 @@ impl Puller<'_> {
 /// storing what it streamed), then a second GET of each, which must not
 /// reach the upstream (where the target has one). Every body is hashed and
 /// compared with its digest.
-fn warm_target(target: &Target, set: &ImageSet, upstream: &Registry) -> Result<WarmRecord, String> {
+pub(super) fn warm_target(
+    target: &Target,
+    set: &ImageSet,
+    upstream: &Registry,
+) -> Result<WarmRecord, String> {
     let mut conn = Conn::connect(target.addr)
         .map_err(|e| format!("{}: cannot connect to {}: {e}", target.name, target.addr))?;
     let mut cold = Vec::new();
@@ -1082,7 +1088,7 @@ fn snapshot(target: &Target, upstream_pid: u32, all_pids: &[u32]) -> CpuSnapshot
 }
 
 #[allow(clippy::too_many_arguments)]
-fn measure(
+pub(super) fn measure(
     target: &Target,
     scenario: Scenario,
     set: &ImageSet,

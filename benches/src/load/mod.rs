@@ -29,7 +29,10 @@
 //!   ≥ 0.9× its own S2 by-tag rate of the same run; docker-registry proxy
 //!   refuses (404), its rate is shown as not comparable;
 //!
-//! and, only when asked, run alone: S3 (`-- --fanin`, see [`fanin`]); S9
+//! and, only when asked, run alone: S1 and S2 in ten short rounds against
+//! nginx static and `proxy_cache`, the figure being the median of the
+//! per-round ratios (`-- --paired`, see [`paired`]); S3 (`-- --fanin`, see
+//! [`fanin`]); S9
 //! (`-- --connections`, 10,000 keep-alive connections, see
 //! [`connections`]); S8 (`-- --cluster`), warm-blob load on 3 regcache
 //! replicas in cluster mode against 1 (see [`cluster`]); S1 and S2 over TLS
@@ -57,6 +60,7 @@
 //! | [`tls`] | S1/S2 over TLS: the certificate, the rustls client, nginx `ssl`, its section of RESULTS.md |
 //! | [`cold`] | S3's fan-in client |
 //! | [`connections`] | S9 alone (`--connections`): 10,000 keep-alive connections, open-loop manifest GETs |
+//! | [`paired`] | S1 and S2 alone (`--paired`) in many short rounds: the median of per-round ratios |
 //! | [`fanin`] | S3 cold against warm, in a full run or alone (`--fanin`), its table and section |
 //! | [`sections`] | sections of RESULTS.md written by a scenario run alone, kept by a full run |
 //! | [`convert`] | S6 and S7: conversions by tag (Schema 1, OCI to Docker twin), their check and table |
@@ -76,6 +80,7 @@ pub mod harness;
 pub mod http;
 pub mod imageset;
 pub mod machine;
+pub mod paired;
 pub mod procstat;
 pub mod pull;
 pub mod report;
