@@ -11,6 +11,9 @@
 //! and `writev`s them as its 64 KiB queue fills; a queue of a whole chunk
 //! (`set_buffer_limit`) measured no different, so the default stays.
 //!
+//! Where the read buffer sits in its page matters: see
+//! [`crate::web::stream::SOURCE_PAGE_OFFSET`].
+//!
 //! [`Wire`] has one impl per stream type and the fast path is generic over
 //! it: monomorphised, the plain path pays no dispatch for the choice.
 
@@ -23,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::send::{YIELD_EVERY, send_file, stalled, write_counted};
+use crate::web::stream::mid_page;
 
 /// Bytes one `pread` reads for a userspace TLS stream (16 TLS records).
 pub(super) const TLS_CHUNK: usize = 256 << 10;
@@ -35,6 +39,10 @@ pub(super) const TLS_CHUNK: usize = 256 << 10;
 #[derive(Debug, Default)]
 pub struct Scratch {
     buf: Vec<u8>,
+    /// Where the [`TLS_CHUNK`] bytes used lie in `buf`: from
+    /// [`SOURCE_PAGE_OFFSET`](crate::web::stream::SOURCE_PAGE_OFFSET) in a
+    /// page on (rustls copies them fast).
+    at: std::ops::Range<usize>,
 }
 
 impl Scratch {
@@ -45,9 +53,9 @@ impl Scratch {
 
     fn buf(&mut self) -> &mut [u8] {
         if self.buf.is_empty() {
-            self.buf = vec![0u8; TLS_CHUNK];
+            (self.buf, self.at) = mid_page(TLS_CHUNK);
         }
-        &mut self.buf
+        &mut self.buf[self.at.clone()]
     }
 }
 
@@ -193,4 +201,24 @@ async fn pread_send<S: AsyncWrite + Unpin>(
         since_yield += n as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_buffer_starts_mid_page_and_is_freed_when_released() {
+        let mut scratch = Scratch::default();
+        for _ in 0..3 {
+            let buf = scratch.buf();
+            assert_eq!(buf.len(), TLS_CHUNK);
+            assert_eq!(
+                buf.as_ptr() as usize % 4096,
+                crate::web::stream::SOURCE_PAGE_OFFSET
+            );
+            scratch.release();
+            assert_eq!(scratch.buf.capacity(), 0);
+        }
+    }
 }
