@@ -42,7 +42,10 @@
 //! `--paired` runs S1 and S2 alone against nginx static and nginx
 //! `proxy_cache` in 10 rounds of 2 s (`--rounds`, `--duration` change them), each server
 //! once per round in a rotated order, and reports the median of the
-//! per-round ratios; it too writes only its own section.
+//! per-round ratios; it too writes only its own section. With
+//! `--baseline-bin PATH` another regcache build runs in the same rounds as
+//! "regcache (baseline)", a peer like the others: how the build under test
+//! compares with, say, the commit an issue started from.
 //! The other flags apply to S8 too (`--quick`, `--duration`, `--rounds`,
 //! `--no-pin`, `--regcache-bin`, `--no-write`).
 //! `--tls` to run the TLS scenarios alone instead (S1 and S2 over TLS 1.3
@@ -64,7 +67,7 @@ use regcache_benches::load::cluster::{self, ClusterMode};
 use regcache_benches::load::harness::{self, Alone, Options};
 use regcache_benches::load::{connections, fanin, paired, tls};
 
-const USAGE: &str = "usage: cargo bench -p regcache-benches --bench load [-- [--quick] [--duration SECS] [--rounds N] [--servers regcache,distribution,nginx-cache,nginx-static] [--regcache-bin PATH] [--no-pin] [--no-write] [--cluster | --cluster-plain | --tls | --fanin | --connections | --paired]]";
+const USAGE: &str = "usage: cargo bench -p regcache-benches --bench load [-- [--quick] [--duration SECS] [--rounds N] [--servers regcache,distribution,nginx-cache,nginx-static] [--regcache-bin PATH] [--baseline-bin PATH] [--no-pin] [--no-write] [--cluster | --cluster-plain | --tls | --fanin | --connections | --paired]]";
 
 fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
     if !args.iter().any(|a| a == "--bench") {
@@ -124,6 +127,13 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
                 options.shown_args.push(format!("--regcache-bin {path}"));
                 options.regcache_bin = Some(path.into());
             }
+            "--baseline-bin" => {
+                let path = it
+                    .next()
+                    .ok_or_else(|| format!("--baseline-bin needs a path\n{USAGE}"))?;
+                options.shown_args.push(format!("--baseline-bin {path}"));
+                options.baseline_bin = Some(path.into());
+            }
             "--no-pin" => {
                 options.pin = false;
                 options.shown_args.push("--no-pin".into());
@@ -163,6 +173,9 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         if !rounds_given {
             options.rounds = 2;
         }
+    }
+    if options.baseline_bin.is_some() && options.alone != Some(Alone::Paired) {
+        return Err(format!("--baseline-bin is for --paired only\n{USAGE}"));
     }
     if options.alone == Some(Alone::Paired) {
         if !duration_given {

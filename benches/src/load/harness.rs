@@ -46,6 +46,9 @@ pub struct Options {
     /// Measure this regcache binary instead of `target/release/regcache`
     /// (e.g. one built from another commit).
     pub regcache_bin: Option<PathBuf>,
+    /// `--paired` only: another regcache build measured in the same rounds
+    /// as "regcache (baseline)" (say, of the commit an issue started from).
+    pub baseline_bin: Option<PathBuf>,
     /// Measure only these servers (`SERVER_NAMES`); all of them when `None`.
     pub servers: Option<Vec<String>>,
     /// Extra passes over the pairs whose best run was noisy.
@@ -87,6 +90,7 @@ impl Options {
             write_results: true,
             pin: true,
             regcache_bin: None,
+            baseline_bin: None,
             servers: None,
             max_retries: 2,
             budget: Duration::from_secs(290),
@@ -105,6 +109,7 @@ impl Options {
             write_results: false,
             pin: true,
             regcache_bin: None,
+            baseline_bin: None,
             servers: None,
             max_retries: 0,
             budget: Duration::from_secs(120),

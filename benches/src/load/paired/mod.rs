@@ -70,7 +70,9 @@ pub fn run(options: &Options) -> Result<PairedReport, String> {
     rt.block_on(set.push(&RegistryClient::new(upstream.url())));
     drop(rt);
 
-    log("paired: starting regcache, nginx proxy_cache and nginx static");
+    log(
+        "paired: starting regcache, nginx proxy_cache and nginx static (and the baseline regcache, if any)",
+    );
     let cpus = &pinning.servers;
     let regcache = RegcacheServer::start(&tools.regcache, &upstream.url(), cpus)?;
     let nginx_cache = Nginx::start(
@@ -93,7 +95,11 @@ pub fn run(options: &Options) -> Result<PairedReport, String> {
         },
         cpus,
     )?;
-    let targets = [
+    let baseline = match &options.baseline_bin {
+        Some(bin) => Some(RegcacheServer::start(bin, &upstream.url(), cpus)?),
+        None => None,
+    };
+    let mut targets = vec![
         Target {
             name: "regcache",
             addr: regcache.addr(),
@@ -113,6 +119,14 @@ pub fn run(options: &Options) -> Result<PairedReport, String> {
             proxies: false,
         },
     ];
+    if let Some(b) = &baseline {
+        targets.push(Target {
+            name: report::BASELINE,
+            addr: b.addr(),
+            pids: vec![b.pid()],
+            proxies: true,
+        });
+    }
     for target in &targets {
         log(format!("warming {}", target.name));
         harness::warm_target(target, &set, &upstream)?;
@@ -174,6 +188,13 @@ pub fn run(options: &Options) -> Result<PairedReport, String> {
             machine::first_line(&tools.regcache, &["--version"]),
             tools.regcache.display()
         ),
+        baseline: options.baseline_bin.as_ref().map(|bin| {
+            format!(
+                "{} (`{}`)",
+                machine::first_line(bin, &["--version"]),
+                bin.display()
+            )
+        }),
         commit,
         nginx: machine::first_line(&tools.nginx, &["-v"]),
         wrk: machine::first_line(&tools.wrk, &["-v"]),

@@ -16,8 +16,12 @@ pub const MARKERS: Markers = Markers {
     end: "<!-- Paired: end -->",
 };
 
-/// The peers regcache is compared with, in table order.
-pub const PEERS: [&str; 2] = ["nginx static", "nginx proxy_cache"];
+/// The other regcache build of `--baseline-bin`.
+pub const BASELINE: &str = "regcache (baseline)";
+
+/// The peers regcache is compared with, in table order (the baseline only
+/// when there is one).
+pub const PEERS: [&str; 3] = ["nginx static", "nginx proxy_cache", BASELINE];
 
 /// Issue 16's goal: S2 plain by tag ≥ 1.0× nginx static (median ratio).
 pub const GOAL_RATIO: f64 = 1.0;
@@ -249,6 +253,8 @@ pub struct PairedReport {
     pub duration: Duration,
     pub rounds: usize,
     pub regcache: String,
+    /// The `--baseline-bin` build, if any.
+    pub baseline: Option<String>,
     pub commit: String,
     pub nginx: String,
     pub wrk: String,
@@ -328,6 +334,12 @@ impl PairedReport {
         );
         let _ = writeln!(out, "- **regcache**: {}", self.regcache);
         let _ = writeln!(out, "- **regcache commit**: {}", self.commit);
+        if let Some(b) = &self.baseline {
+            let _ = writeln!(
+                out,
+                "- **regcache (baseline)**: {b}, measured as one more peer in the same rounds"
+            );
+        }
         let _ = writeln!(out, "- **nginx**: {}", self.nginx);
         let _ = writeln!(out, "- **wrk**: {}", self.wrk);
         let _ = writeln!(out, "- **Command**: `{}`", self.command());
@@ -415,6 +427,26 @@ mod tests {
             v.contains("NOT met") && v.contains("1 run(s) had errors"),
             "{v}"
         );
+    }
+
+    #[test]
+    fn a_baseline_build_is_one_more_peer() {
+        let mut records = Vec::new();
+        for round in 1..=3 {
+            records.push(rec(TAG, "regcache", round, 120.0));
+            records.push(rec(TAG, "nginx static", round, 100.0));
+            records.push(rec(TAG, BASELINE, round, 80.0));
+        }
+        let s = spread(&ratios(&records, TAG, BASELINE)).expect("ratios");
+        assert!((s.median - 1.5).abs() < 1e-9, "{s:?}");
+        let t = summary_table(&records);
+        assert!(
+            t.contains("| regcache (baseline) |") && t.contains("**1.50×**"),
+            "{t}"
+        );
+        // Without one, no row for it.
+        records.retain(|r| r.run.target != BASELINE);
+        assert!(!summary_table(&records).contains(BASELINE));
     }
 
     #[test]
