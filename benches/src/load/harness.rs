@@ -403,6 +403,42 @@ pub(super) fn plan_pinning(pin: bool) -> Result<Pinning, String> {
     })
 }
 
+/// The upstream every scenario runs against: the real docker-registry on a
+/// loopback port, pinned to the servers' CPUs, with `set` pushed to it.
+pub(super) fn start_upstream(set: &ImageSet, cpus: &Cpus) -> Result<Registry, String> {
+    let upstream = Registry::start(RegistryOptions::default());
+    cpus.pin_running(upstream.pid(), true)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
+    rt.block_on(set.push(&RegistryClient::new(upstream.url())));
+    Ok(upstream)
+}
+
+/// nginx serving `set`'s objects as files at their URL paths (`sendfile
+/// on`), from a temporary directory that lives as long as the returned one.
+pub(super) fn start_nginx_static(
+    nginx: &Path,
+    set: &ImageSet,
+    cpus: &Cpus,
+) -> Result<(Nginx, tempfile::TempDir), String> {
+    let www = tempfile::Builder::new()
+        .prefix("regcache-load-www-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    set.write_static_tree(www.path())
+        .map_err(|e| format!("cannot write the static tree: {e}"))?;
+    let server = Nginx::start(
+        nginx,
+        &NginxMode::Static {
+            root: www.path().to_path_buf(),
+        },
+        cpus,
+    )?;
+    Ok((server, www))
+}
+
 pub(super) fn log(msg: impl AsRef<str>) {
     eprintln!("[load] {}", msg.as_ref());
 }
@@ -435,14 +471,7 @@ pub fn run(options: &Options) -> Result<Report, String> {
     // The upstream and its image set.
     log("generating the image set and starting the upstream docker-registry");
     let set = ImageSet::generate(SEED, BIG_BLOB_BYTES);
-    let upstream = Registry::start(RegistryOptions::default());
-    pinning.servers.pin_running(upstream.pid(), true)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
-    rt.block_on(set.push(&RegistryClient::new(upstream.url())));
-    drop(rt);
+    let upstream = start_upstream(&set, &pinning.servers)?;
 
     // The servers under test.
     log("starting regcache, docker-registry (proxy), nginx proxy_cache, nginx static");
@@ -456,19 +485,7 @@ pub fn run(options: &Options) -> Result<Report, String> {
         },
         cpus,
     )?;
-    let www = tempfile::Builder::new()
-        .prefix("regcache-load-www-")
-        .tempdir()
-        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-    set.write_static_tree(www.path())
-        .map_err(|e| format!("cannot write the static tree: {e}"))?;
-    let nginx_static = Nginx::start(
-        &tools.nginx,
-        &NginxMode::Static {
-            root: www.path().to_path_buf(),
-        },
-        cpus,
-    )?;
+    let (nginx_static, _www) = start_nginx_static(&tools.nginx, &set, cpus)?;
     let targets = vec![
         Target {
             name: "regcache",

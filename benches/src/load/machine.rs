@@ -14,6 +14,15 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// The Date, Machine and Load average lines a section of RESULTS.md
+    /// opens with (each ending in a newline).
+    pub fn facts(&self, date: &str, loadavg_end: &str) -> String {
+        format!(
+            "- **Date**: {date}\n- **Machine**: {} cores (`nproc`), {}, {:.1} GiB RAM, Linux {}\n- **Load average** (1, 5, 15 min): {} at the start, {loadavg_end} at the end\n",
+            self.cores, self.cpu_model, self.mem_total_gib, self.kernel, self.loadavg
+        )
+    }
+
     pub fn probe() -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo

@@ -966,17 +966,7 @@ impl Report {
             out,
             "Side by side on one machine, over loopback: regcache, docker-registry 2.8 in `proxy:` mode, nginx `proxy_cache` in front of the same upstream, and nginx serving the same files statically (`sendfile on`, the practical ceiling). Written by `benches/benches/load.rs`; re-run the command below to refresh it.\n"
         );
-        let _ = writeln!(out, "- **Date**: {}", self.date);
-        let _ = writeln!(
-            out,
-            "- **Machine**: {} cores (`nproc`), {}, {:.1} GiB RAM, Linux {}",
-            m.cores, m.cpu_model, m.mem_total_gib, m.kernel
-        );
-        let _ = writeln!(
-            out,
-            "- **Load average** (1, 5, 15 min): {} at the start, {} at the end",
-            m.loadavg, self.loadavg_end
-        );
+        out.push_str(&m.facts(&self.date, &self.loadavg_end));
         for (name, version) in &self.versions {
             let _ = writeln!(out, "- **{name}**: {version}");
         }

@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rand::RngCore as _;
-use regcache_tests::{Registry, RegistryClient, RegistryOptions};
+use regcache_tests::Registry;
 
 use super::blobload;
 use super::harness::{
@@ -155,14 +155,7 @@ pub fn run(options: &Options, mode: ClusterMode) -> Result<ClusterReport, String
 
     log("S8: generating the image set and starting the upstream docker-registry");
     let set = ImageSet::generate(SEED, BIG_BLOB_BYTES);
-    let upstream = Registry::start(RegistryOptions::default());
-    pinning.servers.pin_running(upstream.pid(), true)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
-    rt.block_on(set.push(&RegistryClient::new(upstream.url())));
-    drop(rt);
+    let upstream = harness::start_upstream(&set, &pinning.servers)?;
 
     log("S8: starting moto (S3) and creating the bucket");
     let moto = Moto::start(&moto_program, launch::free_addrs(1)?[0], &pinning.servers)?;

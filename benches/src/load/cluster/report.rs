@@ -248,17 +248,7 @@ impl ClusterReport {
             out,
             "S8 cluster: warm blobs, {REPLICAS} replicas × {CLIENTS} clients vs 1 replica × {CLIENTS} clients. {REPLICAS} regcache replicas on loopback with `[cluster]` (static `peers`, each its own ports and data directory) and `[shared]` on moto (a local S3), in front of the same upstream and image set as S1. Warm-up: replica 1 GETs every object, replicas 2 and 3 the 100 MiB blob once each, then one more GET of the blob on each. Then S1's {CLIENTS}-client warm-blob load (built-in blob client, one keep-alive connection per thread): (a) all {CLIENTS} connections to replica 1; (b) the {CLIENTS} connections spread over the {REPLICAS} replicas. Run alone, apart from S1-S7, so with its own facts:\n"
         );
-        let _ = writeln!(out, "- **Date**: {}", self.date);
-        let _ = writeln!(
-            out,
-            "- **Machine**: {} cores (`nproc`), {}, {:.1} GiB RAM, Linux {}",
-            m.cores, m.cpu_model, m.mem_total_gib, m.kernel
-        );
-        let _ = writeln!(
-            out,
-            "- **Load average** (1, 5, 15 min): {} at the start, {} at the end",
-            m.loadavg, self.loadavg_end
-        );
+        out.push_str(&m.facts(&self.date, &self.loadavg_end));
         let _ = writeln!(out, "- **regcache**: {}", self.regcache);
         let _ = writeln!(out, "- **regcache commit**: {}", self.commit);
         let _ = writeln!(out, "- **S3**: {}", self.moto);

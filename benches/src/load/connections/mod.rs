@@ -17,14 +17,12 @@ pub mod report;
 
 use std::time::{Duration, Instant};
 
-use regcache_tests::{Registry, RegistryClient, RegistryOptions};
-
 use super::harness::{self, Options, SEED, Target, fetch_checked, log, plan_pinning};
 use super::http::{Conn, get_request};
 use super::imageset::ImageSet;
 use super::machine::{self, Machine};
 use super::procstat::{self, TICKS_PER_SEC};
-use super::servers::{Nginx, NginxMode, RegcacheServer};
+use super::servers::RegcacheServer;
 
 pub use report::{ConnRecord, ConnectionsReport};
 
@@ -89,32 +87,13 @@ pub fn run(options: &Options) -> Result<ConnectionsReport, String> {
     // The manifest is what matters; the blobs are kept small.
     log("S9: generating a small image set and starting the upstream docker-registry");
     let set = ImageSet::generate(SEED, 1 << 20);
-    let upstream = Registry::start(RegistryOptions::default());
-    pinning.servers.pin_running(upstream.pid(), true)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
-    rt.block_on(set.push(&RegistryClient::new(upstream.url())));
-    drop(rt);
+    let upstream = harness::start_upstream(&set, &pinning.servers)?;
 
     log("S9: starting regcache and nginx static");
     let cpus = &pinning.servers;
     let regcache =
         RegcacheServer::start_with_config(&tools.regcache, &upstream.url(), cpus, REGCACHE_CONFIG)?;
-    let www = tempfile::Builder::new()
-        .prefix("regcache-load-www-")
-        .tempdir()
-        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-    set.write_static_tree(www.path())
-        .map_err(|e| format!("cannot write the static tree: {e}"))?;
-    let nginx = Nginx::start(
-        &tools.nginx,
-        &NginxMode::Static {
-            root: www.path().to_path_buf(),
-        },
-        cpus,
-    )?;
+    let (nginx, _www) = harness::start_nginx_static(&tools.nginx, &set, cpus)?;
     let targets = [
         Target {
             name: "regcache",

@@ -20,7 +20,7 @@ pub mod report;
 
 use std::time::Instant;
 
-use regcache_tests::{Registry, RegistryClient, RegistryOptions};
+use regcache_tests::{Registry, RegistryClient};
 
 use super::cold;
 use super::harness::{self, Options, SEED, Target, log, plan_pinning, settle};
@@ -115,14 +115,7 @@ pub fn run(options: &Options) -> Result<FanInReport, String> {
 
     log("S3: generating the image set and starting the upstream docker-registry");
     let set = ImageSet::generate(SEED, BIG_BLOB_BYTES);
-    let upstream = Registry::start(RegistryOptions::default());
-    pinning.servers.pin_running(upstream.pid(), true)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
-    rt.block_on(set.push(&RegistryClient::new(upstream.url())));
-    drop(rt);
+    let upstream = harness::start_upstream(&set, &pinning.servers)?;
 
     log("S3: starting regcache, docker-registry (proxy), nginx proxy_cache");
     let cpus = &pinning.servers;

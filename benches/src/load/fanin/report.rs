@@ -230,17 +230,7 @@ impl FanInReport {
             "{CLIENTS} concurrent clients of one uncached 100 MiB blob (a different blob per server), each on its own fresh connection, all released at once; as soon as the upstream's access log has settled, the same {CLIENTS} clients (same threads, a fresh connection each, as before) GET the same blob again, now cached. On one machine {CLIENTS} × 100 MiB is 9.8 GiB through loopback, so the fan-in cannot end near one direct GET (still shown, last column: {}); the yardstick is the warm fan-in: a cold fan-in should cost little more. TTFB is the time to the response head from the common start, TTLB to the last body byte; upstream GETs are the 200 GETs of the blob's path in the upstream's access log during each fan-in. Run alone, so with its own facts:\n",
             self.direct_text()
         );
-        let _ = writeln!(out, "- **Date**: {}", self.date);
-        let _ = writeln!(
-            out,
-            "- **Machine**: {} cores (`nproc`), {}, {:.1} GiB RAM, Linux {}",
-            m.cores, m.cpu_model, m.mem_total_gib, m.kernel
-        );
-        let _ = writeln!(
-            out,
-            "- **Load average** (1, 5, 15 min): {} at the start, {} at the end",
-            m.loadavg, self.loadavg_end
-        );
+        out.push_str(&m.facts(&self.date, &self.loadavg_end));
         let _ = writeln!(out, "- **regcache**: {}", self.regcache);
         let _ = writeln!(out, "- **regcache commit**: {}", self.commit);
         let _ = writeln!(out, "- **Command**: `{}`", self.command());

@@ -18,8 +18,6 @@ pub mod report;
 
 use std::time::{Duration, Instant};
 
-use regcache_tests::{Registry, RegistryClient, RegistryOptions};
-
 use super::harness::{self, Options, SEED, Scenario, Target, log, plan_pinning};
 use super::imageset::{BIG_BLOB_BYTES, ImageSet};
 use super::machine::{self, Machine};
@@ -61,14 +59,7 @@ pub fn run(options: &Options) -> Result<PairedReport, String> {
 
     log("paired: generating the image set and starting the upstream docker-registry");
     let set = ImageSet::generate(SEED, BIG_BLOB_BYTES);
-    let upstream = Registry::start(RegistryOptions::default());
-    pinning.servers.pin_running(upstream.pid(), true)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
-    rt.block_on(set.push(&RegistryClient::new(upstream.url())));
-    drop(rt);
+    let upstream = harness::start_upstream(&set, &pinning.servers)?;
 
     log(
         "paired: starting regcache, nginx proxy_cache and nginx static (and the baseline regcache, if any)",
@@ -82,19 +73,7 @@ pub fn run(options: &Options) -> Result<PairedReport, String> {
         },
         cpus,
     )?;
-    let www = tempfile::Builder::new()
-        .prefix("regcache-load-www-")
-        .tempdir()
-        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-    set.write_static_tree(www.path())
-        .map_err(|e| format!("cannot write the static tree: {e}"))?;
-    let nginx_static = Nginx::start(
-        &tools.nginx,
-        &NginxMode::Static {
-            root: www.path().to_path_buf(),
-        },
-        cpus,
-    )?;
+    let (nginx_static, _www) = harness::start_nginx_static(&tools.nginx, &set, cpus)?;
     let baseline = match &options.baseline_bin {
         Some(bin) => Some(RegcacheServer::start(bin, &upstream.url(), cpus)?),
         None => None,

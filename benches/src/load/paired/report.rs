@@ -321,17 +321,7 @@ impl PairedReport {
             self.rounds,
             self.duration.as_secs()
         );
-        let _ = writeln!(out, "- **Date**: {}", self.date);
-        let _ = writeln!(
-            out,
-            "- **Machine**: {} cores (`nproc`), {}, {:.1} GiB RAM, Linux {}",
-            m.cores, m.cpu_model, m.mem_total_gib, m.kernel
-        );
-        let _ = writeln!(
-            out,
-            "- **Load average** (1, 5, 15 min): {} at the start, {} at the end",
-            m.loadavg, self.loadavg_end
-        );
+        out.push_str(&m.facts(&self.date, &self.loadavg_end));
         let _ = writeln!(out, "- **regcache**: {}", self.regcache);
         let _ = writeln!(out, "- **regcache commit**: {}", self.commit);
         if let Some(b) = &self.baseline {

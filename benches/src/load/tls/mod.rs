@@ -34,8 +34,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use regcache_tests::{Registry, RegistryClient, RegistryOptions};
-
 use super::harness::{self, Options, S2_CONNECTIONS, SEED, Target, fetch_checked, log};
 use super::http::get_request;
 use super::imageset::{BIG_BLOB_BYTES, ImageSet};
@@ -176,14 +174,7 @@ pub fn run(options: &Options) -> Result<TlsReport, String> {
 
     log("TLS: generating the image set and starting the upstream docker-registry");
     let set = ImageSet::generate(SEED, BIG_BLOB_BYTES);
-    let upstream = Registry::start(RegistryOptions::default());
-    pinning.servers.pin_running(upstream.pid(), true)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
-    rt.block_on(set.push(&RegistryClient::new(upstream.url())));
-    drop(rt);
+    let upstream = harness::start_upstream(&set, &pinning.servers)?;
 
     let dir = tempfile::Builder::new()
         .prefix("regcache-load-tls-")
