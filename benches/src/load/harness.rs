@@ -82,6 +82,17 @@ pub enum Alone {
 pub const NOISY_CORES: f64 = 0.25;
 
 impl Options {
+    /// `base` (a command that runs a scenario alone) followed by the flags
+    /// this run was given: the command that reproduces it.
+    pub fn command_line(&self, base: &str) -> String {
+        let mut cmd = base.to_owned();
+        for arg in &self.shown_args {
+            cmd.push(' ');
+            cmd.push_str(arg);
+        }
+        cmd
+    }
+
     pub fn full() -> Options {
         Options {
             duration: Duration::from_secs(5),
@@ -400,6 +411,35 @@ pub(super) fn plan_pinning(pin: bool) -> Result<Pinning, String> {
             pin: Some((taskset, client)),
         },
         client_cpus: cpus.len() - cpus.len() / 2,
+    })
+}
+
+/// What a scenario runner finds before it starts anything: its tools, the
+/// machine, the workspace commit and its CPU plan.
+pub(super) struct Prelude {
+    pub tools: Tools,
+    pub machine: Machine,
+    pub commit: String,
+    pub pinning: Pinning,
+}
+
+/// The [`Prelude`] of a run with `options`, logging the CPU plan and a
+/// regcache binary older than its sources.
+pub(super) fn prelude(options: &Options) -> Result<Prelude, String> {
+    let tools = locate_tools(options.regcache_bin.as_deref())?;
+    let machine = Machine::probe();
+    // Read now, next to the binary check: other work may commit meanwhile.
+    let commit = machine::git_commit(&workspace_root()).unwrap_or_else(|| "unknown".into());
+    if let Some(stale) = &tools.regcache_stale {
+        log(format!("warning: {stale}"));
+    }
+    let pinning = plan_pinning(options.pin)?;
+    log(&pinning.description);
+    Ok(Prelude {
+        tools,
+        machine,
+        commit,
+        pinning,
     })
 }
 

@@ -63,18 +63,13 @@ impl ClusterReport {
 
     /// The command that reproduces this run.
     pub fn command(&self) -> String {
-        let mut cmd =
-            "cargo build --release -p regcache-server && cargo bench -p regcache-benches --bench load -- "
-                .to_owned();
-        cmd.push_str(match self.mode {
+        let flag = match self.mode {
             ClusterMode::Cluster => "--cluster",
             ClusterMode::Plain => "--cluster-plain",
-        });
-        for arg in &self.options.shown_args {
-            cmd.push(' ');
-            cmd.push_str(arg);
-        }
-        cmd
+        };
+        self.options.command_line(&format!(
+            "cargo build --release -p regcache-server && cargo bench -p regcache-benches --bench load -- {flag}"
+        ))
     }
 
     /// The summary table: (a), (b) and their ratio, in S1's format.

@@ -17,10 +17,10 @@ pub mod report;
 
 use std::time::{Duration, Instant};
 
-use super::harness::{self, Options, SEED, Target, fetch_checked, log, plan_pinning};
+use super::harness::{self, Options, SEED, Target, fetch_checked, log};
 use super::http::{Conn, get_request};
 use super::imageset::ImageSet;
-use super::machine::{self, Machine};
+use super::machine;
 use super::procstat::{self, TICKS_PER_SEC};
 use super::servers::RegcacheServer;
 
@@ -69,15 +69,12 @@ pub fn run(options: &Options) -> Result<ConnectionsReport, String> {
             "S9 needs {need} open files per process; the limit is {nofile:?} (raise the hard limit: `ulimit -Hn {need}` as root, or `nofile` in /etc/security/limits.conf)"
         ));
     }
-    let tools = harness::locate_tools(options.regcache_bin.as_deref())?;
-    let machine = Machine::probe();
-    let commit =
-        machine::git_commit(&harness::workspace_root()).unwrap_or_else(|| "unknown".into());
-    if let Some(stale) = &tools.regcache_stale {
-        log(format!("warning: {stale}"));
-    }
-    let pinning = plan_pinning(options.pin)?;
-    log(&pinning.description);
+    let harness::Prelude {
+        tools,
+        machine,
+        commit,
+        pinning,
+    } = harness::prelude(options)?;
     let duration = if options.quick {
         Duration::from_secs(5)
     } else {

@@ -262,12 +262,8 @@ pub struct ConnectionsReport {
 
 impl ConnectionsReport {
     pub fn command(&self) -> String {
-        let mut cmd = "cargo bench -p regcache-benches --bench load -- --connections".to_owned();
-        for a in &self.options.shown_args {
-            cmd.push(' ');
-            cmd.push_str(a);
-        }
-        cmd
+        self.options
+            .command_line("cargo bench -p regcache-benches --bench load -- --connections")
     }
 
     fn logged(&self) -> Vec<String> {

@@ -23,10 +23,10 @@ use std::time::Instant;
 use regcache_tests::{Registry, RegistryClient};
 
 use super::cold;
-use super::harness::{self, Options, SEED, Target, log, plan_pinning, settle};
+use super::harness::{self, Options, SEED, Target, log, settle};
 use super::http::get_request;
 use super::imageset::{BIG_BLOB_BYTES, COLD_BLOBS, ImageSet, Object, cold_blob};
-use super::machine::{self, Machine};
+use super::machine;
 use super::procstat;
 use super::report::FanInRecord;
 use super::servers::{DistributionProxy, Nginx, NginxMode, RegcacheServer};
@@ -102,16 +102,13 @@ pub fn measure(target: &Target, blob: &Object, upstream: &Registry, round: usize
 
 /// Runs S3 alone; `Err` is a message for the user.
 pub fn run(options: &Options) -> Result<FanInReport, String> {
-    let tools = harness::locate_tools(options.regcache_bin.as_deref())?;
     let started = Instant::now();
-    let machine = Machine::probe();
-    let commit =
-        machine::git_commit(&harness::workspace_root()).unwrap_or_else(|| "unknown".into());
-    if let Some(stale) = &tools.regcache_stale {
-        log(format!("warning: {stale}"));
-    }
-    let pinning = plan_pinning(options.pin)?;
-    log(&pinning.description);
+    let harness::Prelude {
+        tools,
+        machine,
+        commit,
+        pinning,
+    } = harness::prelude(options)?;
 
     log("S3: generating the image set and starting the upstream docker-registry");
     let set = ImageSet::generate(SEED, BIG_BLOB_BYTES);

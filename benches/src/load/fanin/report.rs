@@ -187,12 +187,8 @@ impl FanInReport {
     }
 
     pub fn command(&self) -> String {
-        let mut cmd = "cargo bench -p regcache-benches --bench load -- --fanin".to_owned();
-        for a in &self.options.shown_args {
-            cmd.push(' ');
-            cmd.push_str(a);
-        }
-        cmd
+        self.options
+            .command_line("cargo bench -p regcache-benches --bench load -- --fanin")
     }
 
     /// What to print at the end of the run.

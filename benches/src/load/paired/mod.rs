@@ -18,9 +18,9 @@ pub mod report;
 
 use std::time::{Duration, Instant};
 
-use super::harness::{self, Options, SEED, Scenario, Target, log, plan_pinning};
+use super::harness::{self, Options, SEED, Scenario, Target, log};
 use super::imageset::{BIG_BLOB_BYTES, ImageSet};
-use super::machine::{self, Machine};
+use super::machine;
 use super::procstat::{self, TICKS_PER_SEC};
 use super::servers::{Nginx, NginxMode, RegcacheServer};
 use super::wrk::Wrk;
@@ -46,15 +46,12 @@ pub fn order(n: usize, round: usize) -> Vec<usize> {
 /// command line sets [`ROUNDS`] and [`DURATION`] unless told otherwise).
 pub fn run(options: &Options) -> Result<PairedReport, String> {
     let started = Instant::now();
-    let tools = harness::locate_tools(options.regcache_bin.as_deref())?;
-    let machine = Machine::probe();
-    let commit =
-        machine::git_commit(&harness::workspace_root()).unwrap_or_else(|| "unknown".into());
-    if let Some(stale) = &tools.regcache_stale {
-        log(format!("warning: {stale}"));
-    }
-    let pinning = plan_pinning(options.pin)?;
-    log(&pinning.description);
+    let harness::Prelude {
+        tools,
+        machine,
+        commit,
+        pinning,
+    } = harness::prelude(options)?;
     let (rounds, duration) = (options.rounds, options.duration);
 
     log("paired: generating the image set and starting the upstream docker-registry");

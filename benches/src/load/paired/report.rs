@@ -263,12 +263,8 @@ pub struct PairedReport {
 
 impl PairedReport {
     pub fn command(&self) -> String {
-        let mut cmd = "cargo bench -p regcache-benches --bench load -- --paired".to_owned();
-        for a in &self.options.shown_args {
-            cmd.push(' ');
-            cmd.push_str(a);
-        }
-        cmd
+        self.options
+            .command_line("cargo bench -p regcache-benches --bench load -- --paired")
     }
 
     fn errors(&self) -> Vec<String> {

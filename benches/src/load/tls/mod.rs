@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use super::harness::{self, Options, S2_CONNECTIONS, SEED, Target, fetch_checked, log};
 use super::http::get_request;
 use super::imageset::{BIG_BLOB_BYTES, ImageSet};
-use super::machine::{self, Machine};
+use super::machine;
 use super::procstat::{self, TICKS_PER_SEC};
 use super::servers::{Nginx, NginxMode, RegcacheServer};
 use super::wrk::{Wrk, WrkArgs};
@@ -161,16 +161,13 @@ impl TlsRun {
 
 /// Runs the TLS scenarios; `Err` is a message for the user.
 pub fn run(options: &Options) -> Result<TlsReport, String> {
-    let tools = harness::locate_tools(options.regcache_bin.as_deref())?;
     let started = Instant::now();
-    let machine = Machine::probe();
-    let commit =
-        machine::git_commit(&harness::workspace_root()).unwrap_or_else(|| "unknown".into());
-    if let Some(stale) = &tools.regcache_stale {
-        log(format!("warning: {stale}"));
-    }
-    let pinning = harness::plan_pinning(options.pin)?;
-    log(&pinning.description);
+    let harness::Prelude {
+        tools,
+        machine,
+        commit,
+        pinning,
+    } = harness::prelude(options)?;
 
     log("TLS: generating the image set and starting the upstream docker-registry");
     let set = ImageSet::generate(SEED, BIG_BLOB_BYTES);

@@ -56,12 +56,7 @@ impl TlsReport {
 
     /// The command that reproduces this run.
     pub fn command(&self) -> String {
-        let mut cmd = "cargo build --release -p regcache-server && cargo bench -p regcache-benches --bench load --profile release -- --tls".to_owned();
-        for arg in &self.options.shown_args {
-            cmd.push(' ');
-            cmd.push_str(arg);
-        }
-        cmd
+        self.options.command_line("cargo build --release -p regcache-server && cargo bench -p regcache-benches --bench load --profile release -- --tls")
     }
 
     /// Throughput (S1 MiB/s, S2 req/s; S2 p99 too) and regcache / peer.
